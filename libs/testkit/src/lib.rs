@@ -1,0 +1,329 @@
+//! Helpers shared by integration tests: the local stack's addresses, a fresh database
+//! per test (created, migrated, and dropped with its replication slots), unique Kafka
+//! topics, and a consumer that reads a topic back.
+//!
+//! Tests run against the real PostgreSQL and Apache Kafka that `scripts/stack up`
+//! starts; `scripts/test` exports their addresses. Run outside it, the stack's default
+//! ports are assumed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::migrate::Migrator;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// Addresses of the local stack, from the environment `scripts/stack env` prints.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// Server URL without a database name, e.g. `postgres://u:p@127.0.0.1:55432`.
+    pub pg_base_url: String,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub kafka_brokers: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let pg_host = var("PG_HOST", "127.0.0.1");
+        let pg_port: u16 = var("PG_PORT", "55432")
+            .parse()
+            .expect("PG_PORT is a port number");
+        let pg_user = var("PG_USER", "outbox");
+        let pg_password = var("PG_PASSWORD", "outbox");
+        Self {
+            pg_base_url: format!("postgres://{pg_user}:{pg_password}@{pg_host}:{pg_port}"),
+            pg_host,
+            pg_port,
+            pg_user,
+            pg_password,
+            kafka_brokers: var("KAFKA_BROKERS", "127.0.0.1:59092"),
+        }
+    }
+
+    pub fn database_url(&self, db: &str) -> String {
+        format!("{}/{db}", self.pg_base_url)
+    }
+}
+
+/// The repository root (for `sql/`, `scripts/`, `docker-compose.yml`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// A short unique suffix for names a test owns.
+pub fn unique_suffix() -> String {
+    Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// A Kafka topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("t.{prefix}.{}", unique_suffix())
+}
+
+/// A database that exists for one test. Dropping it drops every replication slot on
+/// it (terminating the walsender that holds one) and then the database itself, also
+/// when the test panics: a leaked slot would retain WAL forever.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    stack: Stack,
+}
+
+impl TestDb {
+    /// Creates `t_<prefix>_<unique>` and applies `sql/<migrations>` to it.
+    pub async fn create(prefix: &str, migrations: &str) -> anyhow::Result<Self> {
+        let db = Self::create_empty(prefix).await?;
+        let dir = repo_root().join("sql").join(migrations);
+        let migrator = Migrator::new(dir.as_path())
+            .await
+            .with_context(|| format!("reading migrations in {}", dir.display()))?;
+        let mut conn = db.connect().await?;
+        migrator
+            .run(&mut conn)
+            .await
+            .context("applying migrations")?;
+        conn.close().await?;
+        Ok(db)
+    }
+
+    /// Creates `t_<prefix>_<unique>` with no schema.
+    pub async fn create_empty(prefix: &str) -> anyhow::Result<Self> {
+        let stack = Stack::from_env();
+        let name = format!("t_{prefix}_{}", unique_suffix());
+        let mut admin = PgConnection::connect(&stack.database_url("postgres"))
+            .await
+            .context(
+                "connecting to the local stack's PostgreSQL (is `scripts/stack up` running?)",
+            )?;
+        sqlx::query(&format!("create database \"{name}\""))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        Ok(Self {
+            url: stack.database_url(&name),
+            name,
+            stack,
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&self.url).await?)
+    }
+
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let url = self.stack.database_url("postgres");
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
+        let result = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(drop_database(&url, &name))
+        })
+        .join();
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("testkit: could not drop database {}: {e:#}", self.name),
+            Err(_) => eprintln!("testkit: cleanup of database {} panicked", self.name),
+        }
+    }
+}
+
+/// Drops every replication slot of database `name`, then the database.
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(admin_url).await?;
+    for _ in 0..50 {
+        let slots: Vec<(String, Option<i32>)> = sqlx::query_as(
+            "select slot_name::text, active_pid from pg_replication_slots where database = $1",
+        )
+        .bind(name)
+        .fetch_all(&mut admin)
+        .await?;
+        if slots.is_empty() {
+            break;
+        }
+        for (slot, pid) in slots {
+            if let Some(pid) = pid {
+                sqlx::query("select pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut admin)
+                    .await?;
+            }
+            // Fails while the terminated walsender still holds the slot; the loop retries.
+            let _ = sqlx::query("select pg_drop_replication_slot($1)")
+                .bind(&slot)
+                .execute(&mut admin)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query(&format!("drop database if exists \"{name}\" with (force)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+/// An admin client on the local broker.
+pub fn kafka_admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?)
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin = kafka_admin(brokers)?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for r in results {
+        if let Err((t, e)) = r {
+            bail!("creating topic {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics (best effort: a test's topics are unique, so a leftover harms nobody).
+pub async fn delete_topics(brokers: &str, topics: &[&str]) {
+    if let Ok(admin) = kafka_admin(brokers) {
+        let _ = admin.delete_topics(topics, &AdminOptions::new()).await;
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn payload_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.payload.as_deref().unwrap_or(b"null")).expect("payload is JSON")
+    }
+}
+
+/// A consumer in a group of its own, reading `topics` from the beginning.
+pub fn consumer(brokers: &str, topics: &[&str]) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("testkit-{}", unique_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
+/// Reads from `consumer` until `want` records arrived, or fails after `timeout` of
+/// silence saying how many came.
+pub async fn read_records(
+    consumer: &StreamConsumer,
+    want: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let mut out = Vec::with_capacity(want);
+    while out.len() < want {
+        let msg = match tokio::time::timeout(timeout, consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => bail!(
+                "got {} of {want} records, then nothing for {timeout:?}",
+                out.len()
+            ),
+        };
+        out.push(to_record(&msg));
+    }
+    Ok(out)
+}
+
+/// Reads every record that arrives until `quiet` passes with none.
+pub async fn read_until_quiet(
+    consumer: &StreamConsumer,
+    quiet: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    while let Ok(m) = tokio::time::timeout(quiet, consumer.recv()).await {
+        out.push(to_record(&m?));
+    }
+    Ok(out)
+}
+
+fn to_record(msg: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let v = h
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default();
+                    (h.key.to_string(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: msg.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
