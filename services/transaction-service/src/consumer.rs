@@ -1,0 +1,492 @@
+//! The Kafka consumer: `UserCreated` opens accounts, `TransactionCreated` settles.
+//!
+//! Delivery is at-least-once, the effect exactly-once:
+//! - offsets are committed only after the event's database transaction committed
+//!   (`enable.auto.commit=false`), so a crash between the two redelivers the event;
+//! - every use case records the event id in the inbox inside its transaction, so the
+//!   redelivered event changes nothing.
+//!
+//! Events are applied one at a time in partition order. A database failure is retried
+//! with backoff, without committing, until it succeeds or shutdown is requested: the
+//! partition waits rather than skip money movements. A malformed record (no usable
+//! `event_id`/`event_type` header, a payload that is not the event's JSON) is logged
+//! without its payload, counted, and skipped with its offset committed; retrying it
+//! could never succeed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::app::{open_account, settle_transaction, StoreError};
+use crate::config::KafkaSettings;
+use crate::domain::events::{self, TRANSACTION_CREATED, USER_CREATED};
+use crate::metrics::Metrics;
+
+/// First and longest pause between attempts to apply an event whose database
+/// transaction failed.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Pause after the client reports an error (broker down, topic missing).
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Creates the consumer and subscribes it to both topics. Nothing is read until
+/// [`run`] polls it.
+pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("client.id", "transaction-service")
+        // Offsets are committed by hand, after the database commit.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A new group starts from the beginning: accounts must exist for every user.
+        .set("auto.offset.reset", "earliest")
+        // Notice topics the relay creates after start-up within seconds, not minutes.
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .create()?;
+    consumer.subscribe(&[
+        &settings.user_events_topic,
+        &settings.transaction_events_topic,
+    ])?;
+    Ok(consumer)
+}
+
+/// The topics events arrive on.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub user_events: String,
+    pub transaction_events: String,
+}
+
+/// What a record asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    OpenAccount {
+        event_id: Uuid,
+        user_id: Uuid,
+    },
+    Settle {
+        event_id: Uuid,
+        transaction_id: Uuid,
+    },
+    /// An event type this service does not act on (e.g. its own `TransactionCompleted`).
+    Ignore {
+        event_type: String,
+    },
+}
+
+/// The parts of a record [`decode`] reads.
+struct RecordView<'a> {
+    topic: &'a str,
+    event_id: Option<&'a [u8]>,
+    event_type: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+}
+
+/// Why a record cannot be applied; logged and counted, never with the payload.
+fn decode(topics: &Topics, record: &RecordView<'_>) -> Result<Event, &'static str> {
+    let event_type = record
+        .event_type
+        .ok_or("missing event_type header")
+        .and_then(|v| std::str::from_utf8(v).map_err(|_| "event_type header is not UTF-8"))?;
+    let wanted = (record.topic == topics.user_events && event_type == USER_CREATED)
+        || (record.topic == topics.transaction_events && event_type == TRANSACTION_CREATED);
+    if !wanted {
+        return Ok(Event::Ignore {
+            event_type: event_type.to_string(),
+        });
+    }
+    let event_id = record
+        .event_id
+        .ok_or("missing event_id header")
+        .and_then(|v| std::str::from_utf8(v).map_err(|_| "event_id header is not UTF-8"))
+        .and_then(|v| Uuid::parse_str(v).map_err(|_| "event_id header is not a UUID"))?;
+    let payload = record.payload.ok_or("missing payload")?;
+    if event_type == USER_CREATED {
+        let event: events::UserCreated =
+            serde_json::from_slice(payload).map_err(|_| "payload is not a UserCreated")?;
+        Ok(Event::OpenAccount {
+            event_id,
+            user_id: event.id,
+        })
+    } else {
+        let event: events::TransactionCreated =
+            serde_json::from_slice(payload).map_err(|_| "payload is not a TransactionCreated")?;
+        Ok(Event::Settle {
+            event_id,
+            transaction_id: event.transaction_id,
+        })
+    }
+}
+
+/// A received record, copied out of the client's buffer so nothing borrows the
+/// consumer across awaits.
+struct Received {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    event: Result<Event, &'static str>,
+}
+
+impl Received {
+    fn new(topics: &Topics, message: &BorrowedMessage<'_>) -> Self {
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == name).and_then(|h| h.value))
+        };
+        let view = RecordView {
+            topic: message.topic(),
+            event_id: header(outbox::headers::EVENT_ID),
+            event_type: header(outbox::headers::EVENT_TYPE),
+            payload: message.payload(),
+        };
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            event: decode(topics, &view),
+        }
+    }
+}
+
+/// Consumes until `shutdown` turns `true` (or its sender goes away). Shutdown is
+/// honoured between events; an event whose database transaction keeps failing is
+/// abandoned uncommitted, to be redelivered after a restart.
+pub async fn run(
+    consumer: Arc<StreamConsumer>,
+    pool: PgPool,
+    metrics: Metrics,
+    topics: Topics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Next offset to commit per partition, for the final synchronous commit.
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    tracing::info!(
+        user_events = %topics.user_events,
+        transaction_events = %topics.transaction_events,
+        "event consumer started"
+    );
+    loop {
+        let received = tokio::select! {
+            biased;
+            // 1. Shutdown first: stop between events, never in the middle of one.
+            _ = stop_requested(&mut shutdown) => break,
+            // 2. Then the next record.
+            message = consumer.recv() => match message {
+                Ok(message) => Received::new(&topics, &message),
+                Err(error) => {
+                    tracing::warn!(error = %error, "kafka consumer error");
+                    tokio::select! {
+                        biased;
+                        _ = stop_requested(&mut shutdown) => break,
+                        _ = tokio::time::sleep(ERROR_PAUSE) => continue,
+                    }
+                }
+            },
+        };
+
+        match &received.event {
+            Err(reason) => {
+                tracing::warn!(
+                    topic = %received.topic,
+                    partition = received.partition,
+                    offset = received.offset,
+                    reason,
+                    "skipping malformed event"
+                );
+                metrics
+                    .events_failed
+                    .with_label_values(&["malformed"])
+                    .inc();
+            }
+            Ok(Event::Ignore { event_type }) => {
+                metrics
+                    .events_processed
+                    .with_label_values(&[event_type.as_str(), "ignored"])
+                    .inc();
+            }
+            Ok(event) => {
+                let Some(outcome) = apply_until_done(&pool, &metrics, event, &mut shutdown).await
+                else {
+                    tracing::info!(
+                        topic = %received.topic,
+                        partition = received.partition,
+                        offset = received.offset,
+                        "stopping with an event unapplied; it will be redelivered"
+                    );
+                    break;
+                };
+                let event_type = match event {
+                    Event::OpenAccount { .. } => USER_CREATED,
+                    _ => TRANSACTION_CREATED,
+                };
+                metrics
+                    .events_processed
+                    .with_label_values(&[event_type, outcome])
+                    .inc();
+                if outcome == "unknown_transaction" {
+                    metrics
+                        .events_failed
+                        .with_label_values(&["unknown_transaction"])
+                        .inc();
+                }
+            }
+        }
+
+        // The event's transaction has committed (or there was nothing to apply).
+        let next = received.offset + 1;
+        if let Err(error) = commit(
+            &consumer,
+            &received.topic,
+            received.partition,
+            next,
+            CommitMode::Async,
+        ) {
+            tracing::warn!(error = %error, topic = %received.topic, partition = received.partition, "offset commit failed; the event may be redelivered");
+        }
+        positions.insert((received.topic, received.partition), next);
+    }
+
+    // Async commits may still be in flight: make the final positions durable.
+    if !positions.is_empty() {
+        let consumer = consumer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut list = TopicPartitionList::new();
+            for ((topic, partition), offset) in &positions {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+            }
+            consumer.commit(&list, CommitMode::Sync)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = %error, "final offset commit failed"),
+            Err(error) => tracing::warn!(error = %error, "final offset commit panicked"),
+        }
+    }
+    tracing::info!("event consumer stopped");
+}
+
+fn commit(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    mode: CommitMode,
+) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(next_offset))?;
+    consumer.commit(&list, mode)
+}
+
+/// Applies `event`, retrying database failures with backoff. `None` when shutdown
+/// was requested before it succeeded. The result is the outcome's metric label.
+async fn apply_until_done(
+    pool: &PgPool,
+    metrics: &Metrics,
+    event: &Event,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<&'static str> {
+    let mut backoff = RETRY_BACKOFF.0;
+    let mut attempt: u32 = 1;
+    loop {
+        match apply(pool, event).await {
+            Ok(outcome) => return Some(outcome),
+            Err(error) => {
+                metrics.consumer_retries.inc();
+                tracing::warn!(
+                    error = %error,
+                    attempt,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "applying event failed; retrying"
+                );
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop_requested(shutdown) => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RETRY_BACKOFF.1);
+        attempt += 1;
+    }
+}
+
+async fn apply(pool: &PgPool, event: &Event) -> Result<&'static str, StoreError> {
+    Ok(match *event {
+        Event::OpenAccount { event_id, user_id } => {
+            match open_account::execute(pool, event_id, user_id).await? {
+                open_account::Outcome::Opened => {
+                    tracing::info!(%event_id, %user_id, "account opened");
+                    "applied"
+                }
+                open_account::Outcome::AlreadyOpen => "already_open",
+                open_account::Outcome::Duplicate => "duplicate",
+            }
+        }
+        Event::Settle {
+            event_id,
+            transaction_id,
+        } => match settle_transaction::execute(pool, event_id, transaction_id).await? {
+            settle_transaction::Outcome::Completed => {
+                tracing::info!(%event_id, %transaction_id, "transaction completed");
+                "applied"
+            }
+            settle_transaction::Outcome::Failed(reason) => {
+                tracing::info!(%event_id, %transaction_id, reason = reason.as_str(), "transaction failed");
+                "applied"
+            }
+            settle_transaction::Outcome::Duplicate => "duplicate",
+            settle_transaction::Outcome::AlreadySettled => "already_settled",
+            settle_transaction::Outcome::UnknownTransaction => {
+                tracing::warn!(%event_id, %transaction_id, "TransactionCreated for an unknown transaction");
+                "unknown_transaction"
+            }
+        },
+        Event::Ignore { .. } => "ignored",
+    })
+}
+
+/// Resolves once shutdown is requested or the sender is gone.
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics {
+            user_events: "users".into(),
+            transaction_events: "transactions".into(),
+        }
+    }
+
+    const ID: &str = "0195f1c2-7a55-7bd0-9c1e-6a0b1e9c8f11";
+
+    fn view<'a>(
+        topic: &'a str,
+        event_id: Option<&'a str>,
+        event_type: Option<&'a str>,
+        payload: Option<&'a str>,
+    ) -> RecordView<'a> {
+        RecordView {
+            topic,
+            event_id: event_id.map(str::as_bytes),
+            event_type: event_type.map(str::as_bytes),
+            payload: payload.map(str::as_bytes),
+        }
+    }
+
+    #[test]
+    fn user_created_on_the_user_topic_opens_an_account() {
+        let payload =
+            format!(r#"{{"id":"{ID}","email":"a@b.c","createdAt":"2026-01-01T00:00:00Z"}}"#);
+        let event = decode(
+            &topics(),
+            &view("users", Some(ID), Some(USER_CREATED), Some(&payload)),
+        );
+        assert_eq!(
+            event,
+            Ok(Event::OpenAccount {
+                event_id: ID.parse().unwrap(),
+                user_id: ID.parse().unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn transaction_created_on_the_transaction_topic_settles() {
+        let payload = format!(
+            r#"{{"transactionId":"{ID}","amount":"1.00","fromUserId":null,"toUserId":"{ID}","description":null,"createdAt":"2026-01-01T00:00:00Z"}}"#
+        );
+        let event = decode(
+            &topics(),
+            &view(
+                "transactions",
+                Some(ID),
+                Some(TRANSACTION_CREATED),
+                Some(&payload),
+            ),
+        );
+        assert!(matches!(event, Ok(Event::Settle { .. })));
+    }
+
+    #[test]
+    fn other_event_types_are_ignored() {
+        let event = decode(
+            &topics(),
+            &view(
+                "transactions",
+                Some(ID),
+                Some("TransactionCompleted"),
+                Some("{}"),
+            ),
+        );
+        assert_eq!(
+            event,
+            Ok(Event::Ignore {
+                event_type: "TransactionCompleted".into()
+            })
+        );
+        // A UserCreated on the wrong topic is not acted on either.
+        let event = decode(
+            &topics(),
+            &view("transactions", Some(ID), Some(USER_CREATED), None),
+        );
+        assert!(matches!(event, Ok(Event::Ignore { .. })));
+    }
+
+    #[test]
+    fn records_without_usable_headers_or_payload_are_malformed() {
+        let t = topics();
+        assert_eq!(
+            decode(&t, &view("users", Some(ID), None, Some("{}"))),
+            Err("missing event_type header")
+        );
+        assert_eq!(
+            decode(&t, &view("users", None, Some(USER_CREATED), Some("{}"))),
+            Err("missing event_id header")
+        );
+        assert_eq!(
+            decode(
+                &t,
+                &view("users", Some("42"), Some(USER_CREATED), Some("{}"))
+            ),
+            Err("event_id header is not a UUID")
+        );
+        assert_eq!(
+            decode(&t, &view("users", Some(ID), Some(USER_CREATED), None)),
+            Err("missing payload")
+        );
+        assert_eq!(
+            decode(
+                &t,
+                &view("users", Some(ID), Some(USER_CREATED), Some("not json"))
+            ),
+            Err("payload is not a UserCreated")
+        );
+        assert_eq!(
+            decode(
+                &t,
+                &view(
+                    "transactions",
+                    Some(ID),
+                    Some(TRANSACTION_CREATED),
+                    Some(r#"{"transactionId":"x"}"#)
+                )
+            ),
+            Err("payload is not a TransactionCreated")
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! `POST /api/v1/transactions` and `GET /api/v1/transactions/{id}`.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::error::FieldErrors;
+use super::extract::JsonBody;
+use super::{ApiError, AppState};
+use crate::app::create_transaction::{self, Created};
+use crate::app::StoreError;
+use crate::domain::{Amount, Description, IdempotencyKey, NewTransaction, TransactionStatus};
+use crate::store::transactions;
+
+/// The request header naming one logical request for safe retries.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set to `true` on a response replayed for a repeated `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The body of `POST /api/v1/transactions`, each field kept as raw JSON so that
+/// validation can name every field at fault and read `amount`'s exact text.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTransactionRequest {
+    amount: Option<Box<RawValue>>,
+    from_user_id: Option<Box<RawValue>>,
+    to_user_id: Option<Box<RawValue>>,
+    description: Option<Box<RawValue>>,
+}
+
+impl CreateTransactionRequest {
+    /// Validates every field, reporting all faults at once.
+    pub fn validate(&self) -> Result<NewTransaction, ApiError> {
+        let mut errors = FieldErrors::new();
+        let amount = field(
+            &mut errors,
+            "amount",
+            required(&self.amount).and_then(parse_amount),
+        );
+        let from = field(
+            &mut errors,
+            "fromUserId",
+            optional(&self.from_user_id, parse_uuid),
+        );
+        let to = field(
+            &mut errors,
+            "toUserId",
+            required(&self.to_user_id).and_then(parse_uuid),
+        );
+        let description = field(
+            &mut errors,
+            "description",
+            optional(&self.description, |raw| {
+                let text: String =
+                    serde_json::from_str(raw.get()).map_err(|_| "must be a string".to_string())?;
+                Description::parse(text).map_err(|e| e.to_string())
+            }),
+        );
+        match (amount, from, to, description) {
+            (Some(amount), Some(from), Some(to), Some(description)) if errors.is_empty() => {
+                NewTransaction::new(amount, from, to, description)
+                    .map_err(|e| ApiError::invalid_field("toUserId", e.to_string()))
+            }
+            _ => Err(ApiError::invalid_fields(errors)),
+        }
+    }
+}
+
+/// The value, or `None` with the reason recorded against `name`.
+fn field<T>(errors: &mut FieldErrors, name: &str, result: Result<T, String>) -> Option<T> {
+    result
+        .map_err(|reason| errors.insert(name.to_string(), reason))
+        .ok()
+}
+
+fn required(raw: &Option<Box<RawValue>>) -> Result<&RawValue, String> {
+    raw.as_deref().ok_or_else(|| "is required".to_string())
+}
+
+fn optional<T>(
+    raw: &Option<Box<RawValue>>,
+    parse: impl FnOnce(&RawValue) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    raw.as_deref().map(parse).transpose()
+}
+
+/// A JSON number, parsed from its literal text (never through `f64`), or a string
+/// holding a decimal number.
+fn parse_amount(raw: &RawValue) -> Result<Amount, String> {
+    let text = raw.get();
+    let literal = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).map_err(|_| "must be a number".to_string())?
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        text.to_string()
+    } else {
+        return Err("must be a number".into());
+    };
+    Amount::parse(&literal).map_err(|e| e.to_string())
+}
+
+fn parse_uuid(raw: &RawValue) -> Result<Uuid, String> {
+    let text: String =
+        serde_json::from_str(raw.get()).map_err(|_| "must be a UUID string".to_string())?;
+    Uuid::parse_str(&text).map_err(|_| "must be a UUID".to_string())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| IdempotencyKey::parse(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })
+}
+
+/// `POST /api/v1/transactions`: 202 with `{transactionId, status: "PENDING"}`.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CreateTransactionRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let new = request.validate()?;
+    match create_transaction::execute(&state.pool, &new, key.as_ref()).await? {
+        Created::Accepted(accepted) => Ok((StatusCode::ACCEPTED, Json(accepted)).into_response()),
+        Created::Replayed { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            Ok((status, [(IDEMPOTENT_REPLAYED, "true")], Json(body)).into_response())
+        }
+    }
+}
+
+/// A transaction as `GET /api/v1/transactions/{id}` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionResponse {
+    pub transaction_id: Uuid,
+    pub status: TransactionStatus,
+    /// Decimal string, two fraction digits.
+    pub amount: Amount,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Uuid,
+    pub description: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<transactions::Transaction> for TransactionResponse {
+    fn from(t: transactions::Transaction) -> Self {
+        Self {
+            transaction_id: t.id,
+            status: t.status,
+            amount: t.amount,
+            from_user_id: t.from_user_id,
+            to_user_id: t.to_user_id,
+            description: t.description,
+            failure_reason: t.failure_reason,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+/// `GET /api/v1/transactions/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<TransactionResponse>, ApiError> {
+    let id = path_uuid(id, "id")?;
+    let mut conn = state
+        .pool
+        .acquire()
+        .await
+        .map_err(StoreError::unavailable)?;
+    let transaction = transactions::get(&mut conn, id)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| ApiError::NotFound(format!("no transaction with id {id}")))?;
+    Ok(Json(transaction.into()))
+}
+
+/// A path segment that must be a UUID; 400 naming `name` otherwise.
+pub fn path_uuid(
+    segment: Result<Path<String>, PathRejection>,
+    name: &str,
+) -> Result<Uuid, ApiError> {
+    segment
+        .ok()
+        .and_then(|Path(s)| Uuid::parse_str(&s).ok())
+        .ok_or_else(|| ApiError::invalid_field(name, "must be a UUID"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(body: &str) -> Result<NewTransaction, FieldErrors> {
+        let request: CreateTransactionRequest = serde_json::from_str(body).unwrap();
+        request.validate().map_err(|e| match e {
+            ApiError::BadRequest { errors, .. } => errors.unwrap_or_default(),
+            other => panic!("unexpected {other:?}"),
+        })
+    }
+
+    const TO: &str = "0195f1c2-7a55-7bd0-9c1e-6a0b1e9c8f11";
+    const FROM: &str = "0195f1c2-7a55-7bd0-9c1e-6a0b1e9c8f22";
+
+    #[test]
+    fn a_deposit_needs_only_amount_and_receiver() {
+        let t = validate(&format!(r#"{{"amount": 100, "toUserId": "{TO}"}}"#)).unwrap();
+        assert!(t.is_deposit());
+        assert_eq!(t.amount.minor_units(), 10_000);
+    }
+
+    #[test]
+    fn the_amount_is_read_from_the_literal_text_not_a_float() {
+        let t = validate(&format!(r#"{{"amount": 0.29, "toUserId": "{TO}"}}"#)).unwrap();
+        assert_eq!(t.amount.minor_units(), 29);
+        let errors = validate(&format!(
+            r#"{{"amount": 0.1000000000000000001, "toUserId": "{TO}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(errors["amount"], "must have at most 2 fraction digits");
+    }
+
+    #[test]
+    fn the_amount_may_be_a_decimal_string() {
+        let t = validate(&format!(r#"{{"amount": "12.50", "toUserId": "{TO}"}}"#)).unwrap();
+        assert_eq!(t.amount.minor_units(), 1_250);
+    }
+
+    #[test]
+    fn every_faulty_field_is_named() {
+        let errors = validate(&format!(
+            r#"{{"amount": true, "fromUserId": 5, "toUserId": "nope", "description": "{}"}}"#,
+            "x".repeat(256)
+        ))
+        .unwrap_err();
+        assert_eq!(errors["amount"], "must be a number");
+        assert_eq!(errors["fromUserId"], "must be a UUID string");
+        assert_eq!(errors["toUserId"], "must be a UUID");
+        assert_eq!(errors["description"], "must be at most 255 characters");
+    }
+
+    #[test]
+    fn missing_and_null_required_fields_are_reported() {
+        let errors = validate(r#"{"amount": null}"#).unwrap_err();
+        assert_eq!(errors["amount"], "is required");
+        assert_eq!(errors["toUserId"], "is required");
+    }
+
+    #[test]
+    fn a_transfer_to_oneself_names_the_receiver() {
+        let errors = validate(&format!(
+            r#"{{"amount": 1, "fromUserId": "{TO}", "toUserId": "{TO}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(errors["toUserId"], "must differ from fromUserId");
+        assert!(validate(&format!(
+            r#"{{"amount": 1, "fromUserId": "{FROM}", "toUserId": "{TO}", "description": null}}"#
+        ))
+        .is_ok());
+    }
+}
