@@ -1,0 +1,168 @@
+//! `POST /users` and `GET /users/{id}`, with their request and response DTOs.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::extract::ApiJson;
+use super::{ApiError, AppState, Envelope};
+use crate::app::{self, NewUser};
+use crate::domain::{Email, Password, User};
+
+/// The sign-up body. Fields are read as raw JSON so that a missing or mistyped field is
+/// reported by name instead of as an opaque deserialisation error. No `Debug`: it holds
+/// a password.
+#[derive(Deserialize)]
+pub struct CreateUserRequest {
+    email: Option<Value>,
+    password: Option<Value>,
+}
+
+impl CreateUserRequest {
+    /// Checks every field and reports all that are wrong at once.
+    fn validate(self) -> Result<NewUser, ApiError> {
+        let mut errors = BTreeMap::new();
+        let email = match string_field(self.email, "email", &mut errors) {
+            Some(raw) => Email::parse(&raw)
+                .map_err(|err| errors.insert("email".into(), err.to_string()))
+                .ok(),
+            None => None,
+        };
+        let password = match string_field(self.password, "password", &mut errors) {
+            Some(raw) => Password::parse(SecretString::from(raw))
+                .map_err(|err| errors.insert("password".into(), err.to_string()))
+                .ok(),
+            None => None,
+        };
+        match (email, password) {
+            (Some(email), Some(password)) => Ok(NewUser { email, password }),
+            _ => Err(ApiError::Invalid(errors)),
+        }
+    }
+}
+
+/// The string in `value`, or a reason recorded under `field`.
+fn string_field(
+    value: Option<Value>,
+    field: &str,
+    errors: &mut BTreeMap<String, String>,
+) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.insert(field.into(), "must be a string".into());
+            None
+        }
+        None => {
+            errors.insert(field.into(), "is required".into());
+            None
+        }
+    }
+}
+
+/// `data` of a 201.
+#[derive(Debug, Serialize)]
+pub struct CreatedUser {
+    pub id: Uuid,
+}
+
+/// `data` of `GET /users/{id}`: what a client may know about a user.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.as_str().to_owned(),
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// `POST /users`: 201 with the new id and a `Location` header.
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateUserRequest>,
+) -> Result<Response, ApiError> {
+    let new_user = body.validate()?;
+    let user = app::create_user(&state.pool, &state.hasher, new_user).await?;
+    tracing::info!(user_id = %user.id, "user created");
+    Ok((
+        [(header::LOCATION, format!("/users/{}", user.id))],
+        Envelope::data(
+            StatusCode::CREATED,
+            "user created successfully",
+            CreatedUser { id: user.id },
+        ),
+    )
+        .into_response())
+}
+
+/// `GET /users/{id}`: 200 with the user, 404 if unknown, 400 if `id` is not a UUID.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Envelope<UserView>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid_field("id", "must be a UUID"))?;
+    let user = app::get_user(&state.pool, id).await?;
+    Ok(Envelope::data(StatusCode::OK, "ok", user.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(body: Value) -> Result<NewUser, BTreeMap<String, String>> {
+        let request: CreateUserRequest = serde_json::from_value(body).unwrap();
+        request.validate().map_err(|err| match err {
+            ApiError::Invalid(errors) => errors,
+            other => panic!("expected a validation error, got {other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_valid_body_becomes_a_new_user_with_a_normalised_email() {
+        let user = validate(serde_json::json!({
+            "email": " Ada@Example.com ",
+            "password": "long enough"
+        }))
+        .unwrap();
+        assert_eq!(user.email.as_str(), "ada@example.com");
+    }
+
+    #[test]
+    fn missing_fields_are_each_required() {
+        let errors = validate(serde_json::json!({})).unwrap_err();
+        assert_eq!(errors["email"], "is required");
+        assert_eq!(errors["password"], "is required");
+    }
+
+    #[test]
+    fn null_counts_as_missing_and_numbers_are_not_strings() {
+        let errors =
+            validate(serde_json::json!({"email": null, "password": 12345678})).unwrap_err();
+        assert_eq!(errors["email"], "is required");
+        assert_eq!(errors["password"], "must be a string");
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let errors =
+            validate(serde_json::json!({"email": "nope", "password": "short"})).unwrap_err();
+        assert_eq!(errors["email"], "must be a valid email address");
+        assert_eq!(errors["password"], "must be at least 8 characters");
+    }
+}
