@@ -280,9 +280,22 @@ pub async fn read_until_quiet(
 ) -> anyhow::Result<Vec<Record>> {
     let mut out = Vec::new();
     while let Ok(m) = tokio::time::timeout(quiet, consumer.recv()).await {
-        out.push(to_record(&m?));
+        if !topic_not_there_yet(&m) {
+            out.push(to_record(&m?));
+        }
     }
     Ok(out)
+}
+
+/// A consumer subscribed before the producer created the topic reports it as an error;
+/// the topic appears moments later, so this is not a failure.
+fn topic_not_there_yet<T>(m: &Result<T, rdkafka::error::KafkaError>) -> bool {
+    matches!(
+        m,
+        Err(rdkafka::error::KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+        ))
+    )
 }
 
 fn to_record(msg: &rdkafka::message::BorrowedMessage<'_>) -> Record {

@@ -1,0 +1,653 @@
+//! Configuration: a TOML file plus `RELAY_`-prefixed environment overrides, validated
+//! once at start with errors that name the offending key.
+//!
+//! Environment keys use `__` for nesting: `RELAY_KAFKA__BROKERS`, `RELAY_ADMIN__LISTEN`,
+//! `RELAY_PIPELINE__MAX_IN_FLIGHT_RECORDS`. Sources are addressed by name:
+//! `RELAY_SOURCES__USERS_DB__PASSWORD` sets `password` of the source named `users_db`
+//! (created if the file has none by that name).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("`{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+fn key_err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub admin: AdminSettings,
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub pipeline: PipelineSettings,
+    #[serde(default)]
+    pub sources: Vec<SourceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9100".into()
+}
+
+/// What to do with a record Kafka can never accept (e.g. larger than the broker's limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoisonPolicy {
+    /// Stop the source: nothing after it is published until an operator acts.
+    Stop,
+    /// Publish a record to the dead-letter topic (headers and the error, no payload)
+    /// and go on; the outbox row stays PENDING so it can be found.
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// Topic per record; `{aggregate_type}` and `{source}` are replaced.
+    #[serde(default = "default_topic_template")]
+    pub topic_template: String,
+    /// Records whose key + value exceed this are poison (the broker's default limit).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    #[serde(default = "default_poison")]
+    pub poison: PoisonPolicy,
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties, e.g. `"linger.ms" = "5"`. The safety settings
+    /// (idempotence, acks, message timeout) cannot be overridden here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic_template() -> String {
+    "outbox.event.{aggregate_type}".into()
+}
+fn default_max_record_bytes() -> usize {
+    1_000_000
+}
+fn default_poison() -> PoisonPolicy {
+    PoisonPolicy::Stop
+}
+fn default_dead_letter_topic() -> String {
+    "outbox.dead-letter".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Records produced but not yet acked and marked; past this the relay stops
+    /// reading the slot so WAL waits in PostgreSQL, not in memory.
+    #[serde(default = "default_max_in_flight_records")]
+    pub max_in_flight_records: usize,
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// PROCESSED marking: a batch is written at this many rows or after this long.
+    #[serde(default = "default_mark_batch_size")]
+    pub mark_batch_size: usize,
+    #[serde(default = "default_mark_interval_ms")]
+    pub mark_interval_ms: u64,
+    /// How often the confirmed position is reported to PostgreSQL.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    /// How often a heartbeat message is written to each source's WAL (lag in seconds
+    /// stays truthful when idle, and quiet outboxes still advance the slot).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Delete PROCESSED rows older than this many seconds (0 = keep forever).
+    #[serde(default)]
+    pub retention_seconds: u64,
+    /// On SIGTERM, how long to wait for outstanding acks before giving up on them.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Upper bound of the reconnect backoff.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        toml::Value::Table(Default::default())
+            .try_into()
+            .expect("defaults deserialize")
+    }
+}
+
+fn default_max_in_flight_records() -> usize {
+    100_000
+}
+fn default_max_in_flight_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_mark_batch_size() -> usize {
+    1000
+}
+fn default_mark_interval_ms() -> u64 {
+    100
+}
+fn default_status_interval_ms() -> u64 {
+    1000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    2000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+
+impl PipelineSettings {
+    pub fn mark_interval(&self) -> Duration {
+        Duration::from_millis(self.mark_interval_ms)
+    }
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// The source's name in metrics, logs and the `source` header.
+    pub name: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    pub database: String,
+    /// Replication slot; default `relay_<name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Create the publication when missing.
+    #[serde(default = "yes")]
+    pub create_publication: bool,
+    /// Create the slot when missing (and then publish rows left PENDING before it).
+    #[serde(default = "yes")]
+    pub create_slot: bool,
+}
+
+impl std::fmt::Debug for SourceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSettings")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .field("slot", &self.slot_name())
+            .field("publication", &self.publication)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_publication() -> String {
+    "outbox_pub".into()
+}
+fn default_schema() -> String {
+    "public".into()
+}
+fn default_table() -> String {
+    "outbox".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl SourceSettings {
+    pub fn slot_name(&self) -> String {
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("relay_{}", self.name))
+    }
+
+    /// A tokio-postgres configuration for ordinary (non-replication) connections.
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.database)
+            .application_name(format!("relay-cdc/{}", self.name))
+            .connect_timeout(Duration::from_secs(5));
+        c
+    }
+}
+
+impl Settings {
+    /// Reads `path` (if given), applies `RELAY_*` variables from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: p.display().to_string(),
+                        message: e.message().to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("RELAY_") && k != "RELAY_CONFIG")
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            apply_env(&mut root, &var, &value)?;
+        }
+        let settings: Settings = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().trim().to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(key_err(
+                "kafka.brokers",
+                "must list at least one broker (host:port)",
+            ));
+        }
+        if !self.kafka.topic_template.contains("{aggregate_type}") {
+            return Err(key_err(
+                "kafka.topic_template",
+                "must contain {aggregate_type}",
+            ));
+        }
+        if let Err(e) = self.admin.listen.parse::<SocketAddr>() {
+            return Err(key_err(
+                "admin.listen",
+                format!("not a socket address ({e})"),
+            ));
+        }
+        for (k, v) in &self.kafka.properties {
+            if FIXED_PRODUCER_PROPERTIES.contains(&k.as_str()) {
+                return Err(key_err(
+                    format!("kafka.properties.{k}"),
+                    format!("is fixed by the relay for safety and cannot be set (got {v:?})"),
+                ));
+            }
+        }
+        let p = &self.pipeline;
+        for (key, value) in [
+            (
+                "pipeline.max_in_flight_records",
+                p.max_in_flight_records as u64,
+            ),
+            ("pipeline.max_in_flight_bytes", p.max_in_flight_bytes as u64),
+            ("pipeline.mark_batch_size", p.mark_batch_size as u64),
+            ("pipeline.status_interval_ms", p.status_interval_ms),
+            ("pipeline.heartbeat_interval_ms", p.heartbeat_interval_ms),
+            ("pipeline.mark_interval_ms", p.mark_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(key_err(key, "must be greater than 0"));
+            }
+        }
+        if self.sources.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no sources: add a [[sources]] table or RELAY_SOURCES__<NAME>__* variables".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut slots = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |f: &str| format!("sources[{i}].{f}");
+            if !valid_ident(&s.name) {
+                return Err(key_err(key("name"), "use letters, digits and _ only"));
+            }
+            if !names.insert(s.name.clone()) {
+                return Err(key_err(
+                    key("name"),
+                    format!("duplicate source name {:?}", s.name),
+                ));
+            }
+            let slot = s.slot_name();
+            if !valid_slot_name(&slot) {
+                return Err(key_err(
+                    key("slot"),
+                    "a slot name is lower-case letters, digits and _ (at most 63)",
+                ));
+            }
+            if !slots.insert((s.host.clone(), s.port, slot.clone())) {
+                return Err(key_err(
+                    key("slot"),
+                    format!("slot {slot:?} is used by two sources"),
+                ));
+            }
+            for (field, v) in [
+                ("user", &s.user),
+                ("database", &s.database),
+                ("host", &s.host),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(key_err(key(field), "must not be empty"));
+                }
+            }
+            for (field, v) in [
+                ("publication", &s.publication),
+                ("schema", &s.schema),
+                ("table", &s.table),
+            ] {
+                if !valid_ident(v) {
+                    return Err(key_err(key(field), "use letters, digits and _ only"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Producer properties the relay sets itself: changing them could skip or reorder records.
+pub const FIXED_PRODUCER_PROPERTIES: [&str; 6] = [
+    "enable.idempotence",
+    "acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "max.in.flight.requests.per.connection",
+    "bootstrap.servers",
+];
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_slot_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let env_err = |message: &str| ConfigError::Env {
+        var: var.to_string(),
+        message: message.to_string(),
+    };
+    let path: Vec<String> = var["RELAY_".len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(env_err("empty key segment (use __ between keys)"));
+    }
+    let value = scalar(raw);
+    match path.as_slice() {
+        [section, name, field] if section == "sources" => {
+            let sources = root
+                .entry("sources")
+                .or_insert_with(|| toml::Value::Array(Vec::new()))
+                .as_array_mut()
+                .ok_or_else(|| env_err("`sources` in the file is not an array of tables"))?;
+            let pos = sources.iter().position(|s| {
+                s.get("name")
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            });
+            let table = match pos {
+                Some(i) => &mut sources[i],
+                None => {
+                    let mut t = toml::Table::new();
+                    t.insert("name".into(), toml::Value::String(name.clone()));
+                    sources.push(toml::Value::Table(t));
+                    sources.last_mut().expect("just pushed")
+                }
+            };
+            let table = table
+                .as_table_mut()
+                .ok_or_else(|| env_err("source entry is not a table"))?;
+            // Strings stay strings for fields that are strings (a numeric password is still a password).
+            let value = if matches!(
+                field.as_str(),
+                "password" | "user" | "database" | "host" | "name" | "slot"
+            ) {
+                toml::Value::String(raw.to_string())
+            } else {
+                value
+            };
+            table.insert(field.clone(), value);
+        }
+        [section, field] => {
+            let t = root
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| env_err("that section in the file is not a table"))?;
+            let value = if section == "kafka" && field != "max_record_bytes" {
+                toml::Value::String(raw.to_string())
+            } else {
+                value
+            };
+            t.insert(field.clone(), value);
+        }
+        [section, sub, field] if section == "kafka" && sub == "properties" => {
+            let kafka = root
+                .entry("kafka")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| env_err("`kafka` in the file is not a table"))?;
+            let props = kafka
+                .entry("properties")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| env_err("`kafka.properties` is not a table"))?;
+            props.insert(
+                field.replace('_', "."),
+                toml::Value::String(raw.to_string()),
+            );
+        }
+        _ => return Err(env_err(
+            "not a known setting (expected RELAY_<SECTION>__<KEY> or RELAY_SOURCES__<NAME>__<KEY>)",
+        )),
+    }
+    Ok(())
+}
+
+fn scalar(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_str(toml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("relay-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&dir, toml).unwrap();
+        let r = Settings::load(Some(&dir), env(vars));
+        std::fs::remove_file(&dir).unwrap();
+        r
+    }
+
+    const BASE: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[[sources]]
+name = "users_db"
+user = "outbox"
+database = "users_db"
+"#;
+
+    #[test]
+    fn a_minimal_file_gets_defaults() {
+        let s = load_str(BASE, &[]).unwrap();
+        assert_eq!(s.sources[0].slot_name(), "relay_users_db");
+        assert_eq!(s.sources[0].port, 5432);
+        assert_eq!(s.kafka.topic_template, "outbox.event.{aggregate_type}");
+        assert_eq!(s.kafka.poison, PoisonPolicy::Stop);
+        assert_eq!(s.pipeline.mark_batch_size, 1000);
+    }
+
+    #[test]
+    fn environment_overrides_file_values_and_adds_sources() {
+        let s = load_str(
+            BASE,
+            &[
+                ("RELAY_SOURCES__USERS_DB__PASSWORD", "12345"),
+                ("RELAY_SOURCES__USERS_DB__PORT", "6543"),
+                ("RELAY_SOURCES__LEDGER__USER", "u"),
+                ("RELAY_SOURCES__LEDGER__DATABASE", "ledger"),
+                ("RELAY_KAFKA__BROKERS", "k1:9092,k2:9092"),
+                ("RELAY_PIPELINE__MARK_BATCH_SIZE", "50"),
+                ("RELAY_KAFKA__PROPERTIES__LINGER_MS", "7"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.sources[0].password, "12345");
+        assert_eq!(s.sources[0].port, 6543);
+        assert_eq!(s.sources[1].name, "ledger");
+        assert_eq!(s.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(s.pipeline.mark_batch_size, 50);
+        assert_eq!(
+            s.kafka.properties.get("linger.ms").map(String::as_str),
+            Some("7")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let e = load_str(BASE, &[("RELAY_PIPELINE__MARK_BATCH_SIZE", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipeline.mark_batch_size"), "{e}");
+        let e = load_str(BASE, &[("RELAY_ADMIN__LISTEN", "nowhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.listen"), "{e}");
+        let e = load_str(&BASE.replace("users_db\"\nuser", "users db\"\nuser"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sources[0].name"), "{e}");
+        let e = load_str(
+            BASE,
+            &[("RELAY_KAFKA__PROPERTIES__ENABLE_IDEMPOTENCE", "false")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kafka.properties.enable.idempotence"), "{e}");
+        let e = load_str(&format!("{BASE}\nbogus = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = load_str(BASE, &[("RELAY_SOURCES__USERS_DB__PORT", "seventy")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port") || e.contains("u16"), "{e}");
+        let e = load_str(BASE, &[("RELAY_NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RELAY_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_or_invalid_files_are_clear_errors() {
+        let e = Settings::load(Some(Path::new("/nonexistent/relay.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/relay.toml"), "{e}");
+        let e = load_str("[kafka\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+        let e = load_str("[kafka]\nbrokers = \"x:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no sources"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let s = load_str(BASE, &[("RELAY_SOURCES__USERS_DB__PASSWORD", "hunter2")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,12 @@
+//! relay-cdc: publishes every committed outbox insert of each source database to Kafka,
+//! in commit order, and confirms the replication slot only after Kafka acked it.
+
+pub mod admin;
+pub mod commands;
+pub mod config;
+pub mod marker;
+pub mod metrics;
+pub mod pgoutput;
+pub mod pipeline;
+pub mod publish;
+pub mod source;

@@ -1,0 +1,183 @@
+//! PROCESSED marking: rows Kafka acked are marked in batches on an ordinary connection
+//! of their own, and only then is their transaction's end LSN handed back for
+//! confirmation to PostgreSQL.
+//!
+//! Invariant: a confirmed LSN implies every row before it is in Kafka **and** marked.
+//! So a crash between the ack and the marking replays those rows (same event ids) and
+//! marks them then; nothing stays PENDING forever. Marking never delays publishing:
+//! it runs beside the stream and only holds back the confirmation.
+
+use std::time::Duration;
+
+use pgwire_replication::Lsn;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::config::{PipelineSettings, SourceSettings};
+use crate::metrics::Metrics;
+use crate::source;
+
+/// A unit handed to the marker, in commit order.
+#[derive(Debug)]
+pub struct MarkItem {
+    /// The end LSN to confirm once this item's rows are marked; `None` for rows
+    /// published by reconciliation (they precede the slot).
+    pub lsn: Option<Lsn>,
+    /// Source time (Unix microseconds) of the WAL this item covers.
+    pub source_time_micros: i64,
+    pub ids: Vec<Uuid>,
+    pub bytes: usize,
+}
+
+/// Sent back to the pipeline after a batch was marked.
+#[derive(Debug, Default)]
+pub struct Confirmed {
+    pub lsn: Option<Lsn>,
+    pub source_time_micros: i64,
+    pub records: usize,
+    pub bytes: usize,
+}
+
+pub struct Marker {
+    pub source: SourceSettings,
+    pub pipeline: PipelineSettings,
+    pub metrics: Metrics,
+}
+
+impl Marker {
+    /// Runs until `items` closes, then flushes what it holds and returns.
+    pub async fn run(
+        self,
+        mut items: mpsc::UnboundedReceiver<MarkItem>,
+        confirmed: mpsc::UnboundedSender<Confirmed>,
+    ) {
+        let name = self.source.name.clone();
+        let backlog = self.metrics.mark_backlog.with_label_values(&[&name]);
+        let mut client: Option<Client> = None;
+        let mut retention = tokio::time::interval(Duration::from_secs(30));
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        while open {
+            let mut batch = Vec::new();
+            let mut done = Confirmed::default();
+            // Wait for the first item (or run retention while idle).
+            tokio::select! {
+                item = items.recv() => match item {
+                    Some(i) => add(&mut batch, &mut done, i),
+                    None => break,
+                },
+                _ = retention.tick(), if self.pipeline.retention_seconds > 0 => {
+                    self.retention(&mut client).await;
+                    continue;
+                }
+            }
+            // Then gather more until the batch is full or the interval passed.
+            let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
+            while batch.len() < self.pipeline.mark_batch_size {
+                match tokio::time::timeout_at(deadline, items.recv()).await {
+                    Ok(Some(i)) => add(&mut batch, &mut done, i),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            backlog.set(batch.len() as i64);
+            if !batch.is_empty() {
+                self.mark(&mut client, &batch).await;
+            }
+            backlog.set(0);
+            if confirmed.send(done).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Marks `ids`, retrying (with reconnects) until it succeeds.
+    async fn mark(&self, client: &mut Option<Client>, ids: &[Uuid]) {
+        let name = &self.source.name;
+        let sql = format!(
+            "update \"{}\".\"{}\" set status = 'PROCESSED', processed_at = now() \
+             where id = any($1) and status = 'PENDING'",
+            self.source.schema, self.source.table
+        );
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                match source::connect(&self.source).await {
+                    Ok(c) => *client = Some(c),
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %e, "marker cannot connect; retrying");
+                        self.metrics.mark_failures.with_label_values(&[name]).inc();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.pipeline.max_backoff());
+                        continue;
+                    }
+                }
+            }
+            let c = client.as_ref().expect("connected above");
+            match c.execute(&sql, &[&ids]).await {
+                Ok(n) => {
+                    self.metrics.marked.with_label_values(&[name]).inc_by(n);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, rows = ids.len(), error = %source::pg_reason(&e), "marking PROCESSED failed; retrying");
+                    self.metrics.mark_failures.with_label_values(&[name]).inc();
+                    *client = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.pipeline.max_backoff());
+                }
+            }
+        }
+    }
+
+    /// Deletes PROCESSED rows older than the retention, 1000 at a time.
+    async fn retention(&self, client: &mut Option<Client>) {
+        let name = &self.source.name;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match source::connect(&self.source).await {
+                Ok(c) => *client = Some(c),
+                Err(_) => return,
+            }
+        }
+        let c = client.as_ref().expect("connected above");
+        let sql = format!(
+            "delete from \"{s}\".\"{t}\" where id in (select id from \"{s}\".\"{t}\" \
+             where status = 'PROCESSED' and processed_at < now() - make_interval(secs => $1) limit 1000)",
+            s = self.source.schema,
+            t = self.source.table
+        );
+        let age = self.pipeline.retention_seconds as f64;
+        loop {
+            match c.execute(&sql, &[&age]).await {
+                Ok(n) => {
+                    self.metrics
+                        .retention_deleted
+                        .with_label_values(&[name])
+                        .inc_by(n);
+                    if n < 1000 {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %source::pg_reason(&e), "retention delete failed");
+                    *client = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn add(batch: &mut Vec<Uuid>, done: &mut Confirmed, item: MarkItem) {
+    batch.extend(item.ids.iter().copied());
+    done.records += item.ids.len();
+    done.bytes += item.bytes;
+    if item.lsn.is_some() {
+        done.lsn = item.lsn.max(done.lsn);
+    }
+    done.source_time_micros = done.source_time_micros.max(item.source_time_micros);
+}

@@ -1,0 +1,171 @@
+//! Prometheus metrics of the relay: names are constants here, every series is labelled
+//! by `source`. Base units throughout (bytes, seconds).
+
+use prometheus::{
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
+pub const PUBLISH_FAILURES: &str = "relay_publish_failures_total";
+pub const DEAD_LETTERED: &str = "relay_dead_lettered_total";
+pub const RECORDS_IN_FLIGHT: &str = "relay_records_in_flight";
+pub const BYTES_IN_FLIGHT: &str = "relay_bytes_in_flight";
+pub const CONFIRMED_LSN: &str = "relay_confirmed_lsn";
+pub const SERVER_WAL_LSN: &str = "relay_server_wal_lsn";
+pub const LAG_BYTES: &str = "relay_replication_lag_bytes";
+pub const LAG_SECONDS: &str = "relay_replication_lag_seconds";
+pub const COMMIT_TO_ACK: &str = "relay_commit_to_ack_seconds";
+pub const MARK_BACKLOG: &str = "relay_processed_mark_backlog";
+pub const MARKED: &str = "relay_rows_marked_processed_total";
+pub const MARK_FAILURES: &str = "relay_mark_failures_total";
+pub const RETENTION_DELETED: &str = "relay_retention_deleted_total";
+pub const SOURCE_UP: &str = "relay_source_up";
+pub const RESTARTS: &str = "relay_source_restarts_total";
+pub const RECONCILED: &str = "relay_reconciled_events_total";
+
+/// All of the relay's series, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_published: IntCounterVec,
+    pub publish_failures: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub records_in_flight: IntGaugeVec,
+    pub bytes_in_flight: IntGaugeVec,
+    pub confirmed_lsn: IntGaugeVec,
+    pub server_wal_lsn: IntGaugeVec,
+    pub lag_bytes: IntGaugeVec,
+    /// Seconds between now and the source time of the newest WAL the relay has fully
+    /// handled (a commit acked by Kafka, or a heartbeat with nothing in flight).
+    pub lag_seconds: prometheus::GaugeVec,
+    pub commit_to_ack: HistogramVec,
+    pub mark_backlog: IntGaugeVec,
+    pub marked: IntCounterVec,
+    pub mark_failures: IntCounterVec,
+    pub retention_deleted: IntCounterVec,
+    pub source_up: IntGaugeVec,
+    pub restarts: IntCounterVec,
+    pub reconciled: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let src = &["source"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), src).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let lag_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                LAG_SECONDS,
+                "Seconds between now and the newest source time fully published",
+            ),
+            src,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lag_seconds.clone()))
+            .expect("unique metric");
+        let commit_to_ack = HistogramVec::new(
+            HistogramOpts::new(
+                COMMIT_TO_ACK,
+                "Seconds from source commit to the Kafka ack of its last record",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+            src,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(commit_to_ack.clone()))
+            .expect("unique metric");
+        Self {
+            events_published: counter(EVENTS_PUBLISHED, "Outbox events acked by Kafka", src),
+            publish_failures: counter(
+                PUBLISH_FAILURES,
+                "Records Kafka refused; the pipeline restarted from the confirmed LSN",
+                &["source", "kind"],
+            ),
+            dead_lettered: counter(
+                DEAD_LETTERED,
+                "Poison records sent to the dead-letter topic",
+                src,
+            ),
+            records_in_flight: gauge(
+                RECORDS_IN_FLIGHT,
+                "Records produced but not yet acked and marked",
+            ),
+            bytes_in_flight: gauge(
+                BYTES_IN_FLIGHT,
+                "Bytes of records produced but not yet acked and marked",
+            ),
+            confirmed_lsn: gauge(
+                CONFIRMED_LSN,
+                "LSN confirmed to PostgreSQL (everything before it is in Kafka)",
+            ),
+            server_wal_lsn: gauge(
+                SERVER_WAL_LSN,
+                "The source server's current WAL insert position",
+            ),
+            lag_bytes: gauge(
+                LAG_BYTES,
+                "Server WAL position minus the slot's confirmed flush position",
+            ),
+            lag_seconds,
+            commit_to_ack,
+            mark_backlog: gauge(
+                MARK_BACKLOG,
+                "Rows acked by Kafka and not yet marked PROCESSED",
+            ),
+            marked: counter(MARKED, "Outbox rows marked PROCESSED", src),
+            mark_failures: counter(
+                MARK_FAILURES,
+                "Failed PROCESSED-marking attempts (retried)",
+                src,
+            ),
+            retention_deleted: counter(
+                RETENTION_DELETED,
+                "PROCESSED rows deleted by retention",
+                src,
+            ),
+            source_up: gauge(SOURCE_UP, "1 while the source streams from its slot"),
+            restarts: counter(
+                RESTARTS,
+                "Times the source's pipeline restarted after an error",
+                src,
+            ),
+            reconciled: counter(
+                RECONCILED,
+                "PENDING rows published when the slot was created",
+                src,
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,349 @@
+//! relay-cdc against the real PostgreSQL and the real Kafka broker.
+
+mod helpers;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use helpers::{insert_txn, Relay, RelayConfig, Source};
+use testkit::{read_records, read_until_quiet, Record};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn lsn(r: &Record) -> u64 {
+    let s = r.header("commit_lsn").expect("commit_lsn header");
+    let (hi, lo) = s.split_once('/').expect("X/Y");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+fn seq(r: &Record) -> i64 {
+    r.payload_json()["seq"].as_i64().unwrap()
+}
+
+/// Within each partition, records must follow commit order, then insert order.
+fn assert_commit_order(records: &[Record]) {
+    let mut by_partition: HashMap<(String, i32), Vec<&Record>> = HashMap::new();
+    for r in records {
+        by_partition
+            .entry((r.topic.clone(), r.partition))
+            .or_default()
+            .push(r);
+    }
+    for recs in by_partition.values() {
+        for w in recs.windows(2) {
+            assert!(
+                (lsn(w[0]), seq(w[0])) < (lsn(w[1]), seq(w[1])),
+                "out of order at offsets {} and {}",
+                w[0].offset,
+                w[1].offset
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_events_in_100_transactions_arrive_complete_in_commit_order() {
+    let src = Source::new("orders").await;
+    let (cfg, prefix) = RelayConfig::new("bulk");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+
+    let mut conn = src.conn().await;
+    let mut expected = Vec::new();
+    for t in 0..100 {
+        expected.extend(
+            insert_txn(
+                &mut conn,
+                "order",
+                &format!("agg-{}", t % 7),
+                100,
+                &format!("t{t}"),
+            )
+            .await,
+        );
+    }
+    let topic = format!("{prefix}.order");
+    let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
+    let records = read_records(&consumer, expected.len(), WAIT).await.unwrap();
+
+    let got: HashSet<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert_eq!(got.len(), expected.len(), "no duplicates on a clean run");
+    assert!(
+        expected.iter().all(|id| got.contains(id.as_str())),
+        "every event arrived"
+    );
+    assert_commit_order(&records);
+    let r = &records[0];
+    assert_eq!(r.topic, topic);
+    assert!(r.key.as_deref().unwrap().starts_with("agg-"));
+    assert_eq!(r.header("event_type"), Some("TestEvent"));
+    assert_eq!(r.header("aggregate_type"), Some("order"));
+    assert_eq!(r.header("aggregate_id"), r.key.as_deref());
+    assert_eq!(r.header("source"), Some("orders"));
+    assert!(r.header("commit_time").unwrap().ends_with('Z'));
+    assert!(r.payload_json()["tag"].as_str().unwrap().starts_with('t'));
+
+    // Rows turn PROCESSED, and the slot confirms past the last commit.
+    let end = src.current_lsn().await;
+    testkit::wait_for("all rows PROCESSED", WAIT, || async {
+        Ok((src.count("PENDING").await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    testkit::wait_for("slot confirmed past the last commit", WAIT, || async {
+        Ok((src.confirmed_lsn().await >= end).then_some(()))
+    })
+    .await
+    .unwrap();
+    let m = relay.metrics().await;
+    assert_eq!(
+        m["relay_events_published_total{source=\"orders\"}"],
+        10_000.0
+    );
+    assert!(m.contains_key("relay_replication_lag_bytes{source=\"orders\"}"));
+    assert!(m.contains_key("relay_replication_lag_seconds{source=\"orders\"}"));
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interleaved_transactions_are_published_in_commit_order() {
+    let src = Source::new("ledger").await;
+    let (cfg, prefix) = RelayConfig::new("interleave");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+
+    let mut c1 = src.conn().await;
+    let mut c2 = src.conn().await;
+    sqlx::query("begin").execute(&mut c1).await.unwrap();
+    let t1 = insert_txn(&mut c1, "acct", "same-key", 1, "T1").await;
+    sqlx::query("begin").execute(&mut c2).await.unwrap();
+    let t2 = insert_txn(&mut c2, "acct", "same-key", 1, "T2").await;
+    sqlx::query("commit").execute(&mut c2).await.unwrap();
+    sqlx::query("commit").execute(&mut c1).await.unwrap();
+
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.acct")]).unwrap();
+    let records = read_records(&consumer, 2, WAIT).await.unwrap();
+    let order: Vec<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        vec![t2[0].as_str(), t1[0].as_str()],
+        "T2 committed first, so it is published first"
+    );
+    assert!(lsn(&records[0]) < lsn(&records[1]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_transaction_produces_nothing() {
+    let src = Source::new("users").await;
+    let (cfg, prefix) = RelayConfig::new("rollback");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+
+    let mut c = src.conn().await;
+    sqlx::query("begin").execute(&mut c).await.unwrap();
+    let rolled_back = insert_txn(&mut c, "user", "u1", 5, "rolled-back").await;
+    sqlx::query("rollback").execute(&mut c).await.unwrap();
+    let committed = insert_txn(&mut c, "user", "u1", 1, "committed").await;
+
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.user")]).unwrap();
+    let first = read_records(&consumer, 1, WAIT).await.unwrap();
+    let rest = read_until_quiet(&consumer, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert_eq!(ids, vec![committed[0].as_str()]);
+    assert!(rolled_back.iter().all(|id| !ids.contains(&id.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
+    let src = Source::new("late").await;
+    let mut c = src.conn().await;
+    let mut before = Vec::new();
+    for i in 0..5 {
+        before.extend(insert_txn(&mut c, "user", &format!("u{i}"), 20, "before").await);
+    }
+    let (cfg, prefix) = RelayConfig::new("late");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let after = insert_txn(&mut c, "user", "u0", 3, "after").await;
+
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.user")]).unwrap();
+    let records = read_records(&consumer, before.len() + after.len(), WAIT)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "reconciliation and streaming do not overlap"
+    );
+    assert!(before
+        .iter()
+        .chain(&after)
+        .all(|id| unique.contains(id.as_str())));
+    // On the shared key u0, the reconciled rows come before the streamed ones.
+    let u0: Vec<&str> = records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("u0"))
+        .map(|r| r.payload_json()["tag"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|s| if s == "before" { "before" } else { "after" })
+        .collect();
+    assert_eq!(u0.iter().position(|t| *t == "after"), Some(20));
+    testkit::wait_for("all rows PROCESSED", WAIT, || async {
+        Ok((src.count("PENDING").await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_sources_in_one_process_with_a_schema_change_mid_stream() {
+    let a = Source::new("alpha").await;
+    let b = Source::new("beta").await;
+    let (cfg, prefix) = RelayConfig::new("two");
+    let mut relay = Relay::start(&cfg, &[&a, &b]);
+    relay.wait_ready().await;
+
+    let mut ca = a.conn().await;
+    let mut cb = b.conn().await;
+    let mut ids = insert_txn(&mut ca, "thing", "k", 2, "a-before").await;
+    ids.extend(insert_txn(&mut cb, "thing", "k", 2, "b").await);
+    sqlx::query("alter table outbox add column trace_id text default 'trace'")
+        .execute(&mut ca)
+        .await
+        .unwrap();
+    ids.extend(insert_txn(&mut ca, "thing", "k", 2, "a-after").await);
+
+    let consumer =
+        testkit::consumer(&a.db.stack().kafka_brokers, &[&format!("{prefix}.thing")]).unwrap();
+    let records = read_records(&consumer, 6, WAIT).await.unwrap();
+    let got: HashSet<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| got.contains(id.as_str())));
+    let sources: HashSet<&str> = records
+        .iter()
+        .map(|r| r.header("source").unwrap())
+        .collect();
+    assert_eq!(sources, HashSet::from(["alpha", "beta"]));
+    for s in [&a, &b] {
+        testkit::wait_for("rows PROCESSED", WAIT, || async {
+            Ok((s.count("PENDING").await == 0).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarts_graceful_and_kill_9_lose_nothing_and_resend_only_unconfirmed_events() {
+    let src = Source::new("restart").await;
+    let (cfg, prefix) = RelayConfig::new("restart");
+    let topic = format!("{prefix}.evt");
+    let mut expected = Vec::new();
+    let mut c = src.conn().await;
+
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    for i in 0..20 {
+        expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase1").await);
+    }
+    // Graceful stop while events are in flight: exit 0, final position confirmed.
+    assert_eq!(relay.terminate().code(), Some(0));
+    let confirmed_after_term = src.confirmed_lsn().await;
+
+    for i in 0..20 {
+        expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase2").await);
+    }
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    for i in 0..20 {
+        expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase3").await);
+    }
+    let confirmed_before_kill = src.confirmed_lsn().await;
+    relay.kill();
+    for i in 0..20 {
+        expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase4").await);
+    }
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+
+    let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
+    let records = read_records(&consumer, expected.len(), WAIT).await.unwrap();
+    let records = [
+        records,
+        read_until_quiet(&consumer, Duration::from_secs(3))
+            .await
+            .unwrap(),
+    ]
+    .concat();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for r in &records {
+        *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "{} events lost", missing.len());
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "only events that were written arrive"
+    );
+    // A duplicate may only be an event the slot had not confirmed when its relay stopped.
+    assert!(confirmed_after_term > 0);
+    let mut dupes = 0;
+    for r in &records {
+        if seen[r.header("event_id").unwrap()] > 1 {
+            dupes += 1;
+            let floor = if r.payload_json()["tag"] == "phase1" {
+                confirmed_after_term
+            } else {
+                confirmed_before_kill
+            };
+            assert!(
+                lsn(r) >= floor,
+                "event {} at {} was confirmed, yet sent twice",
+                r.header("event_id").unwrap(),
+                r.header("commit_lsn").unwrap()
+            );
+        }
+    }
+    eprintln!("duplicate deliveries: {dupes}");
+    // Deduplicated by event id, each partition still follows commit order.
+    let mut first = HashSet::new();
+    let unique: Vec<Record> = records
+        .into_iter()
+        .filter(|r| first.insert(r.header("event_id").unwrap().to_string()))
+        .collect();
+    assert_commit_order(&unique);
+    testkit::wait_for("all rows PROCESSED", WAIT, || async {
+        Ok((src.count("PENDING").await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    drop(relay);
+}
