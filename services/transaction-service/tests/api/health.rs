@@ -1,0 +1,83 @@
+//! `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn healthz_and_readyz_are_ok_when_the_database_and_kafka_are_reachable() {
+    let app = spawn_app().await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_matched_route_and_status() {
+    let app = spawn_app().await;
+    for _ in 0..2 {
+        app.get(&format!("/api/v1/transactions/{}", Uuid::now_v7()))
+            .await;
+    }
+    app.get("/no/such/route").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"http_requests_total{method="GET",route="/api/v1/transactions/{id}",status="404"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#));
+    assert!(text.contains(
+        r#"http_request_duration_seconds_count{method="GET",route="/api/v1/transactions/{id}",status="404"} 2"#
+    ));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let app = spawn_app().await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/api/v1/transactions", "post"),
+        ("/api/v1/transactions/{id}", "get"),
+        ("/api/v1/balance/{userId}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    let responses = doc["paths"]["/api/v1/transactions"]["post"]["responses"]
+        .as_object()
+        .unwrap();
+    for status in ["202", "400", "413", "415", "422", "503"] {
+        assert!(responses.contains_key(status), "POST lacks {status}");
+    }
+}
+
+#[tokio::test]
+async fn shutting_down_stops_the_server_and_the_consumer() {
+    let mut app = spawn_app().await;
+    app.open_accounts(1).await;
+    app.shut_down();
+    let server = app.server.take().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("the service stops within 15 s")
+        .expect("the service task did not panic");
+    assert!(result.is_ok());
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err());
+}

@@ -1,0 +1,412 @@
+//! `spawn_app()` and what tests do with a running service: call its API, announce
+//! users on Kafka, and relay its outbox rows to Kafka the way relay-cdc does.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use testkit::{unique_suffix, unique_topic, wait_for, Stack, TestDb};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use transaction_service::config::{
+    DatabaseSettings, DatabaseTarget, KafkaSettings, ServerSettings, Settings,
+};
+use transaction_service::Application;
+use uuid::Uuid;
+
+/// How long tests wait for an event to take effect.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running service and everything a test needs around it.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    pub client: reqwest::Client,
+    /// A pool of the test's own on the service's database.
+    pub pool: PgPool,
+    pub user_topic: String,
+    pub transaction_topic: String,
+    pub group_id: String,
+    pub brokers: String,
+    producer: FutureProducer,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<std::io::Result<()>>>,
+    /// Dropped last: drops the database.
+    pub db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the service on 127.0.0.1:0 against a fresh database and fresh topics, after
+/// `adjust` had its say on the settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::create("tx", "transaction_db")
+        .await
+        .expect("test database");
+    let brokers = Stack::from_env().kafka_brokers;
+    let user_topic = unique_topic("user");
+    let transaction_topic = unique_topic("transaction");
+    for topic in [&user_topic, &transaction_topic] {
+        testkit::create_topic(&brokers, topic, 1)
+            .await
+            .expect("test topic");
+    }
+    let group_id = format!("transaction-service-test-{}", unique_suffix());
+    let mut settings = Settings {
+        server: ServerSettings {
+            host: "127.0.0.1".parse().unwrap(),
+            port: 0,
+        },
+        database: DatabaseSettings {
+            target: DatabaseTarget::Url(db.url.clone().into()),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        },
+        kafka: KafkaSettings {
+            brokers: brokers.clone(),
+            group_id: group_id.clone(),
+            user_events_topic: user_topic.clone(),
+            transaction_events_topic: transaction_topic.clone(),
+        },
+    };
+    adjust(&mut settings);
+
+    let app = Application::build(&settings).await.expect("service starts");
+    let address = format!("http://{}", app.local_addr());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect(&db.url)
+        .await
+        .expect("test pool");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("test producer");
+
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        pool,
+        user_topic,
+        transaction_topic,
+        group_id,
+        brokers,
+        producer,
+        shutdown: Some(shutdown),
+        server: Some(server),
+        db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Asks the service to shut down, as SIGTERM would.
+    pub fn shut_down(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    // --- HTTP ---
+
+    pub async fn post_transaction(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/transactions"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/transactions")
+    }
+
+    pub async fn post_transaction_with_key(&self, body: &Value, key: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/transactions"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/transactions")
+    }
+
+    /// POSTs `body` verbatim with `content_type` (none when `None`).
+    pub async fn post_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        content_type: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(self.url("/api/v1/transactions"))
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        request.send().await.expect("POST /api/v1/transactions")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// POSTs a transaction that must be accepted; returns its id.
+    pub async fn create(&self, body: &Value) -> Uuid {
+        let response = self.post_transaction(body).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "PENDING");
+        body["transactionId"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("transactionId")
+    }
+
+    pub async fn transaction(&self, id: Uuid) -> Value {
+        let response = self.get(&format!("/api/v1/transactions/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("JSON body")
+    }
+
+    /// The balance as the API shows it, `None` when the account does not exist.
+    pub async fn balance(&self, user_id: Uuid) -> Option<String> {
+        let response = self.get(&format!("/api/v1/balance/{user_id}")).await;
+        match response.status().as_u16() {
+            404 => None,
+            200 => {
+                let body: Value = response.json().await.expect("JSON body");
+                Some(
+                    body["balance"]
+                        .as_str()
+                        .expect("balance string")
+                        .to_string(),
+                )
+            }
+            other => panic!("GET balance answered {other}"),
+        }
+    }
+
+    /// Waits until transaction `id` left `PENDING`; returns it.
+    pub async fn settled(&self, id: Uuid) -> Value {
+        wait_for("the transaction to settle", EVENT_TIMEOUT, || async {
+            let t = self.transaction(id).await;
+            Ok((t["status"] != "PENDING").then_some(t))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A metric's value in `/metrics`, 0 when the series does not exist yet.
+    /// `series` is the name with its labels as rendered, e.g. `x_total{reason="malformed"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    // --- Kafka, as user-service + relay-cdc would publish ---
+
+    /// Produces a record to `topic` with `headers`.
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        self.producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(owned),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("record delivered");
+    }
+
+    /// Publishes a `UserCreated` for `user_id` like relay-cdc publishes user-service's
+    /// outbox row; returns the event id.
+    pub async fn announce_user(&self, user_id: Uuid) -> Uuid {
+        let event_id = Uuid::now_v7();
+        let payload = json!({
+            "id": user_id,
+            "email": format!("{}@example.com", user_id.simple()),
+            "createdAt": chrono::Utc::now(),
+        });
+        self.produce(
+            &self.user_topic,
+            &user_id.to_string(),
+            payload.to_string().as_bytes(),
+            &[
+                (outbox::headers::EVENT_ID, &event_id.to_string()),
+                (outbox::headers::EVENT_TYPE, "UserCreated"),
+                (outbox::headers::AGGREGATE_TYPE, "user"),
+                (outbox::headers::AGGREGATE_ID, &user_id.to_string()),
+            ],
+        )
+        .await;
+        event_id
+    }
+
+    /// Announces `n` new users and waits until all their accounts are open.
+    pub async fn open_accounts(&self, n: usize) -> Vec<Uuid> {
+        let users: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        for user in &users {
+            self.announce_user(*user).await;
+        }
+        wait_for("accounts to open", EVENT_TIMEOUT, || async {
+            let open: i64 =
+                sqlx::query_scalar("select count(*) from accounts where user_id = any($1)")
+                    .bind(&users)
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok((open == n as i64).then_some(()))
+        })
+        .await
+        .unwrap();
+        users
+    }
+
+    /// Publishes outbox row `outbox_id` exactly as relay-cdc would: topic from the
+    /// aggregate type, key = aggregate id, value = payload, event id and type headers.
+    pub async fn relay(&self, outbox_id: Uuid) {
+        let (aggregate_type, aggregate_id, event_type, payload): (String, String, String, String) =
+            sqlx::query_as(
+                "select aggregate_type, aggregate_id, event_type, payload::text from outbox where id = $1",
+            )
+            .bind(outbox_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("outbox row");
+        let topic = match aggregate_type.as_str() {
+            "transaction" => &self.transaction_topic,
+            "user" => &self.user_topic,
+            other => panic!("no test topic for aggregate type {other}"),
+        };
+        self.produce(
+            topic,
+            &aggregate_id,
+            payload.as_bytes(),
+            &[
+                (outbox::headers::EVENT_ID, &outbox_id.to_string()),
+                (outbox::headers::EVENT_TYPE, &event_type),
+                (outbox::headers::AGGREGATE_TYPE, &aggregate_type),
+                (outbox::headers::AGGREGATE_ID, &aggregate_id),
+            ],
+        )
+        .await;
+    }
+
+    /// The id of transaction `id`'s `TransactionCreated` outbox row.
+    pub async fn created_event(&self, id: Uuid) -> Uuid {
+        sqlx::query_scalar(
+            "select id from outbox where aggregate_id = $1 and event_type = 'TransactionCreated'",
+        )
+        .bind(id.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .expect("TransactionCreated outbox row")
+    }
+
+    /// Relays transaction `id`'s `TransactionCreated` and waits until it settled.
+    pub async fn relay_and_settle(&self, id: Uuid) -> Value {
+        self.relay(self.created_event(id).await).await;
+        self.settled(id).await
+    }
+
+    /// Deposits `amount` into `user_id`'s account through the API and Kafka.
+    pub async fn deposit(&self, user_id: Uuid, amount: Value) {
+        let id = self
+            .create(&json!({"amount": amount, "toUserId": user_id, "description": "deposit"}))
+            .await;
+        let t = self.relay_and_settle(id).await;
+        assert_eq!(t["status"], "COMPLETED", "{t}");
+    }
+
+    /// `(event_type, payload)` of every outbox row of aggregate `id`, oldest first.
+    pub async fn events_of(&self, id: Uuid) -> Vec<(Uuid, String, Value)> {
+        sqlx::query_as(
+            "select id, event_type, payload from outbox where aggregate_type = 'transaction' \
+             and aggregate_id = $1 order by id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .expect("outbox rows")
+    }
+
+    /// The offset the service's consumer group committed on partition 0 of `topic`.
+    pub async fn committed_offset(&self, topic: &str) -> anyhow::Result<Option<i64>> {
+        let brokers = self.brokers.clone();
+        let group = self.group_id.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&topic, 0);
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(5))
+                .context("reading committed offsets")?;
+            let offset = committed.find_partition(&topic, 0).map(|p| p.offset());
+            Ok(match offset {
+                Some(Offset::Offset(o)) => Some(o),
+                Some(Offset::Invalid) | None => None,
+                Some(other) => bail!("unexpected committed offset {other:?}"),
+            })
+        })
+        .await?
+    }
+}
+
+/// A small deterministic pseudo-random sequence (xorshift64*), so concurrency tests
+/// need no extra crate and are reproducible from their seed.
+pub struct Sequence(u64);
+
+impl Sequence {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}

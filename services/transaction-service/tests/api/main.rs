@@ -1,0 +1,10 @@
+//! Integration tests against the real PostgreSQL and Apache Kafka of the local stack
+//! (`scripts/stack up`). Each test runs its own service on its own database, topics
+//! and consumer group.
+
+mod consumer;
+mod errors;
+mod health;
+mod helpers;
+mod idempotency;
+mod settlement;
