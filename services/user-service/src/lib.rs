@@ -32,8 +32,9 @@ pub fn app(state: AppState) -> Router {
 /// Start-up failed; the message says which step.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("could not apply database migrations")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The message includes sqlx's, whose own `source()` would repeat it.
+    #[error("could not apply database migrations: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
     #[error("could not listen on {addr}")]
     Bind {
         addr: SocketAddr,

@@ -1,5 +1,5 @@
 //! Log output: JSON lines when stdout is not a terminal (containers, files), readable
-//! text when it is. `RUST_LOG` filters; the default is `info`.
+//! text when it is. `RUST_LOG` filters; the default is `info` (PostgreSQL notices at `warn`).
 
 use std::io::IsTerminal;
 
@@ -7,7 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL notices ("relation already exists, skipping") are noise at info.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::io::stdout().is_terminal() {
         builder.pretty().init();

@@ -60,45 +60,46 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut envelope = Envelope::message(status, "");
-        envelope.message = match self {
-            Self::Invalid(errors) => {
-                envelope.errors = Some(errors);
-                "request validation failed".into()
-            }
-            Self::BadRequest(message) | Self::NotFound(message) => message.into(),
-            Self::MethodNotAllowed => "method not allowed".into(),
+        let (message, errors): (String, Option<BTreeMap<String, String>>) = match self {
+            Self::Invalid(errors) => ("request validation failed".into(), Some(errors)),
+            Self::BadRequest(message) | Self::NotFound(message) => (message.into(), None),
+            Self::MethodNotAllowed => ("method not allowed".into(), None),
             Self::Conflict {
                 message,
                 field,
                 reason,
-            } => {
-                envelope.errors = Some(BTreeMap::from([(field.into(), reason.into())]));
-                message.into()
-            }
-            Self::PayloadTooLarge => {
-                format!("request body must be at most {BODY_LIMIT_BYTES} bytes")
-            }
-            Self::UnsupportedMediaType => "content type must be application/json".into(),
+            } => (
+                message.into(),
+                Some(BTreeMap::from([(field.into(), reason.into())])),
+            ),
+            Self::PayloadTooLarge => (
+                format!("request body must be at most {BODY_LIMIT_BYTES} bytes"),
+                None,
+            ),
+            Self::UnsupportedMediaType => ("content type must be application/json".into(), None),
             Self::Unavailable(cause) => {
                 tracing::warn!(error = %chain(&*cause), "database unavailable");
-                let mut response = Envelope::message(
-                    status,
-                    "service temporarily unavailable: the database cannot be reached, retry later",
+                (
+                    "service temporarily unavailable: the database cannot be reached, retry later"
+                        .into(),
+                    None,
                 )
-                .into_response();
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(RETRY_AFTER.as_secs()),
-                );
-                return response;
             }
             Self::Internal(cause) => {
                 tracing::error!(error = %chain(&*cause), "request failed");
-                "internal server error".into()
+                ("internal server error".into(), None)
             }
         };
-        envelope.into_response()
+        let mut envelope = Envelope::message(status, message);
+        envelope.errors = errors;
+        let mut response = envelope.into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        response
     }
 }
 
