@@ -262,6 +262,7 @@ pub async fn read_records(
     let mut out = Vec::with_capacity(want);
     while out.len() < want {
         let msg = match tokio::time::timeout(timeout, consumer.recv()).await {
+            Ok(m) if transient(&m) => continue,
             Ok(m) => m?,
             Err(_) => bail!(
                 "got {} of {want} records, then nothing for {timeout:?}",
@@ -280,20 +281,21 @@ pub async fn read_until_quiet(
 ) -> anyhow::Result<Vec<Record>> {
     let mut out = Vec::new();
     while let Ok(m) = tokio::time::timeout(quiet, consumer.recv()).await {
-        if !topic_not_there_yet(&m) {
+        if !transient(&m) {
             out.push(to_record(&m?));
         }
     }
     Ok(out)
 }
 
-/// A consumer subscribed before the producer created the topic reports it as an error;
-/// the topic appears moments later, so this is not a failure.
-fn topic_not_there_yet<T>(m: &Result<T, rdkafka::error::KafkaError>) -> bool {
+/// Errors a consumer reports and then recovers from by itself: subscribed before the
+/// producer created the topic, or the broker was restarted under it.
+fn transient<T>(m: &Result<T, rdkafka::error::KafkaError>) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
         m,
         Err(rdkafka::error::KafkaError::MessageConsumption(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+            C::UnknownTopicOrPartition | C::AllBrokersDown | C::BrokerTransportFailure
         ))
     )
 }
@@ -339,4 +341,75 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A Kafka broker of one test's own (same jars, own ports and folder), for tests that
+/// stop and start the broker without disturbing the shared one.
+pub struct PrivateKafka {
+    pub brokers: String,
+    dir: PathBuf,
+    port: u16,
+    controller_port: u16,
+}
+
+impl PrivateKafka {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("testkit-kafka-{}", unique_suffix()));
+        let port = free_port();
+        let controller_port = free_port();
+        let k = Self {
+            brokers: format!("127.0.0.1:{port}"),
+            dir,
+            port,
+            controller_port,
+        };
+        k.run("kafka-start").await?;
+        Ok(k)
+    }
+
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.run("kafka-stop").await
+    }
+
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.run("kafka-start").await
+    }
+
+    async fn run(&self, verb: &str) -> anyhow::Result<()> {
+        let out = tokio::process::Command::new(repo_root().join("scripts/stack"))
+            .arg(verb)
+            .env("STACK_DIR", &self.dir)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("KAFKA_HEAP", "384m")
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "scripts/stack {verb} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo_root().join("scripts/stack"))
+            .arg("kafka-stop")
+            .env("STACK_DIR", &self.dir)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
 }

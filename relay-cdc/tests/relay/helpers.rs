@@ -135,7 +135,7 @@ fn free_port() -> u16 {
 
 impl Relay {
     pub fn start(cfg: &RelayConfig, sources: &[&Source]) -> Relay {
-        let port = free_port();
+        let port = testkit::free_port();
         let log = std::env::temp_dir().join(format!("relay-test-{}.log", unique_suffix()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-cdc"));
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {

@@ -347,3 +347,154 @@ async fn restarts_graceful_and_kill_9_lose_nothing_and_resend_only_unconfirmed_e
     .unwrap();
     drop(relay);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resumes() {
+    let kafka = testkit::PrivateKafka::start().await.unwrap();
+    let src = Source::new("outage").await;
+    let (mut cfg, prefix) = RelayConfig::new("outage");
+    cfg.brokers = kafka.brokers.clone();
+    let topic = format!("{prefix}.evt");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let mut c = src.conn().await;
+
+    let mut expected = insert_txn(&mut c, "evt", "k", 10, "before").await;
+    let consumer = testkit::consumer(&kafka.brokers, &[&topic]).unwrap();
+    read_records(&consumer, expected.len(), WAIT).await.unwrap();
+    testkit::wait_for("first batch PROCESSED", WAIT, || async {
+        Ok((src.count("PENDING").await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    kafka.stop().await.unwrap();
+    let confirmed = src.confirmed_lsn().await;
+    for i in 0..50 {
+        expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 5), 10, "during").await);
+    }
+    // The relay has read them and holds them in flight...
+    let admin = relay.admin.clone();
+    testkit::wait_for("records in flight", WAIT, || {
+        let admin = admin.clone();
+        async move {
+            let text = reqwest::get(format!("{admin}/metrics"))
+                .await?
+                .text()
+                .await?;
+            Ok(text
+                .lines()
+                .any(|l| l.starts_with("relay_records_in_flight") && !l.ends_with(" 0"))
+                .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    // ...and over several heartbeat and status intervals confirms none of them.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            src.confirmed_lsn().await,
+            confirmed,
+            "slot moved while Kafka was down"
+        );
+    }
+    assert_eq!(src.count("PENDING").await, 500);
+
+    kafka.resume().await.unwrap();
+    let end = src.current_lsn().await;
+    let records = read_records(&consumer, 500, WAIT).await.unwrap();
+    let got: HashSet<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert!(
+        expected[10..].iter().all(|id| got.contains(id.as_str())),
+        "every event of the outage arrived"
+    );
+    testkit::wait_for("slot confirmed past the outage", WAIT, || async {
+        Ok((src.confirmed_lsn().await >= end).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+fn relay_cli(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relay-cdc"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
+        cmd.env_remove(k);
+    }
+    cmd.args(args)
+        .env(
+            "RELAY_KAFKA__BROKERS",
+            testkit::Stack::from_env().kafka_brokers,
+        )
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_on_a_ready_source_and_names_what_is_missing_otherwise() {
+    let ready = Source::new("ready").await;
+    let out = relay_cli(&["check"], &ready.env());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("wal_level = logical") && text.contains("metadata: 1 broker"),
+        "{text}"
+    );
+
+    let bare = testkit::TestDb::create_empty("relay").await.unwrap();
+    let mut env = ready.env();
+    for (k, v) in env.iter_mut() {
+        if k.ends_with("__DATABASE") {
+            *v = bare.name.clone();
+        }
+    }
+    let out = relay_cli(&["check"], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("[FAIL]") && text.contains("does not exist"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_exits_non_zero_naming_the_key() {
+    let src = Source::new("cfg").await;
+    let mut env = src.env();
+    env.push(("RELAY_PIPELINE__MARK_BATCH_SIZE".into(), "0".into()));
+    let out = relay_cli(&["run"], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pipeline.mark_batch_size"));
+
+    let out = relay_cli(&["run", "--config", "/nonexistent/relay.toml"], &src.env());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/relay.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_slot_its_confirmed_lsn_and_lag() {
+    let src = Source::new("stat").await;
+    let out = relay_cli(&["status"], &src.env());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("(no slot)"), "{text}");
+
+    let (cfg, _) = RelayConfig::new("status");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let out = relay_cli(&["status"], &src.env());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("stat "))
+        .expect("a line for the source");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1], src.slot);
+    assert_eq!(cols[2], "yes", "{text}");
+    assert!(cols[3].contains('/'), "{text}");
+    assert!(cols[4].parse::<i64>().is_ok(), "{text}");
+}
