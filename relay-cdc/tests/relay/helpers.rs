@@ -125,14 +125,6 @@ impl RelayConfig {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Relay {
     pub fn start(cfg: &RelayConfig, sources: &[&Source]) -> Relay {
         let port = testkit::free_port();
