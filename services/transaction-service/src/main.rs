@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             tracing::error!(variable = error.variable, "invalid configuration: {error}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     let app = match Application::build(&settings).await {

@@ -15,9 +15,9 @@ use super::AppState;
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The process is up and serving HTTP.
+/// The process is up and serving HTTP (touches neither the database nor Kafka).
 pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+    Json(json!({"code": 200, "message": "alive"}))
 }
 
 /// 200 when the database answers a query and the Kafka cluster answers a metadata
@@ -32,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         errors.insert("kafka".into(), reason);
     }
     if errors.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(json!({"code": 200, "message": "ready"})).into_response()
     } else {
         let body = ErrorBody {
             code: StatusCode::SERVICE_UNAVAILABLE.as_u16(),

@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 pub use error::{ApiError, ErrorBody, FieldErrors};
 pub use extract::BODY_LIMIT_BYTES;
@@ -50,6 +51,10 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             observe::track,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(state)
 }

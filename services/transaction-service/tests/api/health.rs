@@ -15,7 +15,7 @@ async fn healthz_and_readyz_are_ok_when_the_database_and_kafka_are_reachable() {
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["status"], "ready");
+    assert_eq!(body, serde_json::json!({"code": 200, "message": "ready"}));
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! (`scripts/stack up`). Each test runs its own service on its own database, topics
 //! and consumer group.
 
+mod binary;
 mod consumer;
 mod errors;
 mod health;
