@@ -37,7 +37,7 @@ create table idempotency_keys (
     key             text primary key check (char_length(key) between 1 and 255),
     request_hash    bytea not null,              -- sha256 of the canonical request
     response_status smallint not null,
-    response_body   jsonb not null,
+    response_body   text not null,               -- the JSON body byte for byte
     created_at      timestamptz not null default now()
 );
 

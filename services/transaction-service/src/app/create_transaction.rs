@@ -34,11 +34,9 @@ pub struct Accepted {
 pub enum Created {
     /// A new `PENDING` transaction.
     Accepted(Accepted),
-    /// The idempotency key named an identical earlier request: its response, unchanged.
-    Replayed {
-        status: u16,
-        body: serde_json::Value,
-    },
+    /// The idempotency key named an identical earlier request: its response, byte for
+    /// byte.
+    Replayed { status: u16, body: String },
 }
 
 /// A side of the transaction that names an account that does not exist.
@@ -124,7 +122,7 @@ pub async fn execute(
         status: row.status,
     };
     if let Some(key) = key {
-        let body = serde_json::to_value(&accepted).expect("the response serialises");
+        let body = serde_json::to_string(&accepted).expect("the response serialises");
         if !idempotency::save(&mut tx, key.as_str(), &fingerprint, ACCEPTED_STATUS, &body).await? {
             // A concurrent request with this key committed first: ours never happened.
             tx.rollback().await?;

@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -139,7 +139,14 @@ pub async fn create(
         Created::Accepted(accepted) => Ok((StatusCode::ACCEPTED, Json(accepted)).into_response()),
         Created::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-            Ok((status, [(IDEMPOTENT_REPLAYED, "true")], Json(body)).into_response())
+            let headers = [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+                (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+            ];
+            Ok((status, headers, body).into_response())
         }
     }
 }

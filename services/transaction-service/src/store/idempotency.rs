@@ -13,7 +13,8 @@ pub struct Stored {
     /// Whether the earlier request had the same canonical text as this one.
     pub same_request: bool,
     pub response_status: u16,
-    pub response_body: serde_json::Value,
+    /// The JSON body exactly as it was sent.
+    pub response_body: String,
 }
 
 /// The live entry for `key` (younger than `retention`), compared with `request`.
@@ -23,7 +24,7 @@ pub async fn find(
     request: &str,
     retention: Duration,
 ) -> Result<Option<Stored>, sqlx::Error> {
-    let row: Option<(bool, i16, serde_json::Value)> = sqlx::query_as(
+    let row: Option<(bool, i16, String)> = sqlx::query_as(
         "select request_hash = sha256(convert_to($2, 'UTF8')), response_status, response_body \
          from idempotency_keys \
          where key = $1 and created_at >= now() - make_interval(secs => $3)",
@@ -68,7 +69,7 @@ pub async fn save(
     key: &str,
     request: &str,
     response_status: u16,
-    response_body: &serde_json::Value,
+    response_body: &str,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "insert into idempotency_keys (key, request_hash, response_status, response_body) \
