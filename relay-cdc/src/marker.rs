@@ -55,7 +55,8 @@ impl Marker {
         let name = self.source.name.clone();
         let backlog = self.metrics.mark_backlog.with_label_values(&[&name]);
         let mut client: Option<Client> = None;
-        let mut retention = tokio::time::interval(Duration::from_secs(30));
+        let every = Duration::from_secs(self.pipeline.retention_seconds.clamp(1, 30));
+        let mut retention = tokio::time::interval(every);
         retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         while open {

@@ -112,6 +112,12 @@ impl SourceTask {
                     tracing::info!(source = %name, "source stopped");
                     return;
                 }
+                Err(e @ PipelineError::Poison { .. }) => {
+                    // Halted, not retried: resending would only duplicate what came before it.
+                    tracing::error!(source = %name, error = %e, "source halted; publish the row elsewhere or set kafka.poison = \"dead-letter\", then restart");
+                    let _ = self.shutdown.wait_for(|s| *s).await;
+                    return;
+                }
                 Err(PipelineError::SlotBusy(slot)) => {
                     tracing::info!(source = %name, slot = %slot, "slot in use by another relay; standing by");
                 }
@@ -179,7 +185,7 @@ impl SourceTask {
             pipeline: self.settings.pipeline.clone(),
             metrics: self.metrics.clone(),
         };
-        let marker_task = AbortOnDrop(tokio::spawn(marker.run(mark_rx, confirmed_tx)));
+        let mut marker_task = AbortOnDrop(tokio::spawn(marker.run(mark_rx, confirmed_tx)));
 
         let mut repl = match state {
             Some(_) => {
@@ -214,8 +220,9 @@ impl SourceTask {
             )
             .await;
         match result {
-            Ok(()) => {
-                // Graceful: everything acked was handed to the marker; let it finish.
+            // Shutdown, or a poison record under the `stop` policy: everything before it
+            // was acked and handed to the marker; let it finish and confirm, then stop.
+            Ok(()) | Err(PipelineError::Poison { .. }) => {
                 drop(mark_tx);
                 let mut final_lsn = None;
                 let wait = tokio::time::timeout(self.settings.pipeline.shutdown_timeout(), async {
@@ -240,10 +247,14 @@ impl SourceTask {
                 if let Some(lsn) = confirmed {
                     self.persist_final_position(&slot, lsn).await;
                 }
-                Ok(())
+                result
             }
             Err(e) => {
                 repl.abort();
+                // Rows Kafka acked are still marked PROCESSED (briefly bounded); their
+                // LSN stays unconfirmed, so they are resent after the restart anyway.
+                drop(mark_tx);
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut marker_task.0).await;
                 Err(e)
             }
         }
@@ -527,6 +538,8 @@ impl SourceTask {
                                         Sent::Record(f) => open.deliveries.push((row.id, f)),
                                         Sent::Poison { reason } => {
                                             m.publish_failures.with_label_values(&[&name, "poison"]).inc();
+                                            // What came before the poison is published: let it be marked.
+                                            self.drain(&mut acks, mark_tx, &published).await?;
                                             return Err(PipelineError::Poison { event_id: row.id, reason });
                                         }
                                     }

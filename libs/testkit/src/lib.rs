@@ -274,6 +274,29 @@ pub async fn read_records(
     Ok(out)
 }
 
+/// Reads until every id in `ids` arrived in an `event_id` header (duplicates allowed),
+/// or fails after `timeout` of silence naming how many are still missing.
+pub async fn read_until_ids(
+    consumer: &StreamConsumer,
+    ids: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let mut missing: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    while !missing.is_empty() {
+        let got = read_records(consumer, 1, timeout)
+            .await
+            .with_context(|| format!("{} of {} events never arrived", missing.len(), ids.len()))?;
+        for r in got {
+            if let Some(id) = r.header("event_id") {
+                missing.remove(id);
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every record that arrives until `quiet` passes with none.
 pub async fn read_until_quiet(
     consumer: &StreamConsumer,

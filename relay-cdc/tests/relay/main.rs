@@ -498,3 +498,145 @@ async fn status_shows_the_slot_its_confirmed_lsn_and_lag() {
     assert!(cols[3].contains('/'), "{text}");
     assert!(cols[4].parse::<i64>().is_ok(), "{text}");
 }
+
+async fn insert_big(conn: &mut sqlx::PgConnection, bytes: usize) -> String {
+    let (id,): (uuid::Uuid,) = sqlx::query_as(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+         values (gen_random_uuid(), 'evt', 'k', 'Big', jsonb_build_object('blob', repeat('x', $1))) returning id",
+    )
+    .bind(bytes as i32)
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on() {
+    let src = Source::new("dlq").await;
+    let (mut cfg, prefix) = RelayConfig::new("dlq");
+    let dlq = format!("{prefix}.dead-letter");
+    cfg.extra = vec![
+        ("RELAY_KAFKA__MAX_RECORD_BYTES".into(), "2000".into()),
+        ("RELAY_KAFKA__POISON".into(), "dead-letter".into()),
+        ("RELAY_KAFKA__DEAD_LETTER_TOPIC".into(), dlq.clone()),
+    ];
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let mut c = src.conn().await;
+    let big = insert_big(&mut c, 5000).await;
+    let after = insert_txn(&mut c, "evt", "k", 1, "after").await;
+
+    let brokers = src.db.stack().kafka_brokers.clone();
+    let dead = read_records(&testkit::consumer(&brokers, &[&dlq]).unwrap(), 1, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(dead[0].header("event_id"), Some(big.as_str()));
+    assert!(dead[0].header("error").unwrap().contains("exceeds"));
+    let main = read_records(
+        &testkit::consumer(&brokers, &[&format!("{prefix}.evt")]).unwrap(),
+        1,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(main[0].header("event_id"), Some(after[0].as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_a_poison_record_stops_its_source_and_nothing_after_it_is_published() {
+    let src = Source::new("poison").await;
+    let (mut cfg, prefix) = RelayConfig::new("poison");
+    cfg.extra = vec![("RELAY_KAFKA__MAX_RECORD_BYTES".into(), "2000".into())];
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let mut c = src.conn().await;
+    let before = insert_txn(&mut c, "evt", "k", 1, "before").await;
+    insert_big(&mut c, 5000).await;
+    insert_txn(&mut c, "evt", "k", 1, "after").await;
+
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.evt")]).unwrap();
+    let first = read_records(&consumer, 1, WAIT).await.unwrap();
+    assert_eq!(first[0].header("event_id"), Some(before[0].as_str()));
+    let admin = relay.admin.clone();
+    testkit::wait_for("the poison failure counted", WAIT, || {
+        let admin = admin.clone();
+        async move {
+            let text = reqwest::get(format!("{admin}/metrics"))
+                .await?
+                .text()
+                .await?;
+            Ok(text
+                .contains("relay_publish_failures_total{kind=\"poison\",source=\"poison\"}")
+                .then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+    // The source halts: what came before the poison is confirmed and marked, nothing after it passes.
+    let rest = read_until_quiet(&consumer, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{} records after the poison", rest.len());
+    assert_eq!(src.count("PROCESSED").await, 1);
+    assert_eq!(
+        src.count("PENDING").await,
+        2,
+        "the poison row and the one after it wait"
+    );
+    let ready = reqwest::get(format!("{}/readyz", relay.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_relay_takes_over_when_the_active_one_dies() {
+    let src = Source::new("ha").await;
+    let (cfg, prefix) = RelayConfig::new("ha");
+    let mut active = Relay::start(&cfg, &[&src]);
+    active.wait_ready().await;
+    let standby = Relay::start(&cfg, &[&src]);
+    let mut c = src.conn().await;
+    let mut expected = insert_txn(&mut c, "evt", "k", 5, "one").await;
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.evt")]).unwrap();
+    read_records(&consumer, 5, WAIT).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz", standby.admin)).await;
+    assert!(
+        ready.map(|r| r.status() == 503).unwrap_or(true),
+        "the standby does not stream while the slot is held"
+    );
+
+    active.kill();
+    expected.extend(insert_txn(&mut c, "evt", "k", 5, "two").await);
+    let mut standby = standby;
+    standby.wait_ready().await;
+    // The standby resends what the dead one had not confirmed (same ids), then the rest.
+    testkit::read_until_ids(&consumer, &expected, WAIT)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_processed_rows_older_than_configured() {
+    let src = Source::new("keep").await;
+    let (mut cfg, _) = RelayConfig::new("keep");
+    cfg.extra = vec![("RELAY_PIPELINE__RETENTION_SECONDS".into(), "1".into())];
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let mut c = src.conn().await;
+    insert_txn(&mut c, "evt", "k", 30, "old").await;
+    testkit::wait_for("processed rows deleted and counted", WAIT, || async {
+        let left = src.count("PROCESSED").await + src.count("PENDING").await;
+        let deleted = relay
+            .metrics()
+            .await
+            .get("relay_retention_deleted_total{source=\"keep\"}")
+            .copied();
+        Ok((left == 0 && deleted == Some(30.0)).then_some(()))
+    })
+    .await
+    .unwrap();
+}
