@@ -330,7 +330,10 @@ async fn apply(pool: &PgPool, event: &Event) -> Result<&'static str, StoreError>
                     "applied"
                 }
                 open_account::Outcome::AlreadyOpen => "already_open",
-                open_account::Outcome::Duplicate => "duplicate",
+                open_account::Outcome::Duplicate => {
+                    tracing::info!(%event_id, "event consumed before; nothing to do");
+                    "duplicate"
+                }
             }
         }
         Event::Settle {
@@ -345,7 +348,10 @@ async fn apply(pool: &PgPool, event: &Event) -> Result<&'static str, StoreError>
                 tracing::info!(%event_id, %transaction_id, reason = reason.as_str(), "transaction failed");
                 "applied"
             }
-            settle_transaction::Outcome::Duplicate => "duplicate",
+            settle_transaction::Outcome::Duplicate => {
+                tracing::info!(%event_id, %transaction_id, "event consumed before; nothing to do");
+                "duplicate"
+            }
             settle_transaction::Outcome::AlreadySettled => "already_settled",
             settle_transaction::Outcome::UnknownTransaction => {
                 tracing::warn!(%event_id, %transaction_id, "TransactionCreated for an unknown transaction");
