@@ -12,6 +12,10 @@
 //! `event_id`/`event_type` header, a payload that is not the event's JSON) is logged
 //! without its payload, counted, and skipped with its offset committed; retrying it
 //! could never succeed.
+//!
+//! A retry that outlasts `max.poll.interval.ms` (5 min) costs the consumer its group
+//! membership: the commit after the eventual success fails (logged), the group
+//! rebalances, and the event comes back once more, where the inbox absorbs it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
