@@ -30,7 +30,8 @@ pub struct MarkItem {
     pub bytes: usize,
 }
 
-/// Sent back to the pipeline after a batch was marked.
+/// Sent back to the pipeline after a batch was marked: the position to confirm and
+/// how many in-flight records and bytes that releases.
 #[derive(Debug, Default)]
 pub struct Confirmed {
     pub lsn: Option<Lsn>,
@@ -52,8 +53,6 @@ impl Marker {
         mut items: mpsc::UnboundedReceiver<MarkItem>,
         confirmed: mpsc::UnboundedSender<Confirmed>,
     ) {
-        let name = self.source.name.clone();
-        let backlog = self.metrics.mark_backlog.with_label_values(&[&name]);
         let mut client: Option<Client> = None;
         let every = Duration::from_secs(self.pipeline.retention_seconds.clamp(1, 30));
         let mut retention = tokio::time::interval(every);
@@ -62,16 +61,17 @@ impl Marker {
         while open {
             let mut batch = Vec::new();
             let mut done = Confirmed::default();
-            // Wait for the first item (or run retention while idle).
+            // Retention first when it is due (also under constant load), else the next item.
             tokio::select! {
-                item = items.recv() => match item {
-                    Some(i) => add(&mut batch, &mut done, i),
-                    None => break,
-                },
+                biased;
                 _ = retention.tick(), if self.pipeline.retention_seconds > 0 => {
                     self.retention(&mut client).await;
                     continue;
                 }
+                item = items.recv() => match item {
+                    Some(i) => add(&mut batch, &mut done, i),
+                    None => break,
+                },
             }
             // Then gather more until the batch is full or the interval passed.
             let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
@@ -85,11 +85,9 @@ impl Marker {
                     Err(_) => break,
                 }
             }
-            backlog.set(batch.len() as i64);
             if !batch.is_empty() {
                 self.mark(&mut client, &batch).await;
             }
-            backlog.set(0);
             if confirmed.send(done).is_err() {
                 return;
             }
@@ -175,9 +173,11 @@ impl Marker {
 
 fn add(batch: &mut Vec<Uuid>, done: &mut Confirmed, item: MarkItem) {
     batch.extend(item.ids.iter().copied());
-    done.records += item.ids.len();
-    done.bytes += item.bytes;
+    // Only streamed items (with an LSN) were counted in flight by the pipeline;
+    // reconciled rows were awaited before streaming began.
     if item.lsn.is_some() {
+        done.records += item.ids.len();
+        done.bytes += item.bytes;
         done.lsn = item.lsn.max(done.lsn);
     }
     done.source_time_micros = done.source_time_micros.max(item.source_time_micros);

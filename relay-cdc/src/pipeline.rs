@@ -455,13 +455,15 @@ impl SourceTask {
         let name = self.source.name.clone();
         let labels = [name.as_str()];
         let m = &self.metrics;
-        let (published, in_flight, in_flight_bytes, confirmed_lsn, commit_to_ack) = (
+        let (published, in_flight, in_flight_bytes, confirmed_lsn, commit_to_ack, backlog) = (
             m.events_published.with_label_values(&labels),
             m.records_in_flight.with_label_values(&labels),
             m.bytes_in_flight.with_label_values(&labels),
             m.confirmed_lsn.with_label_values(&labels),
             m.commit_to_ack.with_label_values(&labels),
+            m.mark_backlog.with_label_values(&labels),
         );
+        backlog.set(0);
         let max_records = self.settings.pipeline.max_in_flight_records as i64;
         let max_bytes = self.settings.pipeline.max_in_flight_bytes as i64;
         let (mut records, mut bytes) = (0i64, 0i64);
@@ -487,6 +489,7 @@ impl SourceTask {
                 Some(acked) = acks.next(), if !acks.is_empty() => {
                     let acked = acked?;
                     published.inc_by(acked.ids.len() as u64);
+                    backlog.add(acked.ids.len() as i64);
                     if let Some(t) = acked.commit_unix_micros {
                         commit_to_ack.observe((now_unix_micros() - t).max(0) as f64 / 1e6);
                     }
@@ -500,6 +503,7 @@ impl SourceTask {
                 // 3. Marked batches: confirm their position to PostgreSQL.
                 Some(done) = confirmed_rx.recv() => {
                     records -= done.records as i64;
+                    backlog.sub(done.records as i64);
                     bytes -= done.bytes as i64;
                     in_flight.set(records);
                     in_flight_bytes.set(bytes);

@@ -214,6 +214,17 @@ async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
     })
     .await
     .unwrap();
+    // Reconciled rows are not counted in flight: the gauges settle at zero, not below.
+    testkit::wait_for("in-flight and backlog gauges at zero", WAIT, || async {
+        let m = relay.metrics().await;
+        let at_zero = |k: &str| m.get(&format!("{k}{{source=\"late\"}}")) == Some(&0.0);
+        Ok(
+            (at_zero("relay_records_in_flight") && at_zero("relay_processed_mark_backlog"))
+                .then_some(()),
+        )
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
