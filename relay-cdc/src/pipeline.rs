@@ -476,7 +476,9 @@ impl SourceTask {
         let mut shutdown = self.shutdown.clone();
 
         loop {
-            let room = records < max_records && bytes < max_bytes;
+            // The bounds apply between transactions: a transaction confirms only as a
+            // whole, so one larger than the bound must still be read to its commit.
+            let room = (records < max_records && bytes < max_bytes) || txn.is_some();
             tokio::select! {
                 biased;
                 // 1. Shutdown first: stop reading, drain what was sent.

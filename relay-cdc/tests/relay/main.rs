@@ -651,3 +651,20 @@ async fn retention_deletes_processed_rows_older_than_configured() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_the_in_flight_bound_still_flows() {
+    let src = Source::new("big").await;
+    let (mut cfg, prefix) = RelayConfig::new("big");
+    cfg.extra = vec![("RELAY_PIPELINE__MAX_IN_FLIGHT_RECORDS".into(), "50".into())];
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let mut c = src.conn().await;
+    let mut ids = insert_txn(&mut c, "evt", "k", 500, "huge").await;
+    ids.extend(insert_txn(&mut c, "evt", "k", 10, "next").await);
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.evt")]).unwrap();
+    testkit::read_until_ids(&consumer, &ids, WAIT)
+        .await
+        .unwrap();
+}
