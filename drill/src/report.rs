@@ -1,0 +1,212 @@
+//! The markdown report: one table row per scenario, then what each scenario did.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::scenario::Outcome;
+
+/// Column headers of the table (the test suite reads the table by these names).
+pub const COLUMNS: [&str; 9] = [
+    "scenario",
+    "committed",
+    "delivered",
+    "lost",
+    "duplicates",
+    "invented",
+    "order violations (aggregate / source)",
+    "time to recover",
+    "end-to-end",
+];
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// "max of N faults", "never" if one did not recover, "—" without faults.
+pub fn recovery_cell(o: &Outcome) -> String {
+    let mut cell = if o.recoveries.is_empty() {
+        "—".to_string()
+    } else if o.recoveries.iter().any(Option::is_none) {
+        "never".to_string()
+    } else {
+        let max = o
+            .recoveries
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or_default();
+        if o.recoveries.len() == 1 {
+            secs(max)
+        } else {
+            format!("{} (max of {})", secs(max), o.recoveries.len())
+        }
+    };
+    if let Some(t) = o.takeovers.iter().max() {
+        write!(cell, "; takeover ≤ {}", secs(*t)).expect("write to string");
+    }
+    cell
+}
+
+fn e2e_cell(o: &Outcome) -> String {
+    if o.error.is_some() {
+        return "ERROR".into();
+    }
+    let failed: Vec<&str> = o
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        format!("ok ({} checks)", o.checks.len())
+    } else {
+        format!("FAIL: {}", failed.join("; "))
+    }
+}
+
+/// The table alone.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    writeln!(s, "| {} |", COLUMNS.join(" | ")).expect("write to string");
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---|").expect("write to string");
+    for o in outcomes {
+        let t = &o.tally;
+        writeln!(
+            s,
+            "| {}. {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            o.scenario.number(),
+            o.scenario.title(),
+            t.committed,
+            t.delivered,
+            t.lost,
+            t.duplicates,
+            t.invented,
+            t.order_aggregate,
+            t.order_source,
+            recovery_cell(o),
+            e2e_cell(o)
+        )
+        .expect("write to string");
+    }
+    s
+}
+
+/// The whole report: table, verdict, and per-scenario details.
+pub fn render(outcomes: &[Outcome], preface: &str) -> String {
+    let mut s = String::new();
+    writeln!(s, "{preface}\n").expect("write to string");
+    s.push_str(&table(outcomes));
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.scenario.number().to_string())
+        .collect();
+    writeln!(
+        s,
+        "\n**{}**\n",
+        if failed.is_empty() {
+            "PASS: nothing lost, nothing invented, no order violation, every end-to-end check holds"
+                .to_string()
+        } else {
+            format!("FAIL in scenario(s) {}", failed.join(", "))
+        }
+    )
+    .expect("write to string");
+    for o in outcomes {
+        writeln!(
+            s,
+            "### {}. {} ({:.0} s)\n",
+            o.scenario.number(),
+            o.scenario.title(),
+            o.elapsed.as_secs_f64()
+        )
+        .expect("write to string");
+        if let Some(e) = &o.error {
+            writeln!(s, "- **error**: {e}").expect("write to string");
+        }
+        for c in &o.checks {
+            writeln!(
+                s,
+                "- [{}] {}: {}",
+                if c.ok { "x" } else { " " },
+                c.name,
+                c.detail
+            )
+            .expect("write to string");
+        }
+        for n in &o.notes {
+            writeln!(s, "- {n}").expect("write to string");
+        }
+        if !o.recoveries.is_empty() {
+            let all: Vec<String> = o
+                .recoveries
+                .iter()
+                .map(|r| r.map(secs).unwrap_or_else(|| "never".into()))
+                .collect();
+            writeln!(s, "- time to recover per fault: {}", all.join(", "))
+                .expect("write to string");
+        }
+        for e in &o.tally.examples {
+            writeln!(s, "- {e}").expect("write to string");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Check, Scenario};
+    use crate::verify::Tally;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            scenario: Scenario::Standby,
+            tally: Tally {
+                committed: 10,
+                delivered: 10,
+                duplicates: 2,
+                ..Tally::default()
+            },
+            recoveries: vec![
+                Some(Duration::from_millis(1500)),
+                Some(Duration::from_millis(900)),
+            ],
+            takeovers: vec![Duration::from_millis(700)],
+            checks: vec![Check {
+                name: "c".into(),
+                ok: true,
+                detail: "d".into(),
+            }],
+            notes: vec![],
+            error: None,
+            elapsed: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn a_row_shows_counts_recovery_and_checks() {
+        let t = table(&[outcome()]);
+        let row = t.lines().nth(2).unwrap();
+        assert!(row.starts_with("| 4. active relay killed"), "{row}");
+        assert!(row.contains("| 10 | 10 | 0 | 2 | 0 | 0 / 0 |"), "{row}");
+        assert!(
+            row.contains("1.50 s (max of 2); takeover ≤ 0.70 s"),
+            "{row}"
+        );
+        assert!(row.ends_with("| ok (1 checks) |"), "{row}");
+    }
+
+    #[test]
+    fn a_failed_check_or_an_unrecovered_fault_shows_in_the_row() {
+        let mut o = outcome();
+        o.recoveries.push(None);
+        o.checks[0].ok = false;
+        let t = table(&[o]);
+        assert!(t.contains("never"));
+        assert!(t.contains("FAIL: c"));
+        assert!(render(&[outcome()], "x").contains("PASS"));
+    }
+}

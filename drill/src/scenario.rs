@@ -1,0 +1,984 @@
+//! One scenario from a clean state to its verdict.
+//!
+//! Each scenario gets databases, replication slots, topics and a consumer group of its
+//! own, so its counts are its own: fresh `drill_s<N>_users` / `drill_s<N>_tx`
+//! databases (migrated by the services at start-up), slots of the same names, topics
+//! `drill.<run>.s<N>.outbox.event.{user,transaction}`. Then: both services and the
+//! relay start, the load runs while the scenario's faults are injected, the load stops,
+//! everything is given time to converge, the processes stop, and every outbox row of
+//! both databases is compared with everything the topics hold.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::kafka::{self, Collector, Seen};
+use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
+use crate::procs::{free_port, wait_ready, Proc};
+use crate::stack::{StackConfig, PG_PASSWORD, PG_USER};
+use crate::verify::{self, Committed, Tally};
+
+/// The six drills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    RelayKill,
+    KafkaOutage,
+    PgRestart,
+    Standby,
+    AckBeforeMark,
+    Rollbacks,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::RelayKill,
+        Scenario::KafkaOutage,
+        Scenario::PgRestart,
+        Scenario::Standby,
+        Scenario::AckBeforeMark,
+        Scenario::Rollbacks,
+    ];
+
+    pub fn number(self) -> u8 {
+        match self {
+            Scenario::RelayKill => 1,
+            Scenario::KafkaOutage => 2,
+            Scenario::PgRestart => 3,
+            Scenario::Standby => 4,
+            Scenario::AckBeforeMark => 5,
+            Scenario::Rollbacks => 6,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.number() == n)
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::RelayKill => "relay kill -9 at random moments",
+            Scenario::KafkaOutage => "Kafka broker stopped",
+            Scenario::PgRestart => "PostgreSQL fast-shutdown restart",
+            Scenario::Standby => "active relay killed, standby takes over",
+            Scenario::AckBeforeMark => "crash between Kafka ack and PROCESSED",
+            Scenario::Rollbacks => "rolled-back transactions under load",
+        }
+    }
+}
+
+/// The binaries the drill starts.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub user_service: PathBuf,
+    pub transaction_service: PathBuf,
+    pub relay: PathBuf,
+}
+
+/// How long and how hard each scenario runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Load time per scenario (scenario 2 runs longer when the outage needs it).
+    pub duration: Duration,
+    pub kafka_outage: Duration,
+    /// Relay kills in scenario 1 (at least 10).
+    pub kills: usize,
+    /// Failovers in scenario 4.
+    pub failovers: usize,
+    /// Crashes with acked-but-unmarked rows in scenario 5.
+    pub ack_kills: usize,
+    /// Bound on waiting for everything to settle after the load.
+    pub converge_timeout: Duration,
+    pub load: LoadConfig,
+}
+
+/// Everything scenarios share.
+pub struct Ctx {
+    pub stack: StackConfig,
+    pub bins: Bins,
+    pub run_id: String,
+    pub log_dir: PathBuf,
+    pub http: reqwest::Client,
+    pub plan: Plan,
+    pub rng: Rng,
+}
+
+/// One end-to-end check and whether it held.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What a scenario found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub tally: Tally,
+    /// Per fault: from the fault's end until every row pending at that moment was in
+    /// Kafka (`None`: never, within the bound).
+    pub recoveries: Vec<Option<Duration>>,
+    /// Scenario 4: from kill -9 of the active relay until the standby streams every source.
+    pub takeovers: Vec<Duration>,
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+    /// The scenario could not run to its verdict.
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.error.is_none()
+            && self.tally.lost == 0
+            && self.tally.invented == 0
+            && self.tally.order_violations() == 0
+            && self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// Names of one scenario's databases, slots and topics.
+struct Names {
+    users_db: String,
+    tx_db: String,
+    prefix: String,
+    user_topic: String,
+    tx_topic: String,
+    group: String,
+}
+
+impl Names {
+    fn new(run_id: &str, sc: Scenario) -> Names {
+        let n = sc.number();
+        let prefix = format!("drill.{run_id}.s{n}.");
+        Names {
+            users_db: format!("drill_s{n}_users"),
+            tx_db: format!("drill_s{n}_tx"),
+            user_topic: format!("{prefix}outbox.event.user"),
+            tx_topic: format!("{prefix}outbox.event.transaction"),
+            group: format!("drill-{run_id}-s{n}"),
+            prefix,
+        }
+    }
+
+    fn topic_for(&self, aggregate_type: &str) -> String {
+        format!("{}outbox.event.{aggregate_type}", self.prefix)
+    }
+}
+
+/// Runs `sc` and always returns its outcome; processes and slots are cleaned up.
+pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
+    let started = Instant::now();
+    let names = Names::new(&ctx.run_id, sc);
+    let mut out = Outcome {
+        scenario: sc,
+        tally: Tally::default(),
+        recoveries: Vec::new(),
+        takeovers: Vec::new(),
+        checks: Vec::new(),
+        notes: Vec::new(),
+        error: None,
+        elapsed: Duration::ZERO,
+    };
+    if let Err(e) = run_inner(ctx, sc, &names, &mut out).await {
+        out.error = Some(format!("{e:#}"));
+    }
+    // Processes are gone (dropped with the world); slots must not outlive the scenario.
+    if let Err(e) = ctx.stack.drop_slots(&[&names.users_db, &names.tx_db]).await {
+        out.notes.push(format!("could not drop the slots: {e:#}"));
+    }
+    if out.passed() {
+        kafka::delete_topics(
+            &ctx.stack.brokers(),
+            &[names.user_topic.clone(), names.tx_topic.clone()],
+        )
+        .await;
+    }
+    out.elapsed = started.elapsed();
+    out
+}
+
+/// A scenario's running processes and connections.
+struct World<'a> {
+    ctx: &'a Ctx,
+    sc: Scenario,
+    names: &'a Names,
+    users_pool: PgPool,
+    tx_pool: PgPool,
+    collector: Collector,
+    user_svc: Option<Proc>,
+    tx_svc: Option<Proc>,
+    user_url: String,
+    tx_url: String,
+    relays: [Option<Proc>; 2],
+    relay_ports: [u16; 2],
+    relay_env: Vec<(String, String)>,
+    recoveries: Vec<JoinHandle<Option<Duration>>>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one recovery measurement.
+const RECOVERY_BOUND: Duration = Duration::from_secs(600);
+
+async fn run_inner(
+    ctx: &mut Ctx,
+    sc: Scenario,
+    names: &Names,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let mut rng = ctx.rng.fork();
+    let ctx: &Ctx = ctx;
+    let stack = &ctx.stack;
+    stack
+        .fresh_databases(&[&names.users_db, &names.tx_db])
+        .await
+        .context("creating the scenario's databases")?;
+    let brokers = stack.brokers();
+    kafka::create_topics(
+        &brokers,
+        &[names.user_topic.clone(), names.tx_topic.clone()],
+    )
+    .await?;
+    let collector = Collector::start(
+        &brokers,
+        &[names.user_topic.clone(), names.tx_topic.clone()],
+    )?;
+
+    let mut w = World {
+        ctx,
+        sc,
+        names,
+        users_pool: stack.pool(&names.users_db)?,
+        tx_pool: stack.pool(&names.tx_db)?,
+        collector,
+        user_svc: None,
+        tx_svc: None,
+        user_url: String::new(),
+        tx_url: String::new(),
+        relays: [None, None],
+        relay_ports: [free_port()?, free_port()?],
+        relay_env: relay_env(stack, names, sc),
+        recoveries: Vec::new(),
+    };
+    w.start_services().await?;
+    let t = w.start_relay(0)?;
+    w.wait_relay_ready(0).await?;
+    out.notes.push(format!(
+        "relay streaming {:.1} s after start",
+        t.elapsed().as_secs_f64()
+    ));
+    if sc == Scenario::Standby {
+        w.start_relay(1)?;
+        w.wait_healthy(1).await?;
+        let standby_ready = w.relay_ready(1).await;
+        out.notes.push(format!(
+            "standby started beside the active relay; its /readyz: {}",
+            if standby_ready {
+                "200 (unexpected)"
+            } else {
+                "503 (waiting for the slots)"
+            }
+        ));
+    }
+
+    let plan = &ctx.plan;
+    let mut load_cfg = plan.load.clone();
+    if sc == Scenario::Rollbacks {
+        load_cfg.rollbacks = true;
+        load_cfg.failing_share = 0.15;
+    }
+    let hard_limit = plan.duration + plan.kafka_outage + Duration::from_secs(180);
+    let load = Load::start(
+        Target {
+            http: ctx.http.clone(),
+            user_url: w.user_url.clone(),
+            tx_url: w.tx_url.clone(),
+            tag: format!("{}-s{}", ctx.run_id, sc.number()),
+            users_pool: w.users_pool.clone(),
+            tx_pool: w.tx_pool.clone(),
+        },
+        &load_cfg,
+        hard_limit,
+        &mut rng,
+    );
+    let window_start = Instant::now();
+    let faults = w.inject(window_start, &mut rng, out).await;
+    let window_end = (window_start + plan.duration).max(Instant::now() + Duration::from_secs(2));
+    tokio::time::sleep_until(window_end.into()).await;
+    let accounts_seen = load.accounts();
+    let summary = load.stop().await;
+    out.notes.push(format!(
+        "load ran {:.1} s ({accounts_seen} accounts open when it stopped): {}",
+        window_start.elapsed().as_secs_f64(),
+        summary.describe()
+    ));
+    // A fault routine that failed leaves the world in an unknown state: report it, but
+    // still stop, converge and count what can be counted.
+    if let Err(e) = &faults {
+        out.checks.push(Check {
+            name: "faults injected as planned".into(),
+            ok: false,
+            detail: format!("{e:#}"),
+        });
+    }
+    w.ensure_relay_running().await?;
+    w.finish(summary, out).await
+}
+
+fn relay_env(stack: &StackConfig, names: &Names, sc: Scenario) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("RELAY_KAFKA__BROKERS".to_string(), stack.brokers()),
+        (
+            "RELAY_KAFKA__TOPIC_TEMPLATE".to_string(),
+            format!("{}outbox.event.{{aggregate_type}}", names.prefix),
+        ),
+        ("RUST_LOG".to_string(), "info,rdkafka=warn".to_string()),
+    ];
+    for (source, db) in [
+        ("USERS_DB", &names.users_db),
+        ("TRANSACTION_DB", &names.tx_db),
+    ] {
+        let p = format!("RELAY_SOURCES__{source}__");
+        env.extend([
+            (format!("{p}HOST"), "127.0.0.1".to_string()),
+            (format!("{p}PORT"), stack.pg_port.to_string()),
+            (format!("{p}USER"), PG_USER.to_string()),
+            (format!("{p}PASSWORD"), PG_PASSWORD.to_string()),
+            (format!("{p}DATABASE"), db.clone()),
+            (format!("{p}SLOT"), db.clone()),
+        ]);
+    }
+    if sc == Scenario::AckBeforeMark {
+        // Marking lags the acks by seconds: a crash lands between ack and PROCESSED.
+        env.push(("RELAY_PIPELINE__MARK_INTERVAL_MS".into(), "3000".into()));
+        env.push(("RELAY_PIPELINE__MARK_BATCH_SIZE".into(), "1000000".into()));
+    }
+    env
+}
+
+impl World<'_> {
+    fn log(&self, what: &str) -> PathBuf {
+        self.ctx
+            .log_dir
+            .join(format!("s{}-{what}.log", self.sc.number()))
+    }
+
+    async fn start_services(&mut self) -> anyhow::Result<()> {
+        let stack = &self.ctx.stack;
+        let db = |name: &str| {
+            vec![
+                ("DB_HOST".to_string(), "127.0.0.1".to_string()),
+                ("DB_PORT".to_string(), stack.pg_port.to_string()),
+                ("DB_USER".to_string(), PG_USER.to_string()),
+                ("DB_PASSWORD".to_string(), PG_PASSWORD.to_string()),
+                ("DB_NAME".to_string(), name.to_string()),
+                ("RUST_LOG".to_string(), "info,tower_http=warn".to_string()),
+            ]
+        };
+        let user_port = free_port()?;
+        let mut env = db(&self.names.users_db);
+        env.push(("SERVER_PORT".into(), user_port.to_string()));
+        let mut user = Proc::spawn(
+            "user-service",
+            &self.ctx.bins.user_service,
+            &[],
+            &env,
+            self.log("user-service"),
+        )?;
+        let tx_port = free_port()?;
+        let mut env = db(&self.names.tx_db);
+        env.extend([
+            ("SERVER_HOST".to_string(), "127.0.0.1".to_string()),
+            ("SERVER_PORT".to_string(), tx_port.to_string()),
+            ("KAFKA_BROKERS".to_string(), stack.brokers()),
+            ("KAFKA_GROUP_ID".to_string(), self.names.group.clone()),
+            (
+                "USER_EVENTS_TOPIC".to_string(),
+                self.names.user_topic.clone(),
+            ),
+            (
+                "TRANSACTION_EVENTS_TOPIC".to_string(),
+                self.names.tx_topic.clone(),
+            ),
+        ]);
+        let mut tx = Proc::spawn(
+            "transaction-service",
+            &self.ctx.bins.transaction_service,
+            &[],
+            &env,
+            self.log("transaction-service"),
+        )?;
+        self.user_url = format!("http://127.0.0.1:{user_port}");
+        self.tx_url = format!("http://127.0.0.1:{tx_port}");
+        let http = &self.ctx.http;
+        wait_ready(
+            http,
+            &mut user,
+            &format!("{}/readyz", self.user_url),
+            READY_TIMEOUT,
+        )
+        .await?;
+        wait_ready(
+            http,
+            &mut tx,
+            &format!("{}/readyz", self.tx_url),
+            READY_TIMEOUT,
+        )
+        .await?;
+        self.user_svc = Some(user);
+        self.tx_svc = Some(tx);
+        Ok(())
+    }
+
+    fn admin_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.relay_ports[i])
+    }
+
+    /// Starts relay instance `i` (0 = "a", 1 = "b"); returns when it was started.
+    fn start_relay(&mut self, i: usize) -> anyhow::Result<Instant> {
+        let mut env = self.relay_env.clone();
+        env.push((
+            "RELAY_ADMIN__LISTEN".into(),
+            format!("127.0.0.1:{}", self.relay_ports[i]),
+        ));
+        let name = ["relay-a", "relay-b"][i];
+        let p = Proc::spawn(name, &self.ctx.bins.relay, &["run"], &env, self.log(name))?;
+        self.relays[i] = Some(p);
+        Ok(Instant::now())
+    }
+
+    fn kill_relay(&mut self, i: usize) {
+        if let Some(p) = self.relays[i].take() {
+            p.kill9();
+        }
+    }
+
+    async fn relay_ready(&self, i: usize) -> bool {
+        matches!(
+            self.ctx.http.get(format!("{}/readyz", self.admin_url(i)))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+
+    async fn wait_relay_ready(&mut self, i: usize) -> anyhow::Result<Duration> {
+        let url = format!("{}/readyz", self.admin_url(i));
+        let p = self.relays[i].as_mut().context("relay not running")?;
+        wait_ready(&self.ctx.http, p, &url, READY_TIMEOUT).await
+    }
+
+    async fn wait_healthy(&mut self, i: usize) -> anyhow::Result<Duration> {
+        let url = format!("{}/healthz", self.admin_url(i));
+        let p = self.relays[i].as_mut().context("relay not running")?;
+        wait_ready(&self.ctx.http, p, &url, READY_TIMEOUT).await
+    }
+
+    /// Outbox ids still PENDING in both databases.
+    async fn pending_ids(&self) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for pool in [&self.users_pool, &self.tx_pool] {
+            let rows: Vec<(String,)> =
+                sqlx::query_as("select id::text from outbox where status = 'PENDING'")
+                    .fetch_all(pool)
+                    .await?;
+            ids.extend(rows.into_iter().map(|(i,)| i));
+        }
+        Ok(ids)
+    }
+
+    /// Starts measuring a recovery: from now until every row pending now is in Kafka.
+    async fn begin_recovery(&mut self) {
+        let start = Instant::now();
+        let ids = loop {
+            match self.pending_ids().await {
+                Ok(ids) => break ids,
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) => break Vec::new(),
+            }
+        };
+        let seen: Seen = self.collector.seen();
+        self.recoveries.push(tokio::spawn(async move {
+            loop {
+                if seen.has_all(&ids) {
+                    return Some(start.elapsed());
+                }
+                if start.elapsed() > RECOVERY_BOUND {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+
+    /// Injects the scenario's faults during the load window.
+    async fn inject(
+        &mut self,
+        start: Instant,
+        rng: &mut Rng,
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let plan = &ctx.plan;
+        let d = plan.duration.as_secs_f64();
+        let at = |f: f64| start + Duration::from_secs_f64(d * f);
+        match self.sc {
+            Scenario::RelayKill => {
+                let mut times: Vec<f64> =
+                    (0..plan.kills).map(|_| 0.05 + 0.85 * rng.unit()).collect();
+                times.sort_by(f64::total_cmp);
+                for f in &times {
+                    tokio::time::sleep_until(at(*f).into()).await;
+                    self.kill_relay(0);
+                    self.start_relay(0)?;
+                    self.begin_recovery().await;
+                }
+                out.notes.push(format!(
+                    "kill -9 + restart of the relay {} times, at {} s",
+                    times.len(),
+                    times
+                        .iter()
+                        .map(|f| format!("{:.1}", f * d))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Scenario::KafkaOutage => {
+                tokio::time::sleep_until(at(0.2).into()).await;
+                let t = Instant::now();
+                ctx.stack.run("kafka-stop").await?;
+                let stopped = Instant::now();
+                tokio::time::sleep(plan.kafka_outage).await;
+                ctx.stack.run("kafka-start").await?;
+                out.notes.push(format!(
+                    "broker stopped at {:.1} s (stop took {:.1} s), down {:.1} s, back (start-up included) after {:.1} s",
+                    (t - start).as_secs_f64(),
+                    (stopped - t).as_secs_f64(),
+                    plan.kafka_outage.as_secs_f64(),
+                    t.elapsed().as_secs_f64()
+                ));
+                self.begin_recovery().await;
+            }
+            Scenario::PgRestart => {
+                let fractions: &[f64] = if d >= 40.0 { &[0.3, 0.7] } else { &[0.4] };
+                for f in fractions {
+                    tokio::time::sleep_until(at(*f).into()).await;
+                    let t = Instant::now();
+                    ctx.stack.run("pg-restart").await?;
+                    out.notes.push(format!(
+                        "PostgreSQL restarted (fast shutdown) at {:.1} s, took {:.1} s",
+                        (t - start).as_secs_f64(),
+                        t.elapsed().as_secs_f64()
+                    ));
+                    self.begin_recovery().await;
+                }
+            }
+            Scenario::Standby => {
+                let n = plan.failovers.max(1);
+                let mut active = 0;
+                for k in 0..n {
+                    let f = 0.1 + 0.8 * (k as f64 + 0.5) / n as f64;
+                    tokio::time::sleep_until(at(f).into()).await;
+                    let standby = 1 - active;
+                    if !self.relay_ready(active).await {
+                        bail!(
+                            "relay {} was not streaming before failover {}",
+                            ["a", "b"][active],
+                            k + 1
+                        );
+                    }
+                    self.kill_relay(active);
+                    let killed = Instant::now();
+                    self.begin_recovery().await;
+                    self.wait_relay_ready(standby).await.with_context(|| {
+                        format!("standby did not take over (failover {})", k + 1)
+                    })?;
+                    out.takeovers.push(killed.elapsed());
+                    // The dead one comes back as the new standby.
+                    self.start_relay(active)?;
+                    self.wait_healthy(active).await?;
+                    active = standby;
+                }
+                out.notes.push(format!(
+                    "{} failovers; takeover (kill -9 of the active relay until the standby streams both sources): {}",
+                    out.takeovers.len(),
+                    out.takeovers.iter().map(|t| format!("{:.2} s", t.as_secs_f64())).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Scenario::AckBeforeMark => {
+                let n = plan.ack_kills.max(1);
+                let mut hits = Vec::new();
+                for k in 0..n {
+                    let f = 0.1 + 0.8 * (k as f64 + 0.5) / n as f64;
+                    tokio::time::sleep_until(at(f).into()).await;
+                    // Kill while Kafka holds rows the relay has not marked yet.
+                    let seen = self.collector.seen();
+                    let wait = Instant::now();
+                    while wait.elapsed() < Duration::from_secs(10) {
+                        match self.pending_ids().await {
+                            Ok(ids) if seen.count(&ids) > 0 => break,
+                            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                    self.kill_relay(0);
+                    // Evidence, taken with the relay dead: rows in Kafka yet PENDING.
+                    let ids = self.pending_ids().await.unwrap_or_default();
+                    let acked_unmarked = seen.count(&ids);
+                    hits.push((acked_unmarked, ids.len()));
+                    self.start_relay(0)?;
+                    self.begin_recovery().await;
+                }
+                out.notes.push(format!(
+                    "relay started with pipeline.mark_interval_ms = 3000; kill -9 {} times, each with rows acked by Kafka but still PENDING (acked-unmarked / pending): {}",
+                    hits.len(),
+                    hits.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
+                ));
+                let hit = hits.iter().filter(|(a, _)| *a > 0).count();
+                out.checks.push(Check {
+                    name: "crashes landed between ack and PROCESSED".into(),
+                    ok: hit > 0,
+                    detail: format!("{hit} of {} kills had acked-but-unmarked rows", hits.len()),
+                });
+            }
+            Scenario::Rollbacks => {}
+        }
+        Ok(())
+    }
+
+    /// After faults: make sure a relay runs (the one that should be active).
+    async fn ensure_relay_running(&mut self) -> anyhow::Result<()> {
+        for i in 0..2 {
+            if let Some(p) = self.relays[i].as_mut() {
+                if let Some(status) = p.exited() {
+                    bail!(
+                        "relay {} exited by itself with {status}; see {}",
+                        ["a", "b"][i],
+                        p.log.display()
+                    );
+                }
+            }
+        }
+        if self.relays.iter().all(Option::is_none) {
+            self.start_relay(0)?;
+        }
+        Ok(())
+    }
+
+    async fn count(&self, pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_as::<_, (i64,)>(sql).fetch_one(pool).await?.0)
+    }
+
+    /// The numbers that must settle: (pending outbox users, pending outbox tx, pending
+    /// transactions, users, accounts).
+    async fn settle_state(&self) -> anyhow::Result<[i64; 5]> {
+        let pending = "select count(*) from outbox where status = 'PENDING'";
+        Ok([
+            self.count(&self.users_pool, pending).await?,
+            self.count(&self.tx_pool, pending).await?,
+            self.count(
+                &self.tx_pool,
+                "select count(*) from transactions where status = 'PENDING'",
+            )
+            .await?,
+            self.count(&self.users_pool, "select count(*) from users")
+                .await?,
+            self.count(&self.tx_pool, "select count(*) from accounts")
+                .await?,
+        ])
+    }
+
+    async fn wait_settled(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last;
+        loop {
+            match self.settle_state().await {
+                Ok([0, 0, 0, users, accounts]) if users == accounts => return Ok(start.elapsed()),
+                Ok([pu, pt, ptx, users, accounts]) => {
+                    last = format!(
+                        "PENDING outbox rows: {pu} (users_db) + {pt} (transaction_db); PENDING transactions: {ptx}; users {users}, accounts {accounts}"
+                    )
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if start.elapsed() > timeout {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_outbox_processed(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok([0, 0, ..]) = self.settle_state().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Converge, stop everything, then compare and check.
+    async fn finish(mut self, summary: LoadSummary, out: &mut Outcome) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let plan = &ctx.plan;
+        let settled = self.wait_settled(plan.converge_timeout).await;
+        match &settled {
+            Ok(t) => out.notes.push(format!(
+                "settled {:.1} s after the load stopped",
+                t.as_secs_f64()
+            )),
+            Err(why) => out.notes.push(format!(
+                "did not settle within {:?} after the load: {why}",
+                plan.converge_timeout
+            )),
+        }
+
+        // Services first (the transaction-service consumer may write its last events).
+        let mut services_up = true;
+        for (name, p) in [
+            ("user-service", self.user_svc.take()),
+            ("transaction-service", self.tx_svc.take()),
+        ] {
+            let Some(mut p) = p else { continue };
+            if let Some(status) = p.exited() {
+                services_up = false;
+                out.notes
+                    .push(format!("{name} had exited by itself with {status}"));
+                continue;
+            }
+            match p.terminate(STOP_TIMEOUT).await {
+                Ok(s) if s.success() => {}
+                Ok(s) => out.notes.push(format!("{name} exited with {s} on SIGTERM")),
+                Err(e) => out.notes.push(format!("{name}: {e:#}")),
+            }
+        }
+        out.checks.push(Check {
+            name: "services stayed up".into(),
+            ok: services_up,
+            detail: if services_up {
+                "both ran until SIGTERM".into()
+            } else {
+                "a service died".into()
+            },
+        });
+        let processed = self.wait_outbox_processed(Duration::from_secs(60)).await;
+
+        // Then the relays: SIGTERM, a clean exit expected.
+        let mut relay_exits = Vec::new();
+        for i in 0..2 {
+            if let Some(p) = self.relays[i].take() {
+                relay_exits.push(match p.terminate(STOP_TIMEOUT).await {
+                    Ok(s) => (s.success(), format!("relay {}: {s}", ["a", "b"][i])),
+                    Err(e) => (false, format!("relay {}: {e:#}", ["a", "b"][i])),
+                });
+            }
+        }
+        out.checks.push(Check {
+            name: "relays stop cleanly on SIGTERM".into(),
+            ok: relay_exits.iter().all(|(ok, _)| *ok),
+            detail: relay_exits
+                .iter()
+                .map(|(_, d)| d.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+
+        // Recovery measurements are done once everything was delivered.
+        for h in self.recoveries.drain(..) {
+            out.recoveries.push(
+                tokio::time::timeout(Duration::from_secs(30), h)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+            );
+        }
+        if !out.recoveries.is_empty() {
+            let never = out.recoveries.iter().filter(|r| r.is_none()).count();
+            out.checks.push(Check {
+                name: "every fault recovered".into(),
+                ok: never == 0,
+                detail: format!(
+                    "{never} of {} faults never saw their backlog delivered",
+                    out.recoveries.len()
+                ),
+            });
+        }
+
+        self.collector.catch_up(Duration::from_secs(120)).await?;
+        let records = self.collector.finish();
+
+        let mut committed = Vec::new();
+        for (source, pool) in [
+            ("users_db", &self.users_pool),
+            ("transaction_db", &self.tx_pool),
+        ] {
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "select id::text, aggregate_type, aggregate_id, event_type from outbox",
+            )
+            .fetch_all(pool)
+            .await?;
+            committed.extend(rows.into_iter().map(
+                |(id, aggregate_type, aggregate_id, event_type)| Committed {
+                    id,
+                    source: source.to_string(),
+                    aggregate_type,
+                    aggregate_id,
+                    event_type,
+                },
+            ));
+        }
+        let names = self.names;
+        out.tally = verify::tally(&committed, &records, |a| names.topic_for(a));
+        out.notes.push(format!(
+            "{} records read back from Kafka ({} committed rows)",
+            records.len(),
+            committed.len()
+        ));
+
+        self.end_to_end(processed, &summary, &records, out).await?;
+        Ok(())
+    }
+
+    async fn end_to_end(
+        &self,
+        processed: bool,
+        summary: &LoadSummary,
+        records: &[verify::Delivered],
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let (u, t) = (&self.users_pool, &self.tx_pool);
+        let pending = "select count(*) from outbox where status = 'PENDING'";
+        let (pu, pt) = (self.count(u, pending).await?, self.count(t, pending).await?);
+        out.checks.push(Check {
+            name: "every outbox row PROCESSED".into(),
+            ok: processed && pu == 0 && pt == 0,
+            detail: format!("PENDING: {pu} in users_db, {pt} in transaction_db"),
+        });
+
+        let statuses: Vec<(String, i64)> = sqlx::query_as(
+            "select status, count(*) from transactions group by status order by status",
+        )
+        .fetch_all(t)
+        .await?;
+        let n = |s: &str| {
+            statuses
+                .iter()
+                .find(|(k, _)| k == s)
+                .map(|(_, c)| *c)
+                .unwrap_or(0)
+        };
+        let transfers: Vec<(String, i64)> = sqlx::query_as(
+            "select status, count(*) from transactions where from_user_id is not null group by status order by status",
+        )
+        .fetch_all(t)
+        .await?;
+        out.checks.push(Check {
+            name: "every transaction COMPLETED or FAILED".into(),
+            ok: n("PENDING") == 0,
+            detail: format!(
+                "COMPLETED {}, FAILED {}, PENDING {} (transfers: {})",
+                n("COMPLETED"),
+                n("FAILED"),
+                n("PENDING"),
+                transfers
+                    .iter()
+                    .map(|(s, c)| format!("{s} {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+
+        let (balances, deposits, equal): (String, String, bool) = sqlx::query_as(
+            "select b::text, d::text, b = d from \
+             (select coalesce(sum(balance), 0) as b from accounts) x, \
+             (select coalesce(sum(amount), 0) as d from transactions where from_user_id is null and status = 'COMPLETED') y",
+        )
+        .fetch_one(t)
+        .await?;
+        out.checks.push(Check {
+            name: "sum of balances = sum of completed deposits".into(),
+            ok: equal,
+            detail: format!("balances {balances}, deposits {deposits}"),
+        });
+
+        let (bad_settled, bad_created): (i64, i64) = sqlx::query_as(
+            "select \
+               count(*) filter (where settled <> case when t.status = 'PENDING' then 0 else 1 end), \
+               count(*) filter (where created <> 1) \
+             from transactions t cross join lateral ( \
+               select count(*) filter (where o.event_type in ('TransactionCompleted', 'TransactionFailed')) as settled, \
+                      count(*) filter (where o.event_type = 'TransactionCreated') as created \
+               from outbox o where o.aggregate_id = t.id::text) e",
+        )
+        .fetch_one(t)
+        .await?;
+        out.checks.push(Check {
+            name: "one TransactionCreated and one settlement event per transaction".into(),
+            ok: bad_settled == 0 && bad_created == 0,
+            detail: format!("{bad_settled} with a wrong number of settlement events, {bad_created} with a wrong number of TransactionCreated"),
+        });
+
+        let users: Vec<(uuid::Uuid,)> = sqlx::query_as("select id from users order by id")
+            .fetch_all(u)
+            .await?;
+        let accounts: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("select user_id from accounts order by user_id")
+                .fetch_all(t)
+                .await?;
+        out.checks.push(Check {
+            name: "an account for every user".into(),
+            ok: users == accounts,
+            detail: format!("{} users, {} accounts", users.len(), accounts.len()),
+        });
+
+        if self.sc == Scenario::Rollbacks || !summary.rolled_back_ids.is_empty() {
+            let rolled: std::collections::HashSet<&str> =
+                summary.rolled_back_ids.iter().map(String::as_str).collect();
+            let in_kafka = records
+                .iter()
+                .filter(|r| r.event_id.as_deref().is_some_and(|id| rolled.contains(id)))
+                .count();
+            let q = format!("select count(*) from outbox where event_type = '{ROLLED_BACK_EVENT}'");
+            let in_outbox = self.count(u, &q).await? + self.count(t, &q).await?;
+            out.checks.push(Check {
+                name: "rolled-back rows appear nowhere".into(),
+                ok: in_kafka == 0 && in_outbox == 0 && summary.rolled_back_txns > 0,
+                detail: format!(
+                    "{} transactions rolled back with {} outbox rows; in Kafka: {in_kafka}, in the outbox: {in_outbox}",
+                    summary.rolled_back_txns,
+                    summary.rolled_back_ids.len()
+                ),
+            });
+            let failed: u64 = summary
+                .stats
+                .iter()
+                .filter(|(k, _)| k.ends_with(" 409") || k.ends_with(" 422"))
+                .map(|(_, v)| *v)
+                .sum();
+            out.notes.push(format!(
+                "{failed} HTTP requests failed by design (409 taken e-mail, 422 unknown account)"
+            ));
+        }
+        if self.sc == Scenario::Standby {
+            out.checks.push(Check {
+                name: "the standby took over every time".into(),
+                ok: out.takeovers.len() == self.ctx.plan.failovers.max(1),
+                detail: format!(
+                    "{} of {} failovers",
+                    out.takeovers.len(),
+                    self.ctx.plan.failovers.max(1)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
