@@ -1,0 +1,258 @@
+//! The database side of a run: a fresh, migrated database per system and workload
+//! (`testkit::TestDb`, which drops its replication slots and itself when dropped), the
+//! server-side load procedure, WAL positions, slots and the load counters.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use testkit::TestDb;
+use tokio_postgres::{Client, NoTls};
+
+/// Application name of the load generator's connections, so load accounting can
+/// leave them out.
+pub const LOAD_APP: &str = "relay-bench-load";
+
+/// A fresh database with the outbox schema of `sql/users_db` and the load procedure.
+pub async fn fresh() -> anyhow::Result<TestDb> {
+    let db = TestDb::create("bench", "users_db").await?;
+    let c = connect(&db.url, "relay-bench").await?;
+    c.batch_execute(LOAD_PROCEDURE)
+        .await
+        .context("creating the load procedure")?;
+    Ok(db)
+}
+
+/// An ordinary connection; its task ends when the client is dropped.
+pub async fn connect(url: &str, application_name: &str) -> anyhow::Result<Client> {
+    let mut cfg: tokio_postgres::Config = url.parse()?;
+    cfg.application_name(application_name);
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(a)) if s < a => format!("{}***{}", &url[..s + 3], &url[a..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Writes `txns` transactions of `rows_per_txn` outbox rows each, every payload a JSON
+/// object of about `payload_bytes` bytes whose `pad` is random hex (pglz cannot shrink
+/// it, and rows differ so Kafka's lz4 gets no free ride). Runs server-side, one COMMIT
+/// per transaction. Returns an LSN read inside the last transaction before its insert:
+/// every earlier commit ends at or before it, the last one after it.
+const LOAD_PROCEDURE: &str = r#"
+create procedure bench_load(txns int, rows_per_txn int, payload_bytes int, inout last_txn_floor pg_lsn default null)
+language plpgsql as $$
+declare
+    pool_len constant int := 1048576;
+    pad_len int := greatest(payload_bytes - 30, 1);
+    pool bytea;
+begin
+    select convert_to(string_agg(md5(random()::text), ''), 'UTF8') into pool
+    from generate_series(1, (pool_len + pad_len) / 32 + 1);
+    for t in 1..txns loop
+        if t = txns then
+            last_txn_floor := pg_current_wal_insert_lsn();
+        end if;
+        insert into outbox (id, aggregate_type, aggregate_id, event_type, payload)
+        select gen_random_uuid(), 'bench', 'agg-' || ((t * rows_per_txn + i) % 64), 'BenchEvent',
+               jsonb_build_object('t', t, 'i', i,
+                   'pad', convert_from(substring(pool from 1 + (random() * pool_len)::int for pad_len), 'UTF8'))
+        from generate_series(1, rows_per_txn) i;
+        commit;
+    end loop;
+end $$;
+"#;
+
+/// What a preload wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Loaded {
+    pub rows: u64,
+    /// The WAL insert position after the load (pg_recvlogical's `--endpos`).
+    pub end_lsn: u64,
+    /// The last transaction's commit ends after this LSN, every other one at or before it.
+    pub last_txn_floor: u64,
+}
+
+/// Loads `txns × rows_per_txn` rows and waits until the WAL is flushed (walsenders
+/// only send flushed WAL), so the timed consumer starts with all of it available.
+pub async fn preload(
+    url: &str,
+    txns: u64,
+    rows_per_txn: u32,
+    payload_bytes: usize,
+) -> anyhow::Result<Loaded> {
+    let c = connect(url, LOAD_APP).await?;
+    // Asynchronous commit only makes loading fast; the WAL written is the same.
+    c.batch_execute("set synchronous_commit = off").await?;
+    let rows = c
+        .simple_query(&format!(
+            "call bench_load({txns}, {rows_per_txn}, {payload_bytes})"
+        ))
+        .await
+        .context("loading rows")?;
+    let floor = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .context("bench_load returned no LSN")?;
+    let end_lsn = lsn(&c, "pg_current_wal_insert_lsn()").await?;
+    testkit::wait_for("the loaded WAL to be flushed", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            Ok((lsn(c, "pg_current_wal_flush_lsn()").await? >= end_lsn).then_some(()))
+        }
+    })
+    .await?;
+    Ok(Loaded {
+        rows: txns * u64::from(rows_per_txn),
+        end_lsn,
+        last_txn_floor: parse_lsn(&floor)?,
+    })
+}
+
+/// An `pg_lsn` expression as a number.
+pub async fn lsn(c: &Client, expr: &str) -> anyhow::Result<u64> {
+    let s: String = c
+        .query_one(&format!("select ({expr})::text"), &[])
+        .await?
+        .get(0);
+    parse_lsn(&s)
+}
+
+pub fn parse_lsn(s: &str) -> anyhow::Result<u64> {
+    let Some((hi, lo)) = s.split_once('/') else {
+        bail!("not an LSN: {s:?}")
+    };
+    Ok((u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?)
+}
+
+pub fn format_lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
+}
+
+/// The slot's `confirmed_flush_lsn` (0 when unset or missing).
+pub async fn confirmed_flush(c: &Client, slot: &str) -> anyhow::Result<u64> {
+    let row = c
+        .query_opt(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    match row.and_then(|r| r.get::<_, Option<String>>(0)) {
+        Some(s) => parse_lsn(&s),
+        None => Ok(0),
+    }
+}
+
+pub async fn count_status(c: &Client, status: &str) -> anyhow::Result<i64> {
+    Ok(
+        c.query_one("select count(*) from outbox where status = $1", &[&status])
+            .await?
+            .get(0),
+    )
+}
+
+/// `pg_stat_database` counters of one database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DbCounters {
+    pub xact_commit: i64,
+    pub tup_returned: i64,
+    pub tup_fetched: i64,
+    pub blks_hit: i64,
+}
+
+impl DbCounters {
+    pub fn delta(&self, before: &DbCounters) -> DbCounters {
+        DbCounters {
+            xact_commit: self.xact_commit - before.xact_commit,
+            tup_returned: self.tup_returned - before.tup_returned,
+            tup_fetched: self.tup_fetched - before.tup_fetched,
+            blks_hit: self.blks_hit - before.blks_hit,
+        }
+    }
+}
+
+/// Counters of `db`, read on an admin connection (PostgreSQL publishes a backend's
+/// counts at the latest when it exits, so read them after the systems disconnected).
+pub async fn counters(admin: &Client, db: &str) -> anyhow::Result<DbCounters> {
+    admin
+        .execute("select pg_stat_clear_snapshot()", &[])
+        .await?;
+    let r = admin
+        .query_one(
+            "select xact_commit, tup_returned, tup_fetched, blks_hit from pg_stat_database where datname = $1",
+            &[&db],
+        )
+        .await?;
+    Ok(DbCounters {
+        xact_commit: r.get(0),
+        tup_returned: r.get(1),
+        tup_fetched: r.get(2),
+        blks_hit: r.get(3),
+    })
+}
+
+/// Backends connected to `db` other than the load generator's and the caller's
+/// (walsenders included): the database work a system under test causes.
+pub async fn system_backends(admin: &Client, db: &str) -> anyhow::Result<Vec<u32>> {
+    let rows = admin
+        .query(
+            "select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid() \
+             and coalesce(application_name, '') <> $2",
+            &[&db, &LOAD_APP],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}
+
+/// Waits until no session but the caller's is connected to `db` (their counters are
+/// then published).
+pub async fn wait_disconnected(admin: &Client, db: &str) -> anyhow::Result<()> {
+    testkit::wait_for(
+        "the database's sessions to end",
+        Duration::from_secs(30),
+        || async move {
+            let n: i64 = admin
+                .query_one(
+                    "select count(*) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+                    &[&db],
+                )
+                .await?
+                .get(0);
+            Ok((n == 0).then_some(()))
+        },
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_round_trip() {
+        let v = parse_lsn("16/B374D848").unwrap();
+        assert_eq!(v, (0x16 << 32) | 0xB374D848);
+        assert_eq!(format_lsn(v), "16/B374D848");
+        assert!(parse_lsn("nope").is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_password_in_messages() {
+        assert_eq!(
+            redact("postgres://u:secret@h:1/db"),
+            "postgres://***@h:1/db"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The Kafka side of a run: topics of the run's own (created up front, with
+//! `LogAppendTime` where latency is measured), a producer configured like the relay's
+//! for the polling baseline, and a reader that collects what arrived.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+/// Creates `topic`. With `log_append_time` the broker stamps each record with the time
+/// it appended it, which is what commit → Kafka latency is measured against.
+pub async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    log_append_time: bool,
+) -> anyhow::Result<()> {
+    let admin = testkit::kafka_admin(brokers)?;
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    if log_append_time {
+        t = t.set("message.timestamp.type", "LogAppendTime");
+    }
+    for r in admin
+        .create_topics(
+            &[t],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?
+    {
+        if let Err((t, e)) = r {
+            bail!("creating topic {t}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The polling baseline's producer: the same delivery settings as relay-cdc's
+/// (idempotent, acks=all, never time a record out, linger 5 ms, lz4).
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "relay-bench-poller")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .create()?)
+}
+
+/// One record as the reader saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// `LogAppendTime` in Unix microseconds (the broker stamps milliseconds).
+    pub append_micros: Option<i64>,
+    /// The `commit_time` header in Unix microseconds.
+    pub commit_micros: Option<i64>,
+    /// The payload's `seq` field, when it has one (the ordering workload writes it).
+    pub seq: Option<u64>,
+}
+
+impl Received {
+    /// Commit → broker append, in microseconds.
+    pub fn latency_micros(&self) -> Option<i64> {
+        Some(self.append_micros? - self.commit_micros?)
+    }
+}
+
+/// Reads `topic` (all `partitions`, from the beginning, no consumer group) on a thread
+/// of its own until `want` says how many event ids to expect and that many distinct
+/// ones arrived, or nothing arrived for `idle`.
+pub fn spawn_reader(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    mut want: watch::Receiver<Option<usize>>,
+    idle: Duration,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Vec<Received>>>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("relay-bench-{}", testkit::unique_suffix()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut last = std::time::Instant::now();
+        loop {
+            let target = *want.borrow_and_update();
+            if target.is_some_and(|t| seen.len() >= t) {
+                return Ok(out);
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last = std::time::Instant::now();
+                    let id = header(&m, "event_id").unwrap_or_default();
+                    if !seen.insert(id) {
+                        continue; // a duplicate (same event id): count it once
+                    }
+                    out.push(Received {
+                        append_micros: match m.timestamp() {
+                            Timestamp::LogAppendTime(ms) => Some(ms * 1000),
+                            _ => None,
+                        },
+                        commit_micros: header(&m, "commit_time").and_then(|t| {
+                            chrono::DateTime::parse_from_rfc3339(&t)
+                                .ok()
+                                .map(|t| t.timestamp_micros())
+                        }),
+                        seq: m.payload().and_then(|p| {
+                            serde_json::from_slice::<serde_json::Value>(p)
+                                .ok()?
+                                .get("seq")?
+                                .as_u64()
+                        }),
+                    });
+                }
+                Some(Err(e)) => {
+                    report_consumer_error(&e);
+                }
+                None => {}
+            }
+            if last.elapsed() > idle {
+                bail!(
+                    "read {} of {} records, then nothing for {idle:?}",
+                    seen.len(),
+                    target.map_or("?".into(), |t| t.to_string())
+                );
+            }
+        }
+    }))
+}
+
+/// Consumer errors the broker recovers from by itself (topic metadata not yet
+/// propagated, a broker restart) only delay the read; anything else is reported once.
+fn report_consumer_error(e: &rdkafka::error::KafkaError) {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    if !matches!(
+        e,
+        rdkafka::error::KafkaError::MessageConsumption(
+            C::UnknownTopicOrPartition | C::AllBrokersDown | C::BrokerTransportFailure
+        ) | rdkafka::error::KafkaError::PartitionEOF(_)
+    ) {
+        eprintln!("relay-bench: consumer: {e}");
+    }
+}
+
+fn header<M: Message>(m: &M, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Joins a reader thread without blocking the runtime.
+pub async fn join_reader(
+    h: std::thread::JoinHandle<anyhow::Result<Vec<Received>>>,
+) -> anyhow::Result<Vec<Received>> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the Kafka reader panicked"))?
+        .context("reading records back from Kafka")
+}

@@ -1,0 +1,48 @@
+//! relay-bench: measures relay-cdc against `pg_recvlogical` (the most one walsender
+//! gives) and the polling outbox worker it replaces, on the local stack, and prints
+//! markdown tables. `scripts/bench` builds and runs it; see bench/README.md.
+
+mod ceiling;
+mod db;
+mod kafka;
+mod load;
+mod options;
+mod polling;
+mod proc_stats;
+mod relay;
+mod report;
+mod run;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let opts = options::Options::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // On Ctrl-C the run is dropped: its databases (with their slots) are dropped and
+    // the relay child is killed on the way out.
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run::run(opts) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Command-line knobs and the plan they resolve to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::load::Rate;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "relay-bench",
+    about = "Measures relay-cdc against pg_recvlogical (the ceiling) and a polling outbox worker, \
+             on the local stack, and prints markdown tables"
+)]
+pub struct Options {
+    /// Tiny sizes for a smoke run: every table row, in seconds rather than minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// The full throughput matrix: rows per transaction {1, 10, 1000} × payload {100 B, 1 KiB, 16 KiB}.
+    #[arg(long)]
+    pub full: bool,
+    /// Rows per transaction of the throughput workloads (with --payload: their cross product).
+    #[arg(long, value_delimiter = ',')]
+    pub rows_per_txn: Vec<u32>,
+    /// Payload sizes in bytes of the throughput workloads.
+    #[arg(long, value_delimiter = ',')]
+    pub payload: Vec<usize>,
+    /// Rows per throughput workload (default 50000; --quick 2000).
+    #[arg(long)]
+    pub rows: Option<u64>,
+    /// Caps a workload's payload volume (rows × payload) in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_mib: u64,
+    /// Offered rates of the latency runs, 1-row transactions: events/s, or `max`.
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<Rate>,
+    /// Seconds each latency run offers load (default 10; --quick 2).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Connections of the latency load generator.
+    #[arg(long, default_value_t = 8)]
+    pub generator_connections: usize,
+    /// Intervals of the polling baseline in milliseconds (documented, aggressive).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10])]
+    pub poll_interval_ms: Vec<u64>,
+    /// Rows the polling worker locks and publishes per round.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_batch: i64,
+    /// Interleaved transaction pairs of the commit-order run (default 200; --quick 10).
+    #[arg(long)]
+    pub pairs: Option<u64>,
+    /// Which parts to run.
+    #[arg(long, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Order])]
+    pub only: Vec<Part>,
+    /// Also measure relay memory through a broker outage (starts a private broker; slow).
+    #[arg(long)]
+    pub outage: bool,
+    /// Length of the broker outage in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub outage_secs: u64,
+    /// The relay binary (default: relay-cdc next to this executable).
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// pg_recvlogical (default: the newest under /usr/lib/postgresql, else PATH).
+    #[arg(long)]
+    pub pg_recvlogical: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Throughput,
+    Latency,
+    Order,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Part::Throughput => "throughput",
+            Part::Latency => "latency",
+            Part::Order => "order",
+        })
+    }
+}
+
+/// One throughput workload: a preloaded backlog of `rows` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    pub rows_per_txn: u32,
+    pub payload: usize,
+    pub rows: u64,
+}
+
+impl Workload {
+    pub fn txns(&self) -> u64 {
+        self.rows / u64::from(self.rows_per_txn)
+    }
+
+    /// The row label in tables, e.g. `10 rows/txn, 1 KiB`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} rows/txn, {}",
+            self.rows_per_txn,
+            crate::report::bytes(self.payload)
+        )
+    }
+}
+
+/// What a run measures.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub workloads: Vec<Workload>,
+    pub rates: Vec<Rate>,
+    pub duration: Duration,
+    pub latency_payload: usize,
+    pub generator_connections: usize,
+    pub poll_intervals: Vec<Duration>,
+    pub poll_batch: i64,
+    pub pairs: u64,
+    pub parts: Vec<Part>,
+    pub outage: Option<Duration>,
+}
+
+impl Options {
+    pub fn plan(&self) -> anyhow::Result<Plan> {
+        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 50_000 });
+        let shapes: Vec<(u32, usize)> = if !self.rows_per_txn.is_empty() || !self.payload.is_empty()
+        {
+            let rpt = if self.rows_per_txn.is_empty() {
+                vec![10]
+            } else {
+                self.rows_per_txn.clone()
+            };
+            let pl = if self.payload.is_empty() {
+                vec![100]
+            } else {
+                self.payload.clone()
+            };
+            rpt.iter()
+                .flat_map(|r| pl.iter().map(move |p| (*r, *p)))
+                .collect()
+        } else if self.full {
+            [1, 10, 1000]
+                .into_iter()
+                .flat_map(|r| [100, 1024, 16384].map(move |p| (r, p)))
+                .collect()
+        } else if self.quick {
+            vec![(1, 100), (1000, 1024)]
+        } else {
+            vec![(1, 100), (10, 100), (1000, 100), (10, 1024), (10, 16384)]
+        };
+        let mut workloads = Vec::new();
+        for (rows_per_txn, payload) in shapes {
+            anyhow::ensure!(rows_per_txn > 0, "--rows-per-txn must be positive");
+            anyhow::ensure!(payload >= 40, "--payload must be at least 40 bytes");
+            let cap = (self.max_mib * 1024 * 1024) / payload as u64;
+            let r = rows.min(cap).max(u64::from(rows_per_txn));
+            // Whole transactions only.
+            let r = r.div_ceil(u64::from(rows_per_txn)) * u64::from(rows_per_txn);
+            workloads.push(Workload {
+                rows_per_txn,
+                payload,
+                rows: r,
+            });
+        }
+        let rates = if !self.rates.is_empty() {
+            self.rates.clone()
+        } else if self.quick {
+            vec![Rate::Fixed(500)]
+        } else {
+            vec![Rate::Fixed(1000), Rate::Fixed(5000)]
+        };
+        anyhow::ensure!(self.poll_batch > 0, "--poll-batch must be positive");
+        anyhow::ensure!(
+            self.generator_connections > 0,
+            "--generator-connections must be positive"
+        );
+        Ok(Plan {
+            workloads,
+            rates,
+            duration: Duration::from_secs(self.duration.unwrap_or(if self.quick { 2 } else { 10 })),
+            latency_payload: 100,
+            generator_connections: self.generator_connections,
+            poll_intervals: self
+                .poll_interval_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+            poll_batch: self.poll_batch,
+            pairs: self.pairs.unwrap_or(if self.quick { 10 } else { 200 }),
+            parts: self.only.clone(),
+            outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Plan {
+        Options::try_parse_from([&["relay-bench"], args].concat())
+            .unwrap()
+            .plan()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_default_run_is_bounded_and_the_full_one_is_the_matrix() {
+        let p = plan(&[]);
+        assert_eq!(p.workloads.len(), 5);
+        assert_eq!(p.rates, vec![Rate::Fixed(1000), Rate::Fixed(5000)]);
+        assert_eq!(plan(&["--full"]).workloads.len(), 9);
+        // 16 KiB payloads are capped by --max-mib (128 MiB → 8192 rows, rounded up to whole transactions).
+        let big = p.workloads.iter().find(|w| w.payload == 16384).unwrap();
+        assert_eq!(big.rows, 8200);
+    }
+
+    #[test]
+    fn workloads_hold_whole_transactions() {
+        let p = plan(&[
+            "--rows-per-txn",
+            "1000",
+            "--payload",
+            "100",
+            "--rows",
+            "1500",
+        ]);
+        assert_eq!(p.workloads[0].rows, 2000);
+        assert_eq!(p.workloads[0].txns(), 2);
+    }
+
+    #[test]
+    fn quick_is_small() {
+        let p = plan(&["--quick"]);
+        assert!(p.workloads.iter().all(|w| w.rows <= 2000));
+        assert_eq!(p.duration, Duration::from_secs(2));
+        assert_eq!(p.pairs, 10);
+    }
+}

@@ -1,0 +1,198 @@
+//! relay-cdc as the system under test: the release binary as a child process,
+//! configured only through `RELAY_*` variables, with an admin port of its own for
+//! `/readyz` and `/metrics`, and its CPU time and memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::proc_stats;
+
+/// Where the relay reads and writes.
+#[derive(Debug, Clone)]
+pub struct RelaySpec {
+    pub bin: PathBuf,
+    pub brokers: String,
+    pub topic_template: String,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub database: String,
+    pub slot: String,
+    pub log_dir: PathBuf,
+}
+
+/// A running relay; killed (SIGKILL) if dropped before [`RelayProcess::terminate`].
+pub struct RelayProcess {
+    child: Child,
+    pid: u32,
+    admin: String,
+    pub log: PathBuf,
+}
+
+impl RelayProcess {
+    pub fn spawn(spec: &RelaySpec) -> anyhow::Result<Self> {
+        let port = testkit::free_port();
+        let log = spec
+            .log_dir
+            .join(format!("relay-{}.log", testkit::unique_suffix()));
+        let mut cmd = Command::new(&spec.bin);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
+            cmd.env_remove(k);
+        }
+        let src = "RELAY_SOURCES__BENCH__";
+        cmd.arg("run")
+            .env("RELAY_KAFKA__BROKERS", &spec.brokers)
+            .env("RELAY_KAFKA__TOPIC_TEMPLATE", &spec.topic_template)
+            .env("RELAY_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+            // The server learns the confirmed position within 20 ms of the relay's
+            // decision (default 1 s), so throughput runs are not rounded up to it.
+            .env("RELAY_PIPELINE__STATUS_INTERVAL_MS", "20")
+            .env(format!("{src}HOST"), &spec.pg_host)
+            .env(format!("{src}PORT"), spec.pg_port.to_string())
+            .env(format!("{src}USER"), &spec.pg_user)
+            .env(format!("{src}PASSWORD"), &spec.pg_password)
+            .env(format!("{src}DATABASE"), &spec.database)
+            .env(format!("{src}SLOT"), &spec.slot)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("creating the relay's log file")?)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", spec.bin.display()))?;
+        let pid = child.id().context("the relay exited at once")?;
+        Ok(Self {
+            child,
+            pid,
+            admin: format!("http://127.0.0.1:{port}"),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits until `/readyz` says the source streams.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("relay exited with {status}; log: {}", self.log.display());
+            }
+            if self.is_ready().await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "relay not ready after {timeout:?}; log: {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One look at `/readyz`.
+    pub async fn is_ready(&self) -> bool {
+        matches!(reqwest::get(format!("{}/readyz", self.admin)).await, Ok(r) if r.status().is_success())
+    }
+
+    /// Fails if the relay exited (it should run until told to stop).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("relay exited with {status}; log: {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    /// One sample of a metric (the sum over its series), if exposed.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?;
+        Ok(sum_metric(&text, name))
+    }
+
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        proc_stats::cpu_seconds(self.pid)
+    }
+
+    pub fn peak_rss(&self) -> anyhow::Result<u64> {
+        proc_stats::status_bytes(self.pid, "VmHWM")
+    }
+
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        proc_stats::status_bytes(self.pid, "VmRSS")
+    }
+
+    /// SIGTERM, then waits for the exit; a graceful stop exits 0.
+    pub async fn terminate(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("relay did not exit within 30 s of SIGTERM")??;
+        if !exit.success() {
+            bail!(
+                "relay exited with {exit} after SIGTERM; log: {}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The sum of every series of `name` in Prometheus text.
+pub fn sum_metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        if let Some(v) = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The relay binary: `--relay-bin`, else `relay-cdc` next to this executable.
+pub fn default_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().unwrap_or(Path::new("."));
+    Ok(dir.join("relay-cdc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_over_series_and_not_confused_with_longer_names() {
+        let text = "# HELP x\nrelay_events_published_total{source=\"a\"} 3\n\
+                    relay_events_published_total{source=\"b\"} 4\n\
+                    relay_events_published_total_extra 100\n";
+        assert_eq!(sum_metric(text, "relay_events_published_total"), Some(7.0));
+        assert_eq!(sum_metric(text, "relay_source_up"), None);
+    }
+}

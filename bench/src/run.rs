@@ -1,0 +1,860 @@
+//! Orchestration: every measurement on a fresh database (and topic) of its own, the
+//! systems one after another on the same stack, then the tables.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use testkit::{Stack, TestDb};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::ceiling::{self, Recv};
+use crate::db;
+use crate::kafka;
+use crate::load::{self, Rate};
+use crate::options::{Options, Part, Plan, Workload};
+use crate::polling::{Poller, PollerSpec};
+use crate::proc_stats;
+use crate::relay::{self, RelayProcess, RelaySpec};
+use crate::report::{self, Table};
+use crate::stats::{self, Latency};
+
+/// Partitions of throughput and latency topics (order runs use one, for a total order).
+const PARTITIONS: i32 = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A reader gives up after this long without a record.
+const READ_IDLE: Duration = Duration::from_secs(60);
+const EVENTS_PUBLISHED: &str = "relay_events_published_total";
+const RECORDS_IN_FLIGHT: &str = "relay_records_in_flight";
+
+/// What every measurement shares.
+pub struct Ctx {
+    pub stack: Stack,
+    pub relay_bin: PathBuf,
+    pub recvlogical: PathBuf,
+    pub admin: Client,
+    pub log_dir: PathBuf,
+    run_id: String,
+    topics: std::sync::atomic::AtomicU32,
+}
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    Relay,
+    Polling(Duration),
+}
+
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            System::Relay => f.write_str("relay-cdc"),
+            System::Polling(d) if d.as_millis() >= 1000 && d.as_millis() % 1000 == 0 => {
+                write!(f, "polling {} s", d.as_secs())
+            }
+            System::Polling(d) => write!(f, "polling {} ms", d.as_millis()),
+        }
+    }
+}
+
+impl Ctx {
+    pub async fn new(opts: &Options) -> anyhow::Result<Self> {
+        let stack = Stack::from_env();
+        let relay_bin = match &opts.relay_bin {
+            Some(p) => p.clone(),
+            None => relay::default_bin()?,
+        };
+        ensure!(
+            relay_bin.exists(),
+            "no relay binary at {} (build it: cargo build --release -p relay-cdc, or pass --relay-bin)",
+            relay_bin.display()
+        );
+        let recvlogical = opts
+            .pg_recvlogical
+            .clone()
+            .unwrap_or_else(ceiling::find_pg_recvlogical);
+        let admin = db::connect(&stack.database_url("postgres"), "relay-bench")
+            .await
+            .context("is the local stack up (scripts/stack up)?")?;
+        let run_id = testkit::unique_suffix()[..8].to_string();
+        let log_dir = std::env::temp_dir().join(format!("relay-bench-{run_id}"));
+        std::fs::create_dir_all(&log_dir)?;
+        Ok(Self {
+            stack,
+            relay_bin,
+            recvlogical,
+            admin,
+            log_dir,
+            run_id,
+            topics: Default::default(),
+        })
+    }
+
+    /// A topic prefix no other measurement uses; records go to `<prefix>.bench`.
+    fn topic_prefix(&self) -> (String, String) {
+        let n = self
+            .topics
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("bench.{}.{n}", self.run_id);
+        let topic = format!("{prefix}.bench");
+        (prefix, topic)
+    }
+
+    fn relay_spec(&self, db: &TestDb, prefix: &str, brokers: &str) -> RelaySpec {
+        RelaySpec {
+            bin: self.relay_bin.clone(),
+            brokers: brokers.to_string(),
+            topic_template: format!("{prefix}.{{aggregate_type}}"),
+            pg_host: self.stack.pg_host.clone(),
+            pg_port: self.stack.pg_port,
+            pg_user: self.stack.pg_user.clone(),
+            pg_password: self.stack.pg_password.clone(),
+            database: db.name.clone(),
+            slot: format!("bench_relay_{}", testkit::unique_suffix()),
+            log_dir: self.log_dir.clone(),
+        }
+    }
+
+    fn poller_spec(&self, db: &TestDb, topic: &str, interval: Duration, batch: i64) -> PollerSpec {
+        PollerSpec {
+            url: db.url.clone(),
+            brokers: self.stack.kafka_brokers.clone(),
+            topic: topic.to_string(),
+            interval,
+            batch,
+        }
+    }
+}
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("relay-bench: {msg}");
+}
+
+/// How long a throughput run may take before it counts as stuck (≥ 500 rows/s).
+fn stuck_after(rows: u64) -> Duration {
+    Duration::from_secs(60 + rows / 500)
+}
+
+// --- throughput -----------------------------------------------------------------------
+
+pub struct RelayThroughput {
+    pub rows_per_s: f64,
+    pub startup_s: f64,
+    pub cpu_per_100k: f64,
+    pub peak_rss: u64,
+}
+
+pub struct ThroughputRow {
+    pub workload: Workload,
+    pub ceiling: f64,
+    pub relay: RelayThroughput,
+    pub polling: f64,
+}
+
+/// pg_recvlogical over a slot created before the load, up to the load's end LSN.
+async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
+    let db = db::fresh().await?;
+    let c = db::connect(&db.url, "relay-bench").await?;
+    let slot = format!("bench_ceiling_{}", testkit::unique_suffix());
+    c.execute(
+        "select pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await?;
+    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let s = &ctx.stack;
+    let secs = ceiling::stream_to(
+        &Recv {
+            bin: &ctx.recvlogical,
+            host: &s.pg_host,
+            port: s.pg_port,
+            user: &s.pg_user,
+            password: &s.pg_password,
+            database: &db.name,
+            slot: &slot,
+        },
+        loaded.end_lsn,
+    )
+    .await?;
+    c.execute("select pg_drop_replication_slot($1)", &[&slot])
+        .await?;
+    Ok(loaded.rows as f64 / secs)
+}
+
+/// The relay streams a backlog of WAL: it ran once (its slot exists), was stopped,
+/// the rows were loaded, and it is timed from its second start until the server's
+/// `confirmed_flush_lsn` covers the last loaded transaction (which implies every row
+/// was acked by Kafka and marked PROCESSED; both are checked afterwards).
+async fn relay_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<RelayThroughput> {
+    let db = db::fresh().await?;
+    let (prefix, topic) = ctx.topic_prefix();
+    kafka::create_topic(&ctx.stack.kafka_brokers, &topic, PARTITIONS, false).await?;
+    let spec = ctx.relay_spec(&db, &prefix, &ctx.stack.kafka_brokers);
+    let mut first = RelayProcess::spawn(&spec)?;
+    first.wait_ready(READY_TIMEOUT).await?;
+    first.terminate().await?;
+
+    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let c = db::connect(&db.url, "relay-bench").await?;
+    let started = Instant::now();
+    let mut relay = RelayProcess::spawn(&spec)?;
+    let mut startup = None;
+    let deadline = started + stuck_after(loaded.rows);
+    loop {
+        relay.check_alive()?;
+        if startup.is_none() && relay.is_ready().await {
+            startup = Some(started.elapsed().as_secs_f64());
+        }
+        if db::confirmed_flush(&c, &spec.slot).await? > loaded.last_txn_floor {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "relay did not confirm the load within {:?}; log: {}",
+                stuck_after(loaded.rows),
+                relay.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = relay.cpu_seconds()?;
+    let peak_rss = relay.peak_rss()?;
+    let published = relay.metric(EVENTS_PUBLISHED).await?.unwrap_or(0.0) as u64;
+    relay.terminate().await?;
+    let processed = db::count_status(&c, "PROCESSED").await? as u64;
+    ensure!(
+        processed == loaded.rows && published >= loaded.rows,
+        "relay confirmed the load but published {published} and marked {processed} of {} rows",
+        loaded.rows
+    );
+    testkit::delete_topics(&ctx.stack.kafka_brokers, &[&topic]).await;
+    Ok(RelayThroughput {
+        rows_per_s: loaded.rows as f64 / secs,
+        startup_s: startup.unwrap_or(secs),
+        cpu_per_100k: cpu * 100_000.0 / loaded.rows as f64,
+        peak_rss,
+    })
+}
+
+/// The polling worker drains the same backlog; timed from its start until it
+/// published and marked every row. (With a backlog no round is empty, so the interval
+/// does not matter here.)
+async fn polling_throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<f64> {
+    let db = db::fresh().await?;
+    let (_, topic) = ctx.topic_prefix();
+    kafka::create_topic(&ctx.stack.kafka_brokers, &topic, PARTITIONS, false).await?;
+    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let interval = plan.poll_intervals.last().copied().unwrap_or_default();
+    let started = Instant::now();
+    let poller = Poller::start(ctx.poller_spec(&db, &topic, interval, plan.poll_batch)).await?;
+    let deadline = started + stuck_after(loaded.rows);
+    while poller.published() < loaded.rows {
+        poller.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("the polling worker did not drain the load in time");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    poller.stop().await?;
+    let c = db::connect(&db.url, "relay-bench").await?;
+    ensure!(db::count_status(&c, "PROCESSED").await? as u64 == loaded.rows);
+    testkit::delete_topics(&ctx.stack.kafka_brokers, &[&topic]).await;
+    Ok(loaded.rows as f64 / secs)
+}
+
+async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<ThroughputRow> {
+    progress(format!(
+        "throughput {} ({} rows): ceiling",
+        w.label(),
+        w.rows
+    ));
+    let ceiling = ceiling_throughput(ctx, w).await?;
+    progress(format!("throughput {}: relay-cdc", w.label()));
+    let relay = relay_throughput(ctx, w).await?;
+    progress(format!("throughput {}: polling", w.label()));
+    let polling = polling_throughput(ctx, plan, w).await?;
+    Ok(ThroughputRow {
+        workload: *w,
+        ceiling,
+        relay,
+        polling,
+    })
+}
+
+// --- systems under load ---------------------------------------------------------------
+
+/// A started system: the relay child process or the in-process polling worker.
+enum Running {
+    Relay(RelayProcess),
+    Polling(Poller),
+}
+
+impl Running {
+    async fn start(
+        ctx: &Ctx,
+        plan: &Plan,
+        system: System,
+        db: &TestDb,
+        prefix: &str,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(match system {
+            System::Relay => {
+                let mut r =
+                    RelayProcess::spawn(&ctx.relay_spec(db, prefix, &ctx.stack.kafka_brokers))?;
+                r.wait_ready(READY_TIMEOUT).await?;
+                Running::Relay(r)
+            }
+            System::Polling(interval) => Running::Polling(
+                Poller::start(ctx.poller_spec(db, topic, interval, plan.poll_batch)).await?,
+            ),
+        })
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self {
+            Running::Relay(r) => r.check_alive(),
+            Running::Polling(p) => p.check_alive(),
+        }
+    }
+
+    fn relay(&self) -> Option<&RelayProcess> {
+        match self {
+            Running::Relay(r) => Some(r),
+            Running::Polling(_) => None,
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Running::Relay(r) => r.terminate().await,
+            Running::Polling(p) => p.stop().await.map(|_| ()),
+        }
+    }
+}
+
+// --- latency --------------------------------------------------------------------------
+
+/// Database work a system caused during a latency run, beyond the load generator's.
+pub struct DbLoad {
+    pub xacts_per_s: f64,
+    pub rows_read_per_s: f64,
+    pub blks_hit_per_s: f64,
+    pub cpu_per_100k: f64,
+}
+
+pub struct LatencyRow {
+    pub system: System,
+    pub rate: Rate,
+    pub achieved: f64,
+    pub events: u64,
+    pub latency: Latency,
+    pub relay_cpu_per_100k: Option<f64>,
+    pub relay_peak_rss: Option<u64>,
+    pub db: DbLoad,
+}
+
+/// 1-row transactions at `rate` for the plan's duration; latency is the broker's
+/// `LogAppendTime` minus the record's `commit_time` header.
+async fn latency(ctx: &Ctx, plan: &Plan, system: System, rate: Rate) -> anyhow::Result<LatencyRow> {
+    progress(format!("latency {system} @ {rate}"));
+    let db = db::fresh().await?;
+    let (prefix, topic) = ctx.topic_prefix();
+    let brokers = &ctx.stack.kafka_brokers;
+    kafka::create_topic(brokers, &topic, PARTITIONS, true).await?;
+    let before = db::counters(&ctx.admin, &db.name).await?;
+    let started = Instant::now();
+    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic).await?;
+    let backends0 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
+    let relay_cpu0 = running.relay().map(|r| r.cpu_seconds()).transpose()?;
+
+    let (want, want_rx) = watch::channel(None);
+    let reader = kafka::spawn_reader(brokers, &topic, PARTITIONS, want_rx, READ_IDLE)?;
+    let generated = load::paced(
+        &db.url,
+        rate,
+        plan.duration,
+        plan.latency_payload,
+        plan.generator_connections,
+    )
+    .await?;
+    want.send_replace(Some(generated.sent as usize));
+    let received = kafka::join_reader(reader).await?;
+    running.check_alive()?;
+
+    let backends1 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
+    let db_cpu = proc_stats::cpu_used(&backends0, &backends1);
+    let relay_cpu = match (running.relay(), relay_cpu0) {
+        (Some(r), Some(c0)) => Some(r.cpu_seconds()? - c0),
+        _ => None,
+    };
+    let relay_peak_rss = running.relay().map(|r| r.peak_rss()).transpose()?;
+    let window = started.elapsed().as_secs_f64();
+    running.stop().await?;
+    db::wait_disconnected(&ctx.admin, &db.name).await?;
+    let d = db::counters(&ctx.admin, &db.name).await?.delta(&before);
+    // The generator's own transactions: one per insert and one per prepared statement.
+    let extra_xacts = d.xact_commit - generated.sent as i64 - plan.generator_connections as i64;
+
+    let micros: Vec<i64> = received
+        .iter()
+        .filter_map(|r| r.latency_micros())
+        .map(|v| v.max(0))
+        .collect();
+    ensure!(
+        micros.len() == received.len(),
+        "{} records lacked a commit_time header or a LogAppendTime timestamp",
+        received.len() - micros.len()
+    );
+    let latency = Latency::from_micros(micros).context("no records arrived")?;
+    testkit::delete_topics(brokers, &[&topic]).await;
+    let per_100k = |cpu: f64| cpu * 100_000.0 / generated.sent.max(1) as f64;
+    Ok(LatencyRow {
+        system,
+        rate,
+        achieved: generated.rate(),
+        events: generated.sent,
+        latency,
+        relay_cpu_per_100k: relay_cpu.map(per_100k),
+        relay_peak_rss,
+        db: DbLoad {
+            xacts_per_s: extra_xacts.max(0) as f64 / window,
+            rows_read_per_s: d.tup_returned as f64 / window,
+            blks_hit_per_s: d.blks_hit as f64 / window,
+            cpu_per_100k: per_100k(db_cpu),
+        },
+    })
+}
+
+// --- commit order ---------------------------------------------------------------------
+
+pub struct OrderRow {
+    pub system: System,
+    pub pairs: u64,
+    pub events: u64,
+    pub violations: usize,
+}
+
+/// Interleaved pairs (T1 begins and inserts, T2 inserts and commits, T1 commits) into a
+/// one-partition topic; counts events Kafka holds after an event that committed later.
+async fn order(ctx: &Ctx, plan: &Plan, system: System) -> anyhow::Result<OrderRow> {
+    progress(format!("commit order {system}"));
+    let db = db::fresh().await?;
+    let (prefix, topic) = ctx.topic_prefix();
+    let brokers = &ctx.stack.kafka_brokers;
+    kafka::create_topic(brokers, &topic, 1, false).await?;
+    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic).await?;
+    let (want, want_rx) = watch::channel(None);
+    let reader = kafka::spawn_reader(brokers, &topic, 1, want_rx, READ_IDLE)?;
+    let events = load::interleaved_pairs(&db.url, plan.pairs).await?;
+    want.send_replace(Some(events as usize));
+    let received = kafka::join_reader(reader).await?;
+    running.check_alive()?;
+    running.stop().await?;
+    let positions: Vec<u64> = received
+        .iter()
+        .map(|r| r.seq.context("a record without seq"))
+        .collect::<anyhow::Result<_>>()?;
+    testkit::delete_topics(brokers, &[&topic]).await;
+    Ok(OrderRow {
+        system,
+        pairs: plan.pairs,
+        events,
+        violations: stats::order_violations(&positions),
+    })
+}
+
+// --- broker outage --------------------------------------------------------------------
+
+pub struct OutageResult {
+    pub outage: Duration,
+    pub rate: u32,
+    pub steady_peak_rss: u64,
+    pub outage_max_rss: u64,
+    pub in_flight_at_end: f64,
+    pub after_rss: u64,
+    pub events: u64,
+    pub recovery_s: f64,
+}
+
+/// The relay on a private broker under 1k events/s: 10 s steady, the broker stopped
+/// for `outage`, then restarted; RSS sampled every 250 ms throughout.
+async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult> {
+    const RATE: u32 = 1000;
+    const WARMUP: Duration = Duration::from_secs(10);
+    progress(format!(
+        "broker outage ({}s): starting a private broker",
+        outage.as_secs()
+    ));
+    let broker = testkit::PrivateKafka::start().await?;
+    let db = db::fresh().await?;
+    let (prefix, topic) = ctx.topic_prefix();
+    kafka::create_topic(&broker.brokers, &topic, PARTITIONS, false).await?;
+    let mut relay = RelayProcess::spawn(&ctx.relay_spec(&db, &prefix, &broker.brokers))?;
+    relay.wait_ready(READY_TIMEOUT).await?;
+    let url = db.url.clone();
+    let total = WARMUP + outage + WARMUP;
+    let generator =
+        tokio::spawn(async move { load::paced(&url, Rate::Fixed(RATE), total, 100, 4).await });
+    let pid = relay.pid();
+    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, u64)>::new()));
+    let sampler = {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                match proc_stats::status_bytes(pid, "VmRSS") {
+                    Ok(rss) => samples
+                        .lock()
+                        .expect("not poisoned")
+                        .push((Instant::now(), rss)),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    tokio::time::sleep(WARMUP).await; // a measured period, not a synchronisation
+    let steady_peak_rss = relay.peak_rss()?;
+    progress("broker outage: stopping the broker");
+    broker.stop().await?;
+    let down = Instant::now();
+    tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
+    relay.check_alive()?;
+    let in_flight_at_end = relay.metric(RECORDS_IN_FLIGHT).await?.unwrap_or(0.0);
+    progress("broker outage: restarting the broker");
+    broker.resume().await?;
+    let up = Instant::now();
+    let outage_max_rss = samples
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|(t, _)| *t >= down && *t <= up)
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(0);
+    let generated = generator.await??;
+    let (want, want_rx) = watch::channel(Some(generated.sent as usize));
+    let reader = kafka::spawn_reader(&broker.brokers, &topic, PARTITIONS, want_rx, READ_IDLE)?;
+    kafka::join_reader(reader).await?;
+    drop(want);
+    let recovery_s = up.elapsed().as_secs_f64();
+    sampler.abort();
+    let after_rss = relay.rss()?;
+    relay.terminate().await?;
+    Ok(OutageResult {
+        outage,
+        rate: RATE,
+        steady_peak_rss,
+        outage_max_rss,
+        in_flight_at_end,
+        after_rss,
+        events: generated.sent,
+        recovery_s,
+    })
+}
+
+// --- the run --------------------------------------------------------------------------
+
+pub async fn run(opts: Options) -> anyhow::Result<String> {
+    let plan = opts.plan()?;
+    let ctx = Ctx::new(&opts).await?;
+    let started = Instant::now();
+    let machine = machine(&ctx.admin).await?;
+    let mut throughput_rows = Vec::new();
+    let mut latency_rows = Vec::new();
+    let mut order_rows = Vec::new();
+    let pollers: Vec<System> = plan
+        .poll_intervals
+        .iter()
+        .map(|d| System::Polling(*d))
+        .collect();
+    let systems: Vec<System> = [System::Relay].into_iter().chain(pollers).collect();
+
+    if plan.parts.contains(&Part::Throughput) {
+        for w in &plan.workloads {
+            throughput_rows.push(throughput(&ctx, &plan, w).await?);
+        }
+    }
+    if plan.parts.contains(&Part::Latency) {
+        for rate in &plan.rates {
+            for system in &systems {
+                latency_rows.push(latency(&ctx, &plan, *system, *rate).await?);
+            }
+        }
+    }
+    if plan.parts.contains(&Part::Order) {
+        for system in &systems {
+            order_rows.push(order(&ctx, &plan, *system).await?);
+        }
+    }
+    let outage_result = match plan.outage {
+        Some(d) => Some(outage(&ctx, d).await?),
+        None => None,
+    };
+    let _ = std::fs::remove_dir_all(&ctx.log_dir);
+    Ok(render(
+        &opts,
+        &plan,
+        &machine,
+        started.elapsed(),
+        &throughput_rows,
+        &latency_rows,
+        &order_rows,
+        outage_result.as_ref(),
+    ))
+}
+
+async fn machine(admin: &Client) -> anyhow::Result<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib =
+        proc_stats::parse_status_kib(&meminfo, "MemTotal").unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let pg: String = admin.query_one("show server_version", &[]).await?.get(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    Ok(format!(
+        "{cores} cores ({model}), {mem_gib:.1} GiB RAM, load average at start {}; PostgreSQL {pg}",
+        load.join(" ")
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render(
+    opts: &Options,
+    plan: &Plan,
+    machine: &str,
+    took: Duration,
+    throughput_rows: &[ThroughputRow],
+    latency_rows: &[LatencyRow],
+    order_rows: &[OrderRow],
+    outage: Option<&OutageResult>,
+) -> String {
+    let mut out = String::new();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    out.push_str(&format!(
+        "## relay-bench{}\n\nMachine: {machine}. Run took {:.0} s.\n\n",
+        if args.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", args.join(" "))
+        },
+        took.as_secs_f64()
+    ));
+    let _ = opts;
+
+    if !throughput_rows.is_empty() {
+        out.push_str("### Throughput: a preloaded backlog, as fast as possible\n\n");
+        let mut t = Table::new(&[
+            "workload",
+            "rows",
+            "ceiling rows/s",
+            "relay-cdc rows/s",
+            "relay/ceiling",
+            "polling rows/s",
+            "relay/polling",
+            "relay start s",
+            "relay CPU s/100k",
+            "relay peak RSS MiB",
+        ]);
+        for r in throughput_rows {
+            t.row(vec![
+                r.workload.label(),
+                report::count(r.workload.rows as f64),
+                report::count(r.ceiling),
+                report::count(r.relay.rows_per_s),
+                report::ratio(r.relay.rows_per_s, r.ceiling),
+                report::count(r.polling),
+                report::ratio(r.relay.rows_per_s, r.polling),
+                report::secs(r.relay.startup_s),
+                report::secs(r.relay.cpu_per_100k),
+                report::mib(r.relay.peak_rss),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push_str(&format!(
+            "\nPolling drains the backlog in rounds of {} rows (the interval only matters when a round finds nothing).\n\n",
+            plan.poll_batch
+        ));
+    }
+
+    if !latency_rows.is_empty() {
+        out.push_str(&format!(
+            "### Latency: 1-row transactions at an offered rate for {} s, commit → broker append (LogAppendTime − commit_time)\n\n",
+            plan.duration.as_secs()
+        ));
+        let mut t = Table::new(&[
+            "system @ offered rate",
+            "achieved/s",
+            "events",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "relay CPU s/100k",
+            "relay peak RSS MiB",
+            "DB xacts/s",
+            "DB rows read/s",
+            "DB blks hit/s",
+            "DB CPU s/100k",
+        ]);
+        for r in latency_rows {
+            t.row(vec![
+                format!("{} @ {}", r.system, r.rate),
+                report::count(r.achieved),
+                report::count(r.events as f64),
+                report::ms(r.latency.p50),
+                report::ms(r.latency.p95),
+                report::ms(r.latency.p99),
+                report::ms(r.latency.max),
+                r.relay_cpu_per_100k.map_or("-".into(), report::secs),
+                r.relay_peak_rss.map_or("-".into(), report::mib),
+                report::count(r.db.xacts_per_s),
+                report::count(r.db.rows_read_per_s),
+                report::count(r.db.blks_hit_per_s),
+                report::secs(r.db.cpu_per_100k),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push_str(
+            "\nDB columns: what the system's own sessions cost the database during the run \
+             (pg_stat_database deltas without the generator's transactions; CPU of its backends, walsender included).\n\n",
+        );
+    }
+
+    if !order_rows.is_empty() {
+        out.push_str("### Commit order: interleaved transactions (T1 begins and inserts, T2 inserts and commits, T1 commits)\n\n");
+        let mut t = Table::new(&["system", "pairs", "events", "out of commit order"]);
+        for r in order_rows {
+            t.row(vec![
+                r.system.to_string(),
+                r.pairs.to_string(),
+                r.events.to_string(),
+                r.violations.to_string(),
+            ]);
+        }
+        out.push_str(&t.render());
+        out.push('\n');
+    }
+
+    if let Some(o) = outage {
+        out.push_str(&format!(
+            "### Broker outage: relay-cdc at {}/s, broker stopped for {} s\n\n",
+            o.rate,
+            o.outage.as_secs()
+        ));
+        let mut t = Table::new(&[
+            "events",
+            "peak RSS before MiB",
+            "max RSS during outage MiB",
+            "records in flight at the end of it",
+            "RSS after recovery MiB",
+            "all delivered after restart, s",
+        ]);
+        t.row(vec![
+            report::count(o.events as f64),
+            report::mib(o.steady_peak_rss),
+            report::mib(o.outage_max_rss),
+            report::count(o.in_flight_at_end),
+            report::mib(o.after_rss),
+            report::secs(o.recovery_s),
+        ]);
+        out.push_str(&t.render());
+        out.push('\n');
+    }
+
+    out.push_str(&targets(throughput_rows, latency_rows, outage));
+    out
+}
+
+/// Where the issue's targets stand in this run.
+fn targets(
+    throughput_rows: &[ThroughputRow],
+    latency_rows: &[LatencyRow],
+    outage: Option<&OutageResult>,
+) -> String {
+    let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut lines = vec!["### Targets\n".to_string()];
+    if let Some(worst) = throughput_rows.iter().min_by(|a, b| {
+        (a.relay.rows_per_s / a.ceiling).total_cmp(&(b.relay.rows_per_s / b.ceiling))
+    }) {
+        let r = worst.relay.rows_per_s / worst.ceiling;
+        lines.push(format!(
+            "- relay ≥ 90 % of the ceiling on every workload: {} (lowest {:.0} %, {})",
+            mark(r >= 0.9),
+            100.0 * r,
+            worst.workload.label()
+        ));
+    }
+    if let Some(r) = latency_rows
+        .iter()
+        .find(|r| r.system == System::Relay && r.rate == Rate::Fixed(1000))
+    {
+        lines.push(format!(
+            "- p99 commit → Kafka ≤ 50 ms at 1k events/s: {} (p99 {} ms)",
+            mark(r.latency.p99 <= 50.0),
+            report::ms(r.latency.p99)
+        ));
+    }
+    let peaks: Vec<u64> = throughput_rows
+        .iter()
+        .map(|r| r.relay.peak_rss)
+        .chain(latency_rows.iter().filter_map(|r| r.relay_peak_rss))
+        .collect();
+    if let Some(max) = peaks.iter().max() {
+        lines.push(format!(
+            "- peak RSS ≤ 64 MiB in steady state: {} (highest {} MiB)",
+            mark(*max <= 64 * 1024 * 1024),
+            report::mib(*max)
+        ));
+    }
+    lines.push(match outage {
+        Some(o) => format!(
+            "- RSS during a {} s broker outage: max {} MiB (from {} MiB before it)",
+            o.outage.as_secs(),
+            report::mib(o.outage_max_rss),
+            report::mib(o.steady_peak_rss)
+        ),
+        None => "- RSS during a broker outage: not measured in this run (--outage)".into(),
+    });
+    lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systems_are_named_for_their_interval() {
+        assert_eq!(System::Relay.to_string(), "relay-cdc");
+        assert_eq!(
+            System::Polling(Duration::from_secs(1)).to_string(),
+            "polling 1 s"
+        );
+        assert_eq!(
+            System::Polling(Duration::from_millis(10)).to_string(),
+            "polling 10 ms"
+        );
+        assert_eq!(
+            System::Polling(Duration::from_millis(1500)).to_string(),
+            "polling 1500 ms"
+        );
+    }
+
+    #[test]
+    fn stuck_runs_get_a_generous_bound() {
+        assert_eq!(stuck_after(50_000), Duration::from_secs(160));
+    }
+}
