@@ -7,10 +7,11 @@
 //! marks them then; nothing stays PENDING forever. Marking never delays publishing:
 //! it runs beside the stream and only holds back the confirmation.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::Lsn;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -44,6 +45,9 @@ pub struct Marker {
     pub source: SourceSettings,
     pub pipeline: PipelineSettings,
     pub metrics: Metrics,
+    /// Notified when the server refuses connections because it is shutting down: the
+    /// pipeline then ends its replication session (see [`crate::pipeline`]).
+    pub going_away: Arc<Notify>,
 }
 
 impl Marker {
@@ -108,6 +112,9 @@ impl Marker {
                 match source::connect(&self.source).await {
                     Ok(c) => *client = Some(c),
                     Err(e) => {
+                        if e.server_going_away() {
+                            self.going_away.notify_one();
+                        }
                         tracing::warn!(source = %name, error = %e, "marker cannot connect; retrying");
                         self.metrics.mark_failures.with_label_values(&[name]).inc();
                         tokio::time::sleep(backoff).await;

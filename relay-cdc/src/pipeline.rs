@@ -12,6 +12,12 @@
 //! - After any error the pipeline is rebuilt (new producer, new session) and resumes
 //!   from the slot's confirmed position: what was not confirmed is sent again, with the
 //!   same event ids.
+//! - When the server refuses new connections because it is shutting down, the session
+//!   ends at once. A walsender lets the server stop only after its client confirmed
+//!   everything it was sent, and rows acked but not yet marked cannot be marked any
+//!   more (marking needs a new connection): holding the session would keep a fast
+//!   shutdown waiting forever. Nothing is confirmed early; the unconfirmed tail is
+//!   replayed and marked after the restart.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,7 +29,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use rdkafka::producer::DeliveryFuture;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -52,6 +58,8 @@ pub enum PipelineError {
     StreamEnded,
     #[error("slot {0} is held by another session (standby: waiting)")]
     SlotBusy(String),
+    #[error("the server is shutting down; ending the replication session so it can stop")]
+    ServerGoingAway,
 }
 
 impl PipelineError {
@@ -64,6 +72,7 @@ impl PipelineError {
             Self::Poison { .. } => "poison",
             Self::StreamEnded => "stream_ended",
             Self::SlotBusy(_) => "slot_busy",
+            Self::ServerGoingAway => "server_going_away",
         }
     }
 }
@@ -180,10 +189,12 @@ impl SourceTask {
         let mut publisher = Publisher::new(&self.settings.kafka, &name)?;
         let (mark_tx, mark_rx) = mpsc::unbounded_channel();
         let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
+        let going_away = Arc::new(Notify::new());
         let marker = Marker {
             source: self.source.clone(),
             pipeline: self.settings.pipeline.clone(),
             metrics: self.metrics.clone(),
+            going_away: going_away.clone(),
         };
         let mut marker_task = AbortOnDrop(tokio::spawn(marker.run(mark_rx, confirmed_tx)));
 
@@ -207,6 +218,7 @@ impl SourceTask {
             self.settings.pipeline.heartbeat_interval(),
             self.metrics.clone(),
             last_handled.clone(),
+            going_away.clone(),
         )));
         drop(client);
 
@@ -217,6 +229,7 @@ impl SourceTask {
                 &mark_tx,
                 &mut confirmed_rx,
                 &last_handled,
+                &going_away,
             )
             .await;
         match result {
@@ -451,6 +464,7 @@ impl SourceTask {
         mark_tx: &mpsc::UnboundedSender<MarkItem>,
         confirmed_rx: &mut mpsc::UnboundedReceiver<Confirmed>,
         last_handled: &AtomicI64,
+        going_away: &Notify,
     ) -> Result<(), PipelineError> {
         let name = self.source.name.clone();
         let labels = [name.as_str()];
@@ -487,7 +501,9 @@ impl SourceTask {
                         return self.drain(&mut acks, mark_tx, &published).await;
                     }
                 }
-                // 2. Acks, in commit order: hand them to the marker.
+                // 2. The server is shutting down: end the session so it can (module docs).
+                _ = going_away.notified() => return Err(PipelineError::ServerGoingAway),
+                // 3. Acks, in commit order: hand them to the marker.
                 Some(acked) = acks.next(), if !acks.is_empty() => {
                     let acked = acked?;
                     published.inc_by(acked.ids.len() as u64);
@@ -502,7 +518,7 @@ impl SourceTask {
                         bytes: acked.bytes,
                     });
                 }
-                // 3. Marked batches: confirm their position to PostgreSQL.
+                // 4. Marked batches: confirm their position to PostgreSQL.
                 Some(done) = confirmed_rx.recv() => {
                     records -= done.records as i64;
                     backlog.sub(done.records as i64);
@@ -517,7 +533,7 @@ impl SourceTask {
                         last_handled.fetch_max(done.source_time_micros, Ordering::Relaxed);
                     }
                 }
-                // 4. New WAL, only while in-flight records and bytes are under their bounds.
+                // 5. New WAL, only while in-flight records and bytes are under their bounds.
                 ev = repl.recv(), if room => {
                     let Some(ev) = ev? else { return Err(PipelineError::StreamEnded) };
                     match ev {
@@ -681,6 +697,7 @@ async fn housekeeping(
     every: Duration,
     metrics: Metrics,
     last_handled: Arc<AtomicI64>,
+    going_away: Arc<Notify>,
 ) {
     let name = source.name.clone();
     let labels = [name.as_str()];
@@ -696,7 +713,15 @@ async fn housekeeping(
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
         {
-            client = source::connect(&source).await.ok();
+            client = match source::connect(&source).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    if e.server_going_away() {
+                        going_away.notify_one();
+                    }
+                    None
+                }
+            };
         }
         let Some(c) = client.as_ref() else { continue };
         if last_beat.elapsed() >= every {

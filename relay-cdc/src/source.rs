@@ -16,11 +16,28 @@ pub enum SourceError {
         port: u16,
         database: String,
         reason: String,
+        /// SQLSTATE 57P03 (cannot_connect_now): the server is shutting down (or
+        /// starting up, or recovering).
+        going_away: bool,
     },
     #[error("{0}")]
     Prerequisite(String),
     #[error("query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+}
+
+impl SourceError {
+    /// The server refuses new connections because it is going away (a shutdown is under
+    /// way): see [`crate::pipeline`] for why the replication session must then end.
+    pub fn server_going_away(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Connect {
+                going_away: true,
+                ..
+            }
+        )
+    }
 }
 
 /// Prefix of the non-transactional logical messages the relay writes as heartbeats.
@@ -37,6 +54,7 @@ pub async fn connect(s: &SourceSettings) -> Result<Client, SourceError> {
             port: s.port,
             database: s.database.clone(),
             reason: pg_reason(&e),
+            going_away: e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
         })?;
     let name = s.name.clone();
     tokio::spawn(async move {
