@@ -26,7 +26,7 @@ pub struct Options {
     /// Payload sizes in bytes of the throughput workloads.
     #[arg(long, value_delimiter = ',')]
     pub payload: Vec<usize>,
-    /// Rows per throughput workload (default 50000; --quick 2000).
+    /// Rows per throughput workload (default 20000; --quick 2000).
     #[arg(long)]
     pub rows: Option<u64>,
     /// Caps a workload's payload volume (rows × payload) in MiB.
@@ -35,7 +35,7 @@ pub struct Options {
     /// Offered rates of the latency runs, 1-row transactions: events/s, or `max`.
     #[arg(long, value_delimiter = ',')]
     pub rates: Vec<Rate>,
-    /// Seconds each latency run offers load (default 10; --quick 2).
+    /// Seconds each latency run offers load (default 5; --quick 2).
     #[arg(long)]
     pub duration: Option<u64>,
     /// Connections of the latency load generator.
@@ -59,12 +59,23 @@ pub struct Options {
     /// Length of the broker outage in seconds.
     #[arg(long, default_value_t = 60)]
     pub outage_secs: u64,
+    /// Extra relay settings for experiments, e.g. `--relay-env RELAY_PIPELINE__MARK_BATCH_SIZE=5000`
+    /// (repeatable; printed with the tables).
+    #[arg(long, value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
     /// The relay binary (default: relay-cdc next to this executable).
     #[arg(long)]
     pub relay_bin: Option<PathBuf>,
     /// pg_recvlogical (default: the newest under /usr/lib/postgresql, else PATH).
     #[arg(long)]
     pub pg_recvlogical: Option<PathBuf>,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("RELAY_") => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not RELAY_<KEY>=<VALUE>")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,7 +135,7 @@ pub struct Plan {
 
 impl Options {
     pub fn plan(&self) -> anyhow::Result<Plan> {
-        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 50_000 });
+        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 20_000 });
         let shapes: Vec<(u32, usize)> = if !self.rows_per_txn.is_empty() || !self.payload.is_empty()
         {
             let rpt = if self.rows_per_txn.is_empty() {
@@ -179,7 +190,7 @@ impl Options {
         Ok(Plan {
             workloads,
             rates,
-            duration: Duration::from_secs(self.duration.unwrap_or(if self.quick { 2 } else { 10 })),
+            duration: Duration::from_secs(self.duration.unwrap_or(if self.quick { 2 } else { 5 })),
             latency_payload: 100,
             generator_connections: self.generator_connections,
             poll_intervals: self

@@ -24,6 +24,8 @@ pub struct RelaySpec {
     pub database: String,
     pub slot: String,
     pub log_dir: PathBuf,
+    /// Further `RELAY_*` settings, applied last.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A running relay; killed (SIGKILL) if dropped before [`RelayProcess::terminate`].
@@ -59,6 +61,7 @@ impl RelayProcess {
             .env(format!("{src}DATABASE"), &spec.database)
             .env(format!("{src}SLOT"), &spec.slot)
             .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(spec.extra_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("creating the relay's log file")?)

@@ -54,7 +54,7 @@ pub fn count(v: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(ratio(1.0, 0.0), "-");
         assert_eq!(bytes(16384), "16 KiB");
         assert_eq!(bytes(100), "100 B");
-        assert_eq!(ms(3.14159), "3.1");
+        assert_eq!(ms(3.04), "3.0");
         assert_eq!(ms(42.4), "42");
     }
 }
