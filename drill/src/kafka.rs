@@ -67,10 +67,13 @@ impl Seen {
         ids.iter().all(|id| s.seen.contains(id))
     }
 
-    /// How many of `ids` have been read.
-    pub fn count(&self, ids: &[String]) -> usize {
+    /// Those of `ids` that have been read.
+    pub fn read_of(&self, ids: &[String]) -> Vec<String> {
         let s = self.0.lock().expect("collector lock");
-        ids.iter().filter(|id| s.seen.contains(*id)).count()
+        ids.iter()
+            .filter(|id| s.seen.contains(*id))
+            .cloned()
+            .collect()
     }
 }
 
