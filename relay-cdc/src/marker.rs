@@ -7,9 +7,12 @@
 //! marks them then; nothing stays PENDING forever. Marking never delays publishing:
 //! it runs beside the stream and only holds back the confirmation.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::Lsn;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::Client;
@@ -41,6 +44,9 @@ pub struct Confirmed {
     pub bytes: usize,
 }
 
+/// A batch being marked: resolves to its connection (for reuse) and what it confirms.
+type MarkingBatch<'a> = Pin<Box<dyn Future<Output = (Option<Client>, Confirmed)> + Send + 'a>>;
+
 pub struct Marker {
     pub source: SourceSettings,
     pub pipeline: PipelineSettings,
@@ -52,54 +58,72 @@ pub struct Marker {
 
 impl Marker {
     /// Runs until `items` closes, then flushes what it holds and returns.
+    ///
+    /// Up to `pipeline.mark_connections` batches are marked at once, each on a
+    /// connection of its own; their confirmations are sent in the order the batches
+    /// were taken, so a position is never confirmed before every row before it is marked.
     pub async fn run(
         self,
         mut items: mpsc::UnboundedReceiver<MarkItem>,
         confirmed: mpsc::UnboundedSender<Confirmed>,
     ) {
-        let mut client: Option<Client> = None;
+        let mut idle: Vec<Option<Client>> = (0..self.pipeline.mark_connections.max(1))
+            .map(|_| None)
+            .collect();
+        let mut marking: FuturesOrdered<MarkingBatch<'_>> = FuturesOrdered::new();
+        let mut retention_client: Option<Client> = None;
+        let this = &self;
         let every = Duration::from_secs(self.pipeline.retention_seconds.clamp(1, 30));
         let mut retention = tokio::time::interval(every);
         retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
-        while open {
-            let mut batch = Vec::new();
-            let mut done = Confirmed::default();
-            // Retention first when it is due (also under constant load), else the next item.
+        while open || !marking.is_empty() {
             tokio::select! {
                 biased;
-                _ = retention.tick(), if self.pipeline.retention_seconds > 0 => {
-                    self.retention(&mut client).await;
-                    continue;
-                }
-                item = items.recv() => match item {
-                    Some(i) => add(&mut batch, &mut done, i),
-                    None => break,
-                },
-            }
-            // Then gather more until the batch is full or the interval passed.
-            let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
-            while batch.len() < self.pipeline.mark_batch_size {
-                match tokio::time::timeout_at(deadline, items.recv()).await {
-                    Ok(Some(i)) => add(&mut batch, &mut done, i),
-                    Ok(None) => {
-                        open = false;
-                        break;
+                // 1. A batch is marked: confirm it (in order) and free its connection.
+                Some((client, done)) = marking.next(), if !marking.is_empty() => {
+                    idle.push(client);
+                    if confirmed.send(done).is_err() {
+                        return;
                     }
-                    Err(_) => break,
                 }
-            }
-            if !batch.is_empty() {
-                self.mark(&mut client, &batch).await;
-            }
-            if confirmed.send(done).is_err() {
-                return;
+                // 2. Retention when it is due (also under constant load).
+                _ = retention.tick(), if self.pipeline.retention_seconds > 0 => {
+                    self.retention(&mut retention_client).await;
+                }
+                // 3. A new batch while a connection is free: gather until it is full or
+                //    the interval passed.
+                item = items.recv(), if open && !idle.is_empty() => {
+                    let Some(first) = item else {
+                        open = false;
+                        continue;
+                    };
+                    let mut batch = Vec::new();
+                    let mut done = Confirmed::default();
+                    add(&mut batch, &mut done, first);
+                    let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
+                    while batch.len() < self.pipeline.mark_batch_size {
+                        match tokio::time::timeout_at(deadline, items.recv()).await {
+                            Ok(Some(i)) => add(&mut batch, &mut done, i),
+                            Ok(None) => {
+                                open = false;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let client = idle.pop().expect("a free connection");
+                    marking.push_back(Box::pin(async move {
+                        let client = if batch.is_empty() { client } else { this.mark(client, &batch).await };
+                        (client, done)
+                    }));
+                }
             }
         }
     }
 
     /// Marks `ids`, retrying (with reconnects) until it succeeds.
-    async fn mark(&self, client: &mut Option<Client>, ids: &[Uuid]) {
+    async fn mark(&self, mut client: Option<Client>, ids: &[Uuid]) -> Option<Client> {
         let name = &self.source.name;
         let sql = format!(
             "update \"{}\".\"{}\" set status = 'PROCESSED', processed_at = now() \
@@ -110,7 +134,7 @@ impl Marker {
         loop {
             if client.as_ref().is_none_or(Client::is_closed) {
                 match source::connect(&self.source).await {
-                    Ok(c) => *client = Some(c),
+                    Ok(c) => client = Some(c),
                     Err(e) => {
                         if e.server_going_away() {
                             self.going_away.notify_one();
@@ -127,12 +151,12 @@ impl Marker {
             match c.execute(&sql, &[&ids]).await {
                 Ok(n) => {
                     self.metrics.marked.with_label_values(&[name]).inc_by(n);
-                    return;
+                    return client;
                 }
                 Err(e) => {
                     tracing::warn!(source = %name, rows = ids.len(), error = %source::pg_reason(&e), "marking PROCESSED failed; retrying");
                     self.metrics.mark_failures.with_label_values(&[name]).inc();
-                    *client = None;
+                    client = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.pipeline.max_backoff());
                 }
