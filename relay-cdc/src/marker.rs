@@ -123,13 +123,27 @@ impl Marker {
     }
 
     /// Marks `ids`, retrying (with reconnects) until it succeeds.
+    ///
+    /// A commit reaches the slot as soon as its WAL record is flushed, a moment before
+    /// the committing session lets other snapshots see its rows. Kafka can ack and this
+    /// update can run inside that moment (a descheduled backend on a busy machine):
+    /// the update then skips rows it cannot see yet, and confirming would leave them
+    /// PENDING forever. So the statement also returns the ids it could not see at all
+    /// (neither marked now nor there already), and those are retried until visible.
     async fn mark(&self, mut client: Option<Client>, ids: &[Uuid]) -> Option<Client> {
         let name = &self.source.name;
         let sql = format!(
-            "update \"{}\".\"{}\" set status = 'PROCESSED', processed_at = now() \
-             where id = any($1) and status = 'PENDING'",
-            self.source.schema, self.source.table
+            "with marked as (update \"{s}\".\"{t}\" set status = 'PROCESSED', processed_at = now() \
+             where id = any($1) and status = 'PENDING' returning id) \
+             select (select count(*) from marked), \
+             coalesce((select array_agg(u.id) from unnest($1::uuid[]) as u(id) \
+             where u.id not in (select id from marked) \
+             and not exists (select 1 from \"{s}\".\"{t}\" o where o.id = u.id)), '{{}}')",
+            s = self.source.schema,
+            t = self.source.table
         );
+        let mut ids = ids.to_vec();
+        let mut unseen_since: Option<std::time::Instant> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
             if client.as_ref().is_none_or(Client::is_closed) {
@@ -148,10 +162,26 @@ impl Marker {
                 }
             }
             let c = client.as_ref().expect("connected above");
-            match c.execute(&sql, &[&ids]).await {
-                Ok(n) => {
-                    self.metrics.marked.with_label_values(&[name]).inc_by(n);
-                    return client;
+            match c.query_one(&sql, &[&ids]).await {
+                Ok(row) => {
+                    let n: i64 = row.get(0);
+                    let unseen: Vec<Uuid> = row.get(1);
+                    self.metrics
+                        .marked
+                        .with_label_values(&[name])
+                        .inc_by(n as u64);
+                    if unseen.is_empty() {
+                        return client;
+                    }
+                    // Visibility follows the commit within moments; a row still unseen
+                    // after this long was deleted (retention) or never existed.
+                    let since = *unseen_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > UNSEEN_BOUND {
+                        tracing::error!(source = %name, rows = unseen.len(), "acked rows are not in the outbox table; leaving them");
+                        return client;
+                    }
+                    ids = unseen;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => {
                     tracing::warn!(source = %name, rows = ids.len(), error = %source::pg_reason(&e), "marking PROCESSED failed; retrying");
@@ -201,6 +231,9 @@ impl Marker {
         }
     }
 }
+
+/// How long the marker waits for an acked row to become visible before it gives up on it.
+const UNSEEN_BOUND: Duration = Duration::from_secs(10);
 
 fn add(batch: &mut Vec<Uuid>, done: &mut Confirmed, item: MarkItem) {
     batch.extend(item.ids.iter().copied());

@@ -1,0 +1,80 @@
+//! The PROCESSED marker against the real PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::Lsn;
+use relay_cdc::config::{PipelineSettings, SourceSettings};
+use relay_cdc::marker::{MarkItem, Marker};
+use relay_cdc::metrics::Metrics;
+use tokio::sync::{mpsc, Notify};
+
+/// Kafka can ack a row before the committing session made it visible to others (the
+/// slot sees the commit when its WAL is flushed): the marker must not confirm until it
+/// could actually mark the row. An open transaction stands in for that moment here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_not_yet_visible_when_marked_is_marked_once_it_is_and_only_then_confirmed() {
+    let db = testkit::TestDb::create("marker", "users_db").await.unwrap();
+    let stack = db.stack().clone();
+    let source: SourceSettings = toml::from_str(&format!(
+        "name = \"marker\"\nhost = \"{}\"\nport = {}\nuser = \"{}\"\npassword = \"{}\"\ndatabase = \"{}\"",
+        stack.pg_host, stack.pg_port, stack.pg_user, stack.pg_password, db.name
+    ))
+    .unwrap();
+
+    let mut writer = db.connect().await.unwrap();
+    let id = uuid::Uuid::now_v7();
+    sqlx::query("begin").execute(&mut writer).await.unwrap();
+    sqlx::query(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+         values ($1, 'user', 'u1', 'UserCreated', '{}')",
+    )
+    .bind(id)
+    .execute(&mut writer)
+    .await
+    .unwrap();
+
+    let (items_tx, items_rx) = mpsc::unbounded_channel();
+    let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
+    let marker = Marker {
+        source,
+        pipeline: PipelineSettings::default(),
+        metrics: Metrics::new(),
+        going_away: Arc::new(Notify::new()),
+    };
+    let task = tokio::spawn(marker.run(items_rx, confirmed_tx));
+    items_tx
+        .send(MarkItem {
+            lsn: Some(Lsn::from_u64(0x100)),
+            source_time_micros: 0,
+            ids: vec![id],
+            bytes: 2,
+        })
+        .unwrap();
+
+    // Not visible yet: nothing may be confirmed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        confirmed_rx.try_recv().is_err(),
+        "confirmed a row it could not mark"
+    );
+
+    sqlx::query("commit").execute(&mut writer).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), confirmed_rx.recv())
+        .await
+        .expect("confirmed once the row is visible")
+        .unwrap();
+    assert_eq!(done.lsn, Some(Lsn::from_u64(0x100)));
+    let (status,): (String,) = sqlx::query_as("select status from outbox where id = $1")
+        .bind(id)
+        .fetch_one(&mut writer)
+        .await
+        .unwrap();
+    assert_eq!(status, "PROCESSED");
+
+    drop(items_tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
