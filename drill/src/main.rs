@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rdkafka=off,sqlx=warn")
+                tracing_subscriber::EnvFilter::new("info,rdkafka=off,librdkafka=off,sqlx=warn")
             }),
         )
         .with_writer(std::io::stderr)

@@ -112,7 +112,7 @@ fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
         .args(["--kafka-controller-port", &controller.to_string()])
         .arg("--report")
         .arg(&report)
-        .env("RUST_LOG", "info,rdkafka=off,sqlx=warn")
+        .env("RUST_LOG", "info,rdkafka=off,librdkafka=off,sqlx=warn")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
