@@ -1,6 +1,7 @@
 //! Settle a transaction: the effect of its `TransactionCreated` event.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -25,9 +26,19 @@ pub enum Outcome {
     Duplicate,
     /// The transaction was settled already (by another event id); nothing changed.
     AlreadySettled,
-    /// No such transaction in this database; the event id is recorded, nothing else.
+    /// No such transaction in this database (not even after [`VISIBILITY_GRACE`]); the
+    /// event id is recorded, nothing else.
     UnknownTransaction,
 }
+
+/// How long a `TransactionCreated` waits for its transaction row to become visible.
+///
+/// The event can arrive before this service's snapshots see the row it announces:
+/// relay-cdc publishes a commit once its WAL record is flushed, a moment before the
+/// committing session lets other snapshots see it (on a busy machine, long enough for
+/// Kafka to deliver the event here). Each statement of this read-committed
+/// transaction takes a fresh snapshot, so looking again shortly after finds the row.
+pub const VISIBILITY_GRACE: Duration = Duration::from_secs(5);
 
 /// Settles the transaction `transaction_id` announced by event `event_id`.
 ///
@@ -45,9 +56,18 @@ pub async fn execute(
     if !inbox::record(&mut tx, event_id, TRANSACTION_CREATED).await? {
         return Ok(Outcome::Duplicate);
     }
-    let Some(transaction) = transactions::lock(&mut tx, transaction_id).await? else {
-        tx.commit().await?;
-        return Ok(Outcome::UnknownTransaction);
+    let mut waited = Duration::ZERO;
+    let transaction = loop {
+        if let Some(t) = transactions::lock(&mut tx, transaction_id).await? {
+            break t;
+        }
+        if waited >= VISIBILITY_GRACE {
+            tx.commit().await?;
+            return Ok(Outcome::UnknownTransaction);
+        }
+        let pause = Duration::from_millis(20);
+        tokio::time::sleep(pause).await;
+        waited += pause;
     };
     if transaction.status != TransactionStatus::Pending {
         tx.commit().await?;

@@ -218,3 +218,27 @@ async fn five_hundred_concurrent_transfers_keep_the_total_and_never_go_negative(
     .unwrap();
     assert_eq!(mismatched, 0);
 }
+
+/// relay-cdc can publish a commit a moment before this service's snapshots see it (the
+/// WAL is flushed before the committing session leaves the proc array): settlement must
+/// wait for the row instead of calling the transaction unknown and dropping the event.
+#[tokio::test]
+async fn a_transaction_not_yet_visible_when_its_event_arrives_is_settled_once_it_is() {
+    let app = spawn_app().await;
+    let user = app.open_accounts(1).await[0];
+    let (id, event) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut writer = app.pool.begin().await.unwrap();
+    sqlx::query("insert into transactions (id, amount, to_user_id) values ($1, 12.50, $2)")
+        .bind(id)
+        .bind(user)
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let pool = app.pool.clone();
+    let settle = tokio::spawn(async move { settle_transaction::execute(&pool, event, id).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    writer.commit().await.unwrap();
+    let outcome = settle.await.unwrap().expect("settlement commits");
+    assert_eq!(outcome, settle_transaction::Outcome::Completed);
+    assert_eq!(app.balance(user).await.as_deref(), Some("12.50"));
+}
