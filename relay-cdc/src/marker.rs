@@ -103,13 +103,24 @@ impl Marker {
                     add(&mut batch, &mut done, first);
                     let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
                     while batch.len() < self.pipeline.mark_batch_size {
-                        match tokio::time::timeout_at(deadline, items.recv()).await {
-                            Ok(Some(i)) => add(&mut batch, &mut done, i),
-                            Ok(None) => {
-                                open = false;
-                                break;
+                        tokio::select! {
+                            biased;
+                            // Batches already taken keep going while this one gathers:
+                            // a future in `marking` only progresses when polled.
+                            Some((client, finished)) = marking.next(), if !marking.is_empty() => {
+                                idle.push(client);
+                                if confirmed.send(finished).is_err() {
+                                    return;
+                                }
                             }
-                            Err(_) => break,
+                            item = tokio::time::timeout_at(deadline, items.recv()) => match item {
+                                Ok(Some(i)) => add(&mut batch, &mut done, i),
+                                Ok(None) => {
+                                    open = false;
+                                    break;
+                                }
+                                Err(_) => break,
+                            },
                         }
                     }
                     let client = idle.pop().expect("a free connection");

@@ -9,6 +9,79 @@ use relay_cdc::marker::{MarkItem, Marker};
 use relay_cdc::metrics::Metrics;
 use tokio::sync::{mpsc, Notify};
 
+fn source_for(db: &testkit::TestDb) -> SourceSettings {
+    let stack = db.stack();
+    toml::from_str(&format!(
+        "name = \"marker\"\nhost = \"{}\"\nport = {}\nuser = \"{}\"\npassword = \"{}\"\ndatabase = \"{}\"",
+        stack.pg_host, stack.pg_port, stack.pg_user, stack.pg_password, db.name
+    ))
+    .unwrap()
+}
+
+async fn insert_rows(db: &testkit::TestDb, n: usize) -> Vec<uuid::Uuid> {
+    let mut c = db.connect().await.unwrap();
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+    sqlx::query(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+         select id, 'user', 'u1', 'UserCreated', '{}' from unnest($1::uuid[]) as id",
+    )
+    .bind(&ids)
+    .execute(&mut c)
+    .await
+    .unwrap();
+    ids
+}
+
+/// While items keep coming, the next batch gathers for a whole interval; the batches
+/// taken before it must be marked and confirmed meanwhile, not when it closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_confirmed_within_its_interval_while_the_next_one_gathers() {
+    let db = testkit::TestDb::create("marker", "users_db").await.unwrap();
+    let ids = insert_rows(&db, 60).await;
+    let pipeline = PipelineSettings {
+        mark_interval_ms: 1000,
+        ..PipelineSettings::default()
+    };
+    let (items_tx, items_rx) = mpsc::unbounded_channel();
+    let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
+    let marker = Marker {
+        source: source_for(&db),
+        pipeline,
+        metrics: Metrics::new(),
+        going_away: Arc::new(Notify::new()),
+    };
+    let task = tokio::spawn(marker.run(items_rx, confirmed_tx));
+    // One item every 50 ms for 3 s: there is always a batch gathering.
+    let feeder = tokio::spawn(async move {
+        for (i, id) in ids.into_iter().enumerate() {
+            let _ = items_tx.send(MarkItem {
+                lsn: Some(Lsn::from_u64(0x100 + i as u64)),
+                source_time_micros: 0,
+                ids: vec![id],
+                bytes: 2,
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let start = tokio::time::Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(10), confirmed_rx.recv())
+        .await
+        .expect("a confirmation")
+        .unwrap();
+    let took = start.elapsed();
+    assert!(first.lsn.is_some());
+    // The first batch closes after 1 s; marking it takes milliseconds.
+    assert!(
+        took < Duration::from_millis(1600),
+        "the first batch was confirmed only after {took:?}"
+    );
+    feeder.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Kafka can ack a row before the committing session made it visible to others (the
 /// slot sees the commit when its WAL is flushed): the marker must not confirm until it
 /// could actually mark the row. An open transaction stands in for that moment here.
