@@ -62,7 +62,8 @@ struct Cli {
     kafka_port: u16,
     #[arg(long, default_value_t = 59193)]
     kafka_controller_port: u16,
-    /// Leave the private stack running afterwards (it is stopped by default).
+    /// Leave the private stack running afterwards (it is stopped by default), with
+    /// every scenario's topics (a passed scenario's are deleted otherwise).
     #[arg(long)]
     keep_stack: bool,
     /// Where user-service, transaction-service and relay-cdc are (default: next to this binary).
@@ -200,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .build()?,
         plan,
         rng: Rng::new(seed),
+        keep: cli.keep_stack,
     };
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {

@@ -104,6 +104,8 @@ pub struct Ctx {
     pub http: reqwest::Client,
     pub plan: Plan,
     pub rng: Rng,
+    /// Keep a passed scenario's topics (with `--keep-stack`, for inspection).
+    pub keep: bool,
 }
 
 /// One end-to-end check and whether it held.
@@ -191,7 +193,7 @@ pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
     if let Err(e) = ctx.stack.drop_slots(&[&names.users_db, &names.tx_db]).await {
         out.notes.push(format!("could not drop the slots: {e:#}"));
     }
-    if out.passed() {
+    if out.passed() && !ctx.keep {
         kafka::delete_topics(
             &ctx.stack.brokers(),
             &[names.user_topic.clone(), names.tx_topic.clone()],
