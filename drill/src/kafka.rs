@@ -83,7 +83,15 @@ struct Collected {
     seen: HashSet<String>,
     /// Next offset to read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
+    /// How often the consumer was rebuilt after a stall.
+    rebuilt: usize,
 }
+
+/// With nothing read for this long, the consumer is rebuilt at the offsets it reached.
+/// librdkafka consumers sometimes never resume after a broker restart (seen here in
+/// scenario 2, and upstream as confluentinc/librdkafka#5153); rebuilding an idle one
+/// costs nothing.
+const STALL: Duration = Duration::from_secs(10);
 
 /// Reads the scenario's topics from the beginning until stopped.
 pub struct Collector {
@@ -95,30 +103,25 @@ pub struct Collector {
 
 impl Collector {
     pub fn start(brokers: &str, topics: &[String]) -> anyhow::Result<Collector> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set(
-                "group.id",
-                format!("drill-collector-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for t in topics {
-            for p in 0..PARTITIONS {
-                tpl.add_partition_offset(t, p, Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&tpl)?;
         let state = Arc::new(Mutex::new(Collected::default()));
-        let task = tokio::spawn(collect(consumer, state.clone()));
+        let consumer = consumer_at(brokers, topics, &state)?;
+        let task = tokio::spawn(collect(
+            consumer,
+            brokers.to_string(),
+            topics.to_vec(),
+            state.clone(),
+        ));
         Ok(Collector {
             brokers: brokers.to_string(),
             topics: topics.to_vec(),
             state,
             task,
         })
+    }
+
+    /// How often the consumer was rebuilt after a stall.
+    pub fn rebuilt(&self) -> usize {
+        self.state.lock().expect("collector lock").rebuilt
     }
 
     /// A handle that answers "has this event been read yet?" from other tasks.
@@ -176,16 +179,63 @@ impl Drop for Collector {
     }
 }
 
-async fn collect(consumer: StreamConsumer, state: Arc<Mutex<Collected>>) {
+/// A consumer assigned to every partition of `topics`, at the next offset the
+/// collector has not read yet (from the beginning at first).
+fn consumer_at(
+    brokers: &str,
+    topics: &[String],
+    state: &Mutex<Collected>,
+) -> anyhow::Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("drill-collector-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let next = state.lock().expect("collector lock").next.clone();
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in 0..PARTITIONS {
+            let offset = match next.get(&(t.clone(), p)) {
+                Some(o) => Offset::Offset(*o),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(t, p, offset)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+async fn collect(
+    mut consumer: StreamConsumer,
+    brokers: String,
+    topics: Vec<String>,
+    state: Arc<Mutex<Collected>>,
+) {
+    let mut last_read = Instant::now();
     loop {
-        let msg = match consumer.recv().await {
-            Ok(m) => m,
-            // Broker restarts, topics not yet known: librdkafka recovers by itself.
-            Err(_) => {
+        if last_read.elapsed() > STALL {
+            if let Ok(c) = consumer_at(&brokers, &topics, &state) {
+                consumer = c;
+                state.lock().expect("collector lock").rebuilt += 1;
+            }
+            last_read = Instant::now();
+        }
+        let msg = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            // Broker restarts, topics not yet known: librdkafka recovers by itself (or
+            // the stall rebuild above does).
+            Ok(Err(_)) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
+            Err(_) => continue,
         };
+        last_read = Instant::now();
         let mut h: HashMap<&str, String> = HashMap::new();
         if let Some(hs) = msg.headers() {
             for header in hs.iter() {
@@ -205,6 +255,13 @@ async fn collect(consumer: StreamConsumer, state: Arc<Mutex<Collected>>) {
             commit_lsn: h.remove(headers::COMMIT_LSN),
         };
         let mut s = state.lock().expect("collector lock");
+        // After a rebuild, never count a record twice.
+        if s.next
+            .get(&(d.topic.clone(), d.partition))
+            .is_some_and(|n| d.offset < *n)
+        {
+            continue;
+        }
         if let Some(id) = &d.event_id {
             s.seen.insert(id.clone());
         }

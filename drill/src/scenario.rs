@@ -833,7 +833,13 @@ impl World<'_> {
         }
 
         self.collector.catch_up(Duration::from_secs(120)).await?;
+        let rebuilt = self.collector.rebuilt();
         let records = self.collector.finish();
+        if rebuilt > 0 {
+            out.notes.push(format!(
+                "the drill's own consumer was rebuilt {rebuilt} times after 10 s without a record (idle, or stuck after a broker restart)"
+            ));
+        }
 
         let mut committed = Vec::new();
         for (source, pool) in [
