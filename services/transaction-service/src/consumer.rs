@@ -13,13 +13,21 @@
 //! without its payload, counted, and skipped with its offset committed; retrying it
 //! could never succeed.
 //!
+//! Errors the client reports while polling (broker down, coordinator moving, topic
+//! not yet created) are informational: librdkafka reconnects and rejoins by itself.
+//! They are counted and logged at most every [`ERROR_LOG_EVERY`], and the next poll
+//! follows at once. Pausing after each one would be wrong: during an outage the
+//! client queues errors faster than one per pause, and the consumer would spend
+//! minutes to hours after the broker is back draining stale errors before it reads a
+//! record again (the drill's broker-outage scenario found exactly that).
+//!
 //! A retry that outlasts `max.poll.interval.ms` (5 min) costs the consumer its group
 //! membership: the commit after the eventual success fails (logged), the group
 //! rebalances, and the event comes back once more, where the inbox absorbs it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -38,8 +46,8 @@ use crate::metrics::Metrics;
 /// First and longest pause between attempts to apply an event whose database
 /// transaction failed.
 const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-/// Pause after the client reports an error (broker down, topic missing).
-const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Client errors are logged at most this often (with how many came since).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Creates the consumer and subscribes it to both topics. Nothing is read until
 /// [`run`] polls it.
@@ -172,6 +180,7 @@ pub async fn run(
     topics: Topics,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut errors = ErrorLog::default();
     // Next offset to commit per partition, for the final synchronous commit.
     let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     tracing::info!(
@@ -188,12 +197,11 @@ pub async fn run(
             message = consumer.recv() => match message {
                 Ok(message) => Received::new(&topics, &message),
                 Err(error) => {
-                    tracing::warn!(error = %error, "kafka consumer error");
-                    tokio::select! {
-                        biased;
-                        _ = stop_requested(&mut shutdown) => break,
-                        _ = tokio::time::sleep(ERROR_PAUSE) => continue,
-                    }
+                    metrics.kafka_errors.inc();
+                    errors.record(&error, Instant::now());
+                    // Errors come back without waiting: let other tasks run.
+                    tokio::task::yield_now().await;
+                    continue;
                 }
             },
         };
@@ -278,6 +286,35 @@ pub async fn run(
         }
     }
     tracing::info!("event consumer stopped");
+}
+
+/// Rate-limits the log of client errors: the first one at once, then one line per
+/// [`ERROR_LOG_EVERY`] with the count of errors since the last line.
+#[derive(Default)]
+struct ErrorLog {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    /// Logs `error` when due; `true` when it was logged.
+    fn record(&mut self, error: &KafkaError, now: Instant) -> bool {
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= ERROR_LOG_EVERY);
+        if !due {
+            self.suppressed += 1;
+            return false;
+        }
+        tracing::warn!(
+            error = %error,
+            similar_since_last_log = self.suppressed,
+            "kafka consumer error; the client reconnects by itself"
+        );
+        self.last_logged = Some(now);
+        self.suppressed = 0;
+        true
+    }
 }
 
 fn commit(
@@ -396,6 +433,20 @@ mod tests {
             event_type: event_type.map(str::as_bytes),
             payload: payload.map(str::as_bytes),
         }
+    }
+
+    #[test]
+    fn client_errors_are_logged_once_per_interval() {
+        let error =
+            KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        let start = Instant::now();
+        let mut log = ErrorLog::default();
+        assert!(log.record(&error, start));
+        assert!(!log.record(&error, start + Duration::from_secs(1)));
+        assert!(!log.record(&error, start + ERROR_LOG_EVERY - Duration::from_millis(1)));
+        assert_eq!(log.suppressed, 2);
+        assert!(log.record(&error, start + ERROR_LOG_EVERY));
+        assert_eq!(log.suppressed, 0);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub const CONSUMER_EVENTS_PROCESSED_TOTAL: &str = "consumer_events_processed_tot
 pub const CONSUMER_EVENTS_FAILED_TOTAL: &str = "consumer_events_failed_total";
 /// Attempts to apply an event that failed on the database and will be retried.
 pub const CONSUMER_RETRIES_TOTAL: &str = "consumer_retries_total";
+/// Errors the Kafka client reported to the consumer (broker down, topic unknown);
+/// the client recovers from them by itself.
+pub const CONSUMER_KAFKA_ERRORS_TOTAL: &str = "consumer_kafka_errors_total";
 
 /// The route label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -30,6 +33,7 @@ pub struct Metrics {
     pub events_processed: IntCounterVec,
     pub events_failed: IntCounterVec,
     pub consumer_retries: IntCounter,
+    pub kafka_errors: IntCounter,
 }
 
 impl Metrics {
@@ -66,12 +70,18 @@ impl Metrics {
             "Failed attempts to apply a consumed event that will be retried.",
         )
         .expect("valid metric");
+        let kafka_errors = IntCounter::new(
+            CONSUMER_KAFKA_ERRORS_TOTAL,
+            "Errors the Kafka client reported to the event consumer.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(events_processed.clone()),
             Box::new(events_failed.clone()),
             Box::new(consumer_retries.clone()),
+            Box::new(kafka_errors.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -82,6 +92,7 @@ impl Metrics {
             events_processed,
             events_failed,
             consumer_retries,
+            kafka_errors,
         }
     }
 

@@ -49,10 +49,15 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns the service on 127.0.0.1:0 against a fresh database and fresh topics, after
 /// `adjust` had its say on the settings.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(Stack::from_env().kafka_brokers, adjust).await
+}
+
+/// [`spawn_app_with`] against the broker(s) at `brokers` (e.g. a
+/// [`testkit::PrivateKafka`] the test stops and starts).
+pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::create("tx", "transaction_db")
         .await
         .expect("test database");
-    let brokers = Stack::from_env().kafka_brokers;
     let user_topic = unique_topic("user");
     let transaction_topic = unique_topic("transaction");
     for topic in [&user_topic, &transaction_topic] {

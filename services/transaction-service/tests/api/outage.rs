@@ -1,0 +1,58 @@
+//! The consumer survives broker outages: once the broker is back, events take effect
+//! again within seconds, however long the outage and whenever it began.
+
+use std::time::{Duration, Instant};
+
+use testkit::{wait_for, PrivateKafka};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app_on, TestApp, EVENT_TIMEOUT};
+
+/// How long the broker stays down: long enough for the client to queue hundreds of
+/// errors, which a consumer pausing after each error would drain for minutes.
+const OUTAGE: Duration = Duration::from_secs(10);
+/// How soon after the broker is back an event must take effect again.
+const RESUME_BOUND: Duration = Duration::from_secs(20);
+
+async fn account_opens(app: &TestApp, within: Duration) -> Duration {
+    let user = Uuid::now_v7();
+    let start = Instant::now();
+    app.announce_user(user).await;
+    wait_for("the announced user's account", within, || async {
+        Ok(app.balance(user).await)
+    })
+    .await
+    .unwrap();
+    start.elapsed()
+}
+
+async fn outage(kafka: &PrivateKafka) {
+    kafka.stop().await.expect("broker stops");
+    // Fault injection, not synchronisation: the outage lasts this long.
+    tokio::time::sleep(OUTAGE).await;
+    kafka.resume().await.expect("broker starts");
+}
+
+#[tokio::test]
+async fn the_consumer_resumes_within_seconds_after_a_broker_outage() {
+    let kafka = PrivateKafka::start().await.expect("private broker");
+    let app = spawn_app_on(kafka.brokers.clone(), |_| {}).await;
+    account_opens(&app, EVENT_TIMEOUT).await;
+
+    outage(&kafka).await;
+    let took = account_opens(&app, RESUME_BOUND).await;
+    eprintln!("an event took effect {took:?} after the broker returned");
+}
+
+#[tokio::test]
+async fn an_outage_while_the_consumer_joins_its_group_is_survived() {
+    let kafka = PrivateKafka::start().await.expect("private broker");
+    let app = spawn_app_on(kafka.brokers.clone(), |_| {}).await;
+    // Fault injection: the broker goes away while the freshly started consumer is
+    // still finding its coordinator and joining the group.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    outage(&kafka).await;
+    let took = account_opens(&app, RESUME_BOUND).await;
+    eprintln!("an event took effect {took:?} after the broker returned");
+}
