@@ -25,7 +25,6 @@
 //! membership: the commit after the eventual success fails (logged), the group
 //! rebalances, and the event comes back once more, where the inbox absorbs it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,7 +171,8 @@ impl Received {
 
 /// Consumes until `shutdown` turns `true` (or its sender goes away). Shutdown is
 /// honoured between events; an event whose database transaction keeps failing is
-/// abandoned uncommitted, to be redelivered after a restart.
+/// abandoned uncommitted, to be redelivered after a restart. Offsets committed
+/// asynchronously may still be in flight when this returns: [`close`] waits for them.
 pub async fn run(
     consumer: Arc<StreamConsumer>,
     pool: PgPool,
@@ -181,8 +181,6 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut errors = ErrorLog::default();
-    // Next offset to commit per partition, for the final synchronous commit.
-    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
     tracing::info!(
         user_events = %topics.user_events,
         transaction_events = %topics.transaction_events,
@@ -265,27 +263,34 @@ pub async fn run(
         ) {
             tracing::warn!(error = %error, topic = %received.topic, partition = received.partition, "offset commit failed; the event may be redelivered");
         }
-        positions.insert((received.topic, received.partition), next);
     }
 
-    // Async commits may still be in flight: make the final positions durable.
-    if !positions.is_empty() {
-        let consumer = consumer.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut list = TopicPartitionList::new();
-            for ((topic, partition), offset) in &positions {
-                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-            }
-            consumer.commit(&list, CommitMode::Sync)
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(error = %error, "final offset commit failed"),
-            Err(error) => tracing::warn!(error = %error, "final offset commit panicked"),
-        }
-    }
     tracing::info!("event consumer stopped");
+}
+
+/// Closes the consumer (leaves the group, waits for in-flight offset commits), for
+/// at most `timeout`. librdkafka's close blocks, and can block for long when the
+/// broker is gone or a rebalance is under way, so it runs on a blocking thread and is
+/// abandoned at the deadline: whatever was not committed is redelivered after the
+/// restart and absorbed by the inbox. `consumer` should be the last handle, or the
+/// close happens wherever the last one is dropped.
+pub async fn close(consumer: Arc<StreamConsumer>, timeout: Duration) {
+    let handles = Arc::strong_count(&consumer);
+    if handles > 1 {
+        tracing::warn!(
+            handles,
+            "kafka consumer still shared; it closes when the last handle goes"
+        );
+    }
+    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    match tokio::time::timeout(timeout, closing).await {
+        Ok(Ok(())) => tracing::info!("kafka consumer closed"),
+        Ok(Err(error)) => tracing::warn!(error = %error, "closing the kafka consumer panicked"),
+        Err(_) => tracing::warn!(
+            timeout_ms = timeout.as_millis() as u64,
+            "kafka consumer did not close in time; events after the last committed offset will be redelivered"
+        ),
+    }
 }
 
 /// Rate-limits the log of client errors: the first one at once, then one line per

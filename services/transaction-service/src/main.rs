@@ -1,12 +1,30 @@
 //! The transaction-service binary: logging, settings, build, run.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use transaction_service::config::Settings;
 use transaction_service::{shutdown_signal, telemetry, Application};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime waits, once `run` returned, for blocking work left behind
+/// (a Kafka consumer close that did not finish in time).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    // Dropping the runtime would wait for every blocking task without a limit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
+}
+
+async fn run() -> ExitCode {
     telemetry::init();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

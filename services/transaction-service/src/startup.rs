@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use sqlx::postgres::PgPoolOptions;
@@ -16,6 +17,10 @@ use crate::consumer::{self, Topics};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store;
+
+/// How long a shutdown waits for the Kafka consumer to leave its group and finish
+/// its offset commits; it gives up after that (the inbox absorbs the redeliveries).
+pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +95,14 @@ impl Application {
 
     /// Serves HTTP and consumes events until `shutdown` resolves. Then the server stops
     /// accepting, finishes in-flight requests, and the consumer stops after the event
-    /// it is applying (committing its offsets); this returns when both are done.
+    /// it is applying; then the consumer is closed, for at most
+    /// [`CONSUMER_CLOSE_TIMEOUT`]. This returns when all of that is done.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
+        let kafka = self.state.consumer.clone();
         let consumer = tokio::spawn(consumer::run(
             self.state.consumer.clone(),
             self.state.pool.clone(),
@@ -114,6 +121,7 @@ impl Application {
         if let Err(error) = consumer.await {
             tracing::error!(error = %error, "event consumer task failed");
         }
+        consumer::close(kafka, CONSUMER_CLOSE_TIMEOUT).await;
         served
     }
 }

@@ -1,5 +1,6 @@
 //! The consumer survives broker outages: once the broker is back, events take effect
-//! again within seconds, however long the outage and whenever it began.
+//! again within seconds, however long the outage and whenever it began; and a
+//! shutdown during an outage does not wait for the broker.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ use crate::helpers::{spawn_app_on, TestApp, EVENT_TIMEOUT};
 const OUTAGE: Duration = Duration::from_secs(10);
 /// How soon after the broker is back an event must take effect again.
 const RESUME_BOUND: Duration = Duration::from_secs(20);
+/// How long a shutdown may take when the broker cannot be reached.
+const STOP_BOUND: Duration = Duration::from_secs(20);
 
 async fn account_opens(app: &TestApp, within: Duration) -> Duration {
     let user = Uuid::now_v7();
@@ -55,4 +58,22 @@ async fn an_outage_while_the_consumer_joins_its_group_is_survived() {
     outage(&kafka).await;
     let took = account_opens(&app, RESUME_BOUND).await;
     eprintln!("an event took effect {took:?} after the broker returned");
+}
+
+#[tokio::test]
+async fn the_service_stops_promptly_while_the_broker_is_down() {
+    let kafka = PrivateKafka::start().await.expect("private broker");
+    let mut app = spawn_app_on(kafka.brokers.clone(), |_| {}).await;
+    account_opens(&app, EVENT_TIMEOUT).await;
+    kafka.stop().await.expect("broker stops");
+
+    let asked = Instant::now();
+    app.shut_down();
+    let server = app.server.take().unwrap();
+    let result = tokio::time::timeout(STOP_BOUND, server)
+        .await
+        .expect("the service stops within the bound although the broker is gone")
+        .expect("the service task did not panic");
+    assert!(result.is_ok());
+    eprintln!("stopped {:?} after being asked", asked.elapsed());
 }
