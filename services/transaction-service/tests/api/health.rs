@@ -69,9 +69,10 @@ async fn the_openapi_document_lists_every_route() {
 }
 
 #[tokio::test]
-async fn shutting_down_stops_the_server_and_the_consumer() {
+async fn shutting_down_stops_the_server_and_the_consumer_and_commits_what_it_applied() {
     let mut app = spawn_app().await;
-    app.open_accounts(1).await;
+    // A burst: the stop must not wait behind one commit request per event.
+    app.open_accounts(200).await;
     app.shut_down();
     let server = app.server.take().unwrap();
     let result = tokio::time::timeout(Duration::from_secs(15), server)
@@ -80,4 +81,9 @@ async fn shutting_down_stops_the_server_and_the_consumer() {
         .expect("the service task did not panic");
     assert!(result.is_ok());
     assert!(app.client.get(app.url("/healthz")).send().await.is_err());
+    // Closing committed every applied event's offset: nothing to redeliver.
+    assert_eq!(
+        app.committed_offset(&app.user_topic).await.unwrap(),
+        Some(200)
+    );
 }
