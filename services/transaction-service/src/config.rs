@@ -5,8 +5,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::PgConnectOptions;
+pub use service_postgres::{DatabaseSettings, DatabaseTarget};
 
 /// A configuration variable that is missing or malformed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +24,23 @@ impl ConfigError {
     }
 }
 
+impl From<service_postgres::ConfigError> for ConfigError {
+    fn from(error: service_postgres::ConfigError) -> Self {
+        let reason = match error {
+            service_postgres::ConfigError::Missing(_) => "is required but not set",
+            service_postgres::ConfigError::Invalid { reason, .. } => reason,
+        };
+        Self::new(error.variable(), reason)
+    }
+}
+
+/// How long a request waits for a database connection by default
+/// (`DB_ACQUIRE_TIMEOUT_MS`) before it is answered 503.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The name the service's sessions carry in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "transaction-service";
+
 /// The service's configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -40,30 +56,6 @@ pub struct ServerSettings {
     pub host: IpAddr,
     /// `SERVER_PORT`, default 8080; 0 picks a free port (tests).
     pub port: u16,
-}
-
-/// How to reach transaction_db.
-#[derive(Debug, Clone)]
-pub struct DatabaseSettings {
-    pub target: DatabaseTarget,
-    /// `DB_MAX_CONNECTIONS`, default 10.
-    pub max_connections: u32,
-    /// `DB_ACQUIRE_TIMEOUT_MS`, default 5000: how long a request waits for a
-    /// connection before it is answered 503.
-    pub acquire_timeout: Duration,
-}
-
-/// The database address: a whole URL (`DATABASE_URL`) or its parts (`DB_*`).
-#[derive(Debug, Clone)]
-pub enum DatabaseTarget {
-    Url(SecretString),
-    Parts {
-        host: String,
-        port: u16,
-        user: String,
-        password: SecretString,
-        name: String,
-    },
 }
 
 /// The Kafka broker and the topics and group this service consumes with.
@@ -108,42 +100,7 @@ impl Settings {
             )?,
         };
 
-        let target = match get("DATABASE_URL") {
-            Some(url) => DatabaseTarget::Url(SecretString::from(url)),
-            None => DatabaseTarget::Parts {
-                host: required("DB_HOST")?,
-                port: parse(
-                    "DB_PORT",
-                    &or_default("DB_PORT", "5432"),
-                    "must be a port number (1-65535)",
-                )?,
-                user: required("DB_USER")?,
-                password: SecretString::from(required("DB_PASSWORD")?),
-                name: required("DB_NAME")?,
-            },
-        };
-        let max_connections: u32 = parse(
-            "DB_MAX_CONNECTIONS",
-            &or_default("DB_MAX_CONNECTIONS", "10"),
-            "must be a positive integer",
-        )?;
-        if max_connections == 0 {
-            return Err(ConfigError::new(
-                "DB_MAX_CONNECTIONS",
-                "must be a positive integer",
-            ));
-        }
-        let acquire_timeout_ms: u64 = parse(
-            "DB_ACQUIRE_TIMEOUT_MS",
-            &or_default("DB_ACQUIRE_TIMEOUT_MS", "5000"),
-            "must be a number of milliseconds",
-        )?;
-        let database = DatabaseSettings {
-            target,
-            max_connections,
-            acquire_timeout: Duration::from_millis(acquire_timeout_ms),
-        };
-        database.connect_options()?;
+        let database = DatabaseSettings::from_lookup(&lookup, DEFAULT_ACQUIRE_TIMEOUT)?;
 
         let kafka = KafkaSettings {
             brokers: required("KAFKA_BROKERS")?,
@@ -177,36 +134,6 @@ impl Settings {
             database,
             kafka,
         })
-    }
-}
-
-impl DatabaseSettings {
-    /// The connection options for sqlx. Fails (naming `DATABASE_URL`, never echoing
-    /// it: it holds the password) when the URL does not parse.
-    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
-        match &self.target {
-            DatabaseTarget::Url(url) => {
-                let url = url.expose_secret();
-                let invalid = || ConfigError::new("DATABASE_URL", "is not a valid PostgreSQL URL");
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(invalid());
-                }
-                PgConnectOptions::from_str(url).map_err(|_| invalid())
-            }
-            DatabaseTarget::Parts {
-                host,
-                port,
-                user,
-                password,
-                name,
-            } => Ok(PgConnectOptions::new()
-                .host(host)
-                .port(*port)
-                .username(user)
-                .password(password.expose_secret())
-                .database(name)),
-        }
-        .map(|options| options.application_name("transaction-service"))
     }
 }
 
@@ -266,7 +193,7 @@ mod tests {
         assert_eq!(s.kafka.user_events_topic, "outbox.event.user");
         assert_eq!(s.kafka.transaction_events_topic, "outbox.event.transaction");
         assert_eq!(s.kafka.group_id, "transaction-service");
-        let opts = s.database.connect_options().unwrap();
+        let opts = s.database.connect_options(APPLICATION_NAME);
         assert_eq!(opts.get_host(), "db");
         assert_eq!(opts.get_port(), 5432);
         assert_eq!(opts.get_database(), Some("transaction_db"));
@@ -293,23 +220,5 @@ mod tests {
             let err = settings(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.variable, var, "{var}={value}");
         }
-    }
-
-    #[test]
-    fn database_url_overrides_the_parts_and_is_never_echoed() {
-        let s = settings(&[
-            ("DATABASE_URL", "postgres://u:pw@h:6543/d"),
-            ("KAFKA_BROKERS", "k:9092"),
-        ])
-        .unwrap();
-        let opts = s.database.connect_options().unwrap();
-        assert_eq!((opts.get_host(), opts.get_port()), ("h", 6543));
-        let err = settings(&[
-            ("DATABASE_URL", "postgres://u:pw@h:notaport/d"),
-            ("KAFKA_BROKERS", "k:9092"),
-        ])
-        .unwrap_err();
-        assert!(!err.to_string().contains("pw"));
-        assert!(!format!("{s:?}").contains("pw"));
     }
 }

@@ -21,6 +21,5 @@ pub mod http;
 pub mod metrics;
 pub mod startup;
 pub mod store;
-pub mod telemetry;
 
 pub use startup::{shutdown_signal, Application};

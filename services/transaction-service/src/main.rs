@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use transaction_service::config::Settings;
-use transaction_service::{shutdown_signal, telemetry, Application};
+use transaction_service::{shutdown_signal, Application};
 
 /// How long the runtime waits, once `run` returned, for blocking work left behind
 /// (a Kafka consumer close that did not finish in time).
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    telemetry::init();
+    service_telemetry::init();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {

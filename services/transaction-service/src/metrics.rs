@@ -1,9 +1,7 @@
 //! Prometheus metrics: every name is a constant here, every collector lives in one
 //! [`Metrics`] registry per running service (tests run several in one process).
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 /// HTTP requests served, by method, matched route and status.
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
@@ -98,11 +96,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding of gathered metrics");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
+        service_telemetry::render(&self.registry)
     }
 }
 

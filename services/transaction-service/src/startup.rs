@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{Settings, APPLICATION_NAME};
 use crate::consumer::{self, Topics};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -25,8 +24,6 @@ pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
     #[error("cannot connect to the database: {0}")]
     Database(#[source] sqlx::Error),
     #[error("cannot apply migrations: {0}")]
@@ -51,10 +48,10 @@ impl Application {
     /// Connects to the database, applies migrations, subscribes the consumer and binds
     /// the HTTP port (port 0 picks a free one; see [`Application::local_addr`]).
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.database.max_connections)
-            .acquire_timeout(settings.database.acquire_timeout)
-            .connect_with(settings.database.connect_options()?)
+        let pool = settings
+            .database
+            .pool_options()
+            .connect_with(settings.database.connect_options(APPLICATION_NAME))
             .await
             .map_err(StartupError::Database)?;
         store::MIGRATOR

@@ -10,7 +10,6 @@ pub mod http;
 pub mod metrics;
 pub mod settings;
 pub mod store;
-pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,7 +54,7 @@ pub struct Application {
 /// Migrations are idempotent: already applied ones are skipped, and sqlx serialises
 /// concurrent runs with an advisory lock.
 pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-    let pool = settings.database.lazy_pool();
+    let pool = settings.database.lazy_pool(settings::APPLICATION_NAME);
     store::MIGRATOR
         .run(&pool)
         .await

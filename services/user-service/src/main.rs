@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use user_service::{build, shutdown_signal, telemetry, Settings};
+use user_service::{build, shutdown_signal, Settings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
+    service_telemetry::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

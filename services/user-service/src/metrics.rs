@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Requests answered, by matched route template, method and status code.
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
@@ -72,13 +70,9 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The Prometheus text exposition of every metric, and its content type.
-    pub fn render(&self) -> Result<(String, String), prometheus::Error> {
-        let encoder = TextEncoder::new();
-        let mut buf = Vec::new();
-        encoder.encode(&self.registry.gather(), &mut buf)?;
-        let text = String::from_utf8(buf).expect("the text encoder writes UTF-8");
-        Ok((text, encoder.format_type().to_string()))
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        service_telemetry::render(&self.registry)
     }
 }
 
@@ -96,8 +90,7 @@ mod tests {
     fn an_observed_request_shows_in_the_exposition() {
         let m = Metrics::new();
         m.observe_request("/users/{id}", "GET", 200, Duration::from_millis(3));
-        let (text, content_type) = m.render().unwrap();
-        assert!(content_type.starts_with("text/plain"));
+        let text = m.render();
         assert!(text
             .contains(r#"http_requests_total{method="GET",route="/users/{id}",status="200"} 1"#));
         assert!(text.contains(

@@ -1,22 +1,21 @@
 //! Configuration, read once from the environment at start-up.
 //!
-//! | variable       | meaning                                               |
-//! |----------------|-------------------------------------------------------|
-//! | `SERVER_PORT`  | TCP port to listen on (all interfaces)                |
-//! | `DB_HOST`      | PostgreSQL host                                       |
-//! | `DB_PORT`      | PostgreSQL port                                       |
-//! | `DB_USER`      | PostgreSQL user                                       |
-//! | `DB_PASSWORD`  | PostgreSQL password (may be empty, never logged)      |
-//! | `DB_NAME`      | database name                                         |
-//! | `DATABASE_URL` | optional `postgres://` URL; when set, the `DB_*` ones are not read |
+//! | variable | meaning |
+//! |---|---|
+//! | `SERVER_PORT` | TCP port to listen on (all interfaces); 0 picks a free one |
+//! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] (acquire timeout default 3000 ms) |
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+pub use service_postgres::{DatabaseSettings, DatabaseTarget};
+
+/// How long a request waits for a database connection by default before it is
+/// answered 503: short, so an outage shows quickly.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The name the service's sessions carry in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "user-service";
 
 /// Everything the service needs to start.
 #[derive(Debug, Clone)]
@@ -38,30 +37,6 @@ impl ServerSettings {
     }
 }
 
-/// Where the database is and how the pool treats it.
-#[derive(Debug, Clone)]
-pub struct DatabaseSettings {
-    pub target: DatabaseTarget,
-    pub max_connections: u32,
-    /// How long a request waits for a connection before it is answered 503. Short, so
-    /// an outage shows quickly; the pool retries on every later request.
-    pub acquire_timeout: Duration,
-}
-
-/// Either a URL or its parts. Both keep the password in a `SecretString`, so `Debug`
-/// output of the settings is safe to log.
-#[derive(Debug, Clone)]
-pub enum DatabaseTarget {
-    Url(SecretString),
-    Parts {
-        host: String,
-        port: u16,
-        user: String,
-        password: SecretString,
-        name: String,
-    },
-}
-
 /// A variable is missing or unusable. The message names the variable and never
 /// repeats its value (it may hold a password).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +47,18 @@ pub enum ConfigError {
     Invalid { var: &'static str, reason: String },
 }
 
+impl From<service_postgres::ConfigError> for ConfigError {
+    fn from(error: service_postgres::ConfigError) -> Self {
+        match error {
+            service_postgres::ConfigError::Missing(var) => Self::Missing(var),
+            service_postgres::ConfigError::Invalid { variable, reason } => Self::Invalid {
+                var: variable,
+                reason: reason.into(),
+            },
+        }
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -80,100 +67,23 @@ impl Settings {
 
     /// Reads the variables through `lookup`, so tests need not touch the environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let port = parse_port(&lookup, "SERVER_PORT")?;
-        let target = match lookup("DATABASE_URL").filter(|url| !url.trim().is_empty()) {
-            Some(url) => {
-                let postgres_scheme =
-                    url.starts_with("postgres://") || url.starts_with("postgresql://");
-                if !postgres_scheme || PgConnectOptions::from_str(&url).is_err() {
-                    return Err(ConfigError::Invalid {
-                        var: "DATABASE_URL",
-                        reason: "expected a postgres:// URL".into(),
-                    });
-                }
-                DatabaseTarget::Url(SecretString::from(url))
+        let port = match lookup("SERVER_PORT") {
+            Some(v) if !v.trim().is_empty() => {
+                v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var: "SERVER_PORT",
+                    reason: "expected a port number from 0 to 65535".into(),
+                })?
             }
-            None => DatabaseTarget::Parts {
-                host: required(&lookup, "DB_HOST")?,
-                port: parse_port(&lookup, "DB_PORT")?,
-                user: required(&lookup, "DB_USER")?,
-                password: SecretString::from(
-                    lookup("DB_PASSWORD").ok_or(ConfigError::Missing("DB_PASSWORD"))?,
-                ),
-                name: required(&lookup, "DB_NAME")?,
-            },
+            _ => return Err(ConfigError::Missing("SERVER_PORT")),
         };
         Ok(Self {
             server: ServerSettings {
                 host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 port,
             },
-            database: DatabaseSettings::new(target),
+            database: DatabaseSettings::from_lookup(&lookup, DEFAULT_ACQUIRE_TIMEOUT)?,
         })
     }
-}
-
-impl DatabaseSettings {
-    /// Pool defaults: 10 connections, 3 s acquire timeout.
-    pub fn new(target: DatabaseTarget) -> Self {
-        Self {
-            target,
-            max_connections: 10,
-            acquire_timeout: Duration::from_secs(3),
-        }
-    }
-
-    pub fn connect_options(&self) -> PgConnectOptions {
-        match &self.target {
-            DatabaseTarget::Url(url) => PgConnectOptions::from_str(url.expose_secret())
-                .expect("DATABASE_URL was validated when settings were read"),
-            DatabaseTarget::Parts {
-                host,
-                port,
-                user,
-                password,
-                name,
-            } => PgConnectOptions::new()
-                .host(host)
-                .port(*port)
-                .username(user)
-                .password(password.expose_secret())
-                .database(name),
-        }
-    }
-
-    /// A pool that connects on first use: building it never fails, and after an outage
-    /// it opens fresh connections by itself (each one is pinged before it is handed out).
-    pub fn lazy_pool(&self) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(self.acquire_timeout)
-            .test_before_acquire(true)
-            .connect_lazy_with(self.connect_options())
-    }
-}
-
-fn required(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-) -> Result<String, ConfigError> {
-    match lookup(var) {
-        Some(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(ConfigError::Missing(var)),
-    }
-}
-
-fn parse_port(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-) -> Result<u16, ConfigError> {
-    required(lookup, var)?
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::Invalid {
-            var,
-            reason: "expected a port number from 0 to 65535".into(),
-        })
 }
 
 #[cfg(test)]
@@ -193,103 +103,54 @@ mod tests {
     const PARTS: &[(&str, &str)] = &[
         ("SERVER_PORT", "8080"),
         ("DB_HOST", "db"),
-        ("DB_PORT", "5432"),
         ("DB_USER", "outbox"),
         ("DB_PASSWORD", "hunter22"),
         ("DB_NAME", "users_db"),
     ];
 
-    fn without(var: &str) -> Vec<(&'static str, &'static str)> {
-        PARTS.iter().copied().filter(|(k, _)| *k != var).collect()
-    }
-
     fn with(var: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
-        let mut vars = without(var);
-        vars.push((var, value));
+        let mut vars: Vec<_> = PARTS.iter().copied().filter(|(k, _)| *k != var).collect();
+        if !value.is_empty() {
+            vars.push((var, value));
+        }
         vars
     }
 
     #[test]
-    fn the_db_variables_make_connect_options() {
+    fn the_variables_make_the_server_address_and_the_database_options() {
         let s = settings(PARTS).unwrap();
-        assert_eq!(s.server.port, 8080);
-        let opts = s.database.connect_options();
-        assert_eq!(opts.get_host(), "db");
-        assert_eq!(opts.get_port(), 5432);
-        assert_eq!(opts.get_username(), "outbox");
+        assert_eq!(s.server.addr().port(), 8080);
+        assert_eq!(s.database.acquire_timeout, DEFAULT_ACQUIRE_TIMEOUT);
+        let opts = s.database.connect_options(APPLICATION_NAME);
+        assert_eq!((opts.get_host(), opts.get_port()), ("db", 5432));
         assert_eq!(opts.get_database(), Some("users_db"));
     }
 
     #[test]
-    fn each_missing_variable_is_named() {
-        for var in [
-            "SERVER_PORT",
-            "DB_HOST",
-            "DB_PORT",
-            "DB_USER",
-            "DB_PASSWORD",
-            "DB_NAME",
-        ] {
-            let err = settings(&without(var)).unwrap_err();
-            assert_eq!(err, ConfigError::Missing(var));
-            assert!(err.to_string().contains(var));
-        }
-    }
-
-    #[test]
-    fn a_port_that_is_not_a_number_is_named() {
+    fn the_server_port_is_required_and_must_be_a_port() {
+        assert_eq!(
+            settings(&with("SERVER_PORT", "")).unwrap_err(),
+            ConfigError::Missing("SERVER_PORT")
+        );
         let err = settings(&with("SERVER_PORT", "eighty")).unwrap_err();
         assert!(
             err.to_string().starts_with("SERVER_PORT is invalid"),
             "{err}"
         );
-        let err = settings(&with("DB_PORT", "70000")).unwrap_err();
-        assert!(err.to_string().starts_with("DB_PORT is invalid"), "{err}");
     }
 
     #[test]
-    fn an_empty_password_is_allowed_but_a_missing_one_is_not() {
-        assert!(settings(&with("DB_PASSWORD", "")).is_ok());
+    fn database_errors_name_their_variable_without_its_value() {
         assert_eq!(
-            settings(&without("DB_PASSWORD")).unwrap_err(),
-            ConfigError::Missing("DB_PASSWORD")
+            settings(&with("DB_NAME", "")).unwrap_err(),
+            ConfigError::Missing("DB_NAME")
         );
-    }
-
-    #[test]
-    fn database_url_overrides_the_db_variables() {
-        let s = settings(&[
-            ("SERVER_PORT", "0"),
-            ("DATABASE_URL", "postgres://u:p@10.0.0.1:6543/other"),
-        ])
-        .unwrap();
-        let opts = s.database.connect_options();
-        assert_eq!(opts.get_host(), "10.0.0.1");
-        assert_eq!(opts.get_port(), 6543);
-        assert_eq!(opts.get_database(), Some("other"));
-    }
-
-    #[test]
-    fn a_bad_database_url_is_named_without_echoing_it() {
-        let err = settings(&[
-            ("SERVER_PORT", "0"),
-            ("DATABASE_URL", "mysql://u:s3cret@h/db"),
-        ])
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.starts_with("DATABASE_URL is invalid"), "{msg}");
-        assert!(!msg.contains("s3cret"));
-    }
-
-    #[test]
-    fn debug_output_of_settings_hides_the_password() {
-        let s = settings(PARTS).unwrap();
-        assert!(!format!("{s:?}").contains("hunter22"));
-        let s = settings(&[
-            ("SERVER_PORT", "0"),
-            ("DATABASE_URL", "postgres://u:s3cret@h/db"),
-        ])
-        .unwrap();
-        assert!(!format!("{s:?}").contains("s3cret"));
+        let err = settings(&with("DATABASE_URL", "mysql://u:s3cret@h/db")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("DATABASE_URL is invalid"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"));
+        assert!(!format!("{:?}", settings(PARTS).unwrap()).contains("hunter22"));
     }
 }

@@ -27,20 +27,7 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let unavailable = match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // 08: connection exception; 53: insufficient resources;
-                // 57P01..57P03: admin/crash shutdown, cannot connect now.
-                code.starts_with("08") || code.starts_with("53") || code.starts_with("57P0")
-            }),
-            _ => false,
-        };
-        if unavailable {
+        if service_postgres::is_unavailable(&error) {
             Self::Unavailable(error)
         } else {
             Self::Failed(error)

@@ -80,10 +80,7 @@ async fn kafka_ready(state: &AppState) -> Result<(), String> {
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, service_telemetry::content_type())],
         state.metrics.render(),
     )
 }

@@ -8,7 +8,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState};
+use super::AppState;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 
 /// Counts and times each request under its route template (`/users/{id}`, never the
@@ -47,10 +47,10 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (body, content_type) = state
-        .metrics
-        .render()
-        .map_err(|err| ApiError::Internal(err.into()))?;
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+pub async fn render(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, service_telemetry::content_type())],
+        state.metrics.render(),
+    )
+        .into_response()
 }

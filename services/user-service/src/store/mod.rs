@@ -1,6 +1,7 @@
 //! SQL against users_db as free functions over an executor or a connection, so a use
-//! case can run several of them in one transaction. Also: which database errors mean
-//! "the database cannot be reached" rather than "this statement failed".
+//! case can run several of them in one transaction. [`is_unavailable`] (shared with
+//! transaction-service) tells "the database cannot be reached" from "this statement
+//! failed".
 
 pub mod users;
 
@@ -15,25 +16,4 @@ pub async fn ping<'e>(executor: impl PgExecutor<'e>) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// True when `err` says no usable connection to the database could be had (pool timed
-/// out, network failure, server shutting down or refusing connections, database
-/// missing) as opposed to a statement that the database rejected.
-///
-/// Such errors are transient from a client's point of view: the pool opens fresh
-/// connections on later requests, so the service recovers without a restart.
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // Class 08: connection exception; 57P01-57P03: admin/crash shutdown,
-            // cannot connect now; 53300: too many connections; 3D000: no such database.
-            code.starts_with("08")
-                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "3D000")
-        }),
-        _ => false,
-    }
-}
+pub use service_postgres::is_unavailable;

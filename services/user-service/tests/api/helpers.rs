@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 use user_service::app::PasswordHasher;
-use user_service::settings::{DatabaseSettings, DatabaseTarget, ServerSettings};
+use user_service::settings::{
+    DatabaseSettings, DatabaseTarget, ServerSettings, DEFAULT_ACQUIRE_TIMEOUT,
+};
 use user_service::{AppState, Settings};
 
 /// A password no test output, log, row or event may contain.
@@ -32,7 +34,10 @@ impl TestApp {
     /// listener) over a fresh database.
     pub async fn spawn() -> Self {
         let db = TestDb::create("users", "users_db").await.unwrap();
-        let mut database = DatabaseSettings::new(DatabaseTarget::Url(db.url.clone().into()));
+        let mut database = DatabaseSettings::new(
+            DatabaseTarget::Url(db.url.clone().into()),
+            DEFAULT_ACQUIRE_TIMEOUT,
+        );
         database.max_connections = 5;
         let settings = Settings {
             server: ServerSettings {

@@ -1,0 +1,333 @@
+//! What both HTTP services need from PostgreSQL besides their own queries: where the
+//! database is (read from the environment), a pool built from that, and telling an
+//! unusable database apart from a statement the database rejected.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `DATABASE_URL` | a `postgres://` URL; when set, the `DB_*` address variables are not read |
+//! | `DB_HOST`, `DB_USER`, `DB_NAME` | the address in parts (required without `DATABASE_URL`) |
+//! | `DB_PORT` | default 5432 |
+//! | `DB_PASSWORD` | required without `DATABASE_URL`; may be empty (trust authentication) |
+//! | `DB_MAX_CONNECTIONS` | pool size, default 10 |
+//! | `DB_ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection before the service answers 503; each service sets its default |
+//!
+//! Passwords stay in [`SecretString`]s: `Debug` output of the settings is safe to log,
+//! and errors name the variable without repeating its value.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// A database variable that is missing or unusable. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{variable} is invalid: {reason}")]
+    Invalid {
+        variable: &'static str,
+        reason: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// The variable at fault.
+    pub fn variable(&self) -> &'static str {
+        match self {
+            Self::Missing(variable) | Self::Invalid { variable, .. } => variable,
+        }
+    }
+}
+
+/// Where the database is and how the pool treats it.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub target: DatabaseTarget,
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503. Short, so
+    /// an outage shows quickly; the pool retries on every later request.
+    pub acquire_timeout: Duration,
+}
+
+/// The database address: a whole URL or its parts.
+#[derive(Debug, Clone)]
+pub enum DatabaseTarget {
+    Url(SecretString),
+    Parts {
+        host: String,
+        port: u16,
+        user: String,
+        password: SecretString,
+        name: String,
+    },
+}
+
+impl DatabaseSettings {
+    /// Reads the variables in the table above through `lookup` (the environment, or a
+    /// map in tests). Empty values count as unset, except `DB_PASSWORD`'s.
+    pub fn from_lookup(
+        lookup: &impl Fn(&str) -> Option<String>,
+        default_acquire_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
+        let target = match get("DATABASE_URL") {
+            Some(url) => {
+                let scheme = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                if !scheme || PgConnectOptions::from_str(&url).is_err() {
+                    return Err(ConfigError::Invalid {
+                        variable: "DATABASE_URL",
+                        reason: "expected a postgres:// URL",
+                    });
+                }
+                DatabaseTarget::Url(SecretString::from(url))
+            }
+            None => DatabaseTarget::Parts {
+                host: required("DB_HOST")?,
+                port: parse(
+                    "DB_PORT",
+                    get("DB_PORT"),
+                    5432,
+                    "expected a port number from 1 to 65535",
+                )
+                .and_then(|port: u16| {
+                    (port > 0).then_some(port).ok_or(ConfigError::Invalid {
+                        variable: "DB_PORT",
+                        reason: "expected a port number from 1 to 65535",
+                    })
+                })?,
+                user: required("DB_USER")?,
+                password: SecretString::from(
+                    lookup("DB_PASSWORD").ok_or(ConfigError::Missing("DB_PASSWORD"))?,
+                ),
+                name: required("DB_NAME")?,
+            },
+        };
+        let max_connections: u32 = parse(
+            "DB_MAX_CONNECTIONS",
+            get("DB_MAX_CONNECTIONS"),
+            10,
+            "expected a positive integer",
+        )?;
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                variable: "DB_MAX_CONNECTIONS",
+                reason: "expected a positive integer",
+            });
+        }
+        let acquire_timeout = match get("DB_ACQUIRE_TIMEOUT_MS") {
+            None => default_acquire_timeout,
+            Some(ms) => Duration::from_millis(parse(
+                "DB_ACQUIRE_TIMEOUT_MS",
+                Some(ms),
+                0,
+                "expected a number of milliseconds",
+            )?),
+        };
+        Ok(Self {
+            target,
+            max_connections,
+            acquire_timeout,
+        })
+    }
+
+    /// Settings for `target` with a pool of 10 and the given acquire timeout (tests).
+    pub fn new(target: DatabaseTarget, acquire_timeout: Duration) -> Self {
+        Self {
+            target,
+            max_connections: 10,
+            acquire_timeout,
+        }
+    }
+
+    /// The connection options, sessions named `application_name` in
+    /// `pg_stat_activity`.
+    pub fn connect_options(&self, application_name: &str) -> PgConnectOptions {
+        match &self.target {
+            DatabaseTarget::Url(url) => PgConnectOptions::from_str(url.expose_secret())
+                .expect("DATABASE_URL is validated when it is read"),
+            DatabaseTarget::Parts {
+                host,
+                port,
+                user,
+                password,
+                name,
+            } => PgConnectOptions::new()
+                .host(host)
+                .port(*port)
+                .username(user)
+                .password(password.expose_secret())
+                .database(name),
+        }
+        .application_name(application_name)
+    }
+
+    /// The pool's options (size, acquire timeout, a ping before each connection is
+    /// handed out, so the pool replaces connections an outage broke).
+    pub fn pool_options(&self) -> PgPoolOptions {
+        PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .test_before_acquire(true)
+    }
+
+    /// A pool that connects on first use: building it never fails, and after an
+    /// outage it opens fresh connections by itself.
+    pub fn lazy_pool(&self, application_name: &str) -> PgPool {
+        self.pool_options()
+            .connect_lazy_with(self.connect_options(application_name))
+    }
+}
+
+fn parse<T: FromStr>(
+    variable: &'static str,
+    value: Option<String>,
+    default: T,
+    reason: &'static str,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid { variable, reason }),
+    }
+}
+
+/// True when `error` says no usable connection to the database could be had (pool
+/// timed out, network failure, server shutting down or refusing connections, too
+/// many connections, database missing) as opposed to a statement the database
+/// rejected. Such errors are transient for a client: the pool opens fresh
+/// connections on later requests, so the service recovers without a restart.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; class 53: insufficient resources (53300
+            // too many connections); 57P01-57P03: admin/crash shutdown, cannot connect
+            // now; 3D000: no such database.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "3D000")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const DEFAULT_ACQUIRE: Duration = Duration::from_secs(3);
+
+    fn read(vars: &[(&str, &str)]) -> Result<DatabaseSettings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DatabaseSettings::from_lookup(&|k: &str| map.get(k).cloned(), DEFAULT_ACQUIRE)
+    }
+
+    const PARTS: &[(&str, &str)] = &[
+        ("DB_HOST", "db"),
+        ("DB_USER", "outbox"),
+        ("DB_PASSWORD", "hunter22"),
+        ("DB_NAME", "users_db"),
+    ];
+
+    fn with(var: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+        let mut vars: Vec<_> = PARTS.iter().copied().filter(|(k, _)| *k != var).collect();
+        vars.push((var, value));
+        vars
+    }
+
+    #[test]
+    fn the_parts_make_connect_options_with_defaults() {
+        let s = read(PARTS).unwrap();
+        assert_eq!(
+            (s.max_connections, s.acquire_timeout),
+            (10, DEFAULT_ACQUIRE)
+        );
+        let opts = s.connect_options("user-service");
+        assert_eq!((opts.get_host(), opts.get_port()), ("db", 5432));
+        assert_eq!(opts.get_username(), "outbox");
+        assert_eq!(opts.get_database(), Some("users_db"));
+        assert_eq!(opts.get_application_name(), Some("user-service"));
+    }
+
+    #[test]
+    fn each_missing_part_is_named() {
+        for var in ["DB_HOST", "DB_USER", "DB_PASSWORD", "DB_NAME"] {
+            let vars: Vec<_> = PARTS.iter().copied().filter(|(k, _)| *k != var).collect();
+            let err = read(&vars).unwrap_err();
+            assert_eq!(err, ConfigError::Missing(var));
+            assert!(err.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn an_empty_password_is_allowed_but_an_empty_host_is_not() {
+        assert!(read(&with("DB_PASSWORD", "")).is_ok());
+        assert_eq!(
+            read(&with("DB_HOST", " ")).unwrap_err(),
+            ConfigError::Missing("DB_HOST")
+        );
+    }
+
+    #[test]
+    fn a_malformed_variable_is_named() {
+        for (var, value) in [
+            ("DB_PORT", "-1"),
+            ("DB_PORT", "0"),
+            ("DB_PORT", "70000"),
+            ("DB_MAX_CONNECTIONS", "0"),
+            ("DB_MAX_CONNECTIONS", "many"),
+            ("DB_ACQUIRE_TIMEOUT_MS", "5s"),
+            ("DATABASE_URL", "mysql://nope"),
+        ] {
+            let err = read(&with(var, value)).unwrap_err();
+            assert_eq!(err.variable(), var, "{var}={value}");
+            assert!(err.to_string().starts_with(&format!("{var} is invalid")));
+        }
+    }
+
+    #[test]
+    fn pool_variables_override_the_defaults() {
+        let mut vars = with("DB_MAX_CONNECTIONS", "4");
+        vars.push(("DB_ACQUIRE_TIMEOUT_MS", "250"));
+        let s = read(&vars).unwrap();
+        assert_eq!(s.max_connections, 4);
+        assert_eq!(s.acquire_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn database_url_overrides_the_parts_and_is_never_echoed() {
+        let s = read(&[("DATABASE_URL", "postgres://u:s3cret@10.0.0.1:6543/other")]).unwrap();
+        let opts = s.connect_options("x");
+        assert_eq!((opts.get_host(), opts.get_port()), ("10.0.0.1", 6543));
+        assert_eq!(opts.get_database(), Some("other"));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let err = read(&[("DATABASE_URL", "postgres://u:s3cret@h:notaport/d")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"));
+        assert!(!format!("{:?}", read(PARTS).unwrap()).contains("hunter22"));
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_and_rejections_are_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}
