@@ -12,6 +12,8 @@ use crate::helpers::{spawn_app_on, TestApp, EVENT_TIMEOUT};
 /// How long the broker stays down: long enough for the client to queue hundreds of
 /// errors, which a consumer pausing after each error would drain for minutes.
 const OUTAGE: Duration = Duration::from_secs(10);
+/// An outage longer than librdkafka's default group session timeout (45 s).
+const LONG_OUTAGE: Duration = Duration::from_secs(50);
 /// How soon after the broker is back an event must take effect again.
 const RESUME_BOUND: Duration = Duration::from_secs(20);
 /// How long a shutdown may take when the broker cannot be reached.
@@ -29,10 +31,10 @@ async fn account_opens(app: &TestApp, within: Duration) -> Duration {
     start.elapsed()
 }
 
-async fn outage(kafka: &PrivateKafka) {
+async fn outage(kafka: &PrivateKafka, lasting: Duration) {
     kafka.stop().await.expect("broker stops");
     // Fault injection, not synchronisation: the outage lasts this long.
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(lasting).await;
     kafka.resume().await.expect("broker starts");
 }
 
@@ -42,7 +44,21 @@ async fn the_consumer_resumes_within_seconds_after_a_broker_outage() {
     let app = spawn_app_on(kafka.brokers.clone(), |_| {}).await;
     account_opens(&app, EVENT_TIMEOUT).await;
 
-    outage(&kafka).await;
+    outage(&kafka, OUTAGE).await;
+    let took = account_opens(&app, RESUME_BOUND).await;
+    eprintln!("an event took effect {took:?} after the broker returned");
+}
+
+#[tokio::test]
+async fn the_consumer_resumes_within_seconds_after_an_outage_longer_than_its_session() {
+    let kafka = PrivateKafka::start().await.expect("private broker");
+    let app = spawn_app_on(kafka.brokers.clone(), |_| {}).await;
+    account_opens(&app, EVENT_TIMEOUT).await;
+
+    // Longer than librdkafka's default session timeout (45 s): the consumer gives its
+    // membership up during the outage and rejoins after it, while the restarted
+    // coordinator still lists the old member until its session expires.
+    outage(&kafka, LONG_OUTAGE).await;
     let took = account_opens(&app, RESUME_BOUND).await;
     eprintln!("an event took effect {took:?} after the broker returned");
 }
@@ -55,7 +71,7 @@ async fn an_outage_while_the_consumer_joins_its_group_is_survived() {
     // still finding its coordinator and joining the group.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    outage(&kafka).await;
+    outage(&kafka, OUTAGE).await;
     let took = account_opens(&app, RESUME_BOUND).await;
     eprintln!("an event took effect {took:?} after the broker returned");
 }
