@@ -17,9 +17,10 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store;
 
-/// How long a shutdown waits for the Kafka consumer to leave its group and finish
-/// its offset commits; it gives up after that (the inbox absorbs the redeliveries).
-pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the Kafka consumer to commit its stored offsets and
+/// leave its group; it gives up after that (the inbox absorbs the redeliveries). Short
+/// enough that the whole shutdown fits Docker's default 10 s grace period.
+pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
