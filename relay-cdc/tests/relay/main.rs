@@ -641,9 +641,22 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     let mut standby = standby;
     standby.wait_ready().await;
     // The standby resends what the dead one had not confirmed (same ids), then the rest.
-    testkit::read_until_ids(&consumer, &expected, WAIT)
-        .await
-        .unwrap();
+    if let Err(error) = testkit::read_until_ids(&consumer, &expected, WAIT).await {
+        // Seen once in a suite run and not understood: keep what tells where the events
+        // stopped (published or not, marked or not, the standby's log).
+        let published = standby
+            .metrics()
+            .await
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("relay_events_published_total"))
+            .collect::<Vec<_>>();
+        panic!(
+            "{error:#}\nstandby metrics: {published:?}\nPENDING {} PROCESSED {}\n--- standby log ---\n{}",
+            src.count("PENDING").await,
+            src.count("PROCESSED").await,
+            std::fs::read_to_string(&standby.log).unwrap_or_default()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
