@@ -81,9 +81,8 @@ impl Marker {
             tokio::select! {
                 biased;
                 // 1. A batch is marked: confirm it (in order) and free its connection.
-                Some((client, done)) = marking.next(), if !marking.is_empty() => {
-                    idle.push(client);
-                    if confirmed.send(done).is_err() {
+                Some(finished) = marking.next(), if !marking.is_empty() => {
+                    if !release(&mut idle, &confirmed, finished) {
                         return;
                     }
                 }
@@ -107,9 +106,8 @@ impl Marker {
                             biased;
                             // Batches already taken keep going while this one gathers:
                             // a future in `marking` only progresses when polled.
-                            Some((client, finished)) = marking.next(), if !marking.is_empty() => {
-                                idle.push(client);
-                                if confirmed.send(finished).is_err() {
+                            Some(finished) = marking.next(), if !marking.is_empty() => {
+                                if !release(&mut idle, &confirmed, finished) {
                                     return;
                                 }
                             }
@@ -245,6 +243,17 @@ impl Marker {
 
 /// How long the marker waits for an acked row to become visible before it gives up on it.
 const UNSEEN_BOUND: Duration = Duration::from_secs(10);
+
+/// A batch is marked: frees its connection and hands its confirmation back (batches
+/// finish in the order they were taken). `false` once the pipeline stopped listening.
+fn release(
+    idle: &mut Vec<Option<Client>>,
+    confirmed: &mpsc::UnboundedSender<Confirmed>,
+    (client, done): (Option<Client>, Confirmed),
+) -> bool {
+    idle.push(client);
+    confirmed.send(done).is_ok()
+}
 
 fn add(batch: &mut Vec<Uuid>, done: &mut Confirmed, item: MarkItem) {
     batch.extend(item.ids.iter().copied());
