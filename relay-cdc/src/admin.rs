@@ -1,5 +1,6 @@
-//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (every source streams from its slot).
+//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (every source makes
+//! progress: 503 naming a stalled stage or a halted source) and `/readyz` (every source
+//! streams from its slot).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -8,48 +9,44 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::metrics::Metrics;
+use crate::status::{self, Health};
 
 #[derive(Clone)]
 pub struct AdminState {
     pub metrics: Metrics,
-    pub sources: Vec<String>,
+    pub health: Health,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    s.health.refresh(&s.metrics);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    let states: serde_json::Map<String, serde_json::Value> = s
-        .sources
-        .iter()
-        .map(|name| {
-            let up = s.metrics.source_up.with_label_values(&[name]).get() == 1;
-            (
-                name.clone(),
-                serde_json::Value::from(if up { "streaming" } else { "down" }),
-            )
-        })
-        .collect();
-    let ready = states.values().all(|v| v == "streaming");
-    let code = if ready {
+fn code(ok: bool) -> StatusCode {
+    if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(serde_json::json!({ "ready": ready, "sources": states })),
-    )
+    }
+}
+
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ok, body) = status::healthz(&s.health.snapshots());
+    (code(ok), Json(body))
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let (ok, body) = status::readyz(&s.health.snapshots());
+    (code(ok), Json(body))
 }

@@ -10,18 +10,18 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::pipeline::SourceTask;
-use crate::publish::Publisher;
+use crate::pipeline::Pipeline;
+use crate::sink::kafka::KafkaSink;
 use crate::source;
+use crate::status::Health;
 
 /// Runs every source until SIGINT/SIGTERM, then drains and confirms before returning.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     let metrics = Metrics::new();
     let names: Vec<String> = settings.sources.iter().map(|s| s.name.clone()).collect();
-    for n in &names {
-        metrics.source_up.with_label_values(&[n]).set(0);
-    }
+    let health = Health::new(&names, settings.pipeline.stall_timeout());
+    health.refresh(&metrics);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let listener = tokio::net::TcpListener::bind(&settings.admin.listen)
@@ -31,7 +31,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut admin_stop = stop_rx.clone();
     let router = admin::router(AdminState {
         metrics: metrics.clone(),
-        sources: names,
+        health: health.clone(),
     });
     let admin = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -46,10 +46,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .iter()
         .map(|s| {
             tokio::spawn(
-                SourceTask {
+                Pipeline {
                     settings: settings.clone(),
                     source: s.clone(),
                     metrics: metrics.clone(),
+                    status: health.source(&s.name),
                     shutdown: stop_rx.clone(),
                 }
                 .run(),
@@ -124,7 +125,7 @@ pub async fn check(settings: &Settings) -> bool {
     println!("kafka ({})", settings.kafka.brokers);
     let kafka = settings.kafka.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        Publisher::new(&kafka, "check").and_then(|p| p.probe(Duration::from_secs(10)))
+        KafkaSink::new(&kafka, "check").and_then(|p| p.probe(Duration::from_secs(10)))
     })
     .await;
     match probe {

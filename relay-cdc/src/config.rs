@@ -76,8 +76,9 @@ fn default_admin_listen() -> String {
 pub enum PoisonPolicy {
     /// Stop the source: nothing after it is published until an operator acts.
     Stop,
-    /// Publish a record to the dead-letter topic (headers and the error, no payload)
-    /// and go on; the outbox row stays PENDING so it can be found.
+    /// Publish a record to the dead-letter topic (the event's headers, an `error`
+    /// header, and the payload when the dead-letter topic takes it) and go on; the
+    /// outbox row gets status `DEAD_LETTERED`.
     DeadLetter,
 }
 
@@ -95,6 +96,15 @@ pub struct KafkaSettings {
     pub poison: PoisonPolicy,
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Create a missing topic (through the admin API) before the first record to it, so
+    /// brokers with `auto.create.topics.enable=false` work.
+    #[serde(default = "yes")]
+    pub create_topics: bool,
+    /// Partitions and replication factor of topics the relay creates (-1: broker default).
+    #[serde(default = "broker_default")]
+    pub topic_partitions: i32,
+    #[serde(default = "broker_default")]
+    pub topic_replication_factor: i32,
     /// Extra librdkafka properties, e.g. `"linger.ms" = "5"`. The safety settings
     /// (idempotence, acks, message timeout) cannot be overridden here.
     #[serde(default)]
@@ -106,6 +116,9 @@ fn default_topic_template() -> String {
 }
 fn default_max_record_bytes() -> usize {
     1_000_000
+}
+fn broker_default() -> i32 {
+    -1
 }
 fn default_poison() -> PoisonPolicy {
     PoisonPolicy::Stop
@@ -147,6 +160,15 @@ pub struct PipelineSettings {
     /// Upper bound of the reconnect backoff.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// A source with work whose oldest wait (Kafka ack, marking, a heartbeat coming
+    /// back, a restart) is older than this is stalled: `/healthz` 503, a WARN, a metric.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+    /// Bounds of one PROCESSED update (an attempt past them fails and is retried).
+    #[serde(default = "default_mark_statement_timeout_ms")]
+    pub mark_statement_timeout_ms: u64,
+    #[serde(default = "default_mark_lock_timeout_ms")]
+    pub mark_lock_timeout_ms: u64,
 }
 
 impl Default for PipelineSettings {
@@ -187,6 +209,15 @@ fn default_shutdown_timeout_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     5_000
 }
+fn default_stall_timeout_ms() -> u64 {
+    60_000
+}
+fn default_mark_statement_timeout_ms() -> u64 {
+    30_000
+}
+fn default_mark_lock_timeout_ms() -> u64 {
+    5_000
+}
 
 impl PipelineSettings {
     pub fn mark_interval(&self) -> Duration {
@@ -203,6 +234,9 @@ impl PipelineSettings {
     }
     pub fn max_backoff(&self) -> Duration {
         Duration::from_millis(self.max_backoff_ms)
+    }
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
     }
 }
 
@@ -345,6 +379,17 @@ impl Settings {
                 format!("not a socket address ({e})"),
             ));
         }
+        for (key, value) in [
+            ("kafka.topic_partitions", self.kafka.topic_partitions),
+            (
+                "kafka.topic_replication_factor",
+                self.kafka.topic_replication_factor,
+            ),
+        ] {
+            if value == 0 || value < -1 {
+                return Err(key_err(key, "must be -1 (broker default) or at least 1"));
+            }
+        }
         for (k, v) in &self.kafka.properties {
             if FIXED_PRODUCER_PROPERTIES.contains(&k.as_str()) {
                 return Err(key_err(
@@ -365,6 +410,12 @@ impl Settings {
             ("pipeline.heartbeat_interval_ms", p.heartbeat_interval_ms),
             ("pipeline.mark_interval_ms", p.mark_interval_ms),
             ("pipeline.mark_connections", p.mark_connections as u64),
+            ("pipeline.stall_timeout_ms", p.stall_timeout_ms),
+            (
+                "pipeline.mark_statement_timeout_ms",
+                p.mark_statement_timeout_ms,
+            ),
+            ("pipeline.mark_lock_timeout_ms", p.mark_lock_timeout_ms),
         ] {
             if value == 0 {
                 return Err(key_err(key, "must be greater than 0"));
@@ -499,7 +550,14 @@ fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigE
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
                 .ok_or_else(|| env_err("that section in the file is not a table"))?;
-            let value = if section == "kafka" && field != "max_record_bytes" {
+            let value = if section == "kafka"
+                && !matches!(
+                    field.as_str(),
+                    "max_record_bytes"
+                        | "create_topics"
+                        | "topic_partitions"
+                        | "topic_replication_factor"
+                ) {
                 toml::Value::String(raw.to_string())
             } else {
                 value

@@ -8,5 +8,6 @@ pub mod marker;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
-pub mod publish;
+pub mod sink;
 pub mod source;
+pub mod status;

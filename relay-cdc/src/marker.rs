@@ -2,10 +2,15 @@
 //! of their own, and only then is their transaction's end LSN handed back for
 //! confirmation to PostgreSQL.
 //!
-//! Invariant: a confirmed LSN implies every row before it is in Kafka **and** marked.
-//! So a crash between the ack and the marking replays those rows (same event ids) and
+//! Invariant: a confirmed LSN implies every row before it is in Kafka **and** marked
+//! (`PROCESSED`, or `DEAD_LETTERED` for a row that went to the dead-letter topic). So a
+//! crash between the ack and the marking replays those rows (same event ids) and
 //! marks them then; nothing stays PENDING forever. Marking never delays publishing:
 //! it runs beside the stream and only holds back the confirmation.
+//!
+//! Its connections run with `statement_timeout` and `lock_timeout`: a session holding
+//! row locks on PENDING rows makes an attempt fail and retry (counted, logged) instead
+//! of waiting without limit; the pipeline's watchdog names the stall "marking".
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,20 +28,22 @@ use crate::metrics::Metrics;
 use crate::source;
 
 /// A unit handed to the marker, in commit order.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MarkItem {
-    /// The end LSN to confirm once this item's rows are marked; `None` for rows
-    /// published by reconciliation (they precede the slot).
-    pub lsn: Option<Lsn>,
+    /// The end LSN to confirm once this item's rows are marked.
+    pub lsn: Lsn,
     /// Source time (Unix microseconds) of the WAL this item covers.
     pub source_time_micros: i64,
+    /// Rows Kafka acked: marked PROCESSED.
     pub ids: Vec<Uuid>,
+    /// Rows sent to the dead-letter topic instead: marked DEAD_LETTERED.
+    pub dead: Vec<Uuid>,
     pub bytes: usize,
 }
 
 /// Sent back to the pipeline after a batch was marked: the position to confirm and
 /// how many in-flight records and bytes that releases.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Confirmed {
     pub lsn: Option<Lsn>,
     pub source_time_micros: i64,
@@ -97,11 +104,11 @@ impl Marker {
                         open = false;
                         continue;
                     };
-                    let mut batch = Vec::new();
+                    let mut batch = Batch::default();
                     let mut done = Confirmed::default();
                     add(&mut batch, &mut done, first);
                     let deadline = tokio::time::Instant::now() + self.pipeline.mark_interval();
-                    while batch.len() < self.pipeline.mark_batch_size {
+                    while batch.rows() < self.pipeline.mark_batch_size {
                         tokio::select! {
                             biased;
                             // Batches already taken keep going while this one gathers:
@@ -123,7 +130,7 @@ impl Marker {
                     }
                     let client = idle.pop().expect("a free connection");
                     marking.push_back(Box::pin(async move {
-                        let client = if batch.is_empty() { client } else { this.mark(client, &batch).await };
+                        let client = this.mark_batch(client, &batch).await;
                         (client, done)
                     }));
                 }
@@ -131,7 +138,22 @@ impl Marker {
         }
     }
 
-    /// Marks `ids`, retrying (with reconnects) until it succeeds.
+    /// Marks a batch: acked rows PROCESSED, dead-lettered rows DEAD_LETTERED.
+    async fn mark_batch(&self, client: Option<Client>, batch: &Batch) -> Option<Client> {
+        let client = if batch.ids.is_empty() {
+            client
+        } else {
+            self.mark(client, &batch.ids, "PROCESSED").await
+        };
+        if batch.dead.is_empty() {
+            client
+        } else {
+            self.mark(client, &batch.dead, "DEAD_LETTERED").await
+        }
+    }
+
+    /// Marks `ids` with `status` (`PROCESSED` or `DEAD_LETTERED`), retrying (with
+    /// reconnects) until it succeeds.
     ///
     /// A commit reaches the slot as soon as its WAL record is flushed, a moment before
     /// the committing session lets other snapshots see its rows. Kafka can ack and this
@@ -139,10 +161,15 @@ impl Marker {
     /// the update then skips rows it cannot see yet, and confirming would leave them
     /// PENDING forever. So the statement also returns the ids it could not see at all
     /// (neither marked now nor there already), and those are retried until visible.
-    async fn mark(&self, mut client: Option<Client>, ids: &[Uuid]) -> Option<Client> {
+    pub async fn mark(
+        &self,
+        mut client: Option<Client>,
+        ids: &[Uuid],
+        status: &'static str,
+    ) -> Option<Client> {
         let name = &self.source.name;
         let sql = format!(
-            "with marked as (update \"{s}\".\"{t}\" set status = 'PROCESSED', processed_at = now() \
+            "with marked as (update \"{s}\".\"{t}\" set status = '{status}', processed_at = now() \
              where id = any($1) and status = 'PENDING' returning id) \
              select (select count(*) from marked), \
              coalesce((select array_agg(u.id) from unnest($1::uuid[]) as u(id) \
@@ -156,7 +183,7 @@ impl Marker {
         let mut backoff = Duration::from_millis(100);
         loop {
             if client.as_ref().is_none_or(Client::is_closed) {
-                match source::connect(&self.source).await {
+                match source::connect_marker(&self.source, &self.pipeline).await {
                     Ok(c) => client = Some(c),
                     Err(e) => {
                         if e.server_going_away() {
@@ -255,14 +282,24 @@ fn release(
     confirmed.send(done).is_ok()
 }
 
-fn add(batch: &mut Vec<Uuid>, done: &mut Confirmed, item: MarkItem) {
-    batch.extend(item.ids.iter().copied());
-    // Only streamed items (with an LSN) were counted in flight by the pipeline;
-    // reconciled rows were awaited before streaming began.
-    if item.lsn.is_some() {
-        done.records += item.ids.len();
-        done.bytes += item.bytes;
-        done.lsn = item.lsn.max(done.lsn);
+/// The rows of one batch, by the status they get.
+#[derive(Default)]
+struct Batch {
+    ids: Vec<Uuid>,
+    dead: Vec<Uuid>,
+}
+
+impl Batch {
+    fn rows(&self) -> usize {
+        self.ids.len() + self.dead.len()
     }
+}
+
+fn add(batch: &mut Batch, done: &mut Confirmed, item: MarkItem) {
+    batch.ids.extend(item.ids.iter().copied());
+    batch.dead.extend(item.dead.iter().copied());
+    done.records += item.ids.len() + item.dead.len();
+    done.bytes += item.bytes;
+    done.lsn = Some(item.lsn).max(done.lsn);
     done.source_time_micros = done.source_time_micros.max(item.source_time_micros);
 }

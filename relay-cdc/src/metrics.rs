@@ -22,6 +22,9 @@ pub const RETENTION_DELETED: &str = "relay_retention_deleted_total";
 pub const SOURCE_UP: &str = "relay_source_up";
 pub const RESTARTS: &str = "relay_source_restarts_total";
 pub const RECONCILED: &str = "relay_reconciled_events_total";
+pub const STALLED: &str = "relay_stalled";
+pub const OLDEST_UNACKED: &str = "relay_oldest_unacked_seconds";
+pub const SOURCE_HALTED: &str = "relay_source_halted";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -46,6 +49,12 @@ pub struct Metrics {
     pub source_up: IntGaugeVec,
     pub restarts: IntCounterVec,
     pub reconciled: IntCounterVec,
+    /// 1 while the source's watchdog finds a stalled stage (see `pipeline::progress`).
+    pub stalled: IntGaugeVec,
+    /// Age of the oldest record sent and not yet acked by Kafka (0 when none).
+    pub oldest_unacked_seconds: prometheus::GaugeVec,
+    /// 1 once the source halted (poison under `stop`, a topic the cluster refuses).
+    pub source_halted: IntGaugeVec,
 }
 
 impl Metrics {
@@ -77,6 +86,17 @@ impl Metrics {
         registry
             .register(Box::new(lag_seconds.clone()))
             .expect("unique metric");
+        let oldest_unacked_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                OLDEST_UNACKED,
+                "Seconds since the oldest transaction still waiting for Kafka acks was read",
+            ),
+            src,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(oldest_unacked_seconds.clone()))
+            .expect("unique metric");
         let commit_to_ack = HistogramVec::new(
             HistogramOpts::new(
                 COMMIT_TO_ACK,
@@ -93,7 +113,7 @@ impl Metrics {
             events_published: counter(EVENTS_PUBLISHED, "Outbox events acked by Kafka", src),
             publish_failures: counter(
                 PUBLISH_FAILURES,
-                "Records Kafka refused; the pipeline restarted from the confirmed LSN",
+                "Records Kafka refused: kind poison (never acceptable) or delivery (pipeline rebuilt)",
                 &["source", "kind"],
             ),
             dead_lettered: counter(
@@ -148,6 +168,15 @@ impl Metrics {
                 RECONCILED,
                 "PENDING rows published when the slot was created",
                 src,
+            ),
+            stalled: gauge(
+                STALLED,
+                "1 while a stage of the source has not moved for pipeline.stall_timeout_ms",
+            ),
+            oldest_unacked_seconds,
+            source_halted: gauge(
+                SOURCE_HALTED,
+                "1 once the source halted and waits for an operator",
             ),
             registry,
         }

@@ -45,8 +45,28 @@ pub const HEARTBEAT_PREFIX: &str = "relay-cdc.heartbeat";
 
 /// Opens an ordinary connection; the connection task ends when the client is dropped.
 pub async fn connect(s: &SourceSettings) -> Result<Client, SourceError> {
-    let (client, conn) = s
-        .pg_config()
+    connect_with(s, s.pg_config()).await
+}
+
+/// A marking connection: statements and lock waits are bounded, so a session holding
+/// locks on outbox rows fails an attempt (retried, counted) instead of hanging it.
+pub async fn connect_marker(
+    s: &SourceSettings,
+    p: &crate::config::PipelineSettings,
+) -> Result<Client, SourceError> {
+    let mut config = s.pg_config();
+    config.options(format!(
+        "-c statement_timeout={} -c lock_timeout={}",
+        p.mark_statement_timeout_ms, p.mark_lock_timeout_ms
+    ));
+    connect_with(s, config).await
+}
+
+async fn connect_with(
+    s: &SourceSettings,
+    config: tokio_postgres::Config,
+) -> Result<Client, SourceError> {
+    let (client, conn) = config
         .connect(NoTls)
         .await
         .map_err(|e| SourceError::Connect {

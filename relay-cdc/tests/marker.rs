@@ -55,9 +55,10 @@ async fn a_batch_is_confirmed_within_its_interval_while_the_next_one_gathers() {
     let feeder = tokio::spawn(async move {
         for (i, id) in ids.into_iter().enumerate() {
             let _ = items_tx.send(MarkItem {
-                lsn: Some(Lsn::from_u64(0x100 + i as u64)),
+                lsn: Lsn::from_u64(0x100 + i as u64),
                 source_time_micros: 0,
                 ids: vec![id],
+                dead: vec![],
                 bytes: 2,
             });
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -120,9 +121,10 @@ async fn a_row_not_yet_visible_when_marked_is_marked_once_it_is_and_only_then_co
     let task = tokio::spawn(marker.run(items_rx, confirmed_tx));
     items_tx
         .send(MarkItem {
-            lsn: Some(Lsn::from_u64(0x100)),
+            lsn: Lsn::from_u64(0x100),
             source_time_micros: 0,
             ids: vec![id],
+            dead: vec![],
             bytes: 2,
         })
         .unwrap();
@@ -147,6 +149,56 @@ async fn a_row_not_yet_visible_when_marked_is_marked_once_it_is_and_only_then_co
         .unwrap();
     assert_eq!(status, "PROCESSED");
 
+    drop(items_tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A row sent to the dead-letter topic is settled as DEAD_LETTERED, the rest of its
+/// batch as PROCESSED, and the batch confirms like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_lettered_rows_get_their_own_status() {
+    let db = testkit::TestDb::create("marker", "users_db").await.unwrap();
+    let ids = insert_rows(&db, 3).await;
+    let (items_tx, items_rx) = mpsc::unbounded_channel();
+    let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
+    let marker = Marker {
+        source: source_for(&db),
+        pipeline: PipelineSettings::default(),
+        metrics: Metrics::new(),
+        going_away: Arc::new(Notify::new()),
+    };
+    let task = tokio::spawn(marker.run(items_rx, confirmed_tx));
+    items_tx
+        .send(MarkItem {
+            lsn: Lsn::from_u64(0x200),
+            source_time_micros: 0,
+            ids: vec![ids[0], ids[2]],
+            dead: vec![ids[1]],
+            bytes: 6,
+        })
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), confirmed_rx.recv())
+        .await
+        .expect("the batch is confirmed")
+        .unwrap();
+    assert_eq!((done.lsn, done.records), (Some(Lsn::from_u64(0x200)), 3));
+    let mut c = db.connect().await.unwrap();
+    let rows: Vec<(uuid::Uuid, String, bool)> =
+        sqlx::query_as("select id, status, processed_at is not null from outbox")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    for (id, status, settled_at) in rows {
+        let want = if id == ids[1] {
+            "DEAD_LETTERED"
+        } else {
+            "PROCESSED"
+        };
+        assert_eq!((status.as_str(), settled_at), (want, true), "row {id}");
+    }
     drop(items_tx);
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

@@ -1,0 +1,235 @@
+//! One source's pipeline: replication slot → pgoutput decoding → Kafka → PROCESSED
+//! marking → LSN confirmation, supervised: after an error the session is rebuilt (new
+//! producer, new replication session) and resumes from the slot's confirmed position.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `mod.rs` (this) | the supervisor: what each error leads to ([`next_step`]: halt, stand by, retry with backoff) |
+//! | [`session`] | one session: preflight, slot, the `select!` loop, teardown |
+//! | [`stream`] | the stream's rules as a pure state machine |
+//! | [`progress`] | in-flight counts, the confirmed position, the watchdog, the final slot advance |
+//! | [`reconcile`] | slot creation with an exported snapshot and PENDING rows, crash-safe |
+//! | [`housekeeping`] | heartbeats, lag in bytes, the stall and halt warnings |
+//!
+//! Invariants (details where they are kept):
+//! - Records are enqueued in commit order, rows of one transaction in insert order.
+//! - A transaction's end LSN is confirmed only after Kafka acked every record of it and
+//!   of every transaction before it, and the marker marked them.
+//! - After any error what was not confirmed is sent again, with the same event ids.
+//! - When the server refuses new connections because it is shutting down, the session
+//!   ends at once: a walsender lets the server stop only after its client confirmed
+//!   everything it was sent, and rows acked but not yet marked cannot be marked any
+//!   more (marking needs a new connection). The unconfirmed tail is replayed after.
+
+pub mod housekeeping;
+pub mod progress;
+pub mod reconcile;
+pub mod session;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Settings, SourceSettings};
+use crate::metrics::Metrics;
+use crate::source::SourceError;
+use crate::status::{SourceStatus, State};
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("replication: {0}")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+    #[error("kafka refused a record: {0}")]
+    Delivery(String),
+    #[error("poison record, event {event_id}: {reason}")]
+    Poison { event_id: String, reason: String },
+    #[error("{0}")]
+    TopicRefused(String),
+    #[error("the marker stopped ({0}); confirmations would stop with it")]
+    MarkerStopped(String),
+    #[error("the replication stream ended")]
+    StreamEnded,
+    #[error("slot {0} is held by another session (standby: waiting)")]
+    SlotBusy(String),
+    #[error("the server is shutting down; ending the replication session so it can stop")]
+    ServerGoingAway,
+}
+
+impl PipelineError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source",
+            Self::Replication(_) => "replication",
+            Self::Kafka(_) | Self::Delivery(_) => "kafka",
+            Self::Stream(_) => "decode",
+            Self::Poison { .. } => "poison",
+            Self::TopicRefused(_) => "topic_refused",
+            Self::MarkerStopped(_) => "marker",
+            Self::StreamEnded => "stream_ended",
+            Self::SlotBusy(_) => "slot_busy",
+            Self::ServerGoingAway => "server_going_away",
+        }
+    }
+}
+
+/// What the supervisor does after a session ended with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Stop this source until an operator acts: retrying cannot help and would only
+    /// resend what came before the cause.
+    Halt { reason: String },
+    /// Another relay streams the slot: wait and take over when it is free.
+    StandBy,
+    /// Rebuild the session after a backoff, resuming from the confirmed position.
+    Retry,
+}
+
+/// The restart policy, as data.
+pub fn next_step(e: &PipelineError) -> Next {
+    match e {
+        PipelineError::Poison { event_id, reason } => Next::Halt {
+            reason: format!("poison record {event_id}: {reason} (kafka.poison = \"stop\"); publish the row elsewhere or set kafka.poison = \"dead-letter\", then restart"),
+        },
+        PipelineError::TopicRefused(why) => Next::Halt {
+            reason: format!("{why}; create the topic or allow the relay to, then restart"),
+        },
+        PipelineError::SlotBusy(_) => Next::StandBy,
+        _ => Next::Retry,
+    }
+}
+
+/// The shared context of a source's pipeline.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub settings: Arc<Settings>,
+    pub source: SourceSettings,
+    pub metrics: Metrics,
+    pub status: Arc<SourceStatus>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Pipeline {
+    /// Runs the source until shutdown, or until it halts.
+    pub async fn run(mut self) {
+        let name = self.source.name.clone();
+        let _watch = AbortOnDrop(tokio::spawn(housekeeping::watch(
+            self.status.clone(),
+            self.settings.pipeline.stall_timeout(),
+        )));
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let started = Instant::now();
+            let result = session::run(&self).await;
+            let error = match result {
+                Ok(()) => {
+                    self.status.set_state(State::Stopped);
+                    tracing::info!(source = %name, "source stopped");
+                    return;
+                }
+                Err(e) => e,
+            };
+            match next_step(&error) {
+                Next::Halt { reason } => {
+                    self.status.set_state(State::Halted {
+                        reason: reason.clone(),
+                    });
+                    tracing::error!(source = %name, kind = error.kind(), reason = %reason, "source halted");
+                    let _ = self.shutdown.wait_for(|s| *s).await;
+                    return;
+                }
+                Next::StandBy => {
+                    if self.status.state() != State::Standby {
+                        tracing::info!(source = %name, slot = %self.source.slot_name(), "slot in use by another relay; standing by");
+                    }
+                    self.status.set_state(State::Standby);
+                }
+                Next::Retry => {
+                    self.metrics.restarts.with_label_values(&[&name]).inc();
+                    tracing::warn!(source = %name, error = %error, kind = error.kind(), backoff_ms = backoff.as_millis() as u64, "resuming from the confirmed LSN after a backoff");
+                    self.status.set_state(State::Restarting {
+                        error: error.to_string(),
+                    });
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(250);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.changed() => {}
+            }
+            if *self.shutdown.borrow() {
+                self.status.set_state(State::Stopped);
+                return;
+            }
+            backoff = (backoff * 2).min(self.settings.pipeline.max_backoff());
+        }
+    }
+}
+
+pub fn now_unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Aborts a spawned task when dropped, so a failed session leaves nothing running.
+pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_and_refused_topics_halt_instead_of_looping() {
+        let poison = PipelineError::Poison {
+            event_id: "e1".into(),
+            reason: "kafka refused the record: Broker: Message size too large".into(),
+        };
+        let Next::Halt { reason } = next_step(&poison) else {
+            panic!("poison must halt")
+        };
+        assert!(
+            reason.contains("e1") && reason.contains("too large"),
+            "{reason}"
+        );
+        assert!(matches!(
+            next_step(&PipelineError::TopicRefused("policy violation".into())),
+            Next::Halt { .. }
+        ));
+    }
+
+    #[test]
+    fn a_held_slot_means_stand_by_and_everything_else_retries() {
+        assert_eq!(
+            next_step(&PipelineError::SlotBusy("s".into())),
+            Next::StandBy
+        );
+        for e in [
+            PipelineError::Delivery("all brokers down".into()),
+            PipelineError::MarkerStopped("panicked".into()),
+            PipelineError::StreamEnded,
+            PipelineError::ServerGoingAway,
+            PipelineError::Kafka("timed out".into()),
+        ] {
+            assert_eq!(next_step(&e), Next::Retry, "{e}");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Slot creation with reconciliation: rows still PENDING when the relay first creates
+//! its slot committed before the slot existed, so the slot will never carry them; they
+//! are published from an exported snapshot first.
+//!
+//! Crash-safe by construction: the snapshot comes from a **temporary** slot, which the
+//! server drops when the session ends for any reason (kill -9, a Kafka error, a
+//! PostgreSQL restart). Only after every PENDING row of the snapshot was acked and
+//! marked is the temporary slot copied to the permanent one
+//! (`pg_copy_logical_replication_slot`, same consistent point). So a permanent slot
+//! exists only once reconciliation is complete; a start that finds none redoes it
+//! (resending what was acked but not marked, with the same event ids).
+
+use std::time::Instant;
+
+use pgwire_replication::ReplicationClient;
+use uuid::Uuid;
+
+use super::session::{replication_config, slot_busy_or};
+use super::{Pipeline, PipelineError};
+use crate::config::PoisonPolicy;
+use crate::marker::Marker;
+use crate::pgoutput::OutboxRow;
+use crate::sink::{CommitMeta, Delivery, Event, Refusal, SendError, Sink};
+use crate::source::SourceError;
+
+/// Rows read and published per page of the snapshot.
+const PAGE_ROWS: i64 = 2000;
+
+/// The temporary slot's name: the permanent one's, marked (and within 63 characters).
+pub fn temporary_slot_name(slot: &str) -> String {
+    let base: String = slot.chars().take(58).collect();
+    format!("{base}_init")
+}
+
+/// Creates the slot (through a temporary one), publishing the rows left PENDING
+/// before it, then starts streaming from the slot's consistent point.
+pub async fn create_slot_and_reconcile<S: Sink>(
+    p: &Pipeline,
+    client: &tokio_postgres::Client,
+    sink: &mut S,
+    marker: &Marker,
+) -> Result<ReplicationClient, PipelineError> {
+    let name = &p.source.name;
+    let slot = p.source.slot_name();
+    if !p.source.create_slot {
+        return Err(SourceError::Prerequisite(format!(
+            "slot {slot} is missing and create_slot = false"
+        ))
+        .into());
+    }
+    let temp = temporary_slot_name(&slot);
+    let mut repl = ReplicationClient::connect_gated(replication_config(p)).await?;
+    let rows = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
+        ))
+        .await
+        .map_err(|e| slot_busy_or(e, &slot))?;
+    let text = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let (consistent_point, snapshot) = (text(1), text(2));
+    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(
+            SourceError::Prerequisite(format!("unexpected snapshot name {snapshot:?}")).into(),
+        );
+    }
+    tracing::info!(source = %name, slot = %temp, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
+
+    let sql = format!(
+        "select id, aggregate_type, aggregate_id, event_type, payload::text, created_at \
+         from \"{}\".\"{}\" \
+         where status = 'PENDING' and (created_at, id) > ($1, $2) order by created_at, id limit {PAGE_ROWS}",
+        p.source.schema, p.source.table
+    );
+    client
+        .batch_execute("begin isolation level repeatable read read only")
+        .await
+        .map_err(SourceError::from)?;
+    client
+        .batch_execute(&format!("set transaction snapshot '{snapshot}'"))
+        .await
+        .map_err(SourceError::from)?;
+    // Keyset pagination from before any plausible row (1900-01-01).
+    let mut after: (chrono::DateTime<chrono::Utc>, Uuid) = (
+        chrono::DateTime::from_timestamp(-2_208_988_800, 0).expect("valid time"),
+        Uuid::nil(),
+    );
+    let mut total = 0usize;
+    loop {
+        let page = client
+            .query(&sql, &[&after.0, &after.1])
+            .await
+            .map_err(SourceError::from)?;
+        let Some(last) = page.last() else { break };
+        after = (last.get(5), last.get(0));
+        let events: Vec<Event> = page
+            .iter()
+            .map(|r| {
+                let id: Uuid = r.get(0);
+                let created_at: chrono::DateTime<chrono::Utc> = r.get(5);
+                Event {
+                    row: OutboxRow {
+                        id: id.to_string(),
+                        aggregate_type: r.get(1),
+                        aggregate_id: r.get(2),
+                        event_type: r.get(3),
+                        payload: r.get::<_, String>(4).into_bytes(),
+                    },
+                    commit: CommitMeta {
+                        lsn: consistent_point.clone(),
+                        time: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    },
+                }
+            })
+            .collect();
+        let newest = page
+            .iter()
+            .map(|r| {
+                r.get::<_, chrono::DateTime<chrono::Utc>>(5)
+                    .timestamp_micros()
+            })
+            .max()
+            .unwrap_or(0);
+        p.status.observe(Some(Instant::now()), None, true, 0);
+        let (acked, dead) = publish_page(p, sink, &events).await?;
+        let mut conn = marker.mark(None, &acked, "PROCESSED").await;
+        if !dead.is_empty() {
+            conn = marker.mark(conn, &dead, "DEAD_LETTERED").await;
+        }
+        drop(conn);
+        p.status.observe(None, None, true, newest);
+        let labels = [name.as_str()];
+        p.metrics
+            .reconciled
+            .with_label_values(&labels)
+            .inc_by(events.len() as u64);
+        p.metrics
+            .events_published
+            .with_label_values(&labels)
+            .inc_by(acked.len() as u64);
+        p.metrics
+            .dead_lettered
+            .with_label_values(&labels)
+            .inc_by(dead.len() as u64);
+        total += events.len();
+    }
+    client
+        .batch_execute("commit")
+        .await
+        .map_err(SourceError::from)?;
+    if total > 0 {
+        tracing::info!(source = %name, events = total, "published rows left PENDING before the slot existed");
+    }
+    // Reconciliation is complete: only now does the permanent slot exist.
+    client
+        .execute(
+            "select pg_copy_logical_replication_slot($1, $2, false)",
+            &[&temp, &slot],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                PipelineError::SlotBusy(slot.clone())
+            } else {
+                SourceError::from(e).into()
+            }
+        })?;
+    repl.simple_query(&format!("DROP_REPLICATION_SLOT \"{temp}\""))
+        .await?;
+    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, "created slot");
+    repl.start().await?;
+    repl.wait_started()
+        .await
+        .map_err(|e| slot_busy_or(e, &slot))?;
+    Ok(repl)
+}
+
+/// Publishes one page and waits for its acks; returns the ids acked and the ids
+/// dead-lettered. Poison follows `kafka.poison` as in the stream.
+async fn publish_page<S: Sink>(
+    p: &Pipeline,
+    sink: &mut S,
+    events: &[Event],
+) -> Result<(Vec<Uuid>, Vec<Uuid>), PipelineError> {
+    let policy = p.settings.kafka.poison;
+    let max = p.settings.kafka.max_record_bytes;
+    let mut deliveries: Vec<(usize, Delivery, bool)> = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if e.size() > max {
+            let reason = format!(
+                "record of {} bytes exceeds kafka.max_record_bytes ({max})",
+                e.size()
+            );
+            deliveries.push((
+                i,
+                dead_letter(p, sink, e, &reason, false, policy).await?,
+                true,
+            ));
+            continue;
+        }
+        if let Some(f) = sink.prepare(e) {
+            f.await
+                .map_err(|e| PipelineError::TopicRefused(e.to_string()))?;
+        }
+        match send_with_backoff(sink, |s| s.send(e)).await {
+            Ok(d) => deliveries.push((i, d, false)),
+            Err(SendError::Poison(reason)) => deliveries.push((
+                i,
+                dead_letter(p, sink, e, &reason, false, policy).await?,
+                true,
+            )),
+            Err(other) => return Err(PipelineError::Kafka(other.to_string())),
+        }
+    }
+    let (mut acked, mut dead) = (Vec::new(), Vec::new());
+    for (i, d, is_dead) in deliveries {
+        let e = &events[i];
+        let id = Uuid::parse_str(&e.row.id).expect("a uuid column");
+        match d.await {
+            Ok(()) if is_dead => dead.push(id),
+            Ok(()) => acked.push(id),
+            Err(Refusal::Poison { reason, .. }) if !is_dead => {
+                dead_letter(p, sink, e, &reason, true, policy)
+                    .await?
+                    .await
+                    .map_err(|r| poison_error(e, &r.to_string()))?;
+                dead.push(id);
+            }
+            Err(r @ Refusal::Poison { .. }) => return Err(poison_error(e, &r.to_string())),
+            Err(Refusal::Fatal(why)) => return Err(PipelineError::Delivery(why)),
+        }
+    }
+    Ok((acked, dead))
+}
+
+async fn dead_letter<S: Sink>(
+    p: &Pipeline,
+    sink: &mut S,
+    e: &Event,
+    reason: &str,
+    with_payload: bool,
+    policy: PoisonPolicy,
+) -> Result<Delivery, PipelineError> {
+    p.metrics
+        .publish_failures
+        .with_label_values(&[&p.source.name, "poison"])
+        .inc();
+    if policy == PoisonPolicy::Stop {
+        return Err(poison_error(e, reason));
+    }
+    tracing::warn!(source = %p.source.name, event_id = %e.row.id, reason = %reason, "poison record: sending it to the dead-letter topic");
+    send_with_backoff(sink, |s| s.dead_letter(e, reason, with_payload))
+        .await
+        .map_err(|err| {
+            poison_error(
+                e,
+                &format!("{reason}; the dead-letter topic refused it: {err}"),
+            )
+        })
+}
+
+fn poison_error(e: &Event, reason: &str) -> PipelineError {
+    PipelineError::Poison {
+        event_id: e.row.id.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Sends, waiting out back-pressure (reconciliation runs before the stream loop).
+async fn send_with_backoff<S: Sink>(
+    sink: &mut S,
+    mut send: impl FnMut(&mut S) -> Result<Delivery, SendError>,
+) -> Result<Delivery, SendError> {
+    loop {
+        match send(sink) {
+            Err(SendError::Full) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_temporary_slot_name_is_marked_and_fits_postgres_limit() {
+        assert_eq!(temporary_slot_name("relay_users_db"), "relay_users_db_init");
+        let long = "s".repeat(63);
+        assert_eq!(temporary_slot_name(&long).len(), 63);
+    }
+}

@@ -1,0 +1,1188 @@
+//! One replication session of one source: preflight (prerequisites, publication,
+//! slot), reconciliation when the slot is new, the stream loop, and teardown.
+//!
+//! The loop is one `select!` whose arms each make one call on [`Streamer`]; the rules
+//! live in [`super::stream`]. Nothing in the loop awaits without bound: back-pressure
+//! (a full producer queue, a topic being created) parks the event and stops reading
+//! WAL while shutdown, acks and confirmations keep being served.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::progress::persist_final_position;
+use super::stream::{Limits, StreamState};
+use super::{housekeeping, reconcile, AbortOnDrop, Pipeline, PipelineError};
+use crate::config::PoisonPolicy;
+use crate::marker::{Confirmed, MarkItem, Marker};
+use crate::sink::kafka::KafkaSink;
+use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink};
+use crate::source::{self, HEARTBEAT_PREFIX};
+use crate::status::{SourceStatus, State};
+
+/// The replication stream as the loop sees it: events in, confirmed positions out.
+pub trait Wal: Send {
+    fn recv(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send;
+    /// Reports `lsn` as flushed at the next status interval.
+    fn confirm(&mut self, lsn: Lsn);
+}
+
+impl Wal for ReplicationClient {
+    fn recv(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send {
+        ReplicationClient::recv(self)
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        self.update_applied_lsn(lsn);
+    }
+}
+
+/// The marker task as the loop sees it: items in, confirmations out, and its handle
+/// (its end, for any reason, ends the session: confirmations would stop).
+pub struct MarkerLink {
+    pub tx: Option<mpsc::UnboundedSender<MarkItem>>,
+    pub rx: mpsc::UnboundedReceiver<Confirmed>,
+    pub task: JoinHandle<()>,
+}
+
+impl MarkerLink {
+    pub fn spawn(marker: Marker) -> Self {
+        let (tx, items) = mpsc::unbounded_channel();
+        let (confirmed, rx) = mpsc::unbounded_channel();
+        Self {
+            tx: Some(tx),
+            rx,
+            task: tokio::spawn(marker.run(items, confirmed)),
+        }
+    }
+}
+
+/// What the loop needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub source: String,
+    pub limits: Limits,
+    pub poison: PoisonPolicy,
+    pub shutdown_timeout: Duration,
+}
+
+/// A delivery future per unit (transaction or heartbeat): resolves with the unit's
+/// sequence number once every record of it was acked, or with the first refusal.
+type UnitFuture = Pin<Box<dyn Future<Output = (u64, Result<(), UnitRefusal>)> + Send>>;
+
+enum UnitRefusal {
+    /// One record was refused for good; `rest` are the unit's deliveries after it.
+    Poison {
+        event: Box<Event>,
+        reason: String,
+        rest: Vec<Delivery>,
+    },
+    Fatal(String),
+}
+
+fn await_unit(seq: u64, deliveries: Vec<Delivery>) -> UnitFuture {
+    Box::pin(async move {
+        let mut it = deliveries.into_iter();
+        while let Some(d) = it.next() {
+            match d.await {
+                Ok(()) => {}
+                Err(Refusal::Poison { event, reason }) => {
+                    let rest = it.collect();
+                    return (
+                        seq,
+                        Err(UnitRefusal::Poison {
+                            event,
+                            reason,
+                            rest,
+                        }),
+                    );
+                }
+                Err(Refusal::Fatal(e)) => return (seq, Err(UnitRefusal::Fatal(e))),
+            }
+        }
+        (seq, Ok(()))
+    })
+}
+
+/// An event waiting to be enqueued (back-pressure or a topic being prepared).
+struct Pending {
+    event: Event,
+    kind: PendingKind,
+    retry_at: Instant,
+}
+
+enum PendingKind {
+    Record,
+    /// To the dead-letter topic; `unit` when Kafka refused it after the commit: the
+    /// unit's remaining deliveries, re-queued at the front once this one is enqueued.
+    DeadLetter {
+        reason: String,
+        with_payload: bool,
+        unit: Option<(u64, Vec<Delivery>)>,
+    },
+}
+
+/// Per-source metric handles used on the hot path.
+struct Meters {
+    published: prometheus::IntCounter,
+    dead_lettered: prometheus::IntCounter,
+    poison: prometheus::IntCounter,
+    delivery_failures: prometheus::IntCounter,
+    in_flight: prometheus::IntGauge,
+    in_flight_bytes: prometheus::IntGauge,
+    confirmed_lsn: prometheus::IntGauge,
+    commit_to_ack: prometheus::Histogram,
+    backlog: prometheus::IntGauge,
+}
+
+impl Meters {
+    fn new(m: &crate::metrics::Metrics, source: &str) -> Self {
+        let l = [source];
+        Self {
+            published: m.events_published.with_label_values(&l),
+            dead_lettered: m.dead_lettered.with_label_values(&l),
+            poison: m.publish_failures.with_label_values(&[source, "poison"]),
+            delivery_failures: m.publish_failures.with_label_values(&[source, "delivery"]),
+            in_flight: m.records_in_flight.with_label_values(&l),
+            in_flight_bytes: m.bytes_in_flight.with_label_values(&l),
+            confirmed_lsn: m.confirmed_lsn.with_label_values(&l),
+            commit_to_ack: m.commit_to_ack.with_label_values(&l),
+            backlog: m.mark_backlog.with_label_values(&l),
+        }
+    }
+}
+
+/// The stream loop's state and its handlers, one per `select!` arm.
+pub struct Streamer<'a, W: Wal, S: Sink> {
+    cfg: StreamConfig,
+    wal: &'a mut W,
+    sink: &'a mut S,
+    marker: MarkerLink,
+    status: Arc<SourceStatus>,
+    meters: Meters,
+    state: StreamState,
+    acks: FuturesOrdered<UnitFuture>,
+    /// Deliveries of the open transaction.
+    open: Vec<Delivery>,
+    pending: Option<Pending>,
+    preparing: Option<Preparing>,
+    /// WAL arrived since the last tick (the watchdog's replication stage).
+    received: bool,
+    last_progress_log: Instant,
+}
+
+impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
+    pub fn new(
+        cfg: StreamConfig,
+        wal: &'a mut W,
+        sink: &'a mut S,
+        marker: MarkerLink,
+        status: Arc<SourceStatus>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        let meters = Meters::new(metrics, &cfg.source);
+        meters.backlog.set(0);
+        meters.in_flight.set(0);
+        meters.in_flight_bytes.set(0);
+        Self {
+            state: StreamState::new(cfg.limits),
+            cfg,
+            wal,
+            sink,
+            marker,
+            status,
+            meters,
+            acks: FuturesOrdered::new(),
+            open: Vec::new(),
+            pending: None,
+            preparing: None,
+            received: false,
+            last_progress_log: Instant::now(),
+        }
+    }
+
+    /// The position confirmed so far (to persist after the session ended).
+    pub fn confirmed(&self) -> Option<Lsn> {
+        self.state.progress().confirmed()
+    }
+
+    /// Takes the marker link back (teardown after an error).
+    pub fn into_marker(self) -> MarkerLink {
+        self.marker
+    }
+
+    /// Runs until shutdown (`Ok`, after draining) or an error. A poison record under
+    /// `stop` returns [`PipelineError::Poison`] after everything before it was acked,
+    /// marked and confirmed.
+    pub async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+        going_away: &Notify,
+    ) -> Result<(), PipelineError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reading = self.pending.is_none() && self.state.has_room();
+            let retry_at = self.pending.as_ref().map(|p| p.retry_at);
+            // The oldest unit is out of the queue while its dead letter waits to be sent.
+            let acks_open = !self.acks.is_empty()
+                && !self.pending.as_ref().is_some_and(|p| {
+                    matches!(p.kind, PendingKind::DeadLetter { unit: Some(_), .. })
+                });
+            tokio::select! {
+                biased;
+                // 1. Shutdown first: stop reading, drain what was sent, confirm.
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        self.finish(true).await;
+                        return Ok(());
+                    }
+                }
+                // 2. The server is going away: end the session so it can stop (see `pipeline`).
+                _ = going_away.notified() => return Err(PipelineError::ServerGoingAway),
+                // 3. The marker ended: nothing would be confirmed any more.
+                r = &mut self.marker.task => return Err(PipelineError::MarkerStopped(match r {
+                    Ok(()) => "it returned".into(),
+                    Err(e) => e.to_string(),
+                })),
+                // 4. The watchdog's view and the gauges, twice a second.
+                _ = tick.tick() => self.on_tick(),
+                // 5. A topic being prepared for the parked event.
+                r = async { self.preparing.as_mut().expect("guarded").await }, if self.preparing.is_some() => {
+                    self.preparing = None;
+                    self.on_prepared(r)?;
+                }
+                // 6. The parked event's retry (back-pressure).
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && self.preparing.is_none() => {
+                    self.try_pending().await?;
+                }
+                // 7. Acks, in commit order: hand units to the marker.
+                Some((seq, r)) = self.acks.next(), if acks_open => self.on_unit(seq, r).await?,
+                // 8. Marked batches: confirm their position to PostgreSQL.
+                c = self.marker.rx.recv() => match c {
+                    Some(c) => self.on_confirmed(c),
+                    None => return Err(PipelineError::MarkerStopped("its channel closed".into())),
+                },
+                // 9. New WAL, while nothing is parked and the in-flight bounds allow.
+                ev = self.wal.recv(), if reading => self.on_wal(ev?).await?,
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let p = self.state.progress();
+        self.status.observe(
+            self.state.oldest_unacked(),
+            p.oldest_unmarked(),
+            std::mem::take(&mut self.received),
+            p.last_handled_micros(),
+        );
+        self.meters.in_flight.set(p.records() as i64);
+        self.meters.in_flight_bytes.set(p.bytes() as i64);
+        if self.last_progress_log.elapsed() >= Duration::from_secs(60) {
+            self.last_progress_log = Instant::now();
+            tracing::info!(
+                source = %self.cfg.source,
+                published = self.meters.published.get(),
+                confirmed_lsn = %p.confirmed().map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                in_flight = p.records(),
+                unacked_transactions = self.state.unacked(),
+                "progress"
+            );
+        }
+    }
+
+    async fn on_wal(&mut self, ev: Option<ReplicationEvent>) -> Result<(), PipelineError> {
+        let Some(ev) = ev else {
+            return Err(PipelineError::StreamEnded);
+        };
+        self.received = true;
+        match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                self.state.on_begin(final_lsn, commit_time_micros);
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                if let Some(event) = self.state.on_data(&data)? {
+                    self.offer(event).await?;
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let seq = self.state.on_commit(end_lsn, Instant::now().into_std());
+                self.acks
+                    .push_back(await_unit(seq, std::mem::take(&mut self.open)));
+            }
+            ReplicationEvent::Message {
+                prefix,
+                content,
+                lsn,
+                transactional: false,
+            } if prefix == HEARTBEAT_PREFIX => {
+                let t = std::str::from_utf8(&content)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0);
+                if let Some(seq) = self.state.on_heartbeat(lsn, t, Instant::now().into_std()) {
+                    self.acks.push_back(await_unit(seq, Vec::new()));
+                }
+            }
+            ReplicationEvent::Message { .. } | ReplicationEvent::KeepAlive { .. } => {}
+            ReplicationEvent::StoppedAt { .. } => return Err(PipelineError::StreamEnded),
+        }
+        Ok(())
+    }
+
+    /// A new event from the stream: poison by the relay's own bound, or parked and sent.
+    async fn offer(&mut self, event: Event) -> Result<(), PipelineError> {
+        if let Some(reason) = self.state.oversized(&event) {
+            return self.poison(event, reason, None).await;
+        }
+        self.pending = Some(Pending {
+            event,
+            kind: PendingKind::Record,
+            retry_at: Instant::now(),
+        });
+        self.try_pending().await
+    }
+
+    /// Tries to enqueue the parked event; on back-pressure it stays parked.
+    async fn try_pending(&mut self) -> Result<(), PipelineError> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let result = match &p.kind {
+            PendingKind::Record => {
+                if let Some(fut) = self.sink.prepare(&p.event) {
+                    self.preparing = Some(fut);
+                    self.pending = Some(p);
+                    return Ok(());
+                }
+                self.sink.send(&p.event)
+            }
+            PendingKind::DeadLetter {
+                reason,
+                with_payload,
+                ..
+            } => self.sink.dead_letter(&p.event, reason, *with_payload),
+        };
+        match result {
+            Ok(d) => self.enqueued(p, d),
+            Err(SendError::Full) => {
+                self.pending = Some(Pending {
+                    retry_at: Instant::now() + Duration::from_millis(5),
+                    ..p
+                });
+                Ok(())
+            }
+            Err(SendError::Poison(reason)) => match p.kind {
+                PendingKind::Record => self.poison(p.event, reason, None).await,
+                PendingKind::DeadLetter {
+                    with_payload: true,
+                    unit,
+                    ..
+                } => {
+                    // Too large for the dead-letter topic as well: send it without the payload.
+                    self.pending = Some(Pending {
+                        kind: PendingKind::DeadLetter {
+                            reason,
+                            with_payload: false,
+                            unit,
+                        },
+                        retry_at: Instant::now(),
+                        event: p.event,
+                    });
+                    Box::pin(self.try_pending()).await
+                }
+                PendingKind::DeadLetter {
+                    with_payload: false,
+                    ..
+                } => {
+                    self.halt_on_poison(
+                        &p.event,
+                        format!("the dead-letter topic refused it too: {reason}"),
+                    )
+                    .await
+                }
+            },
+            Err(SendError::Fatal(e)) => Err(PipelineError::Kafka(e)),
+        }
+    }
+
+    fn enqueued(&mut self, p: Pending, d: Delivery) -> Result<(), PipelineError> {
+        match p.kind {
+            PendingKind::Record => {
+                self.state.on_sent(&p.event, false)?;
+                self.open.push(d);
+            }
+            PendingKind::DeadLetter { unit: None, .. } => {
+                self.state.on_sent(&p.event, true)?;
+                self.open.push(d);
+            }
+            PendingKind::DeadLetter {
+                unit: Some((seq, rest)),
+                ..
+            } => {
+                self.state.on_dead_lettered(seq, &p.event.row.id)?;
+                let mut deliveries = vec![d];
+                deliveries.extend(rest);
+                self.acks.push_front(await_unit(seq, deliveries));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_prepared(&mut self, r: Result<(), PrepareError>) -> Result<(), PipelineError> {
+        match r {
+            Ok(()) => {
+                if let Some(p) = self.pending.as_mut() {
+                    p.retry_at = Instant::now();
+                }
+                Ok(())
+            }
+            Err(PrepareError::Refused(why)) => Err(PipelineError::TopicRefused(why)),
+            Err(PrepareError::Transient(why)) => {
+                tracing::warn!(source = %self.cfg.source, error = %why, "cannot create the topic yet; retrying");
+                if let Some(p) = self.pending.as_mut() {
+                    p.retry_at = Instant::now() + Duration::from_secs(1);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A record Kafka can never take. `unit`: it was refused after its commit (the
+    /// unit's seq and its remaining deliveries); `None`: refused before it was sent.
+    async fn poison(
+        &mut self,
+        event: Event,
+        reason: String,
+        unit: Option<(u64, Vec<Delivery>)>,
+    ) -> Result<(), PipelineError> {
+        self.meters.poison.inc();
+        match self.cfg.poison {
+            PoisonPolicy::Stop => {
+                // Everything committed before it is in the ack queue: let it finish
+                // when the refusal came before the send; after a refusal from Kafka,
+                // the units before it are already acked.
+                self.finish(unit.is_none()).await;
+                Err(PipelineError::Poison {
+                    event_id: event.row.id,
+                    reason,
+                })
+            }
+            PoisonPolicy::DeadLetter => {
+                let already = unit
+                    .as_ref()
+                    .is_some_and(|(seq, _)| self.state.is_dead_lettered(*seq, &event.row.id));
+                if already {
+                    // The dead-letter record itself was refused (it carried the payload).
+                    if event.row.payload.is_empty() {
+                        return self
+                            .halt_on_poison(
+                                &event,
+                                format!("the dead-letter topic refused it: {reason}"),
+                            )
+                            .await;
+                    }
+                }
+                tracing::warn!(source = %self.cfg.source, event_id = %event.row.id, reason = %reason, "poison record: sending it to the dead-letter topic");
+                // Refused before sending: the payload is what made it too large.
+                let with_payload = unit.is_some() && !already;
+                self.pending = Some(Pending {
+                    event,
+                    kind: PendingKind::DeadLetter {
+                        reason,
+                        with_payload,
+                        unit,
+                    },
+                    retry_at: Instant::now(),
+                });
+                Box::pin(self.try_pending()).await
+            }
+        }
+    }
+
+    async fn halt_on_poison(&mut self, event: &Event, reason: String) -> Result<(), PipelineError> {
+        self.finish(false).await;
+        Err(PipelineError::Poison {
+            event_id: event.row.id.clone(),
+            reason,
+        })
+    }
+
+    async fn on_unit(&mut self, seq: u64, r: Result<(), UnitRefusal>) -> Result<(), PipelineError> {
+        match r {
+            Ok(()) => self.hand_over(seq),
+            Err(UnitRefusal::Fatal(e)) => {
+                self.meters.delivery_failures.inc();
+                Err(PipelineError::Delivery(e))
+            }
+            Err(UnitRefusal::Poison {
+                event,
+                reason,
+                rest,
+            }) => self.poison(*event, reason, Some((seq, rest))).await,
+        }
+    }
+
+    /// A unit is acked: hand it to the marker.
+    fn hand_over(&mut self, seq: u64) -> Result<(), PipelineError> {
+        let acked = self.state.on_acked(seq, Instant::now().into_std())?;
+        let item = acked.item;
+        self.meters.published.inc_by(item.ids.len() as u64);
+        self.meters.dead_lettered.inc_by(item.dead.len() as u64);
+        self.meters
+            .backlog
+            .add((item.ids.len() + item.dead.len()) as i64);
+        if let Some(t) = acked.commit_unix_micros {
+            self.meters
+                .commit_to_ack
+                .observe((super::now_unix_micros() - t).max(0) as f64 / 1e6);
+        }
+        let sent = self
+            .marker
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(item).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(PipelineError::MarkerStopped(
+                "it no longer takes rows".into(),
+            ))
+        }
+    }
+
+    fn on_confirmed(&mut self, c: Confirmed) {
+        self.meters.backlog.sub(c.records as i64);
+        if let Some(lsn) = self.state.on_confirmed(&c) {
+            self.wal.confirm(lsn);
+            self.meters.confirmed_lsn.set(lsn.as_u64() as i64);
+        }
+        let p = self.state.progress();
+        self.meters.in_flight.set(p.records() as i64);
+        self.meters.in_flight_bytes.set(p.bytes() as i64);
+    }
+
+    /// Ends the stream cleanly: optionally waits (bounded) for every outstanding unit's
+    /// acks, then lets the marker finish (bounded) and confirms what it marked.
+    async fn finish(&mut self, drain_acks: bool) {
+        let name = self.cfg.source.clone();
+        let bound = self.cfg.shutdown_timeout;
+        if drain_acks {
+            let pending = self.acks.len();
+            let drained = tokio::time::timeout(bound, async {
+                while let Some((seq, r)) = self.acks.next().await {
+                    if r.is_err() || self.hand_over(seq).is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(source = %name, transactions = self.acks.len(), "acks still outstanding; they will be replayed");
+            } else {
+                tracing::info!(source = %name, transactions = pending, "drained in-flight transactions");
+            }
+        }
+        self.marker.tx = None;
+        let marked = tokio::time::timeout(bound, async {
+            while let Some(c) = self.marker.rx.recv().await {
+                self.on_confirmed(c);
+            }
+        })
+        .await;
+        if marked.is_err() {
+            tracing::warn!(source = %name, "the marker did not finish in time; its last batch will be replayed");
+        }
+    }
+}
+
+/// One session against the real PostgreSQL and Kafka: returns `Ok` after a shutdown.
+pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
+    let name = p.source.name.clone();
+    let slot = p.source.slot_name();
+    let client = source::connect(&p.source).await?;
+    source::require(&client, &p.source).await?;
+    source::ensure_publication(&client, &p.source).await?;
+
+    let mut state = source::slot_state(&client, &slot).await?;
+    if state
+        .as_ref()
+        .is_some_and(|st| st.wal_status.as_deref() == Some("lost"))
+    {
+        tracing::warn!(source = %name, slot = %slot, "slot was invalidated by the server; recreating it");
+        source::drop_slot(&client, &slot).await?;
+        state = None;
+    }
+    if state.as_ref().is_some_and(|st| st.active) {
+        return Err(PipelineError::SlotBusy(slot));
+    }
+
+    let mut sink = KafkaSink::new(&p.settings.kafka, &name)
+        .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+    if p.settings.kafka.poison == PoisonPolicy::DeadLetter {
+        if let Some(f) = sink.prepare_dead_letter() {
+            f.await.map_err(|e| match e {
+                PrepareError::Refused(why) => PipelineError::TopicRefused(why),
+                PrepareError::Transient(why) => PipelineError::Kafka(why),
+            })?;
+        }
+    }
+    let going_away = Arc::new(Notify::new());
+    let marker = Marker {
+        source: p.source.clone(),
+        pipeline: p.settings.pipeline.clone(),
+        metrics: p.metrics.clone(),
+        going_away: going_away.clone(),
+    };
+
+    let mut repl = match state {
+        Some(_) => {
+            let mut r = ReplicationClient::connect(replication_config(p)).await?;
+            r.wait_started().await.map_err(|e| slot_busy_or(e, &slot))?;
+            r
+        }
+        None => {
+            p.status.set_state(State::Reconciling);
+            reconcile::create_slot_and_reconcile(p, &client, &mut sink, &marker).await?
+        }
+    };
+    drop(client);
+    tracing::info!(source = %name, slot = %slot, "streaming");
+    p.status.set_state(State::Streaming);
+
+    let _housekeeping = AbortOnDrop(tokio::spawn(housekeeping::heartbeats(
+        p.source.clone(),
+        p.settings.pipeline.heartbeat_interval(),
+        p.metrics.clone(),
+        p.status.clone(),
+        going_away.clone(),
+    )));
+    let cfg = StreamConfig {
+        source: name.clone(),
+        limits: Limits {
+            max_records: p.settings.pipeline.max_in_flight_records,
+            max_bytes: p.settings.pipeline.max_in_flight_bytes,
+            max_record_bytes: p.settings.kafka.max_record_bytes,
+        },
+        poison: p.settings.kafka.poison,
+        shutdown_timeout: p.settings.pipeline.shutdown_timeout(),
+    };
+    let mut streamer = Streamer::new(
+        cfg,
+        &mut repl,
+        &mut sink,
+        MarkerLink::spawn(marker),
+        p.status.clone(),
+        &p.metrics,
+    );
+    let result = streamer.run(p.shutdown.clone(), &going_away).await;
+    let confirmed = streamer.confirmed();
+    let marker = streamer.into_marker();
+    match &result {
+        // Shutdown, or a poison record under `stop`: what came before was confirmed;
+        // end the session and make the last position reach the server.
+        Ok(()) | Err(PipelineError::Poison { .. }) => {
+            repl.stop();
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(Some(_)) = repl.recv().await {}
+            })
+            .await;
+            sink.flush(Duration::from_secs(5));
+            if let Some(lsn) = confirmed {
+                if persist_final_position(&p.source, &slot, lsn).await {
+                    p.metrics
+                        .confirmed_lsn
+                        .with_label_values(&[&name])
+                        .set(lsn.as_u64() as i64);
+                }
+            }
+        }
+        Err(e) => {
+            // Said before teardown, so a teardown that hangs cannot hide it.
+            tracing::error!(source = %name, error = %e, kind = e.kind(), "pipeline failed; tearing the session down");
+            repl.abort();
+            // Rows Kafka acked are still marked PROCESSED (briefly bounded); their LSN
+            // stays unconfirmed, so they are resent after the restart anyway.
+            let MarkerLink { tx, task, .. } = marker;
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+    result
+}
+
+pub(super) fn replication_config(p: &Pipeline) -> ReplicationConfig {
+    let s = &p.source;
+    ReplicationConfig::new(
+        s.host.clone(),
+        s.user.clone(),
+        s.password.clone(),
+        s.database.clone(),
+        s.slot_name(),
+        s.publication.clone(),
+    )
+    .with_port(s.port)
+    .with_tls(TlsConfig::disabled())
+    .with_status_interval(p.settings.pipeline.status_interval())
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_application_name(format!("relay-cdc/{}", s.name))
+}
+
+pub(super) fn slot_busy_or(e: PgWireError, slot: &str) -> PipelineError {
+    let text = e.to_string();
+    if text.contains("55006")
+        || text.contains("is active for PID")
+        || text.contains("42710")
+        || text.contains("already exists")
+    {
+        PipelineError::SlotBusy(slot.to_string())
+    } else {
+        e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's rules with an in-memory sink, a scripted replication stream and a
+    //! marker that marks at once: no PostgreSQL, no Kafka.
+
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::pgoutput::fixtures::{insert, relation};
+    use crate::pipeline::progress::Stage;
+    use crate::sink::memory::MemorySink;
+
+    const COLS: [&str; 5] = [
+        "id",
+        "aggregate_type",
+        "aggregate_id",
+        "event_type",
+        "payload",
+    ];
+
+    struct FakeWal {
+        events: mpsc::UnboundedReceiver<ReplicationEvent>,
+        confirms: mpsc::UnboundedSender<Lsn>,
+    }
+
+    impl Wal for FakeWal {
+        async fn recv(&mut self) -> Result<Option<ReplicationEvent>, PgWireError> {
+            Ok(self.events.recv().await)
+        }
+
+        fn confirm(&mut self, lsn: Lsn) {
+            let _ = self.confirms.send(lsn);
+        }
+    }
+
+    struct Harness {
+        events: mpsc::UnboundedSender<ReplicationEvent>,
+        confirms: mpsc::UnboundedReceiver<Lsn>,
+        marked: Arc<Mutex<Vec<MarkItem>>>,
+        status: Arc<SourceStatus>,
+        metrics: Metrics,
+        shutdown: watch::Sender<bool>,
+        next_lsn: u64,
+    }
+
+    impl Harness {
+        /// One transaction of `payloads.len()` rows; returns the ids and its end LSN.
+        fn txn(&mut self, payloads: &[&str]) -> (Vec<String>, Lsn) {
+            let begin = self.next_lsn;
+            self.next_lsn += 0x100;
+            let end = Lsn::from_u64(self.next_lsn);
+            let ev = |e| self.events.send(e).unwrap();
+            ev(ReplicationEvent::Begin {
+                final_lsn: Lsn::from_u64(begin),
+                xid: 1,
+                commit_time_micros: 0,
+            });
+            ev(xlog(relation(1, &COLS)));
+            let ids: Vec<String> = payloads
+                .iter()
+                .map(|p| {
+                    let id = Uuid::new_v4().to_string();
+                    ev(xlog(insert(
+                        1,
+                        &[Some(&id), Some("t"), Some("k"), Some("E"), Some(p)],
+                    )));
+                    id
+                })
+                .collect();
+            ev(ReplicationEvent::Commit {
+                lsn: Lsn::from_u64(begin),
+                end_lsn: end,
+                commit_time_micros: 0,
+            });
+            (ids, end)
+        }
+
+        /// Waits for the confirmation of `lsn` (or fails after 5 s of virtual time).
+        async fn confirmed(&mut self, lsn: Lsn) {
+            let wait = async {
+                while let Some(c) = self.confirms.recv().await {
+                    if c >= lsn {
+                        return;
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), wait)
+                .await
+                .unwrap_or_else(|_| panic!("{lsn} was never confirmed"));
+        }
+
+        fn marked_ids(&self) -> (Vec<String>, Vec<String>) {
+            let items = self.marked.lock().unwrap();
+            let s = |v: &Vec<Uuid>| v.iter().map(Uuid::to_string).collect::<Vec<_>>();
+            (
+                items.iter().flat_map(|i| s(&i.ids)).collect(),
+                items.iter().flat_map(|i| s(&i.dead)).collect(),
+            )
+        }
+
+        fn poison_count(&self) -> u64 {
+            self.metrics
+                .publish_failures
+                .with_label_values(&["src", "poison"])
+                .get()
+        }
+    }
+
+    fn xlog(data: Vec<u8>) -> ReplicationEvent {
+        ReplicationEvent::XLogData {
+            wal_start: Lsn::from_u64(0),
+            wal_end: Lsn::from_u64(0),
+            server_time_micros: 0,
+            data: Bytes::from(data),
+        }
+    }
+
+    fn config(poison: PoisonPolicy) -> StreamConfig {
+        StreamConfig {
+            source: "src".into(),
+            limits: Limits {
+                max_records: 1000,
+                max_bytes: 1 << 20,
+                max_record_bytes: 100,
+            },
+            poison,
+            shutdown_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// A marker that marks every item at once; `alive = false`: one that has died.
+    fn marker(marked: Arc<Mutex<Vec<MarkItem>>>, alive: bool) -> MarkerLink {
+        let (tx, mut items) = mpsc::unbounded_channel::<MarkItem>();
+        let (confirmed, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            if !alive {
+                return;
+            }
+            while let Some(item) = items.recv().await {
+                let c = Confirmed {
+                    lsn: Some(item.lsn),
+                    source_time_micros: item.source_time_micros,
+                    records: item.ids.len() + item.dead.len(),
+                    bytes: item.bytes,
+                };
+                marked.lock().unwrap().push(item);
+                if confirmed.send(c).is_err() {
+                    return;
+                }
+            }
+        });
+        MarkerLink {
+            tx: Some(tx),
+            rx,
+            task,
+        }
+    }
+
+    fn harness(alive: bool) -> (Harness, FakeWal, MarkerLink, watch::Receiver<bool>) {
+        let (events, ev_rx) = mpsc::unbounded_channel();
+        let (c_tx, confirms) = mpsc::unbounded_channel();
+        let marked = Arc::new(Mutex::new(Vec::new()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let status = Arc::new(SourceStatus::new("src", 0));
+        status.set_state(State::Streaming);
+        let link = marker(marked.clone(), alive);
+        (
+            Harness {
+                events,
+                confirms,
+                marked,
+                status,
+                metrics: Metrics::new(),
+                shutdown,
+                next_lsn: 0x1000,
+            },
+            FakeWal {
+                events: ev_rx,
+                confirms: c_tx,
+            },
+            link,
+            shutdown_rx,
+        )
+    }
+
+    /// Polls `cond` on virtual time until it holds (at most 5 s).
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn sent_ids(sink: &MemorySink) -> Vec<String> {
+        sink.sent().into_iter().map(|s| s.event_id).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_go_out_in_commit_order_and_are_confirmed_only_after_marking() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let driver = async {
+            let (a, _) = h.txn(&["{}", "{}"]);
+            let (b, end) = h.txn(&["{}"]);
+            h.confirmed(end).await;
+            assert_eq!(sent_ids(&probe), [a.clone(), b.clone()].concat());
+            assert_eq!(h.marked_ids().0, [a, b].concat(), "marked in commit order");
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+        assert_eq!(s.confirmed(), Some(Lsn::from_u64(0x1200)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poison_record_under_stop_drains_what_came_before_it_and_nothing_after() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::holding();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let big = format!("\"{}\"", "x".repeat(200));
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let (before, before_end) = h.txn(&["{}", "{}"]);
+        let (poisoned, _) = h.txn(&["{}", &big, "{}"]);
+        let driver = async {
+            until("the poison record was met", || h.poison_count() == 1).await;
+            // Only now are the acks of the transaction before it released.
+            probe.release_all();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        let Err(PipelineError::Poison { event_id, reason }) = r else {
+            panic!("expected a poison error, got {r:?}")
+        };
+        assert_eq!(event_id, poisoned[1]);
+        assert!(reason.contains("max_record_bytes"), "{reason}");
+        assert_eq!(
+            s.confirmed(),
+            Some(before_end),
+            "everything before it is confirmed"
+        );
+        assert_eq!(h.marked_ids().0, before);
+        let sent = sent_ids(&probe);
+        assert!(
+            !sent.contains(&poisoned[1]) && !sent.contains(&poisoned[2]),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_kafka_refuses_is_dead_lettered_marked_dead_and_the_stream_goes_on() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::DeadLetter),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let driver = async {
+            let (first, _) = h.txn(&["{}"]);
+            // The next row is refused by "the broker" after it was sent.
+            let (refused, end) = {
+                let id_probe = probe.clone();
+                let ids = h.txn(&["{\"a\":1}", "{}"]);
+                id_probe.refuse(&ids.0[0], "Broker: Message size too large");
+                ids
+            };
+            let (after, end2) = h.txn(&["{}"]);
+            h.confirmed(end2.max(end)).await;
+            let (processed, dead) = h.marked_ids();
+            assert_eq!(dead, vec![refused[0].clone()]);
+            assert_eq!(processed, [first, vec![refused[1].clone()], after].concat());
+            let dlq: Vec<_> = probe
+                .sent()
+                .into_iter()
+                .filter(|s| s.dead_letter.is_some())
+                .collect();
+            assert_eq!(dlq.len(), 1);
+            assert_eq!(dlq[0].event_id, refused[0]);
+            assert!(
+                dlq[0].with_payload,
+                "a record the broker refused keeps its payload in the dead letter"
+            );
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+        assert_eq!(h.metrics.dead_lettered.with_label_values(&["src"]).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_row_is_dead_lettered_without_its_payload() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let big = format!("\"{}\"", "x".repeat(200));
+        let mut s = Streamer::new(
+            config(PoisonPolicy::DeadLetter),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let driver = async {
+            let (ids, end) = h.txn(&[&big, "{}"]);
+            h.confirmed(end).await;
+            assert_eq!(h.marked_ids(), (vec![ids[1].clone()], vec![ids[0].clone()]));
+            let sent = probe.sent();
+            assert_eq!(sent[0].event_id, ids[0]);
+            assert!(sent[0]
+                .dead_letter
+                .as_deref()
+                .unwrap()
+                .contains("max_record_bytes"));
+            assert!(!sent[0].with_payload);
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_marker_failure_surfaces_as_an_error() {
+        let (mut h, mut wal, link, shutdown) = harness(false);
+        let mut sink = MemorySink::acking();
+        let notify = Notify::new();
+        h.txn(&["{}"]);
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let r = tokio::time::timeout(Duration::from_secs(5), s.run(shutdown, &notify))
+            .await
+            .expect("the loop ends instead of waiting for confirmations");
+        assert!(matches!(r, Err(PipelineError::MarkerStopped(_))), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_that_never_comes_trips_the_watchdog() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::holding();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        let timeout = Duration::from_secs(60);
+        let driver = async {
+            h.txn(&["{}"]);
+            let status = h.status.clone();
+            until("the watchdog sees the unacked transaction", || {
+                let later = std::time::Instant::now() + timeout;
+                status.snapshot(later, 0, timeout).stall.map(|s| s.0) == Some(Stage::KafkaAcks)
+            })
+            .await;
+            let now = status.snapshot(std::time::Instant::now(), 0, timeout);
+            assert!(now.stall.is_none(), "not stalled before the timeout");
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+        assert_eq!(s.confirmed(), None, "nothing acked, nothing confirmed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_producer_queue_does_not_keep_shutdown_waiting() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        sink.fill_queue(usize::MAX);
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+        );
+        h.txn(&["{}", "{}"]);
+        let driver = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.shutdown.send(true).unwrap();
+        };
+        let run = tokio::time::timeout(Duration::from_secs(2), s.run(shutdown, &notify));
+        let (r, ()) = tokio::join!(run, driver);
+        r.expect("shutdown is served while the queue is full")
+            .unwrap();
+    }
+}

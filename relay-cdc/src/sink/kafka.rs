@@ -1,0 +1,417 @@
+//! The Kafka sink: one idempotent producer per source, the mapping from an outbox row
+//! to a record (topic from the aggregate type, key = aggregate id, value = the payload
+//! as written, headers naming the event), topic creation, and the classification of
+//! Kafka's errors into back-pressure, poison and fatal.
+//!
+//! Invariant: the producer runs with `enable.idempotence=true`, `acks=all` and an
+//! infinite message timeout, so librdkafka never skips a record to deliver a later one.
+//! A permanent refusal of one record (too large, invalid, not authorized) is poison and
+//! follows `kafka.poison`; any other delivery error is fatal for the pipeline, which
+//! restarts from the confirmed LSN.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use super::{CommitMeta, Delivery, Event, PrepareError, Refusal, SendError, Sink};
+use crate::config::KafkaSettings;
+use crate::pgoutput::OutboxRow;
+use outbox::headers;
+
+/// The producer configuration; the safety properties are set last so nothing overrides them.
+pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("client.id", format!("relay-cdc-{source}"))
+        // Java clients hash keys with murmur2: keep an aggregate on the partition they would use.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "262144");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        // 0 = never time out: a record waits for the broker rather than being skipped.
+        .set("message.timeout.ms", "0");
+    c
+}
+
+/// Kafka error codes that refuse one record for good: sending it again cannot succeed.
+pub fn is_permanent_refusal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+    )
+}
+
+fn error_code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match e {
+        KafkaError::MessageProduction(c) => Some(*c),
+        other => other.rdkafka_error_code(),
+    }
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    source: String,
+    topic_template: String,
+    topics: HashMap<String, String>,
+    /// Topics known to exist (created or found); shared with creation futures.
+    ready: Arc<Mutex<HashSet<String>>>,
+    create_topics: bool,
+    partitions: i32,
+    replication_factor: i32,
+    dead_letter_topic: String,
+}
+
+impl KafkaSink {
+    pub fn new(kafka: &KafkaSettings, source: &str) -> Result<Self, KafkaError> {
+        let mut admin = ClientConfig::new();
+        admin
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("client.id", format!("relay-cdc-{source}-admin"));
+        Ok(Self {
+            producer: producer_config(kafka, source).create()?,
+            admin: Arc::new(admin.create()?),
+            source: source.to_string(),
+            topic_template: kafka.topic_template.clone(),
+            topics: HashMap::new(),
+            ready: Arc::default(),
+            create_topics: kafka.create_topics,
+            partitions: kafka.topic_partitions,
+            replication_factor: kafka.topic_replication_factor,
+            dead_letter_topic: kafka.dead_letter_topic.clone(),
+        })
+    }
+
+    /// The topic for an aggregate type, from the configured template.
+    pub fn topic_for(&mut self, aggregate_type: &str) -> &str {
+        if !self.topics.contains_key(aggregate_type) {
+            let t = render_topic(&self.topic_template, aggregate_type, &self.source);
+            self.topics.insert(aggregate_type.to_string(), t);
+        }
+        &self.topics[aggregate_type]
+    }
+
+    /// Makes sure `topic` exists; `None` when it is known to.
+    pub fn prepare_topic(&self, topic: &str) -> Option<super::Preparing> {
+        if !self.create_topics || self.ready.lock().expect("not poisoned").contains(topic) {
+            return None;
+        }
+        let (admin, ready, topic) = (self.admin.clone(), self.ready.clone(), topic.to_string());
+        let (partitions, rf) = (self.partitions, self.replication_factor);
+        Some(Box::pin(async move {
+            create_topic(&admin, &topic, partitions, rf).await?;
+            tracing::debug!(topic = %topic, "topic exists");
+            ready.lock().expect("not poisoned").insert(topic);
+            Ok(())
+        }))
+    }
+
+    fn headers(&self, row: &OutboxRow, commit: &CommitMeta) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(8)
+            .insert(Header {
+                key: headers::EVENT_ID,
+                value: Some(&row.id),
+            })
+            .insert(Header {
+                key: headers::EVENT_TYPE,
+                value: Some(&row.event_type),
+            })
+            .insert(Header {
+                key: headers::AGGREGATE_TYPE,
+                value: Some(&row.aggregate_type),
+            })
+            .insert(Header {
+                key: headers::AGGREGATE_ID,
+                value: Some(&row.aggregate_id),
+            })
+            .insert(Header {
+                key: headers::SOURCE,
+                value: Some(&self.source),
+            })
+            .insert(Header {
+                key: headers::COMMIT_LSN,
+                value: Some(&commit.lsn),
+            })
+            .insert(Header {
+                key: headers::COMMIT_TIME,
+                value: Some(&commit.time),
+            })
+    }
+
+    fn enqueue(&self, record: FutureRecord<'_, str, [u8]>) -> Result<Delivery, SendError> {
+        match self.producer.send_result(record) {
+            Ok(f) => Ok(Box::pin(async move {
+                match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, msg))) => Err(refusal(&e, &msg)),
+                    Err(_) => Err(Refusal::Fatal("the producer dropped the record".into())),
+                }
+            })),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::Full)
+            }
+            Err((e, _)) if error_code(&e).is_some_and(is_permanent_refusal) => {
+                Err(SendError::Poison(e.to_string()))
+            }
+            Err((e, _)) => Err(SendError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Asks the cluster for metadata: proves the brokers answer.
+    pub fn probe(&self, timeout: Duration) -> Result<usize, KafkaError> {
+        Ok(self
+            .producer
+            .client()
+            .fetch_metadata(None, timeout)?
+            .brokers()
+            .len())
+    }
+}
+
+impl Sink for KafkaSink {
+    fn prepare(&mut self, event: &Event) -> Option<super::Preparing> {
+        let topic = self.topic_for(&event.row.aggregate_type).to_string();
+        self.prepare_topic(&topic)
+    }
+
+    fn prepare_dead_letter(&mut self) -> Option<super::Preparing> {
+        let topic = self.dead_letter_topic.clone();
+        self.prepare_topic(&topic)
+    }
+
+    fn send(&mut self, event: &Event) -> Result<Delivery, SendError> {
+        let hs = self.headers(&event.row, &event.commit);
+        let topic = self.topic_for(&event.row.aggregate_type).to_string();
+        let record = FutureRecord::to(&topic)
+            .key(event.row.aggregate_id.as_str())
+            .payload(&event.row.payload[..])
+            .headers(hs);
+        self.enqueue(record)
+    }
+
+    fn dead_letter(
+        &mut self,
+        event: &Event,
+        reason: &str,
+        with_payload: bool,
+    ) -> Result<Delivery, SendError> {
+        let hs = self.headers(&event.row, &event.commit).insert(Header {
+            key: headers::ERROR,
+            value: Some(reason),
+        });
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.dead_letter_topic)
+            .key(event.row.aggregate_id.as_str())
+            .headers(hs);
+        if with_payload {
+            record = record.payload(&event.row.payload[..]);
+        }
+        self.enqueue(record)
+    }
+
+    fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(source = %self.source, error = %e, "producer flush did not complete");
+        }
+    }
+}
+
+/// Creates `topic` unless it exists. Refusals an operator must fix are
+/// [`PrepareError::Refused`]; an unreachable cluster is [`PrepareError::Transient`].
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> Result<(), PrepareError> {
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
+    let results = admin
+        .create_topics(&[new], &opts)
+        .await
+        .map_err(|e| PrepareError::Transient(format!("creating topic {topic}: {e}")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) if is_refused_creation(code) => {
+                return Err(PrepareError::Refused(format!(
+                    "the cluster refused to create topic {t}: {code}"
+                )))
+            }
+            Err((t, code)) => {
+                return Err(PrepareError::Transient(format!(
+                    "creating topic {t}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_refused_creation(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::InvalidReplicationFactor
+            | RDKafkaErrorCode::InvalidPartitions
+            | RDKafkaErrorCode::InvalidConfig
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::InvalidRequest
+    )
+}
+
+/// A delivery error as a [`Refusal`]; poison carries the event back (rebuilt from the
+/// refused message) so it can be dead-lettered.
+fn refusal(e: &KafkaError, msg: &OwnedMessage) -> Refusal {
+    match error_code(e) {
+        Some(code) if is_permanent_refusal(code) => Refusal::Poison {
+            event: Box::new(event_from_message(msg)),
+            reason: format!("kafka refused the record: {e}"),
+        },
+        _ => Refusal::Fatal(format!(
+            "kafka refused event {}: {e}",
+            header(msg, headers::EVENT_ID)
+        )),
+    }
+}
+
+fn header(msg: &OwnedMessage, name: &str) -> String {
+    msg.headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// The event a record was made from (its headers, key and payload).
+fn event_from_message(msg: &OwnedMessage) -> Event {
+    Event {
+        row: OutboxRow {
+            id: header(msg, headers::EVENT_ID),
+            aggregate_type: header(msg, headers::AGGREGATE_TYPE),
+            aggregate_id: header(msg, headers::AGGREGATE_ID),
+            event_type: header(msg, headers::EVENT_TYPE),
+            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        },
+        commit: CommitMeta {
+            lsn: header(msg, headers::COMMIT_LSN),
+            time: header(msg, headers::COMMIT_TIME),
+        },
+    }
+}
+
+fn render_topic(template: &str, aggregate_type: &str, source: &str) -> String {
+    template
+        .replace("{aggregate_type}", aggregate_type)
+        .replace("{source}", source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_come_from_the_template() {
+        assert_eq!(
+            render_topic("outbox.event.{aggregate_type}", "user", "users_db"),
+            "outbox.event.user"
+        );
+        assert_eq!(
+            render_topic("{source}.{aggregate_type}", "transaction", "tx"),
+            "tx.transaction"
+        );
+    }
+
+    #[test]
+    fn safety_properties_cannot_be_overridden() {
+        let mut kafka: KafkaSettings = toml::from_str("brokers = \"b:1\"").unwrap();
+        kafka.properties.insert("acks".into(), "1".into());
+        kafka.properties.insert("linger.ms".into(), "20".into());
+        let c = producer_config(&kafka, "s");
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("message.timeout.ms"), Some("0"));
+        assert_eq!(c.get("linger.ms"), Some("20"));
+    }
+
+    #[test]
+    fn size_and_authorization_refusals_are_poison_and_outages_are_not() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(is_permanent_refusal(code), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(!is_permanent_refusal(code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_record_comes_back_as_the_event_it_was_made_from() {
+        let row = OutboxRow {
+            id: "e1".into(),
+            aggregate_type: "user".into(),
+            aggregate_id: "u1".into(),
+            event_type: "UserCreated".into(),
+            payload: b"{}".to_vec(),
+        };
+        let commit = CommitMeta {
+            lsn: "0/10".into(),
+            time: "2026-12-01T00:00:00.000000Z".into(),
+        };
+        let kafka: KafkaSettings = toml::from_str("brokers = \"127.0.0.1:1\"").unwrap();
+        let sink = KafkaSink::new(&kafka, "s").unwrap();
+        let msg = OwnedMessage::new(
+            Some(row.payload.clone()),
+            Some(b"u1".to_vec()),
+            "t".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            Some(sink.headers(&row, &commit)),
+        );
+        let r = refusal(
+            &KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            &msg,
+        );
+        let Refusal::Poison { event, reason } = r else {
+            panic!("expected poison, got {r:?}")
+        };
+        assert_eq!(*event, Event { row, commit });
+        assert!(reason.contains("too large"), "{reason}");
+    }
+}
