@@ -52,6 +52,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     metrics: metrics.clone(),
                     status: health.source(&s.name),
                     shutdown: stop_rx.clone(),
+                    suspects: Default::default(),
                 }
                 .run(),
             )

@@ -59,6 +59,8 @@ pub enum PipelineError {
     MarkerStopped(String),
     #[error("the replication stream ended")]
     StreamEnded,
+    #[error("kafka refused {0} record(s) for good; replaying to try each alone")]
+    Replay(usize),
     #[error("slot {0} is held by another session (standby: waiting)")]
     SlotBusy(String),
     #[error("the server is shutting down; ending the replication session so it can stop")]
@@ -77,6 +79,7 @@ impl PipelineError {
             Self::MarkerStopped(_) => "marker",
             Self::StreamEnded => "stream_ended",
             Self::SlotBusy(_) => "slot_busy",
+            Self::Replay(_) => "replay",
             Self::ServerGoingAway => "server_going_away",
         }
     }
@@ -92,6 +95,8 @@ pub enum Next {
     StandBy,
     /// Rebuild the session after a backoff, resuming from the confirmed position.
     Retry,
+    /// Rebuild the session at once: not a failure, the way suspects are tried alone.
+    Replay,
 }
 
 /// The restart policy, as data.
@@ -104,6 +109,7 @@ pub fn next_step(e: &PipelineError) -> Next {
             reason: format!("{why}; create the topic or allow the relay to, then restart"),
         },
         PipelineError::SlotBusy(_) => Next::StandBy,
+        PipelineError::Replay(_) => Next::Replay,
         _ => Next::Retry,
     }
 }
@@ -116,6 +122,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub status: Arc<SourceStatus>,
     pub shutdown: watch::Receiver<bool>,
+    /// Records Kafka refused for good, to be tried alone (see `session`).
+    pub suspects: session::Suspects,
 }
 
 impl Pipeline {
@@ -152,6 +160,10 @@ impl Pipeline {
                         tracing::info!(source = %name, slot = %self.source.slot_name(), "slot in use by another relay; standing by");
                     }
                     self.status.set_state(State::Standby);
+                }
+                Next::Replay => {
+                    tracing::info!(source = %name, "replaying from the confirmed position");
+                    continue;
                 }
                 Next::Retry => {
                     self.metrics.restarts.with_label_values(&[&name]).inc();
@@ -222,6 +234,7 @@ mod tests {
             next_step(&PipelineError::SlotBusy("s".into())),
             Next::StandBy
         );
+        assert_eq!(next_step(&PipelineError::Replay(2)), Next::Replay);
         for e in [
             PipelineError::Delivery("all brokers down".into()),
             PipelineError::MarkerStopped("panicked".into()),

@@ -126,10 +126,13 @@ pub async fn create_slot_and_reconcile<S: Sink>(
             .max()
             .unwrap_or(0);
         p.status.observe(Some(Instant::now()), None, true, 0);
-        let (acked, dead) = publish_page(p, sink, &events).await?;
-        let mut conn = marker.mark(None, &acked, "PROCESSED").await;
-        if !dead.is_empty() {
-            conn = marker.mark(conn, &dead, "DEAD_LETTERED").await;
+        // Whatever became of the page, what was acked is marked before anything else.
+        let mut page = Page::default();
+        let published = publish_page(p, sink, &events, &mut page).await;
+        p.status.observe(None, Some(Instant::now()), true, 0);
+        let mut conn = marker.mark(None, &page.acked, "PROCESSED").await;
+        if !page.dead.is_empty() {
+            conn = marker.mark(conn, &page.dead, "DEAD_LETTERED").await;
         }
         drop(conn);
         p.status.observe(None, None, true, newest);
@@ -137,15 +140,27 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         p.metrics
             .reconciled
             .with_label_values(&labels)
-            .inc_by(events.len() as u64);
+            .inc_by((page.acked.len() + page.dead.len()) as u64);
         p.metrics
             .events_published
             .with_label_values(&labels)
-            .inc_by(acked.len() as u64);
+            .inc_by(page.acked.len() as u64);
         p.metrics
             .dead_lettered
             .with_label_values(&labels)
-            .inc_by(dead.len() as u64);
+            .inc_by(page.dead.len() as u64);
+        published?;
+        if !page.refused.is_empty() {
+            // What was acked is marked; the temporary slot goes with this session and
+            // the next one reconciles again, trying each refused record alone.
+            tracing::warn!(source = %name, records = page.refused.len(), "kafka refused records for good during reconciliation; redoing it, each of them alone");
+            let n = page.refused.len();
+            p.suspects
+                .lock()
+                .expect("not poisoned")
+                .extend(page.refused);
+            return Err(PipelineError::Replay(n));
+        }
         total += events.len();
     }
     client
@@ -179,62 +194,116 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     Ok(repl)
 }
 
-/// Publishes one page and waits for its acks; returns the ids acked and the ids
-/// dead-lettered. Poison follows `kafka.poison` as in the stream.
+/// What became of one page.
+#[derive(Default)]
+struct Page {
+    acked: Vec<Uuid>,
+    dead: Vec<Uuid>,
+    /// Refused by Kafka for good while other records were in flight: suspects.
+    refused: Vec<String>,
+}
+
+/// A record sent and not yet answered: its index, delivery, and whether it is a dead
+/// letter (and carries the payload).
+type InFlight = (usize, Delivery, Option<bool>);
+
+/// Publishes one page and waits for its acks. Poison follows `kafka.poison` as in the
+/// stream; a record Kafka refused in an earlier attempt is sent alone, after
+/// everything before it was answered, so its refusal is its own.
 async fn publish_page<S: Sink>(
     p: &Pipeline,
     sink: &mut S,
     events: &[Event],
-) -> Result<(Vec<Uuid>, Vec<Uuid>), PipelineError> {
+    page: &mut Page,
+) -> Result<(), PipelineError> {
     let policy = p.settings.kafka.poison;
     let max = p.settings.kafka.max_record_bytes;
-    let mut deliveries: Vec<(usize, Delivery, bool)> = Vec::with_capacity(events.len());
+    let mut in_flight: Vec<InFlight> = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
         if e.size() > max {
             let reason = format!(
                 "record of {} bytes exceeds kafka.max_record_bytes ({max})",
                 e.size()
             );
-            deliveries.push((
-                i,
-                dead_letter(p, sink, e, &reason, false, policy).await?,
-                true,
-            ));
+            if policy == PoisonPolicy::Stop {
+                // Halting: what was sent before it is answered (and marked) first.
+                settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
+            }
+            let d = dead_letter(p, sink, e, &reason, false, policy).await?;
+            in_flight.push((i, d, Some(false)));
             continue;
         }
         if let Some(f) = sink.prepare(e) {
             f.await
                 .map_err(|e| PipelineError::TopicRefused(e.to_string()))?;
         }
-        match send_with_backoff(sink, |s| s.send(e)).await {
-            Ok(d) => deliveries.push((i, d, false)),
-            Err(SendError::Poison(reason)) => deliveries.push((
-                i,
-                dead_letter(p, sink, e, &reason, false, policy).await?,
-                true,
-            )),
-            Err(other) => return Err(PipelineError::Kafka(other.to_string())),
+        let suspect = p.suspects.lock().expect("not poisoned").remove(&e.row.id);
+        if suspect {
+            settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
         }
-    }
-    let (mut acked, mut dead) = (Vec::new(), Vec::new());
-    for (i, d, is_dead) in deliveries {
-        let e = &events[i];
-        let id = Uuid::parse_str(&e.row.id).expect("a uuid column");
-        match d.await {
-            Ok(()) if is_dead => dead.push(id),
-            Ok(()) => acked.push(id),
-            Err(Refusal::Poison { reason, .. }) if !is_dead => {
-                dead_letter(p, sink, e, &reason, true, policy)
-                    .await?
-                    .await
-                    .map_err(|r| poison_error(e, &r.to_string()))?;
-                dead.push(id);
+        let d = match send_with_backoff(sink, |s| s.send(e)).await {
+            Ok(d) => d,
+            Err(SendError::Poison(reason)) => {
+                if policy == PoisonPolicy::Stop {
+                    settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
+                }
+                let d = dead_letter(p, sink, e, &reason, false, policy).await?;
+                in_flight.push((i, d, Some(false)));
+                continue;
             }
-            Err(r @ Refusal::Poison { .. }) => return Err(poison_error(e, &r.to_string())),
+            Err(other) => return Err(PipelineError::Kafka(other.to_string())),
+        };
+        if !suspect {
+            in_flight.push((i, d, None));
+            continue;
+        }
+        // Alone in flight: a refusal now is this record's own.
+        match d.await {
+            Ok(()) => page.acked.push(uuid_of(e)),
+            Err(Refusal::Poison { reason, .. }) => {
+                let d = dead_letter(p, sink, e, &reason, true, policy).await?;
+                settle(p, sink, events, vec![(i, d, Some(true))], page).await?;
+            }
             Err(Refusal::Fatal(why)) => return Err(PipelineError::Delivery(why)),
         }
     }
-    Ok((acked, dead))
+    settle(p, sink, events, in_flight, page).await
+}
+
+/// Waits for every record in flight, in order, and files each answer in `page`.
+async fn settle<S: Sink>(
+    p: &Pipeline,
+    sink: &mut S,
+    events: &[Event],
+    in_flight: Vec<InFlight>,
+    page: &mut Page,
+) -> Result<(), PipelineError> {
+    let policy = p.settings.kafka.poison;
+    for (i, d, dead) in in_flight {
+        let e = &events[i];
+        match (d.await, dead) {
+            (Ok(()), None) => page.acked.push(uuid_of(e)),
+            (Ok(()), Some(_)) => page.dead.push(uuid_of(e)),
+            (Err(Refusal::Poison { .. }), None) => page.refused.push(e.row.id.clone()),
+            (Err(Refusal::Poison { reason, .. }), Some(true)) => {
+                // The dead-letter topic refused the payload: send it without.
+                dead_letter(p, sink, e, &reason, false, policy)
+                    .await?
+                    .await
+                    .map_err(|r| poison_error(e, &r.to_string()))?;
+                page.dead.push(uuid_of(e));
+            }
+            (Err(r @ Refusal::Poison { .. }), Some(false)) => {
+                return Err(poison_error(e, &r.to_string()))
+            }
+            (Err(Refusal::Fatal(why)), _) => return Err(PipelineError::Delivery(why)),
+        }
+    }
+    Ok(())
+}
+
+fn uuid_of(e: &Event) -> Uuid {
+    Uuid::parse_str(&e.row.id).expect("the outbox id column is a uuid")
 }
 
 async fn dead_letter<S: Sink>(

@@ -126,6 +126,9 @@ struct Pending {
 
 enum PendingKind {
     Record,
+    /// A record Kafka refused in an earlier session (it or a record batched with it):
+    /// sent alone, once everything before it is acked, so the answer is about it only.
+    Probe,
     /// To the dead-letter topic; `unit` when Kafka refused it after the commit: the
     /// unit's remaining deliveries, re-queued at the front once this one is enqueued.
     DeadLetter {
@@ -134,6 +137,23 @@ enum PendingKind {
         unit: Option<(u64, Vec<Delivery>)>,
     },
 }
+
+/// Where a poison record was found.
+enum Origin {
+    /// Refused before it was sent (the relay's or the producer's size check).
+    Local,
+    /// Refused by Kafka while it was the only record in flight.
+    Alone,
+    /// Its dead-letter record was refused: the unit's seq and remaining deliveries.
+    DeadLetterRefused(u64, Vec<Delivery>),
+}
+
+/// Records Kafka refused for good, by event id, kept across sessions: a broker refuses
+/// a whole producer batch for one oversized record, so each must be tried alone.
+pub type Suspects = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Resolves when every delivery of the open transaction so far is settled.
+type Barrier = Pin<Box<dyn Future<Output = Vec<Result<(), Refusal>>> + Send>>;
 
 /// Per-source metric handles used on the hot path.
 struct Meters {
@@ -179,6 +199,11 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     open: Vec<Delivery>,
     pending: Option<Pending>,
     preparing: Option<Preparing>,
+    suspects: Suspects,
+    /// Before a probe: the open transaction's deliveries, settling.
+    barrier: Option<Barrier>,
+    /// The probe's delivery.
+    probe: Option<Delivery>,
     /// WAL arrived since the last tick (the watchdog's replication stage).
     received: bool,
     last_progress_log: Instant,
@@ -192,6 +217,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         marker: MarkerLink,
         status: Arc<SourceStatus>,
         metrics: &crate::metrics::Metrics,
+        suspects: Suspects,
     ) -> Self {
         let meters = Meters::new(metrics, &cfg.source);
         meters.backlog.set(0);
@@ -209,6 +235,9 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             open: Vec::new(),
             pending: None,
             preparing: None,
+            suspects,
+            barrier: None,
+            probe: None,
             received: false,
             last_progress_log: Instant::now(),
         }
@@ -236,7 +265,15 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reading = self.pending.is_none() && self.state.has_room();
-            let retry_at = self.pending.as_ref().map(|p| p.retry_at);
+            // A probe goes out only once everything before it is acked: alone in flight.
+            let retry_at = self
+                .pending
+                .as_ref()
+                .filter(|p| {
+                    !matches!(p.kind, PendingKind::Probe)
+                        || (self.barrier.is_none() && self.acks.is_empty() && self.probe.is_none())
+                })
+                .map(|p| p.retry_at);
             // The oldest unit is out of the queue while its dead letter waits to be sent.
             let acks_open = !self.acks.is_empty()
                 && !self.pending.as_ref().is_some_and(|p| {
@@ -269,6 +306,16 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && self.preparing.is_none() => {
                     self.try_pending().await?;
                 }
+                // 6b. Before a probe: the open transaction's deliveries settled.
+                r = async { self.barrier.as_mut().expect("guarded").await }, if self.barrier.is_some() => {
+                    self.barrier = None;
+                    self.open = r.into_iter().map(|r| Box::pin(std::future::ready(r)) as Delivery).collect();
+                }
+                // 6c. The probe's answer.
+                r = async { self.probe.as_mut().expect("guarded").await }, if self.probe.is_some() => {
+                    self.probe = None;
+                    self.on_probed(r).await?;
+                }
                 // 7. Acks, in commit order: hand units to the marker.
                 Some((seq, r)) = self.acks.next(), if acks_open => self.on_unit(seq, r).await?,
                 // 8. Marked batches: confirm their position to PostgreSQL.
@@ -298,6 +345,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 source = %self.cfg.source,
                 published = self.meters.published.get(),
                 confirmed_lsn = %p.confirmed().map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                lag_seconds = (super::now_unix_micros() - p.last_handled_micros()).max(0) / 1_000_000,
                 in_flight = p.records(),
                 unacked_transactions = self.state.unacked(),
                 "progress"
@@ -351,7 +399,23 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     /// A new event from the stream: poison by the relay's own bound, or parked and sent.
     async fn offer(&mut self, event: Event) -> Result<(), PipelineError> {
         if let Some(reason) = self.state.oversized(&event) {
-            return self.poison(event, reason, None).await;
+            return self.poison(event, reason, Origin::Local).await;
+        }
+        let suspect = self
+            .suspects
+            .lock()
+            .expect("not poisoned")
+            .contains(&event.row.id);
+        if suspect {
+            tracing::info!(source = %self.cfg.source, event_id = %event.row.id, "sending a record Kafka refused before on its own");
+            let open: Vec<Delivery> = std::mem::take(&mut self.open);
+            self.barrier = Some(Box::pin(futures::future::join_all(open)));
+            self.pending = Some(Pending {
+                event,
+                kind: PendingKind::Probe,
+                retry_at: Instant::now(),
+            });
+            return Ok(());
         }
         self.pending = Some(Pending {
             event,
@@ -367,7 +431,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             return Ok(());
         };
         let result = match &p.kind {
-            PendingKind::Record => {
+            PendingKind::Record | PendingKind::Probe => {
                 if let Some(fut) = self.sink.prepare(&p.event) {
                     self.preparing = Some(fut);
                     self.pending = Some(p);
@@ -382,6 +446,11 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             } => self.sink.dead_letter(&p.event, reason, *with_payload),
         };
         match result {
+            Ok(d) if matches!(p.kind, PendingKind::Probe) => {
+                self.probe = Some(d);
+                self.pending = Some(p);
+                Ok(())
+            }
             Ok(d) => self.enqueued(p, d),
             Err(SendError::Full) => {
                 self.pending = Some(Pending {
@@ -391,7 +460,9 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 Ok(())
             }
             Err(SendError::Poison(reason)) => match p.kind {
-                PendingKind::Record => self.poison(p.event, reason, None).await,
+                PendingKind::Record | PendingKind::Probe => {
+                    self.poison(p.event, reason, Origin::Local).await
+                }
                 PendingKind::DeadLetter {
                     with_payload: true,
                     unit,
@@ -426,7 +497,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
 
     fn enqueued(&mut self, p: Pending, d: Delivery) -> Result<(), PipelineError> {
         match p.kind {
-            PendingKind::Record => {
+            PendingKind::Record | PendingKind::Probe => {
                 self.state.on_sent(&p.event, false)?;
                 self.open.push(d);
             }
@@ -466,56 +537,50 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         }
     }
 
-    /// A record Kafka can never take. `unit`: it was refused after its commit (the
-    /// unit's seq and its remaining deliveries); `None`: refused before it was sent.
+    /// A record Kafka can never take, found where `origin` says.
     async fn poison(
         &mut self,
         event: Event,
         reason: String,
-        unit: Option<(u64, Vec<Delivery>)>,
+        origin: Origin,
     ) -> Result<(), PipelineError> {
         self.meters.poison.inc();
-        match self.cfg.poison {
-            PoisonPolicy::Stop => {
-                // Everything committed before it is in the ack queue: let it finish
-                // when the refusal came before the send; after a refusal from Kafka,
-                // the units before it are already acked.
-                self.finish(unit.is_none()).await;
-                Err(PipelineError::Poison {
+        let (with_payload, unit) = match (self.cfg.poison, origin) {
+            (PoisonPolicy::Stop, _) => {
+                // Everything committed before it is in the ack queue (or acked already):
+                // let it finish and be confirmed, nothing after it.
+                self.finish(true).await;
+                return Err(PipelineError::Poison {
                     event_id: event.row.id,
                     reason,
-                })
-            }
-            PoisonPolicy::DeadLetter => {
-                let already = unit
-                    .as_ref()
-                    .is_some_and(|(seq, _)| self.state.is_dead_lettered(*seq, &event.row.id));
-                if already {
-                    // The dead-letter record itself was refused (it carried the payload).
-                    if event.row.payload.is_empty() {
-                        return self
-                            .halt_on_poison(
-                                &event,
-                                format!("the dead-letter topic refused it: {reason}"),
-                            )
-                            .await;
-                    }
-                }
-                tracing::warn!(source = %self.cfg.source, event_id = %event.row.id, reason = %reason, "poison record: sending it to the dead-letter topic");
-                // Refused before sending: the payload is what made it too large.
-                let with_payload = unit.is_some() && !already;
-                self.pending = Some(Pending {
-                    event,
-                    kind: PendingKind::DeadLetter {
-                        reason,
-                        with_payload,
-                        unit,
-                    },
-                    retry_at: Instant::now(),
                 });
-                Box::pin(self.try_pending()).await
             }
-        }
+            // Refused before it was sent: the payload is what made it too large.
+            (PoisonPolicy::DeadLetter, Origin::Local) => (false, None),
+            (PoisonPolicy::DeadLetter, Origin::Alone) => (true, None),
+            (PoisonPolicy::DeadLetter, Origin::DeadLetterRefused(seq, rest)) => {
+                if event.row.payload.is_empty() {
+                    return self
+                        .halt_on_poison(
+                            &event,
+                            format!("the dead-letter topic refused it: {reason}"),
+                        )
+                        .await;
+                }
+                (false, Some((seq, rest)))
+            }
+        };
+        tracing::warn!(source = %self.cfg.source, event_id = %event.row.id, reason = %reason, with_payload, "poison record: sending it to the dead-letter topic");
+        self.pending = Some(Pending {
+            event,
+            kind: PendingKind::DeadLetter {
+                reason,
+                with_payload,
+                unit,
+            },
+            retry_at: Instant::now(),
+        });
+        Box::pin(self.try_pending()).await
     }
 
     async fn halt_on_poison(&mut self, event: &Event, reason: String) -> Result<(), PipelineError> {
@@ -524,6 +589,29 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             event_id: event.row.id.clone(),
             reason,
         })
+    }
+
+    /// The probe's answer: accepted (it was refused only for a batch-mate) or poison.
+    async fn on_probed(&mut self, r: Result<(), Refusal>) -> Result<(), PipelineError> {
+        let p = self.pending.take().expect("a probe is pending");
+        self.suspects
+            .lock()
+            .expect("not poisoned")
+            .remove(&p.event.row.id);
+        match r {
+            Ok(()) => {
+                self.state.on_sent(&p.event, false)?;
+                self.open.push(Box::pin(std::future::ready(Ok(()))));
+                Ok(())
+            }
+            Err(Refusal::Poison { reason, .. }) => {
+                self.poison(p.event, reason, Origin::Alone).await
+            }
+            Err(Refusal::Fatal(e)) => {
+                self.meters.delivery_failures.inc();
+                Err(PipelineError::Delivery(e))
+            }
+        }
     }
 
     async fn on_unit(&mut self, seq: u64, r: Result<(), UnitRefusal>) -> Result<(), PipelineError> {
@@ -537,8 +625,63 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 event,
                 reason,
                 rest,
-            }) => self.poison(*event, reason, Some((seq, rest))).await,
+            }) => {
+                if self.state.is_dead_lettered(seq, &event.row.id) {
+                    return self
+                        .poison(*event, reason, Origin::DeadLetterRefused(seq, rest))
+                        .await;
+                }
+                self.replay_with_suspects(*event, rest).await
+            }
         }
+    }
+
+    /// Kafka refused a record for good, but a broker refuses a whole producer batch for
+    /// one record too large: the refusal may belong to a batch-mate. Collect every
+    /// record refused with it, let what came before be confirmed, and end the session;
+    /// the next one resends from the confirmed position and tries each suspect alone.
+    async fn replay_with_suspects(
+        &mut self,
+        first: Event,
+        rest: Vec<Delivery>,
+    ) -> Result<(), PipelineError> {
+        let mut refused = vec![first.row.id];
+        let collect = async {
+            let mut deliveries = rest;
+            loop {
+                for d in deliveries.drain(..) {
+                    if let Err(Refusal::Poison { event, .. }) = d.await {
+                        refused.push(event.row.id);
+                    }
+                }
+                match self.acks.next().await {
+                    Some((_, Err(UnitRefusal::Poison { event, rest, .. }))) => {
+                        refused.push(event.row.id);
+                        deliveries = rest;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            for d in std::mem::take(&mut self.open) {
+                if let Err(Refusal::Poison { event, .. }) = d.await {
+                    refused.push(event.row.id);
+                }
+            }
+        };
+        if tokio::time::timeout(self.cfg.shutdown_timeout, collect)
+            .await
+            .is_err()
+        {
+            tracing::warn!(source = %self.cfg.source, "not every outstanding record answered; collected what did");
+        }
+        tracing::warn!(source = %self.cfg.source, records = refused.len(), "kafka refused records for good; resending from the confirmed position, each of them alone, to find which cannot be published");
+        self.suspects
+            .lock()
+            .expect("not poisoned")
+            .extend(refused.iter().cloned());
+        self.finish(false).await;
+        Err(PipelineError::Replay(refused.len()))
     }
 
     /// A unit is acked: hand it to the marker.
@@ -692,6 +835,7 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         MarkerLink::spawn(marker),
         p.status.clone(),
         &p.metrics,
+        p.suspects.clone(),
     );
     let result = streamer.run(p.shutdown.clone(), &going_away).await;
     let confirmed = streamer.confirmed();
@@ -699,7 +843,7 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     match &result {
         // Shutdown, or a poison record under `stop`: what came before was confirmed;
         // end the session and make the last position reach the server.
-        Ok(()) | Err(PipelineError::Poison { .. }) => {
+        Ok(()) | Err(PipelineError::Poison { .. } | PipelineError::Replay(_)) => {
             repl.stop();
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Ok(Some(_)) = repl.recv().await {}
@@ -723,7 +867,10 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
             // stays unconfirmed, so they are resent after the restart anyway.
             let MarkerLink { tx, task, .. } = marker;
             drop(tx);
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            // A handle already polled to its end (the marker stopped) must not be polled again.
+            if !task.is_finished() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
         }
     }
     result
@@ -811,6 +958,16 @@ mod tests {
     impl Harness {
         /// One transaction of `payloads.len()` rows; returns the ids and its end LSN.
         fn txn(&mut self, payloads: &[&str]) -> (Vec<String>, Lsn) {
+            let rows: Vec<(String, &str)> = payloads
+                .iter()
+                .map(|p| (Uuid::new_v4().to_string(), *p))
+                .collect();
+            let end = self.txn_of(&rows);
+            (rows.into_iter().map(|(id, _)| id).collect(), end)
+        }
+
+        /// One transaction of the given rows (ids and payloads), e.g. replayed ones.
+        fn txn_of(&mut self, rows: &[(String, &str)]) -> Lsn {
             let begin = self.next_lsn;
             self.next_lsn += 0x100;
             let end = Lsn::from_u64(self.next_lsn);
@@ -821,23 +978,18 @@ mod tests {
                 commit_time_micros: 0,
             });
             ev(xlog(relation(1, &COLS)));
-            let ids: Vec<String> = payloads
-                .iter()
-                .map(|p| {
-                    let id = Uuid::new_v4().to_string();
-                    ev(xlog(insert(
-                        1,
-                        &[Some(&id), Some("t"), Some("k"), Some("E"), Some(p)],
-                    )));
-                    id
-                })
-                .collect();
+            for (id, p) in rows {
+                ev(xlog(insert(
+                    1,
+                    &[Some(id), Some("t"), Some("k"), Some("E"), Some(p)],
+                )));
+            }
             ev(ReplicationEvent::Commit {
                 lsn: Lsn::from_u64(begin),
                 end_lsn: end,
                 commit_time_micros: 0,
             });
-            (ids, end)
+            end
         }
 
         /// Waits for the confirmation of `lsn` (or fails after 5 s of virtual time).
@@ -976,6 +1128,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         let driver = async {
             let (a, _) = h.txn(&["{}", "{}"]);
@@ -1004,6 +1157,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         let (before, before_end) = h.txn(&["{}", "{}"]);
         let (poisoned, _) = h.txn(&["{}", &big, "{}"]);
@@ -1031,12 +1185,28 @@ mod tests {
         );
     }
 
+    /// A broker refuses a whole producer batch for one record too large in it. The
+    /// session collects every refused record, lets what came before be confirmed and
+    /// ends; the replay sends each suspect alone: the batch-mate goes through, the
+    /// culprit is dead-lettered with its payload, and the rows after it flow.
     #[tokio::test(start_paused = true)]
-    async fn a_record_kafka_refuses_is_dead_lettered_marked_dead_and_the_stream_goes_on() {
-        let (mut h, mut wal, link, shutdown) = harness(true);
+    async fn a_refused_batch_is_replayed_record_by_record_and_only_the_culprit_is_dead_lettered() {
         let mut sink = MemorySink::acking();
         let probe = sink.clone();
+        let suspects = Suspects::default();
         let notify = Notify::new();
+        let rows: Vec<(String, &str)> = ["mate", "culprit", "after"]
+            .iter()
+            .map(|_| (Uuid::new_v4().to_string(), "{}"))
+            .collect();
+        let (mate, culprit) = (rows[0].0.clone(), rows[1].0.clone());
+        probe.refuse_once(&mate, "Broker: Message size too large");
+        probe.refuse(&culprit, "Broker: Message size too large");
+
+        // Session 1: the refusal ends it after the transaction before is confirmed.
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let (first, first_end) = h.txn(&["{}"]);
+        h.txn_of(&rows);
         let mut s = Streamer::new(
             config(PoisonPolicy::DeadLetter),
             &mut wal,
@@ -1044,37 +1214,84 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            suspects.clone(),
+        );
+        let r = s.run(shutdown, &notify).await;
+        assert!(matches!(r, Err(PipelineError::Replay(2))), "{r:?}");
+        assert_eq!(s.confirmed(), Some(first_end));
+        assert_eq!(h.marked_ids(), (first, vec![]));
+        drop(s);
+
+        // Session 2: the slot replays the refused transaction, then a new one.
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let replayed_end = h.txn_of(&rows);
+        let (next, next_end) = h.txn(&["{}"]);
+        let mut s = Streamer::new(
+            config(PoisonPolicy::DeadLetter),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            suspects.clone(),
         );
         let driver = async {
-            let (first, _) = h.txn(&["{}"]);
-            // The next row is refused by "the broker" after it was sent.
-            let (refused, end) = {
-                let id_probe = probe.clone();
-                let ids = h.txn(&["{\"a\":1}", "{}"]);
-                id_probe.refuse(&ids.0[0], "Broker: Message size too large");
-                ids
-            };
-            let (after, end2) = h.txn(&["{}"]);
-            h.confirmed(end2.max(end)).await;
+            h.confirmed(next_end.max(replayed_end)).await;
             let (processed, dead) = h.marked_ids();
-            assert_eq!(dead, vec![refused[0].clone()]);
-            assert_eq!(processed, [first, vec![refused[1].clone()], after].concat());
-            let dlq: Vec<_> = probe
-                .sent()
-                .into_iter()
-                .filter(|s| s.dead_letter.is_some())
-                .collect();
-            assert_eq!(dlq.len(), 1);
-            assert_eq!(dlq[0].event_id, refused[0]);
-            assert!(
-                dlq[0].with_payload,
-                "a record the broker refused keeps its payload in the dead letter"
+            assert_eq!(dead, vec![culprit.clone()]);
+            assert_eq!(
+                processed,
+                [vec![mate.clone(), rows[2].0.clone()], next].concat()
             );
             h.shutdown.send(true).unwrap();
         };
         let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
         r.unwrap();
+        let dlq: Vec<_> = probe
+            .sent()
+            .into_iter()
+            .filter(|s| s.dead_letter.is_some())
+            .collect();
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq[0].event_id, culprit);
+        assert!(
+            dlq[0].with_payload,
+            "refused by the broker: the payload may fit the dead letter"
+        );
+        assert!(
+            suspects.lock().unwrap().is_empty(),
+            "every suspect was tried"
+        );
         assert_eq!(h.metrics.dead_lettered.with_label_values(&["src"]).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_kafka_refuses_alone_halts_the_source_under_stop_after_what_came_before() {
+        let mut sink = MemorySink::acking();
+        let suspects = Suspects::default();
+        let notify = Notify::new();
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let (before, before_end) = h.txn(&["{}"]);
+        let (poisoned, _) = h.txn(&["{}"]);
+        sink.refuse(&poisoned[0], "Broker: Message size too large");
+        suspects.lock().unwrap().insert(poisoned[0].clone());
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            suspects.clone(),
+        );
+        let r = s.run(shutdown, &notify).await;
+        let Err(PipelineError::Poison { event_id, reason }) = r else {
+            panic!("expected poison, got {r:?}")
+        };
+        assert_eq!(event_id, poisoned[0]);
+        assert!(reason.contains("too large"), "{reason}");
+        assert_eq!(s.confirmed(), Some(before_end));
+        assert_eq!(h.marked_ids().0, before);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1091,6 +1308,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         let driver = async {
             let (ids, end) = h.txn(&[&big, "{}"]);
@@ -1123,6 +1341,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         let r = tokio::time::timeout(Duration::from_secs(5), s.run(shutdown, &notify))
             .await
@@ -1142,6 +1361,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         let timeout = Duration::from_secs(60);
         let driver = async {
@@ -1174,6 +1394,7 @@ mod tests {
             link,
             h.status.clone(),
             &h.metrics,
+            Suspects::default(),
         );
         h.txn(&["{}", "{}"]);
         let driver = async {

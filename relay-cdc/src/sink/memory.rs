@@ -26,6 +26,8 @@ struct Inner {
     hold: bool,
     /// Event ids whose delivery is refused as poison, with the reason.
     refuse: HashMap<String, String>,
+    /// Event ids whose first delivery only is refused (a batch-mate of poison).
+    refuse_once: HashMap<String, String>,
     /// Event ids refused before sending (as a producer's own size check would).
     refuse_on_send: HashMap<String, String>,
     /// How many sends answer "queue full" before one goes through.
@@ -60,6 +62,14 @@ impl MemorySink {
         self.lock().refuse.insert(event_id.into(), reason.into());
     }
 
+    /// Refuses the first delivery of `event_id` only, as a broker refuses a whole batch
+    /// for one record in it.
+    pub fn refuse_once(&self, event_id: &str, reason: &str) {
+        self.lock()
+            .refuse_once
+            .insert(event_id.into(), reason.into());
+    }
+
     /// Refuses `event_id` when it is sent, before any delivery.
     pub fn refuse_on_send(&self, event_id: &str, reason: &str) {
         self.lock()
@@ -80,7 +90,8 @@ impl MemorySink {
             let Some((event, tx)) = inner.held.pop_front() else {
                 break;
             };
-            let _ = tx.send(outcome(&inner.refuse, event));
+            let r = outcome(&mut inner, event);
+            let _ = tx.send(r);
             done += 1;
         }
         done
@@ -119,12 +130,13 @@ impl MemorySink {
                     .unwrap_or_else(|_| Err(Refusal::Fatal("sink dropped".into())))
             });
         }
-        Box::pin(std::future::ready(outcome(&inner.refuse, event)))
+        Box::pin(std::future::ready(outcome(&mut inner, event)))
     }
 }
 
-fn outcome(refuse: &HashMap<String, String>, event: Event) -> Result<(), Refusal> {
-    match refuse.get(&event.row.id) {
+fn outcome(inner: &mut Inner, event: Event) -> Result<(), Refusal> {
+    let once = inner.refuse_once.remove(&event.row.id);
+    match once.as_ref().or(inner.refuse.get(&event.row.id)) {
         Some(reason) => Err(Refusal::Poison {
             reason: reason.clone(),
             event: Box::new(event),
