@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -192,10 +192,25 @@ pub fn kafka_admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientCon
 
 /// Creates `topic` with `partitions` partitions (replication factor 1).
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_with_config(brokers, topic, partitions, &[]).await
+}
+
+/// Creates `topic` with `partitions` partitions (replication factor 1) and topic-level
+/// settings such as `("max.message.bytes", "60000")`.
+pub async fn create_topic_with_config(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    config: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let admin = kafka_admin(brokers)?;
+    let new_topic = config.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+        |t, (k, v)| t.set(k, v),
+    );
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[new_topic],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await?;
@@ -205,6 +220,43 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow
         }
     }
     Ok(())
+}
+
+/// The number of partitions of `topic`, or `None` when the broker does not know it.
+pub fn topic_partitions(brokers: &str, topic: &str) -> anyhow::Result<Option<usize>> {
+    let admin = kafka_admin(brokers)?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len()))
+}
+
+/// A setting of the (first) broker as it runs, e.g. `auto.create.topics.enable`.
+pub async fn broker_config(brokers: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let admin = kafka_admin(brokers)?;
+    let broker_id = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?
+        .brokers()
+        .first()
+        .context("the cluster lists no broker")?
+        .id();
+    let results = admin
+        .describe_configs(
+            &[ResourceSpecifier::Broker(broker_id)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let resource = match results.into_iter().next() {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => bail!("describing broker {broker_id}: {e}"),
+        None => bail!("describing broker {broker_id}: no answer"),
+    };
+    Ok(resource.get(name).and_then(|e| e.value.clone()))
 }
 
 /// Deletes topics (best effort: a test's topics are unique, so a leftover harms nobody).
@@ -367,16 +419,28 @@ where
 }
 
 /// A Kafka broker of one test's own (same jars, own ports and folder), for tests that
-/// stop and start the broker without disturbing the shared one.
+/// stop, start or freeze the broker without disturbing the shared one.
 pub struct PrivateKafka {
     pub brokers: String,
     dir: PathBuf,
     port: u16,
     controller_port: u16,
+    auto_create_topics: bool,
 }
 
 impl PrivateKafka {
+    /// A broker configured like the shared one.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::launch(true).await
+    }
+
+    /// A broker that creates no topic on first use (`auto.create.topics.enable=false`):
+    /// a record to a topic nobody created is refused.
+    pub async fn start_without_topic_auto_creation() -> anyhow::Result<Self> {
+        Self::launch(false).await
+    }
+
+    async fn launch(auto_create_topics: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("testkit-kafka-{}", unique_suffix()));
         let port = free_port();
         let controller_port = free_port();
@@ -385,6 +449,7 @@ impl PrivateKafka {
             dir,
             port,
             controller_port,
+            auto_create_topics,
         };
         k.run("kafka-start").await?;
         Ok(k)
@@ -398,13 +463,64 @@ impl PrivateKafka {
         self.run("kafka-start").await
     }
 
-    async fn run(&self, verb: &str) -> anyhow::Result<()> {
-        let out = tokio::process::Command::new(repo_root().join("scripts/stack"))
-            .arg(verb)
+    /// SIGSTOP: the broker keeps its connections open and answers nothing, like a host
+    /// that hangs, until [`PrivateKafka::thaw`].
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`PrivateKafka::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    /// The broker's JVM, from the pid file `scripts/stack kafka-start` writes.
+    fn pid(&self) -> anyhow::Result<u32> {
+        let file = self.dir.join("kafka/kafka.pid");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let pid: u32 = text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} holds no pid", file.display()))?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "java" {
+            bail!(
+                "pid {pid} from {} is {comm:?}, not the broker's java",
+                file.display()
+            );
+        }
+        Ok(pid)
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid()?;
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed with {status}");
+        }
+        Ok(())
+    }
+
+    fn command(&self, verb: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(repo_root().join("scripts/stack"));
+        cmd.arg(verb)
             .env("STACK_DIR", &self.dir)
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .env("KAFKA_HEAP", "384m")
+            .env(
+                "KAFKA_AUTO_CREATE_TOPICS",
+                self.auto_create_topics.to_string(),
+            );
+        cmd
+    }
+
+    async fn run(&self, verb: &str) -> anyhow::Result<()> {
+        let out = tokio::process::Command::from(self.command(verb))
             .output()
             .await?;
         if !out.status.success() {
@@ -419,12 +535,9 @@ impl PrivateKafka {
 
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(repo_root().join("scripts/stack"))
-            .arg("kafka-stop")
-            .env("STACK_DIR", &self.dir)
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .output();
+        // A frozen broker would ignore SIGTERM until the stop script gives up on it.
+        let _ = self.thaw();
+        let _ = self.command("kafka-stop").output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -64,6 +64,34 @@ impl Source {
         v as u64
     }
 
+    /// The status of one outbox row (`PENDING`, `PROCESSED`, ...).
+    pub async fn status_of(&self, id: &str) -> String {
+        let mut c = self.conn().await;
+        let (s,): (String,) = sqlx::query_as("select status from outbox where id = $1::uuid")
+            .bind(id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        s
+    }
+
+    /// Replication slots on this source's database: (name, temporary, active).
+    pub async fn slots(&self) -> Vec<(String, bool, bool)> {
+        let mut c = self.conn().await;
+        sqlx::query_as(
+            "select slot_name::text, temporary, active from pg_replication_slots \
+             where database = current_database() order by slot_name",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+    }
+
+    /// The key of this source's series of `metric` in [`Relay::metrics`].
+    pub fn series(&self, metric: &str) -> String {
+        format!("{metric}{{source=\"{}\"}}", self.name)
+    }
+
     pub async fn count(&self, status: &str) -> i64 {
         let mut c = self.conn().await;
         let (n,): (i64,) = sqlx::query_as("select count(*) from outbox where status = $1")
@@ -96,6 +124,31 @@ pub async fn insert_txn(
     .await
     .unwrap();
     ids.into_iter().map(|(i,)| i.to_string()).collect()
+}
+
+/// An answer of `/healthz` or `/readyz`: the status code and the JSON body (`null` when
+/// the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Health {
+    /// What the answer says about one source.
+    pub fn source(&self, name: &str) -> &serde_json::Value {
+        &self.body["sources"][name]
+    }
+}
+
+async fn probe(url: &str) -> Option<Health> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    let text = r.text().await.ok()?;
+    Some(Health {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 pub struct Relay {
@@ -180,6 +233,59 @@ impl Relay {
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
+    }
+
+    /// `GET {path}` on the admin port; `None` while it does not answer.
+    pub async fn probe(&self, path: &str) -> Option<Health> {
+        probe(&format!("{}{path}", self.admin)).await
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Polls `/healthz` until `pred` holds for its answer, or panics after `timeout` (or
+    /// when the relay exits) with the last answer and the end of the relay's log.
+    pub async fn wait_health(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Health) -> bool,
+    ) -> Health {
+        let last = std::sync::Mutex::new(None);
+        let url = format!("{}/healthz", self.admin);
+        let child = &mut self.child;
+        let (last_ref, pred_ref) = (&last, &pred);
+        let r = testkit::wait_for(what, timeout, || {
+            let exited = child.try_wait();
+            let url = url.clone();
+            async move {
+                if let Some(status) = exited? {
+                    anyhow::bail!("relay exited with {status}");
+                }
+                let h = probe(&url).await;
+                let done = h.as_ref().is_some_and(pred_ref);
+                *last_ref.lock().unwrap() = h.clone();
+                Ok(h.filter(|_| done))
+            }
+        })
+        .await;
+        match r {
+            Ok(h) => h,
+            Err(e) => panic!(
+                "{e}\nlast /healthz answer: {:?}\n--- end of relay log ---\n{}",
+                last.lock().unwrap(),
+                self.log_tail(80)
+            ),
+        }
+    }
+
+    /// The last `lines` lines the relay logged.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub async fn metrics(&self) -> HashMap<String, f64> {
