@@ -15,6 +15,8 @@ use crate::status::{self, Health};
 pub struct AdminState {
     pub metrics: Metrics,
     pub health: Health,
+    /// `kafka.delivery`, shown on `/readyz`.
+    pub delivery: &'static str,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -47,6 +49,7 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    let (ok, body) = status::readyz(&s.health.snapshots());
+    let (ok, mut body) = status::readyz(&s.health.snapshots());
+    body["delivery"] = s.delivery.into();
     (code(ok), Json(body))
 }

@@ -27,11 +27,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&settings.admin.listen)
         .await
         .with_context(|| format!("cannot listen on admin.listen = {}", settings.admin.listen))?;
-    tracing::info!(listen = %settings.admin.listen, sources = names.len(), "relay-cdc starting");
+    tracing::info!(listen = %settings.admin.listen, sources = names.len(), delivery = settings.kafka.delivery.as_str(), "relay-cdc starting");
     let mut admin_stop = stop_rx.clone();
     let router = admin::router(AdminState {
         metrics: metrics.clone(),
         health: health.clone(),
+        delivery: settings.kafka.delivery.as_str(),
     });
     let admin = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -146,6 +147,33 @@ pub async fn check(settings: &Settings) -> bool {
 /// Prints each source's slot, whether a session holds it, its confirmed LSN and lag.
 pub async fn status(settings: &Settings) -> bool {
     let mut ok = true;
+    let exactly_once = settings.kafka.delivery == crate::config::Delivery::ExactlyOnce;
+    println!("delivery: {}", settings.kafka.delivery.as_str());
+    if exactly_once {
+        println!("checkpoints: topic {}", settings.kafka.checkpoint_topic);
+        for s in &settings.sources {
+            let (kafka, name) = (settings.kafka.clone(), s.name.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                crate::sink::checkpoint::read_last(&kafka, &name, Duration::from_secs(15))
+            })
+            .await;
+            match found {
+                Ok(Ok(Some(c))) => println!(
+                    "  {:<20} committed through {} (written {})",
+                    s.name, c.end_lsn, c.written_at
+                ),
+                Ok(Ok(None)) => println!("  {:<20} no checkpoint yet", s.name),
+                Ok(Err(e)) => {
+                    ok = false;
+                    println!("  {:<20} error: {e}", s.name);
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("  {:<20} error: {e}", s.name);
+                }
+            }
+        }
+    }
     println!(
         "{:<20} {:<28} {:<7} {:<18} {:>14}",
         "SOURCE", "SLOT", "ACTIVE", "CONFIRMED_LSN", "LAG_BYTES"

@@ -70,6 +70,28 @@ fn default_admin_listen() -> String {
     "127.0.0.1:9100".into()
 }
 
+/// How records reach Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// An idempotent producer; after a crash or an outage the unconfirmed tail is sent
+    /// again (same event ids): consumers deduplicate.
+    AtLeastOnce,
+    /// A transactional producer: each Kafka transaction holds whole PostgreSQL
+    /// transactions and a checkpoint of the last one's end LSN; a restart skips what the
+    /// checkpoint covers. A `read_committed` consumer sees every row once.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AtLeastOnce => "at-least-once",
+            Self::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
 /// What to do with a record Kafka can never accept (e.g. larger than the broker's limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -105,6 +127,27 @@ pub struct KafkaSettings {
     pub topic_partitions: i32,
     #[serde(default = "broker_default")]
     pub topic_replication_factor: i32,
+    #[serde(default = "default_delivery")]
+    pub delivery: Delivery,
+    /// Exactly-once: the producer's `transactional.id` is this prefix + the source name,
+    /// shared by the active and the standby relay of a source (so one fences the other).
+    #[serde(default = "default_transactional_id_prefix")]
+    pub transactional_id_prefix: String,
+    /// Exactly-once: the compacted topic holding each source's last committed end LSN.
+    #[serde(default = "default_checkpoint_topic")]
+    pub checkpoint_topic: String,
+    /// Exactly-once: a Kafka transaction is committed at the first PostgreSQL commit
+    /// after it is this old or holds this many records. A PostgreSQL transaction is never
+    /// split, however large.
+    #[serde(default = "default_transaction_max_ms")]
+    pub transaction_max_ms: u64,
+    #[serde(default = "default_transaction_max_records")]
+    pub transaction_max_records: usize,
+    /// Exactly-once: the producer's `transaction.timeout.ms`: the broker aborts a Kafka
+    /// transaction open longer, so one PostgreSQL transaction must stream within it (at
+    /// most the broker's `transaction.max.timeout.ms`, 15 min by default).
+    #[serde(default = "default_transaction_timeout_ms")]
+    pub transaction_timeout_ms: u64,
     /// Extra librdkafka properties, e.g. `"linger.ms" = "5"`. The safety settings
     /// (idempotence, acks, message timeout) cannot be overridden here.
     #[serde(default)]
@@ -119,6 +162,24 @@ fn default_max_record_bytes() -> usize {
 }
 fn broker_default() -> i32 {
     -1
+}
+fn default_delivery() -> Delivery {
+    Delivery::AtLeastOnce
+}
+fn default_transactional_id_prefix() -> String {
+    "relay-cdc-".into()
+}
+fn default_checkpoint_topic() -> String {
+    "relay-cdc.checkpoints".into()
+}
+fn default_transaction_max_ms() -> u64 {
+    100
+}
+fn default_transaction_max_records() -> usize {
+    10_000
+}
+fn default_transaction_timeout_ms() -> u64 {
+    60_000
 }
 fn default_poison() -> PoisonPolicy {
     PoisonPolicy::Stop
@@ -353,6 +414,19 @@ impl Settings {
         for (var, value) in vars {
             apply_env(&mut root, &var, &value)?;
         }
+        for (key, allowed) in [
+            ("delivery", ["at-least-once", "exactly-once"]),
+            ("poison", ["stop", "dead-letter"]),
+        ] {
+            if let Some(v) = root.get("kafka").and_then(|k| k.get(key)) {
+                if !v.as_str().is_some_and(|v| allowed.contains(&v)) {
+                    return Err(key_err(
+                        format!("kafka.{key}"),
+                        format!("must be one of {allowed:?} (got {v})"),
+                    ));
+                }
+            }
+        }
         let settings: Settings = toml::Value::Table(root)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().trim().to_string()))?;
@@ -389,6 +463,37 @@ impl Settings {
             if value == 0 || value < -1 {
                 return Err(key_err(key, "must be -1 (broker default) or at least 1"));
             }
+        }
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.transaction_max_ms", k.transaction_max_ms),
+            (
+                "kafka.transaction_max_records",
+                k.transaction_max_records as u64,
+            ),
+            ("kafka.transaction_timeout_ms", k.transaction_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(key_err(key, "must be greater than 0"));
+            }
+        }
+        if k.transaction_max_ms.saturating_mul(2) > k.transaction_timeout_ms {
+            return Err(key_err(
+                "kafka.transaction_max_ms",
+                format!(
+                    "must be at most half of kafka.transaction_timeout_ms ({})",
+                    k.transaction_timeout_ms
+                ),
+            ));
+        }
+        if k.checkpoint_topic.trim().is_empty() {
+            return Err(key_err("kafka.checkpoint_topic", "must not be empty"));
+        }
+        if k.transactional_id_prefix.contains(char::is_whitespace) {
+            return Err(key_err(
+                "kafka.transactional_id_prefix",
+                "must not contain whitespace",
+            ));
         }
         for (k, v) in &self.kafka.properties {
             if FIXED_PRODUCER_PROPERTIES.contains(&k.as_str()) {
@@ -476,8 +581,10 @@ impl Settings {
 }
 
 /// Producer properties the relay sets itself: changing them could skip or reorder records.
-pub const FIXED_PRODUCER_PROPERTIES: [&str; 6] = [
+pub const FIXED_PRODUCER_PROPERTIES: [&str; 8] = [
     "enable.idempotence",
+    "transactional.id",
+    "transaction.timeout.ms",
     "acks",
     "message.timeout.ms",
     "delivery.timeout.ms",
@@ -554,6 +661,9 @@ fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigE
                 && !matches!(
                     field.as_str(),
                     "max_record_bytes"
+                        | "transaction_max_ms"
+                        | "transaction_max_records"
+                        | "transaction_timeout_ms"
                         | "create_topics"
                         | "topic_partitions"
                         | "topic_replication_factor"
@@ -697,6 +807,44 @@ database = "users_db"
             .unwrap_err()
             .to_string();
         assert!(e.contains("RELAY_NOPE"), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_is_chosen_by_name_and_its_bounds_are_checked() {
+        let s = load_str(BASE, &[]).unwrap();
+        assert_eq!(s.kafka.delivery, Delivery::AtLeastOnce);
+        let s = load_str(
+            BASE,
+            &[
+                ("RELAY_KAFKA__DELIVERY", "exactly-once"),
+                ("RELAY_KAFKA__TRANSACTION_MAX_RECORDS", "500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.delivery, Delivery::ExactlyOnce);
+        assert_eq!(s.kafka.transaction_max_records, 500);
+        assert_eq!(s.kafka.checkpoint_topic, "relay-cdc.checkpoints");
+        let e = load_str(BASE, &[("RELAY_KAFKA__DELIVERY", "exactly_once")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exactly-once") && e.contains("delivery"), "{e}");
+        let e = load_str(
+            BASE,
+            &[
+                ("RELAY_KAFKA__TRANSACTION_MAX_MS", "40000"),
+                ("RELAY_KAFKA__TRANSACTION_TIMEOUT_MS", "60000"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kafka.transaction_max_ms"), "{e}");
+        let e = load_str(
+            BASE,
+            &[("RELAY_KAFKA__PROPERTIES__TRANSACTIONAL_ID", "mine")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("transactional.id"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub const RECONCILED: &str = "relay_reconciled_events_total";
 pub const STALLED: &str = "relay_stalled";
 pub const OLDEST_UNACKED: &str = "relay_oldest_unacked_seconds";
 pub const SOURCE_HALTED: &str = "relay_source_halted";
+pub const KAFKA_TRANSACTIONS: &str = "relay_kafka_transactions_total";
+pub const KAFKA_TRANSACTION_RECORDS: &str = "relay_kafka_transaction_records";
+pub const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";
+pub const PRODUCER_FENCED: &str = "relay_producer_fenced_total";
+pub const SKIPPED: &str = "relay_checkpoint_skipped_events_total";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -55,6 +60,11 @@ pub struct Metrics {
     pub oldest_unacked_seconds: prometheus::GaugeVec,
     /// 1 once the source halted (poison under `stop`, a topic the cluster refuses).
     pub source_halted: IntGaugeVec,
+    pub kafka_transactions: IntCounterVec,
+    pub kafka_transaction_records: HistogramVec,
+    pub kafka_commit_seconds: HistogramVec,
+    pub producer_fenced: IntCounterVec,
+    pub skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,7 +119,40 @@ impl Metrics {
         registry
             .register(Box::new(commit_to_ack.clone()))
             .expect("unique metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), src)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         Self {
+            kafka_transactions: counter(
+                KAFKA_TRANSACTIONS,
+                "Kafka transactions ended (exactly-once), by outcome: committed or aborted",
+                &["source", "outcome"],
+            ),
+            kafka_transaction_records: histogram(
+                KAFKA_TRANSACTION_RECORDS,
+                "Records (events, dead letters and the checkpoint) per committed Kafka transaction",
+                exponential_buckets(1.0, 4.0, 10).expect("valid buckets"),
+            ),
+            kafka_commit_seconds: histogram(
+                KAFKA_COMMIT_SECONDS,
+                "Seconds a Kafka transaction commit took (flush + commit)",
+                exponential_buckets(0.001, 2.0, 16).expect("valid buckets"),
+            ),
+            producer_fenced: counter(
+                PRODUCER_FENCED,
+                "Times this relay's transactional producer was fenced by another with the same transactional id",
+                src,
+            ),
+            skipped: counter(
+                SKIPPED,
+                "Events not sent again after a restart because the Kafka checkpoint shows them committed",
+                src,
+            ),
             events_published: counter(EVENTS_PUBLISHED, "Outbox events acked by Kafka", src),
             publish_failures: counter(
                 PUBLISH_FAILURES,

@@ -65,6 +65,10 @@ pub enum PipelineError {
     SlotBusy(String),
     #[error("the server is shutting down; ending the replication session so it can stop")]
     ServerGoingAway,
+    #[error("{0}")]
+    Fenced(String),
+    #[error("{0}")]
+    CheckpointAhead(String),
 }
 
 impl PipelineError {
@@ -81,6 +85,8 @@ impl PipelineError {
             Self::SlotBusy(_) => "slot_busy",
             Self::Replay(_) => "replay",
             Self::ServerGoingAway => "server_going_away",
+            Self::Fenced(_) => "fenced",
+            Self::CheckpointAhead(_) => "checkpoint_ahead",
         }
     }
 }
@@ -108,7 +114,11 @@ pub fn next_step(e: &PipelineError) -> Next {
         PipelineError::TopicRefused(why) => Next::Halt {
             reason: format!("{why}; create the topic or allow the relay to, then restart"),
         },
-        PipelineError::SlotBusy(_) => Next::StandBy,
+        PipelineError::CheckpointAhead(why) => Next::Halt {
+            reason: format!("{why}; if the database was restored or replaced, delete the source's checkpoint (a tombstone for its key) and restart"),
+        },
+        // A standby relay took over with the same transactional id: stand by in turn.
+        PipelineError::SlotBusy(_) | PipelineError::Fenced(_) => Next::StandBy,
         PipelineError::Replay(_) => Next::Replay,
         _ => Next::Retry,
     }
@@ -156,7 +166,9 @@ impl Pipeline {
                     return;
                 }
                 Next::StandBy => {
-                    if self.status.state() != State::Standby {
+                    if let PipelineError::Fenced(why) = &error {
+                        tracing::error!(source = %name, reason = %why, "fenced: another relay with the same transactional id took over; nothing this one sent after that becomes visible; standing by");
+                    } else if self.status.state() != State::Standby {
                         tracing::info!(source = %name, slot = %self.source.slot_name(), "slot in use by another relay; standing by");
                     }
                     self.status.set_state(State::Standby);

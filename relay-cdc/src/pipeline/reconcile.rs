@@ -9,6 +9,12 @@
 //! (`pg_copy_logical_replication_slot`, same consistent point). So a permanent slot
 //! exists only once reconciliation is complete; a start that finds none redoes it
 //! (resending what was acked but not marked, with the same event ids).
+//!
+//! Exactly-once: each page is one Kafka transaction with a checkpoint at the consistent
+//! point, marked only after it committed; before the permanent slot is made, one more
+//! checkpoint at the consistent point replaces any checkpoint a former slot of this
+//! source left, so the new slot's stream skips nothing. A crash between a page's
+//! commit and its marking sends that page once more at the next reconciliation.
 
 use std::time::Instant;
 
@@ -68,6 +74,11 @@ pub async fn create_slot_and_reconcile<S: Sink>(
             SourceError::Prerequisite(format!("unexpected snapshot name {snapshot:?}")).into(),
         );
     }
+    let start = pgwire_replication::Lsn::parse(&consistent_point).map_err(|e| {
+        SourceError::Prerequisite(format!(
+            "unexpected consistent point {consistent_point:?}: {e}"
+        ))
+    })?;
     tracing::info!(source = %name, slot = %temp, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
 
     let sql = format!(
@@ -128,7 +139,21 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         p.status.observe(Some(Instant::now()), None, true, 0);
         // Whatever became of the page, what was acked is marked before anything else.
         let mut page = Page::default();
-        let published = publish_page(p, sink, &events, &mut page).await;
+        let mut published = publish_page(p, sink, &events, &mut page).await;
+        if sink.transactional() {
+            // Exactly-once: the page is visible (and may be marked) only once committed.
+            published = match published {
+                Ok(()) if page.refused.is_empty() => commit(sink.checkpoint(start)).await,
+                other => {
+                    sink.abort("the page was not published whole");
+                    other
+                }
+            };
+            if published.is_err() || !page.refused.is_empty() {
+                page.acked.clear();
+                page.dead.clear();
+            }
+        }
         p.status.observe(None, Some(Instant::now()), true, 0);
         let mut conn = marker.mark(None, &page.acked, "PROCESSED").await;
         if !page.dead.is_empty() {
@@ -158,7 +183,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
             p.suspects
                 .lock()
                 .expect("not poisoned")
-                .extend(page.refused);
+                .extend(page.refused.into_iter().map(|id| (id, None)));
             return Err(PipelineError::Replay(n));
         }
         total += events.len();
@@ -167,6 +192,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         .batch_execute("commit")
         .await
         .map_err(SourceError::from)?;
+    commit(sink.checkpoint(start)).await?;
     if total > 0 {
         tracing::info!(source = %name, events = total, "published rows left PENDING before the slot existed");
     }
@@ -192,6 +218,17 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         .await
         .map_err(|e| slot_busy_or(e, &slot))?;
     Ok(repl)
+}
+
+/// Waits for a transactional sink's commit (nothing to wait for otherwise).
+async fn commit(committed: Option<Delivery>) -> Result<(), PipelineError> {
+    match committed {
+        None => Ok(()),
+        Some(d) => d.await.map_err(|r| match r {
+            Refusal::Fenced(why) => PipelineError::Fenced(why),
+            other => PipelineError::Delivery(other.to_string()),
+        }),
+    }
 }
 
 /// What became of one page.
@@ -238,6 +275,16 @@ async fn publish_page<S: Sink>(
                 .map_err(|e| PipelineError::TopicRefused(e.to_string()))?;
         }
         let suspect = p.suspects.lock().expect("not poisoned").remove(&e.row.id);
+        if let Some(Some(reason)) = suspect {
+            // Known poison (refused alone in a transaction that was aborted for it).
+            if policy == PoisonPolicy::Stop {
+                settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
+            }
+            let d = dead_letter(p, sink, e, &reason, false, policy).await?;
+            in_flight.push((i, d, Some(false)));
+            continue;
+        }
+        let suspect = suspect.is_some();
         if suspect {
             settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
         }
@@ -260,11 +307,22 @@ async fn publish_page<S: Sink>(
         // Alone in flight: a refusal now is this record's own.
         match d.await {
             Ok(()) => page.acked.push(uuid_of(e)),
+            Err(Refusal::Poison { reason, .. })
+                if sink.transactional() && policy == PoisonPolicy::DeadLetter =>
+            {
+                // The refusal doomed the Kafka transaction: dead-letter it next time.
+                p.suspects
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(e.row.id.clone(), Some(reason));
+                return Err(PipelineError::Replay(1));
+            }
             Err(Refusal::Poison { reason, .. }) => {
                 let d = dead_letter(p, sink, e, &reason, true, policy).await?;
                 settle(p, sink, events, vec![(i, d, Some(true))], page).await?;
             }
             Err(Refusal::Fatal(why)) => return Err(PipelineError::Delivery(why)),
+            Err(Refusal::Fenced(why)) => return Err(PipelineError::Fenced(why)),
         }
     }
     settle(p, sink, events, in_flight, page).await
@@ -297,6 +355,7 @@ async fn settle<S: Sink>(
                 return Err(poison_error(e, &r.to_string()))
             }
             (Err(Refusal::Fatal(why)), _) => return Err(PipelineError::Delivery(why)),
+            (Err(Refusal::Fenced(why)), _) => return Err(PipelineError::Fenced(why)),
         }
     }
     Ok(())

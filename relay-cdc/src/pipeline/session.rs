@@ -22,9 +22,10 @@ use tokio::time::Instant;
 use super::progress::persist_final_position;
 use super::stream::{Limits, StreamState};
 use super::{housekeeping, reconcile, AbortOnDrop, Pipeline, PipelineError};
-use crate::config::PoisonPolicy;
+use crate::config::{Delivery as DeliveryMode, PoisonPolicy};
 use crate::marker::{Confirmed, MarkItem, Marker};
-use crate::sink::kafka::KafkaSink;
+use crate::sink::checkpoint;
+use crate::sink::kafka::{KafkaSink, TxnError};
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink};
 use crate::source::{self, HEARTBEAT_PREFIX};
 use crate::status::{SourceStatus, State};
@@ -77,6 +78,9 @@ pub struct StreamConfig {
     pub limits: Limits,
     pub poison: PoisonPolicy,
     pub shutdown_timeout: Duration,
+    /// Exactly-once: the checkpoint's end LSN; transactions that committed before it
+    /// are in Kafka already and are only marked and confirmed.
+    pub skip_before: Option<Lsn>,
 }
 
 /// A delivery future per unit (transaction or heartbeat): resolves with the unit's
@@ -91,6 +95,7 @@ enum UnitRefusal {
         rest: Vec<Delivery>,
     },
     Fatal(String),
+    Fenced(String),
 }
 
 fn await_unit(seq: u64, deliveries: Vec<Delivery>) -> UnitFuture {
@@ -111,6 +116,7 @@ fn await_unit(seq: u64, deliveries: Vec<Delivery>) -> UnitFuture {
                     );
                 }
                 Err(Refusal::Fatal(e)) => return (seq, Err(UnitRefusal::Fatal(e))),
+                Err(Refusal::Fenced(e)) => return (seq, Err(UnitRefusal::Fenced(e))),
             }
         }
         (seq, Ok(()))
@@ -149,8 +155,11 @@ enum Origin {
 }
 
 /// Records Kafka refused for good, by event id, kept across sessions: a broker refuses
-/// a whole producer batch for one oversized record, so each must be tried alone.
-pub type Suspects = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+/// a whole producer batch for one oversized record, so each must be tried alone
+/// (`None`). A transactional sink cannot dead-letter a record Kafka refused in the same
+/// transaction (the refusal dooms it): such a record is kept as known poison
+/// (`Some(reason)`) and dead-lettered without its payload in the next session.
+pub type Suspects = Arc<std::sync::Mutex<std::collections::HashMap<String, Option<String>>>>;
 
 /// Resolves when every delivery of the open transaction so far is settled.
 type Barrier = Pin<Box<dyn Future<Output = Vec<Result<(), Refusal>>> + Send>>;
@@ -166,6 +175,7 @@ struct Meters {
     confirmed_lsn: prometheus::IntGauge,
     commit_to_ack: prometheus::Histogram,
     backlog: prometheus::IntGauge,
+    skipped: prometheus::IntCounter,
 }
 
 impl Meters {
@@ -181,6 +191,7 @@ impl Meters {
             confirmed_lsn: m.confirmed_lsn.with_label_values(&l),
             commit_to_ack: m.commit_to_ack.with_label_values(&l),
             backlog: m.mark_backlog.with_label_values(&l),
+            skipped: m.skipped.with_label_values(&l),
         }
     }
 }
@@ -206,6 +217,9 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     probe: Option<Delivery>,
     /// WAL arrived since the last tick (the watchdog's replication stage).
     received: bool,
+    /// The open transaction is covered by the checkpoint: not sent again.
+    skipping: bool,
+    skipped: u64,
     last_progress_log: Instant,
 }
 
@@ -239,6 +253,8 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             barrier: None,
             probe: None,
             received: false,
+            skipping: false,
+            skipped: 0,
             last_progress_log: Instant::now(),
         }
     }
@@ -279,6 +295,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 && !self.pending.as_ref().is_some_and(|p| {
                     matches!(p.kind, PendingKind::DeadLetter { unit: Some(_), .. })
                 });
+            let commit_due = self.sink.commit_due();
             tokio::select! {
                 biased;
                 // 1. Shutdown first: stop reading, drain what was sent, confirm.
@@ -316,6 +333,8 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                     self.probe = None;
                     self.on_probed(r).await?;
                 }
+                // 6d. Exactly-once: the open Kafka transaction is old enough to commit.
+                _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now)), if commit_due.is_some() => self.sink.commit(),
                 // 7. Acks, in commit order: hand units to the marker.
                 Some((seq, r)) = self.acks.next(), if acks_open => self.on_unit(seq, r).await?,
                 // 8. Marked batches: confirm their position to PostgreSQL.
@@ -364,6 +383,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 commit_time_micros,
                 ..
             } => {
+                self.skipping = self.cfg.skip_before.is_some_and(|c| final_lsn < c);
                 self.state.on_begin(final_lsn, commit_time_micros);
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -372,6 +392,14 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
+                if !self.skipping {
+                    // Exactly-once: the unit is done only when its Kafka transaction committed.
+                    if let Some(committed) = self.sink.end_transaction(end_lsn) {
+                        self.open.push(committed);
+                    }
+                } else if self.cfg.skip_before.is_some_and(|c| end_lsn >= c) {
+                    tracing::info!(source = %self.cfg.source, events = self.skipped, checkpoint = %end_lsn, "caught up with the kafka checkpoint: what came before it was not sent again");
+                }
                 let seq = self.state.on_commit(end_lsn, Instant::now().into_std());
                 self.acks
                     .push_back(await_unit(seq, std::mem::take(&mut self.open)));
@@ -398,6 +426,14 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
 
     /// A new event from the stream: poison by the relay's own bound, or parked and sent.
     async fn offer(&mut self, event: Event) -> Result<(), PipelineError> {
+        if self.skipping {
+            // In Kafka already (the checkpoint covers it): only marked and confirmed.
+            self.state.on_sent(&event, false)?;
+            self.open.push(Box::pin(std::future::ready(Ok(()))));
+            self.skipped += 1;
+            self.meters.skipped.inc();
+            return Ok(());
+        }
         if let Some(reason) = self.state.oversized(&event) {
             return self.poison(event, reason, Origin::Local).await;
         }
@@ -405,8 +441,13 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             .suspects
             .lock()
             .expect("not poisoned")
-            .contains(&event.row.id);
-        if suspect {
+            .get(&event.row.id)
+            .cloned();
+        if let Some(Some(reason)) = suspect {
+            // Known poison (a transactional sink found it alone in an earlier session).
+            return self.poison(event, reason, Origin::Local).await;
+        }
+        if suspect.is_some() {
             tracing::info!(source = %self.cfg.source, event_id = %event.row.id, "sending a record Kafka refused before on its own");
             let open: Vec<Delivery> = std::mem::take(&mut self.open);
             self.barrier = Some(Box::pin(futures::future::join_all(open)));
@@ -604,6 +645,21 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 self.open.push(Box::pin(std::future::ready(Ok(()))));
                 Ok(())
             }
+            Err(Refusal::Poison { reason, .. })
+                if self.sink.transactional() && self.cfg.poison == PoisonPolicy::DeadLetter =>
+            {
+                // The refusal doomed the open Kafka transaction: remember the record as
+                // poison, abort, and dead-letter it in the next session.
+                self.meters.poison.inc();
+                tracing::warn!(source = %self.cfg.source, event_id = %p.event.row.id, reason = %reason, "poison record: the kafka transaction is aborted; it goes to the dead-letter topic when resent");
+                self.suspects
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(p.event.row.id.clone(), Some(reason));
+                self.sink.abort("a record was refused for good");
+                self.finish(false).await;
+                Err(PipelineError::Replay(1))
+            }
             Err(Refusal::Poison { reason, .. }) => {
                 self.poison(p.event, reason, Origin::Alone).await
             }
@@ -611,6 +667,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 self.meters.delivery_failures.inc();
                 Err(PipelineError::Delivery(e))
             }
+            Err(Refusal::Fenced(e)) => Err(PipelineError::Fenced(e)),
         }
     }
 
@@ -621,12 +678,13 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 self.meters.delivery_failures.inc();
                 Err(PipelineError::Delivery(e))
             }
+            Err(UnitRefusal::Fenced(e)) => Err(PipelineError::Fenced(e)),
             Err(UnitRefusal::Poison {
                 event,
                 reason,
                 rest,
             }) => {
-                if self.state.is_dead_lettered(seq, &event.row.id) {
+                if self.state.is_dead_lettered(seq, &event.row.id) && !self.sink.transactional() {
                     return self
                         .poison(*event, reason, Origin::DeadLetterRefused(seq, rest))
                         .await;
@@ -646,6 +704,9 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         rest: Vec<Delivery>,
     ) -> Result<(), PipelineError> {
         let mut refused = vec![first.row.id];
+        // A transactional sink's open transaction is doomed: abort it so every unit in
+        // it answers now (their refusals are collected below).
+        self.sink.abort("a record was refused for good");
         let collect = async {
             let mut deliveries = rest;
             loop {
@@ -679,7 +740,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         self.suspects
             .lock()
             .expect("not poisoned")
-            .extend(refused.iter().cloned());
+            .extend(refused.iter().map(|id| (id.clone(), None)));
         self.finish(false).await;
         Err(PipelineError::Replay(refused.len()))
     }
@@ -729,6 +790,8 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         let name = self.cfg.source.clone();
         let bound = self.cfg.shutdown_timeout;
         if drain_acks {
+            // Exactly-once: commit what ends at a PostgreSQL commit (else abort it).
+            self.sink.commit();
             let pending = self.acks.len();
             let drained = tokio::time::timeout(bound, async {
                 while let Some((seq, r)) = self.acks.next().await {
@@ -778,8 +841,33 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         return Err(PipelineError::SlotBusy(slot));
     }
 
-    let mut sink = KafkaSink::new(&p.settings.kafka, &name)
-        .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+    let mut sink = match p.settings.kafka.delivery {
+        DeliveryMode::AtLeastOnce => KafkaSink::new(&p.settings.kafka, &name)
+            .map_err(|e| PipelineError::Kafka(e.to_string()))?,
+        DeliveryMode::ExactlyOnce => {
+            KafkaSink::transactional(&p.settings.kafka, &name, &p.source.database, &p.metrics)
+                .await
+                .map_err(|e| match e {
+                    TxnError::Fenced(why) => PipelineError::Fenced(why),
+                    TxnError::Other(why) => PipelineError::Kafka(why),
+                })?
+        }
+    };
+    if p.settings.kafka.delivery == DeliveryMode::ExactlyOnce {
+        // Before any transaction: the producer would otherwise auto-create it, not compacted.
+        sink.prepare_checkpoint_topic(&p.settings.kafka.checkpoint_topic)
+            .await
+            .map_err(|e| match e {
+                PrepareError::Refused(why) => PipelineError::TopicRefused(why),
+                PrepareError::Transient(why) => PipelineError::Kafka(why),
+            })?;
+    }
+    // Exactly-once: where Kafka's committed checkpoint says this source is. Read after
+    // init_transactions, which aborted whatever an older producer left open.
+    let skip_before = match (p.settings.kafka.delivery, &state) {
+        (DeliveryMode::ExactlyOnce, Some(_)) => read_checkpoint(p, &client).await?,
+        _ => None,
+    };
     if p.settings.kafka.poison == PoisonPolicy::DeadLetter {
         if let Some(f) = sink.prepare_dead_letter() {
             f.await.map_err(|e| match e {
@@ -827,6 +915,7 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         },
         poison: p.settings.kafka.poison,
         shutdown_timeout: p.settings.pipeline.shutdown_timeout(),
+        skip_before,
     };
     let mut streamer = Streamer::new(
         cfg,
@@ -874,6 +963,43 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         }
     }
     result
+}
+
+/// Reads the source's last committed checkpoint (creating the topic if needed) and
+/// checks it against the server: a checkpoint past the server's WAL belongs to another
+/// database or a restored one, and skipping by it would lose events.
+async fn read_checkpoint(
+    p: &Pipeline,
+    client: &tokio_postgres::Client,
+) -> Result<Option<Lsn>, PipelineError> {
+    let name = &p.source.name;
+    let kafka = &p.settings.kafka;
+    let (settings, source) = (kafka.clone(), name.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        checkpoint::read_last(&settings, &source, Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| PipelineError::Kafka(format!("reading the checkpoint did not finish: {e}")))?
+    .map_err(PipelineError::Kafka)?;
+    let Some(c) = found else {
+        tracing::info!(source = %name, topic = %kafka.checkpoint_topic, "no kafka checkpoint for this source yet");
+        return Ok(None);
+    };
+    let Some(lsn) = c.lsn() else {
+        return Err(PipelineError::CheckpointAhead(format!(
+            "the checkpoint of source {name} holds an unreadable LSN {:?}",
+            c.end_lsn
+        )));
+    };
+    let server = source::current_wal_lsn(client).await?;
+    if lsn > server || c.database != p.source.database {
+        return Err(PipelineError::CheckpointAhead(format!(
+            "the kafka checkpoint of source {name} (database {}, end LSN {lsn}) does not belong to this server (database {}, WAL at {server})",
+            c.database, p.source.database
+        )));
+    }
+    tracing::info!(source = %name, checkpoint = %lsn, written_at = %c.written_at, "resuming after the kafka checkpoint: transactions before it are marked, not sent again");
+    Ok(Some(lsn))
 }
 
 pub(super) fn replication_config(p: &Pipeline) -> ReplicationConfig {
@@ -1042,6 +1168,7 @@ mod tests {
             },
             poison,
             shutdown_timeout: Duration::from_millis(500),
+            skip_before: None,
         }
     }
 
@@ -1141,6 +1268,101 @@ mod tests {
         let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
         r.unwrap();
         assert_eq!(s.confirmed(), Some(Lsn::from_u64(0x1200)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transactions_the_checkpoint_covers_are_marked_and_confirmed_but_not_sent_again() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut cfg = config(PoisonPolicy::Stop);
+        // The first transaction ends at 0x1100: the checkpoint says it is in Kafka.
+        cfg.skip_before = Some(Lsn::from_u64(0x1100));
+        let mut s = Streamer::new(
+            cfg,
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let driver = async {
+            let (a, _) = h.txn(&["{}", "{}"]);
+            let (b, end) = h.txn(&["{}"]);
+            h.confirmed(end).await;
+            assert_eq!(
+                sent_ids(&probe),
+                b,
+                "only what the checkpoint does not cover"
+            );
+            assert_eq!(h.marked_ids().0, [a, b].concat(), "all marked, in order");
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+        assert_eq!(h.metrics.skipped.with_label_values(&["src"]).get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_transactional_sink_a_unit_is_marked_only_after_its_whole_transaction_committed()
+    {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::transactional();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let driver = async {
+            let (a, _) = h.txn(&["{}", "{}", "{}"]);
+            let (b, end) = h.txn(&["{}", "{}"]);
+            until("both sent", || probe.sent().len() == 5).await;
+            assert!(
+                h.marked_ids().0.is_empty(),
+                "nothing marked before the commit"
+            );
+            assert!(probe.committed().is_empty());
+            h.confirmed(end).await;
+            let committed = probe.committed();
+            assert_eq!(committed.concat(), [a.clone(), b.clone()].concat());
+            for t in &committed {
+                assert!(
+                    *t == a || *t == b || *t == [a.clone(), b.clone()].concat(),
+                    "a postgresql transaction was split: {committed:?}"
+                );
+            }
+            assert_eq!(h.marked_ids().0, [a, b].concat());
+            // A third transaction cut short by shutdown is aborted, never committed.
+            h.events
+                .send(ReplicationEvent::Begin {
+                    final_lsn: Lsn::from_u64(h.next_lsn),
+                    xid: 9,
+                    commit_time_micros: 0,
+                })
+                .unwrap();
+            h.events.send(xlog(relation(1, &COLS))).unwrap();
+            let id = Uuid::new_v4().to_string();
+            h.events
+                .send(xlog(insert(
+                    1,
+                    &[Some(&id), Some("t"), Some("k"), Some("E"), Some("{}")],
+                )))
+                .unwrap();
+            until("the partial one sent", || probe.sent().len() == 6).await;
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+        assert_eq!(probe.aborted(), 1, "the cut-short transaction is aborted");
+        assert_eq!(probe.committed().concat().len(), 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1274,7 +1496,7 @@ mod tests {
         let (before, before_end) = h.txn(&["{}"]);
         let (poisoned, _) = h.txn(&["{}"]);
         sink.refuse(&poisoned[0], "Broker: Message size too large");
-        suspects.lock().unwrap().insert(poisoned[0].clone());
+        suspects.lock().unwrap().insert(poisoned[0].clone(), None);
         let mut s = Streamer::new(
             config(PoisonPolicy::Stop),
             &mut wal,

@@ -8,10 +8,24 @@
 //! A permanent refusal of one record (too large, invalid, not authorized) is poison and
 //! follows `kafka.poison`; any other delivery error is fatal for the pipeline, which
 //! restarts from the confirmed LSN.
+//!
+//! Exactly-once ([`KafkaSink::transactional`]): the producer has a `transactional.id`
+//! shared by every relay of the source; `init_transactions` at the start of each
+//! session fences older producers with that id and aborts their open transaction. A
+//! Kafka transaction holds whole PostgreSQL transactions and, last, a checkpoint record
+//! (see [`super::checkpoint`]) with the end LSN of the last of them; both become
+//! visible together or not at all. It is committed only at a PostgreSQL commit, so a
+//! PostgreSQL transaction is never split; the unit deliveries handed out by
+//! `end_transaction` resolve only once the commit succeeded.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use pgwire_replication::Lsn;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -20,8 +34,10 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
+use super::checkpoint::Checkpoint;
 use super::{CommitMeta, Delivery, Event, PrepareError, Refusal, SendError, Sink};
 use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
 use crate::pgoutput::OutboxRow;
 use outbox::headers;
 
@@ -45,6 +61,52 @@ pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
         // 0 = never time out: a record waits for the broker rather than being skipped.
         .set("message.timeout.ms", "0");
     c
+}
+
+/// The transactional producer's configuration: the idempotent one, plus the
+/// transactional id; a message may wait at most as long as its transaction.
+pub fn transactional_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
+    let mut c = producer_config(kafka, source);
+    let timeout = kafka.transaction_timeout_ms.to_string();
+    c.set(
+        "transactional.id",
+        format!("{}{source}", kafka.transactional_id_prefix),
+    )
+    .set("transaction.timeout.ms", &timeout)
+    // librdkafka refuses an infinite message timeout with transactions; a message that
+    // times out fails its transaction, which is aborted and sent again whole.
+    .set("message.timeout.ms", &timeout);
+    c
+}
+
+/// Why a transactional operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxnError {
+    /// Another producer with the same transactional id took over.
+    #[error("fenced by a newer producer with the same transactional id: {0}")]
+    Fenced(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TxnError {
+    fn from_kafka(what: &str, e: &KafkaError) -> Self {
+        if error_code(e).is_some_and(is_fenced) {
+            Self::Fenced(format!("{what}: {e}"))
+        } else {
+            Self::Other(format!("{what}: {e}"))
+        }
+    }
+}
+
+/// Errors that mean another producer with our transactional id took over.
+pub fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+    )
 }
 
 /// Kafka error codes that refuse one record for good: sending it again cannot succeed.
@@ -77,6 +139,38 @@ pub struct KafkaSink {
     partitions: i32,
     replication_factor: i32,
     dead_letter_topic: String,
+    /// Exactly-once only: the open Kafka transaction.
+    txn: Option<Txn>,
+    /// Times a commit found this producer fenced.
+    fenced: prometheus::IntCounter,
+}
+
+/// The transactional state of an exactly-once sink.
+struct Txn {
+    checkpoint_topic: String,
+    database: String,
+    max_records: usize,
+    max_age: Duration,
+    timeout: Duration,
+    /// When the open Kafka transaction began (`None`: none open).
+    opened: Option<Instant>,
+    /// Records in the open Kafka transaction, and since the last PostgreSQL commit.
+    records: usize,
+    since_boundary: usize,
+    last_end_lsn: Option<Lsn>,
+    /// One per PostgreSQL transaction in the open Kafka transaction.
+    waiters: Vec<oneshot::Sender<Result<(), Refusal>>>,
+    /// A commit or abort runs (on a blocking thread): nothing may be sent meanwhile.
+    busy: Arc<AtomicBool>,
+    meters: TxnMeters,
+}
+
+#[derive(Clone)]
+struct TxnMeters {
+    committed: prometheus::IntCounter,
+    aborted: prometheus::IntCounter,
+    records: prometheus::Histogram,
+    commit_seconds: prometheus::Histogram,
 }
 
 impl KafkaSink {
@@ -96,7 +190,68 @@ impl KafkaSink {
             partitions: kafka.topic_partitions,
             replication_factor: kafka.topic_replication_factor,
             dead_letter_topic: kafka.dead_letter_topic.clone(),
+            txn: None,
+            fenced: prometheus::IntCounter::new("unregistered", "-").expect("valid counter"),
         })
+    }
+
+    /// An exactly-once sink: a transactional producer, initialized (which fences any
+    /// older producer of this source and aborts its open transaction).
+    pub async fn transactional(
+        kafka: &KafkaSettings,
+        source: &str,
+        database: &str,
+        metrics: &Metrics,
+    ) -> Result<Self, TxnError> {
+        let mut sink = Self::new(kafka, source).map_err(|e| TxnError::Other(e.to_string()))?;
+        sink.producer = transactional_config(kafka, source)
+            .create()
+            .map_err(|e| TxnError::Other(e.to_string()))?;
+        let producer = sink.producer.clone();
+        let timeout =
+            Duration::from_millis(kafka.transaction_timeout_ms).max(Duration::from_secs(30));
+        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
+            .await
+            .map_err(|e| TxnError::Other(format!("init_transactions did not finish: {e}")))?
+            .map_err(|e| TxnError::from_kafka("init_transactions", &e))?;
+        let l = [source];
+        sink.fenced = metrics.producer_fenced.with_label_values(&l);
+        sink.txn = Some(Txn {
+            checkpoint_topic: kafka.checkpoint_topic.clone(),
+            database: database.to_string(),
+            max_records: kafka.transaction_max_records,
+            max_age: Duration::from_millis(kafka.transaction_max_ms),
+            timeout,
+            opened: None,
+            records: 0,
+            since_boundary: 0,
+            last_end_lsn: None,
+            waiters: Vec::new(),
+            busy: Arc::default(),
+            meters: TxnMeters {
+                committed: metrics
+                    .kafka_transactions
+                    .with_label_values(&[source, "committed"]),
+                aborted: metrics
+                    .kafka_transactions
+                    .with_label_values(&[source, "aborted"]),
+                records: metrics.kafka_transaction_records.with_label_values(&l),
+                commit_seconds: metrics.kafka_commit_seconds.with_label_values(&l),
+            },
+        });
+        Ok(sink)
+    }
+
+    /// Creates the compacted checkpoint topic (one partition) unless it exists.
+    pub async fn prepare_checkpoint_topic(&self, topic: &str) -> Result<(), PrepareError> {
+        create_topic(
+            &self.admin,
+            topic,
+            1,
+            self.replication_factor,
+            &[("cleanup.policy", "compact")],
+        )
+        .await
     }
 
     /// The topic for an aggregate type, from the configured template.
@@ -116,7 +271,7 @@ impl KafkaSink {
         let (admin, ready, topic) = (self.admin.clone(), self.ready.clone(), topic.to_string());
         let (partitions, rf) = (self.partitions, self.replication_factor);
         Some(Box::pin(async move {
-            create_topic(&admin, &topic, partitions, rf).await?;
+            create_topic(&admin, &topic, partitions, rf, &[]).await?;
             tracing::debug!(topic = %topic, "topic exists");
             ready.lock().expect("not poisoned").insert(topic);
             Ok(())
@@ -155,8 +310,27 @@ impl KafkaSink {
             })
     }
 
-    fn enqueue(&self, record: FutureRecord<'_, str, [u8]>) -> Result<Delivery, SendError> {
-        match self.producer.send_result(record) {
+    fn enqueue(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<Delivery, SendError> {
+        if let Some(txn) = self.txn.as_mut() {
+            if txn.busy.load(Ordering::Acquire) {
+                // The previous transaction is still being committed: back-pressure.
+                return Err(SendError::Full);
+            }
+            if txn.opened.is_none() {
+                self.producer.begin_transaction().map_err(|e| {
+                    SendError::Fatal(format!("cannot begin a kafka transaction: {e}"))
+                })?;
+                txn.opened = Some(Instant::now());
+            }
+        }
+        let result = self.producer.send_result(record);
+        if result.is_ok() {
+            if let Some(txn) = self.txn.as_mut() {
+                txn.records += 1;
+                txn.since_boundary += 1;
+            }
+        }
+        match result {
             Ok(f) => Ok(Box::pin(async move {
                 match f.await {
                     Ok(Ok(_)) => Ok(()),
@@ -216,7 +390,8 @@ impl Sink for KafkaSink {
             key: headers::ERROR,
             value: Some(reason),
         });
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.dead_letter_topic)
+        let topic = self.dead_letter_topic.clone();
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
             .key(event.row.aggregate_id.as_str())
             .headers(hs);
         if with_payload {
@@ -230,6 +405,158 @@ impl Sink for KafkaSink {
             tracing::warn!(source = %self.source, error = %e, "producer flush did not complete");
         }
     }
+
+    fn end_transaction(&mut self, end_lsn: Lsn) -> Option<Delivery> {
+        let txn = self.txn.as_mut()?;
+        txn.opened?;
+        txn.since_boundary = 0;
+        txn.last_end_lsn = Some(end_lsn);
+        let (tx, rx) = oneshot::channel();
+        txn.waiters.push(tx);
+        let full = txn.records >= txn.max_records
+            || txn.opened.is_some_and(|t| t.elapsed() >= txn.max_age);
+        if full {
+            self.commit();
+        }
+        Some(Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Refusal::Fatal(
+                    "the kafka transaction was dropped unfinished".into(),
+                ))
+            })
+        }))
+    }
+
+    fn commit_due(&self) -> Option<Instant> {
+        let txn = self.txn.as_ref()?;
+        if txn.since_boundary > 0 || txn.waiters.is_empty() {
+            return None;
+        }
+        txn.opened.map(|t| t + txn.max_age)
+    }
+
+    fn commit(&mut self) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        if txn.opened.is_none() {
+            return;
+        }
+        if txn.since_boundary > 0 {
+            self.abort("a postgresql transaction was cut short");
+            return;
+        }
+        let Some(lsn) = txn.last_end_lsn else {
+            self.abort("nothing to checkpoint");
+            return;
+        };
+        let value = Checkpoint::new(&self.source, &txn.database, lsn).to_json();
+        // Partition 0 always: a reader finds every source's checkpoints there.
+        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&txn.checkpoint_topic)
+            .partition(0)
+            .key(self.source.as_str())
+            .payload(value.as_bytes());
+        // Its delivery is part of the commit: a failed checkpoint fails the commit.
+        if let Err((e, _)) = self.producer.send_result(record) {
+            self.abort(&format!("the checkpoint record could not be enqueued: {e}"));
+            return;
+        }
+        let records = txn.records + 1;
+        txn.opened = None;
+        txn.records = 0;
+        let waiters = std::mem::take(&mut txn.waiters);
+        let (producer, busy, meters, timeout, fenced) = (
+            self.producer.clone(),
+            txn.busy.clone(),
+            txn.meters.clone(),
+            txn.timeout,
+            self.fenced.clone(),
+        );
+        let source = self.source.clone();
+        busy.store(true, Ordering::Release);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let outcome = match producer.commit_transaction(timeout) {
+                Ok(()) => {
+                    meters.committed.inc();
+                    meters.records.observe(records as f64);
+                    meters
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Err(e) => {
+                    let err = TxnError::from_kafka("commit", &e);
+                    meters.aborted.inc();
+                    if matches!(err, TxnError::Fenced(_)) {
+                        fenced.inc();
+                        tracing::error!(source = %source, error = %e, "fenced: another relay with the same transactional id took over; this kafka transaction never becomes visible");
+                    } else {
+                        if let Err(e) = producer.abort_transaction(timeout) {
+                            tracing::warn!(source = %source, error = %e, "aborting the failed kafka transaction failed");
+                        }
+                    }
+                    Err(match err {
+                        TxnError::Fenced(m) => Refusal::Fenced(m),
+                        TxnError::Other(m) => {
+                            Refusal::Fatal(format!("kafka transaction not committed: {m}"))
+                        }
+                    })
+                }
+            };
+            busy.store(false, Ordering::Release);
+            for w in waiters {
+                let _ = w.send(outcome.clone());
+            }
+        });
+    }
+
+    fn abort(&mut self, why: &str) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        if txn.opened.is_none() {
+            return;
+        }
+        tracing::warn!(source = %self.source, reason = %why, records = txn.records, "aborting the kafka transaction; its records will be sent again");
+        txn.opened = None;
+        txn.records = 0;
+        txn.since_boundary = 0;
+        txn.meters.aborted.inc();
+        for w in std::mem::take(&mut txn.waiters) {
+            let _ = w.send(Err(Refusal::Fatal(format!(
+                "kafka transaction aborted: {why}"
+            ))));
+        }
+        let (producer, busy, timeout, source) = (
+            self.producer.clone(),
+            txn.busy.clone(),
+            txn.timeout,
+            self.source.clone(),
+        );
+        busy.store(true, Ordering::Release);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = producer.abort_transaction(timeout) {
+                tracing::warn!(source = %source, error = %e, "aborting the kafka transaction failed");
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
+    fn transactional(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    fn checkpoint(&mut self, lsn: Lsn) -> Option<Delivery> {
+        let txn = self.txn.as_mut()?;
+        if txn.opened.is_none() {
+            if let Err(e) = self.producer.begin_transaction() {
+                return Some(Box::pin(std::future::ready(Err(Refusal::Fatal(format!(
+                    "cannot begin a kafka transaction: {e}"
+                ))))));
+            }
+            txn.opened = Some(Instant::now());
+        }
+        let d = self.end_transaction(lsn);
+        self.commit();
+        d
+    }
 }
 
 /// Creates `topic` unless it exists. Refusals an operator must fix are
@@ -239,15 +566,19 @@ async fn create_topic(
     topic: &str,
     partitions: i32,
     replication_factor: i32,
+    config: &[(&str, &str)],
 ) -> Result<(), PrepareError> {
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
-    let new = NewTopic::new(
+    let mut new = NewTopic::new(
         topic,
         partitions,
         TopicReplication::Fixed(replication_factor),
     );
+    for (k, v) in config {
+        new = new.set(k, v);
+    }
     let results = admin
         .create_topics(&[new], &opts)
         .await
@@ -288,6 +619,10 @@ fn is_refused_creation(code: RDKafkaErrorCode) -> bool {
 /// refused message) so it can be dead-lettered.
 fn refusal(e: &KafkaError, msg: &OwnedMessage) -> Refusal {
     match error_code(e) {
+        Some(code) if is_fenced(code) => Refusal::Fenced(format!(
+            "kafka refused event {}: {e}",
+            header(msg, headers::EVENT_ID)
+        )),
         Some(code) if is_permanent_refusal(code) => Refusal::Poison {
             event: Box::new(event_from_message(msg)),
             reason: format!("kafka refused the record: {e}"),

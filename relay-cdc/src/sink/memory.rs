@@ -32,6 +32,19 @@ struct Inner {
     refuse_on_send: HashMap<String, String>,
     /// How many sends answer "queue full" before one goes through.
     full: usize,
+    /// Transactional mode: what the open transaction holds, and what was committed.
+    txn: Option<MemTxn>,
+}
+
+/// A transaction as a transactional sink keeps it; commits when the test says so.
+#[derive(Default)]
+struct MemTxn {
+    open: Vec<String>,
+    since_boundary: usize,
+    waiters: Vec<oneshot::Sender<Result<(), Refusal>>>,
+    /// Event ids per committed transaction, in commit order.
+    committed: Vec<Vec<String>>,
+    aborted: usize,
 }
 
 /// Cheap to clone: clones share the same record of what was sent.
@@ -55,6 +68,28 @@ impl MemorySink {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("not poisoned")
+    }
+
+    /// A transactional sink: records wait for [`MemorySink::commit_now`] (or the loop's
+    /// `commit`) to become committed; each unit's delivery resolves at its commit.
+    pub fn transactional() -> Self {
+        let s = Self::default();
+        s.lock().txn = Some(MemTxn::default());
+        s
+    }
+
+    /// Event ids per committed transaction.
+    pub fn committed(&self) -> Vec<Vec<String>> {
+        self.lock()
+            .txn
+            .as_ref()
+            .map(|t| t.committed.clone())
+            .unwrap_or_default()
+    }
+
+    /// Transactions aborted so far.
+    pub fn aborted(&self) -> usize {
+        self.lock().txn.as_ref().map_or(0, |t| t.aborted)
     }
 
     /// Refuses the delivery of `event_id` for good.
@@ -114,6 +149,10 @@ impl MemorySink {
             dead_letter: dead_letter.clone(),
             with_payload,
         });
+        if let Some(t) = inner.txn.as_mut() {
+            t.open.push(event.row.id.clone());
+            t.since_boundary += 1;
+        }
         let mut event = event.clone();
         if !with_payload {
             event.row.payload.clear();
@@ -178,4 +217,62 @@ impl Sink for MemorySink {
     }
 
     fn flush(&self, _timeout: Duration) {}
+
+    fn end_transaction(&mut self, _end_lsn: pgwire_replication::Lsn) -> Option<Delivery> {
+        let mut inner = self.lock();
+        let t = inner.txn.as_mut()?;
+        if t.open.is_empty() {
+            return None;
+        }
+        t.since_boundary = 0;
+        let (tx, rx) = oneshot::channel();
+        t.waiters.push(tx);
+        Some(Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Refusal::Fatal("sink dropped".into())))
+        }))
+    }
+
+    fn commit_due(&self) -> Option<tokio::time::Instant> {
+        let inner = self.lock();
+        let t = inner.txn.as_ref()?;
+        (t.since_boundary == 0 && !t.waiters.is_empty())
+            .then(|| tokio::time::Instant::now() + Duration::from_millis(100))
+    }
+
+    fn commit(&mut self) {
+        let mut inner = self.lock();
+        let Some(t) = inner.txn.as_mut() else { return };
+        if t.open.is_empty() {
+            return;
+        }
+        if t.since_boundary > 0 {
+            drop(inner);
+            self.abort("cut short");
+            return;
+        }
+        let ids = std::mem::take(&mut t.open);
+        t.committed.push(ids);
+        for w in t.waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    fn abort(&mut self, why: &str) {
+        let mut inner = self.lock();
+        let Some(t) = inner.txn.as_mut() else { return };
+        if t.open.is_empty() {
+            return;
+        }
+        t.open.clear();
+        t.since_boundary = 0;
+        t.aborted += 1;
+        for w in t.waiters.drain(..) {
+            let _ = w.send(Err(Refusal::Fatal(format!("aborted: {why}"))));
+        }
+    }
+
+    fn transactional(&self) -> bool {
+        self.lock().txn.is_some()
+    }
 }

@@ -5,7 +5,14 @@
 //! A refusal says whether Kafka can *never* take the record ([`Refusal::Poison`],
 //! handled by `kafka.poison`) or whether the pipeline must be rebuilt and resume from
 //! the confirmed LSN ([`Refusal::Fatal`]); a sink never skips a record silently.
+//!
+//! A transactional sink (Kafka in exactly-once mode) groups whole PostgreSQL
+//! transactions into one destination transaction: [`Sink::end_transaction`] marks a
+//! PostgreSQL commit and returns a delivery that resolves only when the destination
+//! transaction holding it committed, so a unit is never confirmed before that. It
+//! commits only at such a boundary; a PostgreSQL transaction is never split.
 
+pub mod checkpoint;
 pub mod kafka;
 pub mod memory;
 
@@ -13,7 +20,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use pgwire_replication::Lsn;
 use thiserror::Error;
+use tokio::time::Instant;
 
 use crate::pgoutput::OutboxRow;
 
@@ -50,6 +59,10 @@ pub enum Refusal {
     /// Anything else: the producer is in an unknown state; rebuild and resume.
     #[error("{0}")]
     Fatal(String),
+    /// Another producer with the same transactional id took over (a standby relay):
+    /// nothing this one sent becomes visible, and it must not go on.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// Why [`Sink::send`] did not enqueue a record.
@@ -98,4 +111,32 @@ pub trait Sink: Send {
     ) -> Result<Delivery, SendError>;
     /// Waits up to `timeout` for everything enqueued to be delivered.
     fn flush(&self, timeout: Duration);
+
+    /// Transactional sinks: the PostgreSQL transaction ending at `end_lsn` was sent
+    /// whole. Returns a delivery resolving when the destination transaction holding it
+    /// committed (`None`: nothing to wait for, e.g. not transactional).
+    fn end_transaction(&mut self, _end_lsn: Lsn) -> Option<Delivery> {
+        None
+    }
+    /// When the open destination transaction should be committed, if one is open and
+    /// ends at a PostgreSQL commit.
+    fn commit_due(&self) -> Option<Instant> {
+        None
+    }
+    /// Commits the open destination transaction if it ends at a PostgreSQL commit,
+    /// else aborts it (its records never become visible; they are sent again).
+    fn commit(&mut self) {}
+    /// Aborts the open destination transaction: its waiters fail, nothing becomes visible.
+    fn abort(&mut self, _why: &str) {}
+    /// Whether a refusal dooms the open transaction (transactional sinks): the records
+    /// sent with it can never be committed, so the session must end and resend.
+    fn transactional(&self) -> bool {
+        false
+    }
+    /// Transactional sinks: commits a transaction whose checkpoint is `lsn` at once
+    /// (after a slot was created: a checkpoint of a former slot must not make the new
+    /// one skip anything). Resolves when committed.
+    fn checkpoint(&mut self, _lsn: Lsn) -> Option<Delivery> {
+        None
+    }
 }

@@ -240,6 +240,10 @@ impl Relay {
         probe(&format!("{}{path}", self.admin)).await
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, once the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
