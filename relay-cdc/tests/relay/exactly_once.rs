@@ -203,6 +203,8 @@ async fn a_crash_after_the_kafka_commit_and_before_confirmation_publishes_nothin
     ]);
     let mut relay = Relay::start(&cfg, &[&src]);
     relay.wait_ready().await;
+    let ready = relay.probe("/readyz").await.unwrap();
+    assert_eq!(ready.body["delivery"], "exactly-once", "{:?}", ready.body);
     let mut c = src.conn().await;
     let mut expected = Vec::new();
     for i in 0..20 {
@@ -233,6 +235,17 @@ async fn a_crash_after_the_kafka_commit_and_before_confirmation_publishes_nothin
         metric(&relay, &src.series("relay_checkpoint_skipped_events_total")).await,
         500.0,
         "what Kafka had committed was marked and confirmed, not sent again"
+    );
+    // `status` shows the mode and where the checkpoint is.
+    let env = [src.env(), cfg.extra.clone()].concat();
+    let out = crate::relay_cli(&["status"], &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("delivery: exactly-once")
+            && text.contains("eos_commit")
+            && text.contains("committed through"),
+        "{text}"
     );
 }
 
