@@ -474,6 +474,12 @@ impl Sink for KafkaSink {
         busy.store(true, Ordering::Release);
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
+            // rust-rdkafka's commit first flushes, and its flush sleeps in steps of up to
+            // 100 ms while the polling thread serves the delivery reports: every commit
+            // took ~100 ms. Waiting for the queue to drain here makes that flush a no-op.
+            while producer.in_flight_count() > 0 && started.elapsed() < timeout {
+                std::thread::sleep(Duration::from_micros(500));
+            }
             let outcome = match producer.commit_transaction(timeout) {
                 Ok(()) => {
                     meters.committed.inc();
