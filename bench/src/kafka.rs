@@ -1,6 +1,6 @@
 //! The Kafka side of a run: topics of the run's own (created up front, with
 //! `LogAppendTime` where latency is measured), a producer configured like the relay's
-//! for the polling baseline, and a reader that collects what arrived.
+//! for the polling baseline, and a `read_committed` reader that collects what arrived.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -63,6 +64,9 @@ pub struct Received {
     pub append_micros: Option<i64>,
     /// The `commit_time` header in Unix microseconds.
     pub commit_micros: Option<i64>,
+    /// When the reader got the record (this host's clock), in Unix microseconds: for a
+    /// transactional producer after its Kafka transaction committed.
+    pub read_micros: i64,
     /// The payload's `seq` field, when it has one (the ordering workload writes it).
     pub seq: Option<u64>,
 }
@@ -72,91 +76,141 @@ impl Received {
     pub fn latency_micros(&self) -> Option<i64> {
         Some(self.append_micros? - self.commit_micros?)
     }
+
+    /// Commit → read by a `read_committed` consumer, in microseconds.
+    pub fn read_latency_micros(&self) -> Option<i64> {
+        Some(self.read_micros - self.commit_micros?)
+    }
 }
 
-/// Reads `topic` (all `partitions`, from the beginning, no consumer group) on a thread
-/// of its own until `want` says how many event ids to expect and that many distinct
-/// ones arrived, or nothing arrived for `idle`.
-pub fn spawn_reader(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    mut want: watch::Receiver<Option<usize>>,
-    idle: Duration,
-) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Vec<Received>>>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("relay-bench-{}", testkit::unique_suffix()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut seen = HashSet::new();
-        let mut last = std::time::Instant::now();
-        loop {
-            let target = *want.borrow_and_update();
-            if target.is_some_and(|t| seen.len() >= t) {
-                return Ok(out);
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    last = std::time::Instant::now();
-                    let id = header(&m, "event_id").unwrap_or_default();
-                    if !seen.insert(id) {
-                        continue; // a duplicate (same event id): count it once
-                    }
-                    out.push(Received {
-                        append_micros: match m.timestamp() {
-                            Timestamp::LogAppendTime(ms) => Some(ms * 1000),
-                            _ => None,
-                        },
-                        commit_micros: header(&m, "commit_time").and_then(|t| {
-                            chrono::DateTime::parse_from_rfc3339(&t)
-                                .ok()
-                                .map(|t| t.timestamp_micros())
-                        }),
-                        seq: m.payload().and_then(|p| {
-                            serde_json::from_slice::<serde_json::Value>(p)
-                                .ok()?
-                                .get("seq")?
-                                .as_u64()
-                        }),
-                    });
-                }
-                Some(Err(e)) => {
-                    report_consumer_error(&e);
-                }
-                None => {}
-            }
-            if last.elapsed() > idle {
-                bail!(
-                    "read {} of {} records, then nothing for {idle:?}",
-                    seen.len(),
-                    target.map_or("?".into(), |t| t.to_string())
-                );
-            }
+/// A reader of one topic on a thread of its own.
+pub struct Reader {
+    thread: std::thread::JoinHandle<anyhow::Result<Vec<Received>>>,
+    caught_up: watch::Receiver<bool>,
+}
+
+impl Reader {
+    /// Reads `topic` (all `partitions`, from the beginning, no consumer group,
+    /// `read_committed`) until `want` says how many event ids to expect and that many
+    /// distinct ones arrived, or nothing arrived for `idle`.
+    pub fn spawn(
+        brokers: &str,
+        topic: &str,
+        partitions: i32,
+        mut want: watch::Receiver<Option<usize>>,
+        idle: Duration,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set(
+                "group.id",
+                format!("relay-bench-{}", testkit::unique_suffix()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            // librdkafka's default, stated: records of a Kafka transaction are read
+            // once it committed, never if it aborted.
+            .set("isolation.level", "read_committed")
+            // The end of each partition is reported once, so the run knows the reader
+            // fetches before it offers load.
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
-    }))
+        consumer.assign(&tpl)?;
+        let (caught_up_tx, caught_up) = watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut seen = HashSet::new();
+            let mut at_end = HashSet::new();
+            let mut last = std::time::Instant::now();
+            loop {
+                let target = *want.borrow_and_update();
+                if target.is_some_and(|t| seen.len() >= t) {
+                    return Ok(out);
+                }
+                let polled = consumer.poll(Duration::from_millis(100));
+                let read_micros = chrono::Utc::now().timestamp_micros();
+                match polled {
+                    Some(Ok(m)) => {
+                        last = std::time::Instant::now();
+                        let id = header(&m, "event_id").unwrap_or_default();
+                        if !seen.insert(id) {
+                            continue; // a duplicate (same event id): count it once
+                        }
+                        out.push(Received {
+                            append_micros: match m.timestamp() {
+                                Timestamp::LogAppendTime(ms) => Some(ms * 1000),
+                                _ => None,
+                            },
+                            commit_micros: header(&m, "commit_time").and_then(|t| {
+                                chrono::DateTime::parse_from_rfc3339(&t)
+                                    .ok()
+                                    .map(|t| t.timestamp_micros())
+                            }),
+                            seq: m.payload().and_then(|p| {
+                                serde_json::from_slice::<serde_json::Value>(p)
+                                    .ok()?
+                                    .get("seq")?
+                                    .as_u64()
+                            }),
+                            read_micros,
+                        });
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        at_end.insert(p);
+                        if at_end.len() == partitions as usize {
+                            caught_up_tx.send_replace(true);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        report_consumer_error(&e);
+                    }
+                    None => {}
+                }
+                if last.elapsed() > idle {
+                    bail!(
+                        "read {} of {} records, then nothing for {idle:?}",
+                        seen.len(),
+                        target.map_or("?".into(), |t| t.to_string())
+                    );
+                }
+            }
+        });
+        Ok(Self { thread, caught_up })
+    }
+
+    /// Waits until the reader reached the end of every partition once (it fetches, so
+    /// what arrives from now on is read as it becomes visible).
+    pub async fn caught_up(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(timeout, self.caught_up.wait_for(|c| *c))
+            .await
+            .context("the Kafka reader did not reach the end of the topic")?
+            .map_err(|_| anyhow::anyhow!("the Kafka reader stopped before it caught up"))?;
+        Ok(())
+    }
+
+    /// Joins the reader thread without blocking the runtime.
+    pub async fn join(self) -> anyhow::Result<Vec<Received>> {
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the Kafka reader panicked"))?
+            .context("reading records back from Kafka")
+    }
 }
 
 /// Consumer errors the broker recovers from by itself (topic metadata not yet
 /// propagated, a broker restart) only delay the read; anything else is reported once.
-fn report_consumer_error(e: &rdkafka::error::KafkaError) {
+fn report_consumer_error(e: &KafkaError) {
     use rdkafka::types::RDKafkaErrorCode as C;
     if !matches!(
         e,
-        rdkafka::error::KafkaError::MessageConsumption(
+        KafkaError::MessageConsumption(
             C::UnknownTopicOrPartition | C::AllBrokersDown | C::BrokerTransportFailure
-        ) | rdkafka::error::KafkaError::PartitionEOF(_)
+        ) | KafkaError::PartitionEOF(_)
     ) {
         eprintln!("relay-bench: consumer: {e}");
     }
@@ -168,14 +222,4 @@ fn header<M: Message>(m: &M, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// Joins a reader thread without blocking the runtime.
-pub async fn join_reader(
-    h: std::thread::JoinHandle<anyhow::Result<Vec<Received>>>,
-) -> anyhow::Result<Vec<Received>> {
-    tokio::task::spawn_blocking(move || h.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the Kafka reader panicked"))?
-        .context("reading records back from Kafka")
 }

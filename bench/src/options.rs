@@ -50,6 +50,10 @@ pub struct Options {
     /// Interleaved transaction pairs of the commit-order run (default 200; --quick 10).
     #[arg(long)]
     pub pairs: Option<u64>,
+    /// Delivery modes of relay-cdc: every relay measurement is made once per mode, one
+    /// after another, and the tables show a relay row per mode.
+    #[arg(long, value_delimiter = ',', default_values_t = [Delivery::AtLeastOnce])]
+    pub delivery: Vec<Delivery>,
     /// Which parts to run.
     #[arg(long, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Order])]
     pub only: Vec<Part>,
@@ -95,6 +99,32 @@ impl std::fmt::Display for Part {
     }
 }
 
+/// relay-cdc's `kafka.delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Delivery {
+    /// Idempotent producer; a record counts once Kafka acked it (the relay's default).
+    AtLeastOnce,
+    /// Transactional producer: whole PostgreSQL transactions and a checkpoint record
+    /// per Kafka transaction; `read_committed` consumers see them at its commit.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// The value of `RELAY_KAFKA__DELIVERY`.
+    pub fn setting(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.setting())
+    }
+}
+
 /// One throughput workload: a preloaded backlog of `rows` rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workload {
@@ -130,7 +160,18 @@ pub struct Plan {
     pub poll_batch: i64,
     pub pairs: u64,
     pub parts: Vec<Part>,
+    /// Delivery modes of the relay, in the order given, each once.
+    pub deliveries: Vec<Delivery>,
     pub outage: Option<Duration>,
+}
+
+impl Plan {
+    /// Whether the tables compare delivery modes (exactly-once is in the run): then
+    /// they gain the columns that tell the modes apart. A default run prints them as
+    /// before.
+    pub fn compares_delivery(&self) -> bool {
+        self.deliveries.contains(&Delivery::ExactlyOnce)
+    }
 }
 
 impl Options {
@@ -187,6 +228,23 @@ impl Options {
             self.generator_connections > 0,
             "--generator-connections must be positive"
         );
+        let mut deliveries = Vec::new();
+        for d in &self.delivery {
+            if !deliveries.contains(d) {
+                deliveries.push(*d);
+            }
+        }
+        anyhow::ensure!(!deliveries.is_empty(), "--delivery needs a mode");
+        if let Some((k, _)) = self.relay_env.iter().find(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "RELAY_KAFKA__DELIVERY"
+                    | "RELAY_KAFKA__CHECKPOINT_TOPIC"
+                    | "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX"
+            )
+        }) {
+            anyhow::bail!("{k} is set per measurement from --delivery, not with --relay-env");
+        }
         Ok(Plan {
             workloads,
             rates,
@@ -201,6 +259,7 @@ impl Options {
             poll_batch: self.poll_batch,
             pairs: self.pairs.unwrap_or(if self.quick { 10 } else { 200 }),
             parts: self.only.clone(),
+            deliveries,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
         })
     }
@@ -248,5 +307,32 @@ mod tests {
         assert!(p.workloads.iter().all(|w| w.rows <= 2000));
         assert_eq!(p.duration, Duration::from_secs(2));
         assert_eq!(p.pairs, 10);
+    }
+
+    #[test]
+    fn the_relay_runs_at_least_once_unless_told_otherwise() {
+        let p = plan(&[]);
+        assert_eq!(p.deliveries, vec![Delivery::AtLeastOnce]);
+        assert!(!p.compares_delivery());
+        let both = plan(&["--delivery", "at-least-once,exactly-once,at-least-once"]);
+        assert_eq!(
+            both.deliveries,
+            vec![Delivery::AtLeastOnce, Delivery::ExactlyOnce]
+        );
+        assert!(both.compares_delivery());
+    }
+
+    #[test]
+    fn delivery_settings_are_not_taken_from_relay_env() {
+        let e = Options::try_parse_from([
+            "relay-bench",
+            "--relay-env",
+            "RELAY_KAFKA__DELIVERY=exactly-once",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--delivery"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! relay-cdc as the system under test: the release binary as a child process,
-//! configured only through `RELAY_*` variables, with an admin port of its own for
-//! `/readyz` and `/metrics`, and its CPU time and memory read from `/proc`.
+//! configured only through `RELAY_*` variables (its delivery mode included), with an
+//! admin port of its own for `/readyz` and `/metrics`, and its CPU time and memory
+//! read from `/proc`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,7 +10,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
+use crate::options::Delivery;
 use crate::proc_stats;
+
+const KAFKA_TRANSACTIONS: &str = "relay_kafka_transactions_total";
+const KAFKA_TRANSACTION_RECORDS: &str = "relay_kafka_transaction_records";
+const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";
 
 /// Where the relay reads and writes.
 #[derive(Debug, Clone)]
@@ -23,6 +29,11 @@ pub struct RelaySpec {
     pub pg_password: String,
     pub database: String,
     pub slot: String,
+    pub delivery: Delivery,
+    /// Exactly-once: the checkpoint topic and `transactional.id` prefix, both of this
+    /// measurement alone, so runs never share checkpoints or fence each other.
+    pub checkpoint_topic: String,
+    pub transactional_id_prefix: String,
     pub log_dir: PathBuf,
     /// Further `RELAY_*` settings, applied last.
     pub extra_env: Vec<(String, String)>,
@@ -60,7 +71,18 @@ impl RelayProcess {
             .env(format!("{src}PASSWORD"), &spec.pg_password)
             .env(format!("{src}DATABASE"), &spec.database)
             .env(format!("{src}SLOT"), &spec.slot)
+            .env("RELAY_KAFKA__DELIVERY", spec.delivery.setting())
             .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(match spec.delivery {
+                Delivery::AtLeastOnce => vec![],
+                Delivery::ExactlyOnce => vec![
+                    ("RELAY_KAFKA__CHECKPOINT_TOPIC", &spec.checkpoint_topic),
+                    (
+                        "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX",
+                        &spec.transactional_id_prefix,
+                    ),
+                ],
+            })
             .envs(spec.extra_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -117,11 +139,19 @@ impl RelayProcess {
 
     /// One sample of a metric (the sum over its series), if exposed.
     pub async fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
+        Ok(sum_metric(&self.metrics().await?, name))
+    }
+
+    /// The Kafka transactions this process ended (exactly-once), from its `/metrics`.
+    pub async fn kafka_transactions(&self) -> anyhow::Result<KafkaTransactions> {
+        Ok(KafkaTransactions::from_metrics(&self.metrics().await?))
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.admin))
             .await?
             .text()
-            .await?;
-        Ok(sum_metric(&text, name))
+            .await?)
     }
 
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
@@ -159,14 +189,58 @@ impl RelayProcess {
     }
 }
 
+/// Kafka transactions of one relay process, as its metrics count them since it started.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KafkaTransactions {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Mean records per committed transaction: events, dead letters and the
+    /// checkpoint record (`relay_kafka_transaction_records`).
+    pub mean_records: Option<f64>,
+    /// Mean seconds a commit took, flush included (`relay_kafka_transaction_commit_seconds`).
+    pub mean_commit_s: Option<f64>,
+}
+
+impl KafkaTransactions {
+    pub fn from_metrics(text: &str) -> Self {
+        let count = |outcome: &str| {
+            sum_series(text, KAFKA_TRANSACTIONS, &format!("outcome=\"{outcome}\"")).unwrap_or(0.0)
+                as u64
+        };
+        let mean = |histogram: &str| {
+            let sum = sum_metric(text, &format!("{histogram}_sum"))?;
+            let n = sum_metric(text, &format!("{histogram}_count"))?;
+            (n > 0.0).then(|| sum / n)
+        };
+        Self {
+            committed: count("committed"),
+            aborted: count("aborted"),
+            mean_records: mean(KAFKA_TRANSACTION_RECORDS),
+            mean_commit_s: mean(KAFKA_COMMIT_SECONDS),
+        }
+    }
+}
+
 /// The sum of every series of `name` in Prometheus text.
 pub fn sum_metric(text: &str, name: &str) -> Option<f64> {
+    sum_series(text, name, "")
+}
+
+/// The sum of the series of `name` whose labels contain `label` (e.g. `outcome="committed"`).
+fn sum_series(text: &str, name: &str, label: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
             continue;
         };
         if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let labels = rest
+            .strip_prefix('{')
+            .and_then(|r| r.split_once('}'))
+            .map_or("", |(l, _)| l);
+        if !labels.contains(label) {
             continue;
         }
         if let Some(v) = line
@@ -197,5 +271,31 @@ mod tests {
                     relay_events_published_total_extra 100\n";
         assert_eq!(sum_metric(text, "relay_events_published_total"), Some(7.0));
         assert_eq!(sum_metric(text, "relay_source_up"), None);
+    }
+
+    #[test]
+    fn kafka_transactions_are_read_from_the_counter_and_the_histograms() {
+        let text = "relay_kafka_transactions_total{outcome=\"committed\",source=\"bench\"} 40\n\
+                    relay_kafka_transactions_total{outcome=\"aborted\",source=\"bench\"} 1\n\
+                    relay_kafka_transaction_records_bucket{source=\"bench\",le=\"+Inf\"} 40\n\
+                    relay_kafka_transaction_records_sum{source=\"bench\"} 4040\n\
+                    relay_kafka_transaction_records_count{source=\"bench\"} 40\n\
+                    relay_kafka_transaction_commit_seconds_sum{source=\"bench\"} 0.2\n\
+                    relay_kafka_transaction_commit_seconds_count{source=\"bench\"} 40\n";
+        let t = KafkaTransactions::from_metrics(text);
+        assert_eq!((t.committed, t.aborted), (40, 1));
+        assert_eq!(t.mean_records, Some(101.0));
+        assert_eq!(t.mean_commit_s, Some(0.005));
+    }
+
+    #[test]
+    fn an_at_least_once_relay_has_no_kafka_transactions() {
+        let text = "relay_kafka_transaction_records_sum{source=\"bench\"} 0\n\
+                    relay_kafka_transaction_records_count{source=\"bench\"} 0\n";
+        let t = KafkaTransactions::from_metrics(text);
+        assert_eq!(
+            (t.committed, t.mean_records, t.mean_commit_s),
+            (0, None, None)
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! The benchmark command keeps working: a `--quick` run with tiny sizes against the
-//! local stack prints every table row, and relay-cdc keeps commit order in it.
+//! local stack, with relay-cdc in both delivery modes, prints every table row, and
+//! relay-cdc keeps commit order in it.
 
 use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn a_quick_bench_run_prints_every_row() {
+fn a_quick_bench_run_prints_every_row_for_both_delivery_modes() {
     let bench = env!("CARGO_BIN_EXE_relay-bench");
     // The relay binary of the same profile (`cargo test --workspace` builds it).
     let relay = Path::new(bench).with_file_name("relay-cdc");
@@ -23,6 +24,8 @@ fn a_quick_bench_run_prints_every_row() {
             "1",
             "--pairs",
             "5",
+            "--delivery",
+            "at-least-once,exactly-once",
         ])
         .arg("--relay-bin")
         .arg(&relay)
@@ -35,8 +38,8 @@ fn a_quick_bench_run_prints_every_row() {
         "relay-bench failed:\n{stderr}\n{stdout}"
     );
 
-    // The cells of the table row whose first cell is `label`.
-    let row = |label: &str| -> Vec<String> {
+    // The cells of the table row whose first cells are `key`.
+    let row = |key: &[&str]| -> Vec<String> {
         stdout
             .lines()
             .filter(|l| l.starts_with('|'))
@@ -46,33 +49,53 @@ fn a_quick_bench_run_prints_every_row() {
                     .map(|c| c.trim().to_string())
                     .collect::<Vec<_>>()
             })
-            .find(|cells| cells[0] == label)
-            .unwrap_or_else(|| panic!("no row {label:?} in:\n{stdout}"))
+            .find(|cells| cells.len() >= key.len() && cells.iter().zip(key).all(|(c, k)| c == k))
+            .unwrap_or_else(|| panic!("no row {key:?} in:\n{stdout}"))
     };
-    for workload in ["1 rows/txn, 100 B", "1000 rows/txn, 1 KiB"] {
-        let cells = row(workload);
-        assert_eq!(cells.len(), 11, "{cells:?}");
-        for (i, c) in cells.iter().enumerate().skip(1) {
+    let filled = |cells: &[String], columns: std::ops::Range<usize>| {
+        for i in columns {
             assert!(
-                c != "-" && !c.is_empty(),
-                "column {i} of {workload} is empty: {cells:?}"
+                cells[i] != "-" && !cells[i].is_empty(),
+                "column {i} is empty: {cells:?}"
             );
         }
+    };
+    for workload in ["1 rows/txn, 100 B", "1000 rows/txn, 1 KiB"] {
+        let alo = row(&[workload, "at-least-once"]);
+        assert_eq!(alo.len(), 15, "{alo:?}");
+        filled(&alo, 2..12);
+        assert_eq!(alo[12..], ["-", "-", "-"], "{alo:?}");
+        // The bench fails a run whose exactly-once relay committed no Kafka transaction;
+        // the mean records per transaction (at least one event and the checkpoint) and
+        // its commit time are read from that relay's metrics.
+        let eo = row(&[workload, "exactly-once"]);
+        assert_eq!(eo.len(), 15, "{eo:?}");
+        filled(&eo, 2..15);
+        let records: f64 = eo[13].parse().unwrap_or_else(|_| panic!("{eo:?}"));
+        assert!(records >= 2.0, "records per Kafka transaction: {eo:?}");
     }
-    for system in ["relay-cdc", "polling 1 s", "polling 10 ms"] {
-        let cells = row(&format!("{system} @ 500/s"));
-        assert_eq!(cells.len(), 13, "{cells:?}");
-        let order = row(system);
+    for system in [
+        "relay-cdc",
+        "relay-cdc (exactly-once)",
+        "polling 1 s",
+        "polling 10 ms",
+    ] {
+        let cells = row(&[&format!("{system} @ 500/s")]);
+        assert_eq!(cells.len(), 15, "{cells:?}");
+        filled(&cells, 1..9);
+        let order = row(&[system]);
         assert_eq!(
             order[1..3],
             ["5".to_string(), "10".to_string()],
             "{order:?}"
         );
     }
-    assert_eq!(
-        row("relay-cdc")[3],
-        "0",
-        "relay-cdc published out of commit order"
-    );
+    for system in ["relay-cdc", "relay-cdc (exactly-once)"] {
+        assert_eq!(
+            row(&[system])[3],
+            "0",
+            "{system} published out of commit order"
+        );
+    }
     assert!(stdout.contains("### Targets"), "{stdout}");
 }
