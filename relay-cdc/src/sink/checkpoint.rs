@@ -107,7 +107,7 @@ pub fn read_last(
     let mut start = (high - TAIL_WINDOW).max(low);
     loop {
         let found =
-            scan(&committed, topic, source, start, &deadline).map_err(|e| err("read", e))?;
+            scan(&committed, topic, source, start, high, &deadline).map_err(|e| err("read", e))?;
         if found.is_some() || start == low {
             return Ok(found);
         }
@@ -115,12 +115,16 @@ pub fn read_last(
     }
 }
 
-/// The last checkpoint of `source` from `start` to the end (partition EOF).
+/// The last checkpoint of `source` from `start` up to `end`: until the consumer's
+/// position passes it (it moves past commit markers, which are never delivered) or the
+/// partition's end. Under steady writes by other sources the end moves on and an
+/// end-of-partition event may never come, so the position decides.
 fn scan(
     consumer: &BaseConsumer,
     topic: &str,
     source: &str,
     start: i64,
+    end: i64,
     deadline: &std::time::Instant,
 ) -> Result<Option<Checkpoint>, KafkaError> {
     let mut tpl = TopicPartitionList::new();
@@ -131,11 +135,21 @@ fn scan(
         if std::time::Instant::now() >= *deadline {
             return Err(KafkaError::Canceled);
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        let position = consumer
+            .position()?
+            .find_partition(topic, 0)
+            .and_then(|p| p.offset().to_raw());
+        if position.is_some_and(|p| p >= end) {
+            return Ok(last);
+        }
+        match consumer.poll(Duration::from_millis(50)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
             Some(Err(e)) => return Err(e),
             Some(Ok(m)) => {
+                if m.offset() >= end {
+                    return Ok(last);
+                }
                 if m.key() != Some(source.as_bytes()) {
                     continue;
                 }

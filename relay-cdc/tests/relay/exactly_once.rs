@@ -390,3 +390,53 @@ fn signal(pid: u32, sig: &str) {
         .success();
     assert!(ok, "kill {sig} {pid}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_reads_its_checkpoint_promptly_while_another_source_keeps_committing() {
+    let (quiet, busy) = (
+        Source::new("eos_quiet").await,
+        Source::new("eos_busy").await,
+    );
+    let cfg = exactly_once("eos-shared");
+    let topic = topic(&cfg, "evt");
+    let mut busy_relay = Relay::start(&cfg, &[&busy]);
+    busy_relay.wait_ready().await;
+    let mut quiet_relay = Relay::start(&cfg, &[&quiet]);
+    quiet_relay.wait_ready().await;
+    let mut c = quiet.conn().await;
+    let first = insert_txn(&mut c, "evt", "q", 10, "first").await;
+    let consumer = testkit::consumer(&cfg.brokers, &[&topic]).unwrap();
+    read_until_ids(&consumer, &first, WAIT).await.unwrap();
+    quiet_relay.kill();
+
+    // The other source keeps a Kafka transaction open nearly all the time on the
+    // shared checkpoint topic while the quiet one restarts and reads its checkpoint.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut b = busy.conn().await;
+    let writer = tokio::spawn(async move {
+        while !*stop_rx.borrow_and_update() {
+            insert_txn(&mut b, "evt", "b", 5, "load").await;
+        }
+    });
+    let published = busy.series("relay_events_published_total");
+    let before = metric(&busy_relay, &published).await;
+    testkit::wait_for("the busy source publishing", WAIT, || async {
+        Ok((metric(&busy_relay, &published).await > before + 100.0).then_some(()))
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut quiet_relay = Relay::start(&cfg, &[&quiet]);
+    quiet_relay.wait_ready().await;
+    let took = started.elapsed();
+    stop_tx.send(true).unwrap();
+    writer.await.unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "ready after {took:?}\n{}",
+        quiet_relay.log_tail(20)
+    );
+    assert!(quiet_relay
+        .log_tail(50)
+        .contains("resuming after the kafka checkpoint"));
+}
