@@ -1,6 +1,13 @@
-//! The Kafka side of the drill: a scenario's topics, and the collector that reads them
+//! The Kafka side of the drill: a scenario's topics, and the collectors that read them
 //! from the beginning for the whole scenario (through broker outages) so the verdict
 //! sees every record and recovery times can be measured while the load runs.
+//!
+//! A collector reads at one isolation level. The verdict's reads `read_committed`, as
+//! consumers do; a second one reads `read_uncommitted`, which also shows what aborted
+//! Kafka transactions wrote (informational). With a transactional producer each
+//! transaction ends in a control record (commit or abort marker) that takes an offset
+//! but is never handed to the application, so how far a collector got is the
+//! consumer's position, not the last record's offset + 1.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -56,6 +63,25 @@ pub async fn delete_topics(brokers: &str, topics: &[String]) {
     }
 }
 
+/// Which records a collector is shown: the Kafka consumer's `isolation.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Committed transactions and non-transactional records only, up to the last
+    /// stable offset: what a consumer of the outbox topics reads.
+    ReadCommitted,
+    /// Everything, records of aborted and still open transactions included.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
 /// Which event ids the collector has read so far.
 #[derive(Clone)]
 pub struct Seen(Arc<Mutex<Collected>>);
@@ -97,23 +123,30 @@ const STALL: Duration = Duration::from_secs(10);
 pub struct Collector {
     brokers: String,
     topics: Vec<String>,
+    isolation: Isolation,
     state: Arc<Mutex<Collected>>,
     task: JoinHandle<()>,
 }
 
 impl Collector {
-    pub fn start(brokers: &str, topics: &[String]) -> anyhow::Result<Collector> {
+    pub fn start(
+        brokers: &str,
+        topics: &[String],
+        isolation: Isolation,
+    ) -> anyhow::Result<Collector> {
         let state = Arc::new(Mutex::new(Collected::default()));
-        let consumer = consumer_at(brokers, topics, &state)?;
+        let consumer = consumer_at(brokers, topics, isolation, &state)?;
         let task = tokio::spawn(collect(
             consumer,
             brokers.to_string(),
             topics.to_vec(),
+            isolation,
             state.clone(),
         ));
         Ok(Collector {
             brokers: brokers.to_string(),
             topics: topics.to_vec(),
+            isolation,
             state,
             task,
         })
@@ -129,14 +162,18 @@ impl Collector {
         Seen(self.state.clone())
     }
 
-    /// Waits until the collector has read up to every partition's high watermark, as
-    /// the broker reports it now (call once nothing produces any more).
+    /// Waits until the collector has read up to every partition's end, as the broker
+    /// reports it now for this isolation level (call once nothing produces any more):
+    /// the high watermark for `read_uncommitted`, the last stable offset for
+    /// `read_committed` (the same once no transaction is open).
     pub async fn catch_up(&self, timeout: Duration) -> anyhow::Result<()> {
         let brokers = self.brokers.clone();
         let topics = self.topics.clone();
-        let highs = tokio::task::spawn_blocking(move || high_watermarks(&brokers, &topics))
-            .await
-            .context("watermark task")??;
+        let isolation = self.isolation;
+        let highs =
+            tokio::task::spawn_blocking(move || high_watermarks(&brokers, &topics, isolation))
+                .await
+                .context("watermark task")??;
         let start = Instant::now();
         loop {
             let behind: Vec<String> = {
@@ -157,7 +194,8 @@ impl Collector {
             }
             if start.elapsed() > timeout {
                 bail!(
-                    "the collector did not reach the end of the topics in {timeout:?}: {}",
+                    "the {} collector did not reach the end of the topics in {timeout:?}: {}",
+                    self.isolation.as_str(),
                     behind.join(", ")
                 );
             }
@@ -184,6 +222,7 @@ impl Drop for Collector {
 fn consumer_at(
     brokers: &str,
     topics: &[String],
+    isolation: Isolation,
     state: &Mutex<Collected>,
 ) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -193,7 +232,7 @@ fn consumer_at(
             format!("drill-collector-{}", uuid::Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation.as_str())
         .create()?;
     let next = state.lock().expect("collector lock").next.clone();
     let mut tpl = TopicPartitionList::new();
@@ -214,12 +253,13 @@ async fn collect(
     mut consumer: StreamConsumer,
     brokers: String,
     topics: Vec<String>,
+    isolation: Isolation,
     state: Arc<Mutex<Collected>>,
 ) {
     let mut last_read = Instant::now();
     loop {
         if last_read.elapsed() > STALL {
-            if let Ok(c) = consumer_at(&brokers, &topics, &state) {
+            if let Ok(c) = consumer_at(&brokers, &topics, isolation, &state) {
                 consumer = c;
                 state.lock().expect("collector lock").rebuilt += 1;
             }
@@ -232,10 +272,15 @@ async fn collect(
             // than any pause per error would drain them, and the collector would read
             // stale errors long after the broker is back.
             Ok(Err(_)) => {
+                advance_to_position(&consumer, &state);
                 tokio::task::yield_now().await;
                 continue;
             }
-            Err(_) => continue,
+            // Nothing to read: a commit marker may still have moved the position.
+            Err(_) => {
+                advance_to_position(&consumer, &state);
+                continue;
+            }
         };
         last_read = Instant::now();
         let mut h: HashMap<&str, String> = HashMap::new();
@@ -269,12 +314,37 @@ async fn collect(
         }
         s.next.insert((d.topic.clone(), d.partition), d.offset + 1);
         s.records.push(d);
+        drop(s);
+        advance_to_position(&consumer, &state);
     }
 }
 
+/// Moves each partition's next offset up to the consumer's position, which counts the
+/// control records (transaction markers) the consumer stepped over and never returned.
+fn advance_to_position(consumer: &StreamConsumer, state: &Mutex<Collected>) {
+    let Ok(positions) = consumer.position() else {
+        return;
+    };
+    let mut s = state.lock().expect("collector lock");
+    for e in positions.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            advance(&mut s.next, e.topic(), e.partition(), o);
+        }
+    }
+}
+
+/// Raises the next offset of `topic`/`partition` to `to`; never lowers it.
+fn advance(next: &mut HashMap<(String, i32), i64>, topic: &str, partition: i32, to: i64) {
+    let n = next.entry((topic.to_string(), partition)).or_insert(to);
+    *n = (*n).max(to);
+}
+
+/// Each partition's end for a consumer at `isolation`: librdkafka asks for the offsets
+/// with the client's isolation level, so `read_committed` gets the last stable offset.
 fn high_watermarks(
     brokers: &str,
     topics: &[String],
+    isolation: Isolation,
 ) -> anyhow::Result<HashMap<(String, i32), i64>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -282,6 +352,7 @@ fn high_watermarks(
             "group.id",
             format!("drill-watermarks-{}", uuid::Uuid::new_v4()),
         )
+        .set("isolation.level", isolation.as_str())
         .create()?;
     let mut out = HashMap::new();
     for t in topics {
@@ -293,4 +364,22 @@ fn high_watermarks(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_past_a_commit_marker_moves_the_next_offset_up_and_never_down() {
+        let mut next = HashMap::new();
+        advance(&mut next, "t", 0, 5);
+        // Offset 5 held the marker after records 0..=4: the position says 6.
+        advance(&mut next, "t", 0, 6);
+        assert_eq!(next[&("t".to_string(), 0)], 6);
+        advance(&mut next, "t", 0, 3);
+        assert_eq!(next[&("t".to_string(), 0)], 6);
+        advance(&mut next, "t", 1, 2);
+        assert_eq!(next[&("t".to_string(), 1)], 2);
+    }
 }

@@ -4,7 +4,8 @@
 //! services and relay-cdc as child processes, load through both HTTP services, faults
 //! injected; then every outbox row of both databases is checked against what Kafka
 //! holds. Prints a markdown table and exits 1 if anything was lost, invented or out of
-//! order, or an end-to-end check failed (2 when the drill itself could not run).
+//! order, or an end-to-end check failed, or (with `--delivery exactly-once`) a
+//! `read_committed` consumer read an event twice; 2 when the drill itself could not run.
 
 mod kafka;
 mod load;
@@ -22,7 +23,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use load::{LoadConfig, Rng};
-use scenario::{Bins, Ctx, Plan, Scenario};
+use scenario::{Bins, Ctx, Delivery, Plan, Scenario};
 use stack::{StackConfig, StackGuard};
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,10 @@ struct Cli {
     /// Which scenarios to run, e.g. `1,4` (default: all six).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
+    /// The relays' delivery mode (`RELAY_KAFKA__DELIVERY`); with `exactly-once` a
+    /// duplicate read by a `read_committed` consumer fails the scenario.
+    #[arg(long, value_enum, default_value_t = Delivery::AtLeastOnce)]
+    delivery: Delivery,
     /// Sign-ups per second on user-service.
     #[arg(long, default_value_t = 10.0)]
     signups_per_s: f64,
@@ -202,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         plan,
         rng: Rng::new(seed),
         keep: cli.keep_stack,
+        delivery: cli.delivery,
     };
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {
@@ -217,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     committed = o.tally.committed,
                     lost = o.tally.lost,
                     duplicates = o.tally.duplicates,
+                    duplicates_uncommitted = o.duplicates_uncommitted.unwrap_or(0),
                     invented = o.tally.invented,
                     order_violations = o.tally.order_violations(),
                     error = o.error.as_deref().unwrap_or(""),
@@ -232,12 +239,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 
     let preface = format!(
-        "`{command}` — run {run_id}, seed {seed}, {} s of load per scenario, broker outage {} s; logs in {}",
+        "`{command}` — run {run_id}, seed {seed}, delivery {}, {} s of load per scenario, broker outage {} s; logs in {}",
+        cli.delivery.as_str(),
         duration.as_secs_f64(),
         kafka_outage.as_secs_f64(),
         log_dir.display()
     );
-    let text = report::render(&outcomes, &preface);
+    let text = report::render(&outcomes, cli.delivery, &preface);
     println!("{text}");
     if let Some(path) = &cli.report {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
@@ -314,5 +322,27 @@ mod tests {
         assert!(c.short);
         assert_eq!(c.scenarios, vec![1, 4]);
         assert_eq!(c.pg_port, 6000);
+        assert_eq!(c.delivery, Delivery::AtLeastOnce);
+    }
+
+    #[test]
+    fn the_delivery_flag_takes_the_relays_own_names() {
+        let parse = |v: &str| Cli::try_parse_from(["outbox-drill", "--delivery", v]);
+        assert_eq!(
+            parse("exactly-once").unwrap().delivery,
+            Delivery::ExactlyOnce
+        );
+        assert_eq!(
+            parse("at-least-once").unwrap().delivery,
+            Delivery::AtLeastOnce
+        );
+        assert!(parse("exactly_once").is_err());
+        // The names are the ones relay-cdc reads from RELAY_KAFKA__DELIVERY.
+        for d in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+            assert_eq!(
+                clap::ValueEnum::to_possible_value(&d).unwrap().get_name(),
+                d.as_str()
+            );
+        }
     }
 }

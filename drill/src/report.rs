@@ -1,17 +1,22 @@
 //! The markdown report: one table row per scenario, then what each scenario did.
+//!
+//! Duplicates have two columns: as a `read_committed` consumer read them (the
+//! verdict's; in exactly-once mode any is a failure) and as a `read_uncommitted` one
+//! did (records of aborted Kafka transactions included; never part of the verdict).
 
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::scenario::Outcome;
+use crate::scenario::{Delivery, Outcome};
 
 /// Column headers of the table (the test suite reads the table by these names).
-pub const COLUMNS: [&str; 9] = [
+pub const COLUMNS: [&str; 10] = [
     "scenario",
     "committed",
     "delivered",
     "lost",
-    "duplicates",
+    "duplicates (read_committed)",
+    "duplicates (read_uncommitted)",
     "invented",
     "order violations (aggregate / source)",
     "time to recover",
@@ -69,18 +74,20 @@ fn e2e_cell(o: &Outcome) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     writeln!(s, "| {} |", COLUMNS.join(" | ")).expect("write to string");
-    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---|").expect("write to string");
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|").expect("write to string");
     for o in outcomes {
         let t = &o.tally;
         writeln!(
             s,
-            "| {}. {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            "| {}. {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
             o.scenario.number(),
             o.scenario.title(),
             t.committed,
             t.delivered,
             t.lost,
             t.duplicates,
+            o.duplicates_uncommitted
+                .map_or_else(|| "—".to_string(), |d| d.to_string()),
             t.invented,
             t.order_aggregate,
             t.order_source,
@@ -93,7 +100,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
 }
 
 /// The whole report: table, verdict, and per-scenario details.
-pub fn render(outcomes: &[Outcome], preface: &str) -> String {
+pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String {
     let mut s = String::new();
     writeln!(s, "{preface}\n").expect("write to string");
     s.push_str(&table(outcomes));
@@ -106,8 +113,11 @@ pub fn render(outcomes: &[Outcome], preface: &str) -> String {
         s,
         "\n**{}**\n",
         if failed.is_empty() {
-            "PASS: nothing lost, nothing invented, no order violation, every end-to-end check holds"
-                .to_string()
+            match delivery {
+                Delivery::AtLeastOnce => "PASS: nothing lost, nothing invented, no order violation, every end-to-end check holds",
+                Delivery::ExactlyOnce => "PASS: nothing lost, nothing invented, nothing read twice (read_committed), no order violation, every end-to-end check holds",
+            }
+            .to_string()
         } else {
             format!("FAIL in scenario(s) {}", failed.join(", "))
         }
@@ -124,6 +134,14 @@ pub fn render(outcomes: &[Outcome], preface: &str) -> String {
         .expect("write to string");
         if let Some(e) = &o.error {
             writeln!(s, "- **error**: {e}").expect("write to string");
+        }
+        if o.duplicates_forbidden() {
+            writeln!(
+                s,
+                "- **duplicates under exactly-once**: a read_committed consumer read {} records beyond the first copy of their event",
+                o.tally.duplicates
+            )
+            .expect("write to string");
         }
         for c in &o.checks {
             writeln!(
@@ -163,13 +181,13 @@ mod tests {
 
     fn outcome() -> Outcome {
         Outcome {
-            scenario: Scenario::Standby,
             tally: Tally {
                 committed: 10,
                 delivered: 10,
                 duplicates: 2,
                 ..Tally::default()
             },
+            duplicates_uncommitted: Some(5),
             recoveries: vec![
                 Some(Duration::from_millis(1500)),
                 Some(Duration::from_millis(900)),
@@ -180,18 +198,22 @@ mod tests {
                 ok: true,
                 detail: "d".into(),
             }],
-            notes: vec![],
-            error: None,
             elapsed: Duration::from_secs(30),
+            ..Outcome::new(Scenario::Standby, Delivery::AtLeastOnce)
         }
     }
 
     #[test]
     fn a_row_shows_counts_recovery_and_checks() {
         let t = table(&[outcome()]);
+        let header = t.lines().next().unwrap();
+        assert!(
+            header.contains("| duplicates (read_committed) | duplicates (read_uncommitted) |"),
+            "{header}"
+        );
         let row = t.lines().nth(2).unwrap();
         assert!(row.starts_with("| 4. active relay killed"), "{row}");
-        assert!(row.contains("| 10 | 10 | 0 | 2 | 0 | 0 / 0 |"), "{row}");
+        assert!(row.contains("| 10 | 10 | 0 | 2 | 5 | 0 | 0 / 0 |"), "{row}");
         assert!(
             row.contains("1.50 s (max of 2); takeover ≤ 0.70 s"),
             "{row}"
@@ -207,6 +229,34 @@ mod tests {
         let t = table(&[o]);
         assert!(t.contains("never"));
         assert!(t.contains("FAIL: c"));
-        assert!(render(&[outcome()], "x").contains("PASS"));
+        assert!(render(&[outcome()], Delivery::AtLeastOnce, "x").contains("PASS"));
+    }
+
+    #[test]
+    fn duplicates_under_exactly_once_fail_the_report_and_say_why() {
+        let o = Outcome {
+            delivery: Delivery::ExactlyOnce,
+            ..outcome()
+        };
+        let text = render(&[o], Delivery::ExactlyOnce, "x");
+        assert!(text.contains("**FAIL in scenario(s) 4**"), "{text}");
+        assert!(
+            text.contains("read_committed consumer read 2 records beyond the first copy"),
+            "{text}"
+        );
+        let clean = Outcome {
+            delivery: Delivery::ExactlyOnce,
+            tally: Tally {
+                duplicates: 0,
+                ..outcome().tally
+            },
+            ..outcome()
+        };
+        let text = render(&[clean], Delivery::ExactlyOnce, "x");
+        assert!(text.contains("**PASS"), "{text}");
+        assert!(
+            text.contains("nothing read twice (read_committed)"),
+            "{text}"
+        );
     }
 }

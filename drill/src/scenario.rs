@@ -3,10 +3,13 @@
 //! Each scenario gets databases, replication slots, topics and a consumer group of its
 //! own, so its counts are its own: fresh `drill_s<N>_users` / `drill_s<N>_tx`
 //! databases (migrated by the services at start-up), slots of the same names, topics
-//! `drill.<run>.s<N>.outbox.event.{user,transaction}`. Then: both services and the
-//! relay start, the load runs while the scenario's faults are injected, the load stops,
-//! everything is given time to converge, the processes stop, and every outbox row of
-//! both databases is compared with everything the topics hold.
+//! `drill.<run>.s<N>.outbox.event.{user,transaction}`; in exactly-once mode also the
+//! relay's checkpoint topic `drill.<run>.s<N>.checkpoints` and transactional ids
+//! `drill.<run>.s<N>.relay-<source>` (shared by the scenario's relays, so a new
+//! active relay fences the old one, and by no other scenario). Then: both services and
+//! the relay start, the load runs while the scenario's faults are injected, the load
+//! stops, everything is given time to converge, the processes stop, and every outbox
+//! row of both databases is compared with everything the topics hold.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -16,7 +19,7 @@ use anyhow::{bail, Context};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-use crate::kafka::{self, Collector, Seen};
+use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
 use crate::procs::{free_port, wait_ready, Proc};
 use crate::stack::{StackConfig, PG_PASSWORD, PG_USER};
@@ -70,6 +73,27 @@ impl Scenario {
     }
 }
 
+/// How the relays deliver to Kafka: the drill's `--delivery`, passed to every relay it
+/// starts as `RELAY_KAFKA__DELIVERY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    /// The relay's default: after a crash or an outage the unconfirmed tail is sent
+    /// again with the same event ids, so duplicates are allowed.
+    AtLeastOnce,
+    /// A transactional relay: a `read_committed` consumer must see every row once, so
+    /// the verdict also requires zero duplicates as `read_committed` sees them.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
 /// The binaries the drill starts.
 #[derive(Debug, Clone)]
 pub struct Bins {
@@ -106,6 +130,7 @@ pub struct Ctx {
     pub rng: Rng,
     /// Keep a passed scenario's topics (with `--keep-stack`, for inspection).
     pub keep: bool,
+    pub delivery: Delivery,
 }
 
 /// One end-to-end check and whether it held.
@@ -120,7 +145,13 @@ pub struct Check {
 #[derive(Debug)]
 pub struct Outcome {
     pub scenario: Scenario,
+    /// The relays' delivery mode, which decides whether duplicates fail the verdict.
+    pub delivery: Delivery,
+    /// Every committed row against what a `read_committed` consumer read: the verdict.
     pub tally: Tally,
+    /// Duplicates as a `read_uncommitted` consumer saw them (records of aborted Kafka
+    /// transactions included); informational. `None` if the scenario stopped before.
+    pub duplicates_uncommitted: Option<usize>,
     /// Per fault: from the fault's end until every row pending at that moment was in
     /// Kafka (`None`: never, within the bound).
     pub recoveries: Vec<Option<Duration>>,
@@ -134,12 +165,37 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An outcome before anything ran.
+    pub fn new(scenario: Scenario, delivery: Delivery) -> Outcome {
+        Outcome {
+            scenario,
+            delivery,
+            tally: Tally::default(),
+            duplicates_uncommitted: None,
+            recoveries: Vec::new(),
+            takeovers: Vec::new(),
+            checks: Vec::new(),
+            notes: Vec::new(),
+            error: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The verdict: nothing lost, invented or out of order, every end-to-end check
+    /// holds, and in exactly-once mode no event read twice by a `read_committed`
+    /// consumer. What a `read_uncommitted` consumer saw never decides it.
     pub fn passed(&self) -> bool {
         self.error.is_none()
             && self.tally.lost == 0
             && self.tally.invented == 0
             && self.tally.order_violations() == 0
+            && !self.duplicates_forbidden()
             && self.checks.iter().all(|c| c.ok)
+    }
+
+    /// Exactly-once mode, and `read_committed` read an event more than once.
+    pub fn duplicates_forbidden(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce && self.tally.duplicates > 0
     }
 }
 
@@ -150,6 +206,10 @@ struct Names {
     prefix: String,
     user_topic: String,
     tx_topic: String,
+    /// Exactly-once: the relay's checkpoint topic, deleted with the scenario's topics.
+    checkpoint_topic: String,
+    /// Exactly-once: `transactional.id` = this + the source name.
+    transactional_id_prefix: String,
     group: String,
 }
 
@@ -162,6 +222,8 @@ impl Names {
             tx_db: format!("drill_s{n}_tx"),
             user_topic: format!("{prefix}outbox.event.user"),
             tx_topic: format!("{prefix}outbox.event.transaction"),
+            checkpoint_topic: format!("{prefix}checkpoints"),
+            transactional_id_prefix: format!("{prefix}relay-"),
             group: format!("drill-{run_id}-s{n}"),
             prefix,
         }
@@ -176,16 +238,7 @@ impl Names {
 pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
     let started = Instant::now();
     let names = Names::new(&ctx.run_id, sc);
-    let mut out = Outcome {
-        scenario: sc,
-        tally: Tally::default(),
-        recoveries: Vec::new(),
-        takeovers: Vec::new(),
-        checks: Vec::new(),
-        notes: Vec::new(),
-        error: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut out = Outcome::new(sc, ctx.delivery);
     if let Err(e) = run_inner(ctx, sc, &names, &mut out).await {
         out.error = Some(format!("{e:#}"));
     }
@@ -194,11 +247,11 @@ pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
         out.notes.push(format!("could not drop the slots: {e:#}"));
     }
     if out.passed() && !ctx.keep {
-        kafka::delete_topics(
-            &ctx.stack.brokers(),
-            &[names.user_topic.clone(), names.tx_topic.clone()],
-        )
-        .await;
+        let mut topics = vec![names.user_topic.clone(), names.tx_topic.clone()];
+        if ctx.delivery == Delivery::ExactlyOnce {
+            topics.push(names.checkpoint_topic.clone());
+        }
+        kafka::delete_topics(&ctx.stack.brokers(), &topics).await;
     }
     out.elapsed = started.elapsed();
     out
@@ -211,7 +264,10 @@ struct World<'a> {
     names: &'a Names,
     users_pool: PgPool,
     tx_pool: PgPool,
+    /// Reads `read_committed`: the verdict, recovery times, scenario 5's evidence.
     collector: Collector,
+    /// Reads `read_uncommitted`: aborted copies too, for the informational column.
+    uncommitted: Collector,
     user_svc: Option<Proc>,
     tx_svc: Option<Proc>,
     user_url: String,
@@ -246,10 +302,9 @@ async fn run_inner(
         &[names.user_topic.clone(), names.tx_topic.clone()],
     )
     .await?;
-    let collector = Collector::start(
-        &brokers,
-        &[names.user_topic.clone(), names.tx_topic.clone()],
-    )?;
+    let topics = [names.user_topic.clone(), names.tx_topic.clone()];
+    let collector = Collector::start(&brokers, &topics, Isolation::ReadCommitted)?;
+    let uncommitted = Collector::start(&brokers, &topics, Isolation::ReadUncommitted)?;
 
     let mut w = World {
         ctx,
@@ -258,13 +313,14 @@ async fn run_inner(
         users_pool: stack.pool(&names.users_db)?,
         tx_pool: stack.pool(&names.tx_db)?,
         collector,
+        uncommitted,
         user_svc: None,
         tx_svc: None,
         user_url: String::new(),
         tx_url: String::new(),
         relays: [None, None],
         relay_ports: [free_port()?, free_port()?],
-        relay_env: relay_env(stack, names, sc),
+        relay_env: relay_env(stack, names, sc, ctx.delivery),
         recoveries: Vec::new(),
     };
     w.start_services().await?;
@@ -332,7 +388,12 @@ async fn run_inner(
     w.finish(summary, out).await
 }
 
-fn relay_env(stack: &StackConfig, names: &Names, sc: Scenario) -> Vec<(String, String)> {
+fn relay_env(
+    stack: &StackConfig,
+    names: &Names,
+    sc: Scenario,
+    delivery: Delivery,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("RELAY_KAFKA__BROKERS".to_string(), stack.brokers()),
         (
@@ -359,6 +420,22 @@ fn relay_env(stack: &StackConfig, names: &Names, sc: Scenario) -> Vec<(String, S
         // Marking lags the acks by seconds: a crash lands between ack and PROCESSED.
         env.push(("RELAY_PIPELINE__MARK_INTERVAL_MS".into(), "3000".into()));
         env.push(("RELAY_PIPELINE__MARK_BATCH_SIZE".into(), "1000000".into()));
+    }
+    if delivery == Delivery::ExactlyOnce {
+        env.extend([
+            (
+                "RELAY_KAFKA__DELIVERY".to_string(),
+                delivery.as_str().to_string(),
+            ),
+            (
+                "RELAY_KAFKA__CHECKPOINT_TOPIC".to_string(),
+                names.checkpoint_topic.clone(),
+            ),
+            (
+                "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX".to_string(),
+                names.transactional_id_prefix.clone(),
+            ),
+        ]);
     }
     env
 }
@@ -833,11 +910,13 @@ impl World<'_> {
         }
 
         self.collector.catch_up(Duration::from_secs(120)).await?;
-        let rebuilt = self.collector.rebuilt();
+        self.uncommitted.catch_up(Duration::from_secs(120)).await?;
+        let rebuilt = self.collector.rebuilt() + self.uncommitted.rebuilt();
         let records = self.collector.finish();
+        let records_uncommitted = self.uncommitted.finish();
         if rebuilt > 0 {
             out.notes.push(format!(
-                "the drill's own consumer was rebuilt {rebuilt} times after 10 s without a record (idle, or stuck after a broker restart)"
+                "the drill's own consumers were rebuilt {rebuilt} times after 10 s without a record (idle, or stuck after a broker restart)"
             ));
         }
 
@@ -863,9 +942,12 @@ impl World<'_> {
         }
         let names = self.names;
         out.tally = verify::tally(&committed, &records, |a| names.topic_for(a));
+        let uncommitted = verify::tally(&committed, &records_uncommitted, |a| names.topic_for(a));
+        out.duplicates_uncommitted = Some(uncommitted.duplicates);
         out.notes.push(format!(
-            "{} records read back from Kafka ({} committed rows)",
+            "{} records read back from Kafka read_committed, {} read_uncommitted ({} committed rows)",
             records.len(),
+            records_uncommitted.len(),
             committed.len()
         ));
 
@@ -1005,5 +1087,105 @@ impl World<'_> {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean(delivery: Delivery) -> Outcome {
+        Outcome {
+            tally: Tally {
+                committed: 100,
+                delivered: 100,
+                ..Tally::default()
+            },
+            duplicates_uncommitted: Some(0),
+            checks: vec![Check {
+                name: "every outbox row PROCESSED".into(),
+                ok: true,
+                detail: String::new(),
+            }],
+            ..Outcome::new(Scenario::RelayKill, delivery)
+        }
+    }
+
+    #[test]
+    fn duplicates_fail_the_verdict_under_exactly_once_only() {
+        for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+            assert!(clean(delivery).passed(), "{delivery:?}");
+        }
+        let mut o = clean(Delivery::AtLeastOnce);
+        o.tally.duplicates = 7;
+        assert!(o.passed(), "at-least-once allows replayed copies");
+        o.delivery = Delivery::ExactlyOnce;
+        assert!(o.duplicates_forbidden());
+        assert!(!o.passed(), "exactly-once: read_committed duplicates fail");
+    }
+
+    #[test]
+    fn what_read_uncommitted_saw_never_decides_the_verdict() {
+        let mut o = clean(Delivery::ExactlyOnce);
+        o.duplicates_uncommitted = Some(40);
+        assert!(
+            o.passed(),
+            "aborted copies are visible to read_uncommitted only"
+        );
+    }
+
+    #[test]
+    fn every_scenario_is_held_to_the_exactly_once_rule() {
+        for sc in Scenario::ALL {
+            let mut o = clean(Delivery::ExactlyOnce);
+            o.scenario = sc;
+            o.tally.duplicates = 1;
+            assert!(!o.passed(), "{sc:?}");
+        }
+    }
+
+    fn stack() -> StackConfig {
+        StackConfig {
+            repo: PathBuf::from("/repo"),
+            dir: PathBuf::from("/repo/.stack/drill"),
+            pg_port: 55532,
+            kafka_port: 59192,
+            kafka_controller_port: 59193,
+        }
+    }
+
+    fn var<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn exactly_once_relays_get_the_mode_and_a_checkpoint_topic_of_the_scenario() {
+        let names = Names::new("20261201120000", Scenario::Standby);
+        let env = relay_env(&stack(), &names, Scenario::Standby, Delivery::ExactlyOnce);
+        assert_eq!(var(&env, "RELAY_KAFKA__DELIVERY"), Some("exactly-once"));
+        assert_eq!(
+            var(&env, "RELAY_KAFKA__CHECKPOINT_TOPIC"),
+            Some("drill.20261201120000.s4.checkpoints")
+        );
+        assert_eq!(
+            var(&env, "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX"),
+            Some("drill.20261201120000.s4.relay-")
+        );
+        let other = Names::new("20261201120000", Scenario::RelayKill);
+        assert_ne!(names.checkpoint_topic, other.checkpoint_topic);
+        assert_ne!(names.transactional_id_prefix, other.transactional_id_prefix);
+    }
+
+    #[test]
+    fn at_least_once_relays_run_with_the_relays_defaults() {
+        let names = Names::new("20261201120000", Scenario::RelayKill);
+        let env = relay_env(&stack(), &names, Scenario::RelayKill, Delivery::AtLeastOnce);
+        for key in [
+            "RELAY_KAFKA__DELIVERY",
+            "RELAY_KAFKA__CHECKPOINT_TOPIC",
+            "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX",
+        ] {
+            assert_eq!(var(&env, key), None, "{key}");
+        }
     }
 }

@@ -1,14 +1,22 @@
 //! The short drill, as the test suite runs it: the real binaries, a private stack of
-//! this test's own (a temporary folder, free ports), all six scenarios, and the
-//! report's table read back. Whatever happens, the drill's process group is killed and
-//! the private stack stopped.
+//! each test's own (a temporary folder, free ports), and the report's table read back.
+//! Twice: at-least-once with all six scenarios, and exactly-once with scenarios 1–5,
+//! where a `read_committed` consumer must also read no event twice. The two runs take
+//! turns (one stack at a time on the 2-core machine). Whatever happens, the drill's
+//! process group is killed and the private stack stopped.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Far above the few minutes the short drill takes; only a hang reaches it.
 const HARD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// One drill at a time: each brings up a PostgreSQL and a Kafka of its own and loads
+/// both services; two at once would only measure the machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Stops everything the drill may have left: its process group (services, relays),
 /// then the private stack (PostgreSQL and Kafka run in sessions of their own).
@@ -69,8 +77,29 @@ fn build_services(repo: &Path, bin_dir: &Path) {
     assert!(status.success(), "building the services failed");
 }
 
-#[test]
-fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
+/// The report's table: one map from column name to cell per scenario row.
+fn table_rows(report: &str) -> Vec<HashMap<String, String>> {
+    let cells = |l: &str| -> Vec<String> {
+        l.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let Some(header) = report.lines().find(|l| l.starts_with("| scenario |")) else {
+        return Vec::new();
+    };
+    let names = cells(header);
+    report
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| names.iter().cloned().zip(cells(l)).collect())
+        .collect()
+}
+
+/// Runs the short drill with `args` on a private stack and returns its report; panics
+/// (after cleaning up) if the drill did not exit 0.
+fn run_short_drill(args: &[&str]) -> (String, Cleanup) {
     use std::os::unix::process::CommandExt;
 
     let repo = testkit::repo_root();
@@ -101,7 +130,9 @@ fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
     let report = dir.join("report.md");
     let (out, err) = (dir.join("drill.out"), dir.join("drill.err"));
     let mut child = Command::new(&drill)
-        .args(["--short", "--bin-dir"])
+        .arg("--short")
+        .args(args)
+        .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--repo")
         .arg(&repo)
@@ -136,7 +167,7 @@ fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!(
-        "short drill: {status} after {:.0} s",
+        "short drill {args:?}: {status} after {:.0} s",
         started.elapsed().as_secs_f64()
     );
     let text = std::fs::read_to_string(&report).unwrap_or_default();
@@ -146,29 +177,63 @@ fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
         "the drill failed\n--- report ---\n{text}\n--- stderr (tail) ---\n{}",
         tail(&err, 40)
     );
+    (text, cleanup)
+}
 
-    // Read the table back: every scenario, zero lost, invented, out of order.
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect()
-        })
-        .collect();
-    assert_eq!(rows.len(), 6, "one row per scenario\n{text}");
+/// Every scenario row: zero lost, invented, out of order; everything delivered; every
+/// end-to-end check held. Returns the rows for mode-specific checks.
+fn assert_nothing_lost(text: &str, scenarios: usize) -> Vec<HashMap<String, String>> {
+    let rows = table_rows(text);
+    assert_eq!(rows.len(), scenarios, "one row per scenario\n{text}");
     for r in &rows {
-        let n = |i: usize| r[i].parse::<u64>().unwrap_or_else(|_| panic!("{r:?}"));
-        let (committed, delivered, lost, invented) = (n(1), n(2), n(3), n(5));
-        assert!(committed > 100, "load reached the outbox: {r:?}");
-        assert_eq!((lost, invented), (0, 0), "{r:?}");
-        assert_eq!(delivered, committed, "{r:?}");
-        assert_eq!(r[6], "0 / 0", "order violations: {r:?}");
-        assert!(r[8].starts_with("ok"), "end-to-end checks: {r:?}\n{text}");
+        let cell = |c: &str| {
+            r.get(c)
+                .unwrap_or_else(|| panic!("no column {c:?} in {r:?}"))
+                .as_str()
+        };
+        let n = |c: &str| {
+            cell(c)
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{c}: {r:?}"))
+        };
+        assert!(n("committed") > 100, "load reached the outbox: {r:?}");
+        assert_eq!((n("lost"), n("invented")), (0, 0), "{r:?}");
+        assert_eq!(n("delivered"), n("committed"), "{r:?}");
+        assert_eq!(
+            cell("order violations (aggregate / source)"),
+            "0 / 0",
+            "order violations: {r:?}"
+        );
+        assert!(
+            cell("end-to-end").starts_with("ok"),
+            "end-to-end checks: {r:?}\n{text}"
+        );
     }
     assert!(text.contains("**PASS"), "{text}");
+    rows
+}
+
+#[test]
+fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (text, mut cleanup) = run_short_drill(&[]);
+    assert_nothing_lost(&text, 6);
+    eprintln!("{text}");
+    cleanup.passed = true;
+}
+
+#[test]
+fn the_exactly_once_short_drill_delivers_every_row_once_to_read_committed() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (text, mut cleanup) =
+        run_short_drill(&["--delivery", "exactly-once", "--scenarios", "1,2,3,4,5"]);
+    for r in assert_nothing_lost(&text, 5) {
+        assert_eq!(
+            r["duplicates (read_committed)"], "0",
+            "exactly-once: read_committed read an event twice: {r:?}\n{text}"
+        );
+    }
+    assert!(text.contains("delivery exactly-once"), "{text}");
     eprintln!("{text}");
     cleanup.passed = true;
 }

@@ -70,6 +70,8 @@ pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
         .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
         // A new group starts from the beginning: accounts must exist for every user.
         .set("auto.offset.reset", "earliest")
+        // Relay in exactly-once mode: an aborted Kafka transaction's records must never move money.
+        .set("isolation.level", "read_committed")
         // A member the coordinator has not heard from for this long is dropped. After a
         // broker restart the group still lists the member the consumer was before it
         // rejoined, and the rebalance waits for that ghost until this expires: with the
