@@ -216,6 +216,59 @@ pub async fn system_backends(admin: &Client, db: &str) -> anyhow::Result<Vec<u32
     Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
 }
 
+/// What a PostgreSQL backend does for a system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The walsender of a replication connection (`backend_type = 'walsender'`):
+    /// decodes WAL with pgoutput and sends it.
+    Walsender,
+    /// An ordinary session (`client backend`): for relay-cdc its marking connections
+    /// (and the seldom-busy housekeeping one).
+    Session,
+}
+
+/// Backends connected to `db` with `application_name` = `app`, walsenders apart from
+/// ordinary sessions. relay-cdc names every connection of a source `relay-cdc/<source>`,
+/// its replication connection included.
+pub async fn backends_of(
+    admin: &Client,
+    db: &str,
+    app: &str,
+) -> anyhow::Result<Vec<(u32, Backend)>> {
+    let rows = admin
+        .query(
+            "select pid, backend_type = 'walsender' from pg_stat_activity \
+             where datname = $1 and application_name = $2 and pid <> pg_backend_pid()",
+            &[&db, &app],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let kind = if r.get::<_, bool>(1) {
+                Backend::Walsender
+            } else {
+                Backend::Session
+            };
+            (r.get::<_, i32>(0) as u32, kind)
+        })
+        .collect())
+}
+
+/// The walsenders streaming from `db` (whatever client holds them).
+pub async fn walsenders(admin: &Client, db: &str) -> anyhow::Result<Vec<(u32, Backend)>> {
+    let rows = admin
+        .query(
+            "select pid from pg_stat_activity where datname = $1 and backend_type = 'walsender'",
+            &[&db],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as u32, Backend::Walsender))
+        .collect())
+}
+
 /// Waits until no session but the caller's is connected to `db` (their counters are
 /// then published).
 pub async fn wait_disconnected(admin: &Client, db: &str) -> anyhow::Result<()> {

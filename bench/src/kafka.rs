@@ -1,8 +1,11 @@
 //! The Kafka side of a run: topics of the run's own (created up front, with
 //! `LogAppendTime` where latency is measured), a producer configured like the relay's
-//! for the polling baseline, and a `read_committed` reader that collects what arrived.
+//! for the polling baseline, a `read_committed` reader that collects what arrived, and
+//! a watcher of a topic's end offsets (how far Debezium got).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -55,6 +58,79 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .set("acks", "all")
         .set("message.timeout.ms", "0")
         .create()?)
+}
+
+/// The sum of a topic's end offsets (high watermarks), sampled on a thread of its own
+/// every few milliseconds: with a non-transactional producer, how many records the
+/// broker has acked on that topic. A failed sample is skipped; the caller bounds the wait.
+pub struct EndOffsets {
+    total: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EndOffsets {
+    pub fn watch(
+        brokers: &str,
+        topic: &str,
+        partitions: i32,
+        every: Duration,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set(
+                "group.id",
+                format!("relay-bench-offsets-{}", testkit::unique_suffix()),
+            )
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let total = Arc::new(AtomicI64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let topic = topic.to_string();
+        let thread = std::thread::spawn({
+            let (total, stop) = (total.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sum: Result<i64, KafkaError> = (0..partitions)
+                        .map(|p| {
+                            consumer
+                                .fetch_watermarks(&topic, p, Duration::from_secs(2))
+                                .map(|(_, high)| high)
+                        })
+                        .sum();
+                    if let Ok(sum) = sum {
+                        total.store(sum, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(every);
+                }
+            }
+        });
+        Ok(Self {
+            total,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Records on the topic at the latest sample.
+    pub fn total(&self) -> i64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling and waits for the thread to end.
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for EndOffsets {
+    /// A watcher dropped on an error path stops after its current sample.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One record as the reader saw it.

@@ -4,6 +4,8 @@
 
 mod ceiling;
 mod db;
+mod debezium;
+mod ingest;
 mod kafka;
 mod load;
 mod options;

@@ -57,6 +57,16 @@ pub struct Options {
     /// Which parts to run.
     #[arg(long, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Order])]
     pub only: Vec<Part>,
+    /// Also run Debezium (Kafka Connect standalone + the PostgreSQL connector + the Outbox
+    /// Event Router) on every throughput workload and latency rate. Needs Java 17+ and,
+    /// on first use, Maven to fetch its jars; without them its rows say why they were skipped.
+    #[arg(long)]
+    pub debezium: bool,
+    /// Extra Debezium settings for experiments, e.g. `--debezium-set poll.interval.ms=50`
+    /// (connector) or `--debezium-set worker.producer.batch.size=65536` (worker, without
+    /// `worker.`); repeatable, applied last, printed with the tables.
+    #[arg(long, value_parser = parse_property)]
+    pub debezium_set: Vec<(String, String)>,
     /// Also measure relay memory through a broker outage (starts a private broker; slow).
     #[arg(long)]
     pub outage: bool,
@@ -79,6 +89,13 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if k.starts_with("RELAY_") => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not RELAY_<KEY>=<VALUE>")),
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not <key>=<value>")),
     }
 }
 
@@ -162,6 +179,8 @@ pub struct Plan {
     pub parts: Vec<Part>,
     /// Delivery modes of the relay, in the order given, each once.
     pub deliveries: Vec<Delivery>,
+    /// Debezium as a further system (off unless `--debezium`).
+    pub debezium: bool,
     pub outage: Option<Duration>,
 }
 
@@ -260,6 +279,7 @@ impl Options {
             pairs: self.pairs.unwrap_or(if self.quick { 10 } else { 200 }),
             parts: self.only.clone(),
             deliveries,
+            debezium: self.debezium,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
         })
     }
@@ -307,6 +327,30 @@ mod tests {
         assert!(p.workloads.iter().all(|w| w.rows <= 2000));
         assert_eq!(p.duration, Duration::from_secs(2));
         assert_eq!(p.pairs, 10);
+        assert!(!p.debezium, "a quick run never needs Maven or a JVM");
+    }
+
+    #[test]
+    fn debezium_runs_only_when_asked() {
+        assert!(!plan(&[]).debezium);
+        assert!(plan(&["--debezium"]).debezium);
+        assert!(plan(&["--quick", "--debezium"]).debezium);
+        let o = Options::try_parse_from([
+            "relay-bench",
+            "--debezium-set",
+            "poll.interval.ms=50",
+            "--debezium-set",
+            "worker.producer.batch.size=65536",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.debezium_set,
+            [
+                ("poll.interval.ms".to_string(), "50".to_string()),
+                ("worker.producer.batch.size".into(), "65536".into())
+            ]
+        );
+        assert!(Options::try_parse_from(["relay-bench", "--debezium-set", "x"]).is_err());
     }
 
     #[test]

@@ -78,6 +78,46 @@ pub fn cpu_used(
         .sum()
 }
 
+/// CPU seconds a changing set of processes (PostgreSQL backends) used over a window.
+///
+/// `begin` records the processes that exist when the window opens; `sample` reads the
+/// processes that exist now and may be called as often as wanted; `used` is what every
+/// process seen used since the window opened, a process first seen later counting
+/// whole (it started inside the window). A process that starts and exits between two
+/// samples is missed, and one that exits loses what it used since its last sample.
+#[derive(Debug, Default, Clone)]
+pub struct CpuTracker<K> {
+    start: std::collections::HashMap<u32, f64>,
+    last: std::collections::HashMap<u32, (K, f64)>,
+}
+
+impl<K: Clone + PartialEq> CpuTracker<K> {
+    pub fn begin(pids: &[u32]) -> Self {
+        Self {
+            start: cpu_by_pid(pids),
+            last: Default::default(),
+        }
+    }
+
+    /// Reads the CPU time of `procs` (pid and a kind, e.g. walsender or not).
+    pub fn sample(&mut self, procs: &[(u32, K)]) {
+        for (pid, kind) in procs {
+            if let Ok(t) = cpu_seconds(*pid) {
+                self.last.insert(*pid, (kind.clone(), t));
+            }
+        }
+    }
+
+    /// CPU seconds used by the processes of `kind` since `begin`.
+    pub fn used(&self, kind: &K) -> f64 {
+        self.last
+            .iter()
+            .filter(|(_, (k, _))| k == kind)
+            .map(|(pid, (_, t))| (t - self.start.get(pid).copied().unwrap_or(0.0)).max(0.0))
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +142,22 @@ mod tests {
         let before = [(1, 1.0), (2, 5.0)].into_iter().collect();
         let after = [(1, 1.5), (3, 0.25)].into_iter().collect();
         assert_eq!(cpu_used(&before, &after), 0.75);
+    }
+
+    #[test]
+    fn a_tracker_splits_cpu_by_kind_and_counts_from_the_window_start() {
+        let me = std::process::id();
+        let mut t = CpuTracker::begin(&[me]);
+        // Burn a little CPU so the sample is above the start.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        t.sample(&[(me, true), (u32::MAX, false)]);
+        assert!(t.used(&true) >= 0.0);
+        assert!(t.used(&true) <= cpu_seconds(me).unwrap());
+        assert_eq!(t.used(&false), 0.0, "a pid that does not exist is ignored");
     }
 
     #[test]

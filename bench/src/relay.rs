@@ -13,6 +13,10 @@ use tokio::process::{Child, Command};
 use crate::options::Delivery;
 use crate::proc_stats;
 
+/// The `application_name` of every PostgreSQL connection of the relay's one source
+/// (`bench`): relay-cdc names them `relay-cdc/<source>`, its replication connection too.
+pub const APPLICATION_NAME: &str = "relay-cdc/bench";
+
 const KAFKA_TRANSACTIONS: &str = "relay_kafka_transactions_total";
 const KAFKA_TRANSACTION_RECORDS: &str = "relay_kafka_transaction_records";
 const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";

@@ -14,6 +14,10 @@ impl Table {
         }
     }
 
+    pub fn columns(&self) -> usize {
+        self.headers.len()
+    }
+
     pub fn row(&mut self, cells: Vec<String>) {
         assert_eq!(cells.len(), self.headers.len(), "one cell per column");
         self.rows.push(cells);

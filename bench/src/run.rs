@@ -1,6 +1,6 @@
 //! Orchestration: every measurement on a fresh database (and topic) of its own, the
 //! systems one after another on the same stack (relay-cdc once per delivery mode of
-//! the plan), then the tables.
+//! the plan, Debezium when asked), then the tables.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,7 +11,9 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::ceiling::{self, Recv};
-use crate::db;
+use crate::db::{self, Backend};
+use crate::debezium::{self, ConnectProcess, ConnectSpec};
+use crate::ingest;
 use crate::kafka;
 use crate::load::{self, Rate};
 use crate::options::{Delivery, Options, Part, Plan, Workload};
@@ -26,6 +28,10 @@ const PARTITIONS: i32 = 3;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A reader gives up after this long without a record.
 const READ_IDLE: Duration = Duration::from_secs(60);
+/// Debezium's JVM starts in ~10 s on an idle machine; a loaded one gets more.
+const DEBEZIUM_START_TIMEOUT: Duration = Duration::from_secs(180);
+/// How often the PostgreSQL backends of a throughput run are sampled for CPU time.
+const BACKEND_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const EVENTS_PUBLISHED: &str = "relay_events_published_total";
 const RECORDS_IN_FLIGHT: &str = "relay_records_in_flight";
 
@@ -36,7 +42,12 @@ pub struct Ctx {
     pub recvlogical: PathBuf,
     pub admin: Client,
     pub log_dir: PathBuf,
+    /// Debezium's jars when the plan runs it, or why it cannot run here.
+    pub debezium: Option<Result<debezium::Libs, String>>,
     relay_env: Vec<(String, String)>,
+    debezium_set: Vec<(String, String)>,
+    /// Set when a comparison system failed: the log folder stays for a look.
+    keep_logs: std::sync::atomic::AtomicBool,
     run_id: String,
     topics: std::sync::atomic::AtomicU32,
 }
@@ -46,6 +57,7 @@ pub struct Ctx {
 pub enum System {
     Relay(Delivery),
     Polling(Duration),
+    Debezium,
 }
 
 impl std::fmt::Display for System {
@@ -57,6 +69,7 @@ impl std::fmt::Display for System {
                 write!(f, "polling {} s", d.as_secs())
             }
             System::Polling(d) => write!(f, "polling {} ms", d.as_millis()),
+            System::Debezium => f.write_str("debezium"),
         }
     }
 }
@@ -83,13 +96,25 @@ impl Ctx {
         let run_id = testkit::unique_suffix()[..8].to_string();
         let log_dir = std::env::temp_dir().join(format!("relay-bench-{run_id}"));
         std::fs::create_dir_all(&log_dir)?;
+        let debezium = if opts.debezium {
+            let libs = debezium::libs().await;
+            if let Err(reason) = &libs {
+                progress(format!("debezium is skipped: {reason}"));
+            }
+            Some(libs)
+        } else {
+            None
+        };
         Ok(Self {
             stack,
             relay_bin,
             recvlogical,
             admin,
             log_dir,
+            debezium,
             relay_env: opts.relay_env.clone(),
+            debezium_set: opts.debezium_set.clone(),
+            keep_logs: Default::default(),
             run_id,
             topics: Default::default(),
         })
@@ -132,6 +157,31 @@ impl Ctx {
         }
     }
 
+    /// Debezium on `db`, reading `slot`, writing `<prefix>.<aggregate_type>`.
+    fn debezium_spec(
+        &self,
+        libs: &debezium::Libs,
+        db: &TestDb,
+        slot: &str,
+        prefix: &str,
+    ) -> ConnectSpec {
+        ConnectSpec {
+            libs: libs.clone(),
+            brokers: self.stack.kafka_brokers.clone(),
+            pg_host: self.stack.pg_host.clone(),
+            pg_port: self.stack.pg_port,
+            pg_user: self.stack.pg_user.clone(),
+            pg_password: self.stack.pg_password.clone(),
+            database: db.name.clone(),
+            slot: slot.to_string(),
+            topic_prefix: prefix.to_string(),
+            dir: self
+                .log_dir
+                .join(format!("debezium-{}", testkit::unique_suffix())),
+            extra: self.debezium_set.clone(),
+        }
+    }
+
     fn poller_spec(&self, db: &TestDb, topic: &str, interval: Duration, batch: i64) -> PollerSpec {
         PollerSpec {
             url: db.url.clone(),
@@ -148,11 +198,17 @@ fn checkpoint_topic(prefix: &str) -> String {
     format!("{prefix}.checkpoints")
 }
 
+/// The topic of Debezium's warm-up record (aggregate type `probe`).
+fn probe_topic(prefix: &str) -> String {
+    format!("{prefix}.probe")
+}
+
 /// The topics a measurement leaves behind: its records' and, for an exactly-once
-/// relay, its checkpoint topic.
+/// relay, its checkpoint topic, for Debezium its warm-up topic.
 fn topics_of(system: System, prefix: &str, topic: &str) -> Vec<String> {
     match system {
         System::Relay(Delivery::ExactlyOnce) => vec![topic.to_string(), checkpoint_topic(prefix)],
+        System::Debezium => vec![topic.to_string(), probe_topic(prefix)],
         _ => vec![topic.to_string()],
     }
 }
@@ -187,7 +243,7 @@ fn check_delivery(
     Ok(())
 }
 
-fn progress(msg: impl std::fmt::Display) {
+pub(crate) fn progress(msg: impl std::fmt::Display) {
     eprintln!("relay-bench: {msg}");
 }
 
@@ -206,17 +262,39 @@ pub struct RelayThroughput {
     pub acked_rows_per_s: f64,
     pub startup_s: f64,
     pub cpu_per_100k: f64,
+    /// CPU of the relay's ordinary PostgreSQL sessions (marking, housekeeping).
+    pub pg_marking_cpu_per_100k: f64,
+    /// CPU of the walsender serving the relay's slot.
+    pub walsender_cpu_per_100k: f64,
     pub peak_rss: u64,
     /// The Kafka transactions of the timed run (none when at-least-once).
     pub transactions: KafkaTransactions,
 }
 
+/// Debezium draining the same kind of backlog.
+pub struct DebeziumThroughput {
+    /// Rows / seconds from the JVM's start until the last record was in Kafka.
+    pub rows_per_s: f64,
+    /// Rows / seconds from the first record in Kafka to the last.
+    pub streaming_rows_per_s: f64,
+    /// Seconds from the JVM's start until the first record was in Kafka.
+    pub first_record_s: f64,
+    /// CPU of the JVM over its whole life (start-up included).
+    pub cpu_per_100k: f64,
+    pub walsender_cpu_per_100k: f64,
+    pub peak_rss: u64,
+}
+
 pub struct ThroughputRow {
     pub workload: Workload,
     pub ceiling: f64,
+    /// The Kafka ingest ceiling: relay-shaped records from librdkafka alone.
+    pub ingest: f64,
     /// One per delivery mode, in the plan's order.
     pub relays: Vec<RelayThroughput>,
     pub polling: f64,
+    /// `None` when the plan leaves Debezium out; `Err` says why it did not run.
+    pub debezium: Option<Result<DebeziumThroughput, String>>,
 }
 
 impl ThroughputRow {
@@ -274,13 +352,28 @@ async fn relay_throughput(
 
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let c = db::connect(&db.url, "relay-bench").await?;
+    // The relay's backends, walsender apart: none exist yet (the first run ended), so
+    // every one sampled started inside the timed run.
+    let relay_backends = || db::backends_of(&ctx.admin, &db.name, relay::APPLICATION_NAME);
+    let mut pg_cpu = proc_stats::CpuTracker::begin(
+        &relay_backends()
+            .await?
+            .iter()
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>(),
+    );
     let started = Instant::now();
     let mut relay = RelayProcess::spawn(&spec)?;
     let mut startup = None;
     let mut acked = None;
+    let mut sampled = started;
     let deadline = started + stuck_after(loaded.rows);
     for round in 0u64.. {
         relay.check_alive()?;
+        if sampled.elapsed() >= BACKEND_SAMPLE_EVERY {
+            pg_cpu.sample(&relay_backends().await?);
+            sampled = Instant::now();
+        }
         if startup.is_none() && relay.is_ready().await {
             startup = Some(started.elapsed().as_secs_f64());
         }
@@ -311,6 +404,7 @@ async fn relay_throughput(
     }
     let secs = started.elapsed().as_secs_f64();
     let acked = acked.unwrap_or(secs);
+    pg_cpu.sample(&relay_backends().await?);
     let cpu = relay.cpu_seconds()?;
     let peak_rss = relay.peak_rss()?;
     let published = relay.metric(EVENTS_PUBLISHED).await?.unwrap_or(0.0) as u64;
@@ -334,8 +428,97 @@ async fn relay_throughput(
         acked_rows_per_s: loaded.rows as f64 / acked,
         startup_s: startup.unwrap_or(secs),
         cpu_per_100k: cpu * 100_000.0 / loaded.rows as f64,
+        pg_marking_cpu_per_100k: pg_cpu.used(&Backend::Session) * 100_000.0 / loaded.rows as f64,
+        walsender_cpu_per_100k: pg_cpu.used(&Backend::Walsender) * 100_000.0 / loaded.rows as f64,
         peak_rss,
         transactions,
+    })
+}
+
+/// The Kafka ingest ceiling: relay-shaped records from one librdkafka producer with the
+/// relay's settings into a fresh topic, first send to last ack (see [`ingest`]).
+async fn ingest_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
+    let (_, topic) = ctx.topic_prefix();
+    let brokers = &ctx.stack.kafka_brokers;
+    kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
+    let rate = ingest::ingest(brokers, &topic, w.rows, w.rows_per_txn, w.payload).await?;
+    testkit::delete_topics(brokers, &[&topic]).await;
+    Ok(rate)
+}
+
+/// Debezium drains a backlog: its slot is created before the load (with no stored
+/// offset it streams from there), the JVM is started once the load is flushed, and it
+/// is timed until the routed topic's end offsets cover every row.
+async fn debezium_throughput(
+    ctx: &Ctx,
+    libs: &debezium::Libs,
+    w: &Workload,
+) -> anyhow::Result<DebeziumThroughput> {
+    let db = db::fresh().await?;
+    let (prefix, topic) = ctx.topic_prefix();
+    let brokers = &ctx.stack.kafka_brokers;
+    kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
+    let c = db::connect(&db.url, "relay-bench").await?;
+    let slot = format!("bench_dbz_{}", testkit::unique_suffix());
+    c.execute(
+        "select pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await?;
+    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let offsets = kafka::EndOffsets::watch(brokers, &topic, PARTITIONS, Duration::from_millis(5))?;
+    let spec = ctx.debezium_spec(libs, &db, &slot, &prefix);
+    let started = Instant::now();
+    let mut connect = ConnectProcess::spawn(&spec)?;
+    let mut walsender = proc_stats::CpuTracker::begin(&[]);
+    let mut sampled = started;
+    let mut first = None;
+    let deadline = started + DEBEZIUM_START_TIMEOUT + stuck_after(loaded.rows);
+    let rows = loaded.rows as i64;
+    loop {
+        let n = offsets.total();
+        if first.is_none() && n > 0 {
+            first = Some(started.elapsed().as_secs_f64());
+        }
+        if n >= rows {
+            break;
+        }
+        connect.check_alive()?;
+        if sampled.elapsed() >= BACKEND_SAMPLE_EVERY {
+            walsender.sample(&db::walsenders(&ctx.admin, &db.name).await?);
+            sampled = Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "debezium wrote {n} of {rows} records within {:?}; log: {}",
+                deadline - started,
+                connect.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    walsender.sample(&db::walsenders(&ctx.admin, &db.name).await?);
+    let cpu = connect.cpu_seconds()?;
+    let peak_rss = connect.peak_rss()?;
+    connect.terminate().await?;
+    let written = offsets.total();
+    offsets.stop().await;
+    if written > rows {
+        progress(format!(
+            "warning: debezium wrote {written} records for {rows} rows (duplicates)"
+        ));
+    }
+    delete_topics(brokers, &topics_of(System::Debezium, &prefix, &topic)).await;
+    let first = first.unwrap_or(secs);
+    let per_100k = |v: f64| v * 100_000.0 / loaded.rows as f64;
+    Ok(DebeziumThroughput {
+        rows_per_s: loaded.rows as f64 / secs,
+        streaming_rows_per_s: loaded.rows as f64 / (secs - first).max(1e-3),
+        first_record_s: first,
+        cpu_per_100k: per_100k(cpu),
+        walsender_cpu_per_100k: per_100k(walsender.used(&Backend::Walsender)),
+        peak_rss,
     })
 }
 
@@ -373,6 +556,8 @@ async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<Thro
         w.rows
     ));
     let ceiling = ceiling_throughput(ctx, w).await?;
+    progress(format!("throughput {}: kafka ingest", w.label()));
+    let ingest = ingest_throughput(ctx, w).await?;
     let mut relays = Vec::new();
     for delivery in &plan.deliveries {
         progress(format!(
@@ -384,20 +569,45 @@ async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<Thro
     }
     progress(format!("throughput {}: polling", w.label()));
     let polling = polling_throughput(ctx, plan, w).await?;
+    let debezium = match &ctx.debezium {
+        None => None,
+        Some(Err(reason)) => Some(Err(format!("skipped: {reason}"))),
+        Some(Ok(libs)) => {
+            progress(format!("throughput {}: debezium", w.label()));
+            Some(
+                debezium_throughput(ctx, libs, w)
+                    .await
+                    .map_err(|e| failed(ctx, System::Debezium, &e)),
+            )
+        }
+    };
     Ok(ThroughputRow {
         workload: *w,
         ceiling,
+        ingest,
         relays,
         polling,
+        debezium,
     })
+}
+
+/// A comparison system's measurement failed: the run goes on, the table says so, and
+/// the run's logs are kept.
+fn failed(ctx: &Ctx, system: System, e: &anyhow::Error) -> String {
+    progress(format!("{system} failed: {e:#}"));
+    ctx.keep_logs
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    format!("failed: {e:#}")
 }
 
 // --- systems under load ---------------------------------------------------------------
 
-/// A started system: the relay child process or the in-process polling worker.
+/// A started system: the relay child process, the in-process polling worker or
+/// Debezium's JVM.
 enum Running {
     Relay(Box<RelayProcess>),
     Polling(Poller),
+    Debezium(Box<ConnectProcess>),
 }
 
 impl Running {
@@ -423,6 +633,7 @@ impl Running {
             System::Polling(interval) => Running::Polling(
                 Poller::start(ctx.poller_spec(db, topic, interval, plan.poll_batch)).await?,
             ),
+            System::Debezium => Running::Debezium(Box::new(start_debezium(ctx, db, prefix).await?)),
         })
     }
 
@@ -430,13 +641,41 @@ impl Running {
         match self {
             Running::Relay(r) => r.check_alive(),
             Running::Polling(p) => p.check_alive(),
+            Running::Debezium(c) => c.check_alive(),
         }
     }
 
     fn relay(&self) -> Option<&RelayProcess> {
         match self {
             Running::Relay(r) => Some(r),
-            Running::Polling(_) => None,
+            _ => None,
+        }
+    }
+
+    /// CPU seconds of the system's own process (the relay, Debezium's JVM); the
+    /// polling worker runs inside the bench and has none.
+    fn process_cpu(&self) -> anyhow::Result<Option<f64>> {
+        match self {
+            Running::Relay(r) => r.cpu_seconds().map(Some),
+            Running::Polling(_) => Ok(None),
+            Running::Debezium(c) => c.cpu_seconds().map(Some),
+        }
+    }
+
+    fn process_peak_rss(&self) -> anyhow::Result<Option<u64>> {
+        match self {
+            Running::Relay(r) => r.peak_rss().map(Some),
+            Running::Polling(_) => Ok(None),
+            Running::Debezium(c) => c.peak_rss().map(Some),
+        }
+    }
+
+    /// Transactions the bench itself ran on the database while starting the system
+    /// (Debezium: the slot's creation and the warm-up row), left out of its load.
+    fn bench_xacts(&self) -> i64 {
+        match self {
+            Running::Debezium(_) => 2,
+            _ => 0,
         }
     }
 
@@ -454,8 +693,51 @@ impl Running {
         match self {
             Running::Relay(r) => r.terminate().await,
             Running::Polling(p) => p.stop().await.map(|_| ()),
+            Running::Debezium(c) => c.terminate().await,
         }
     }
+}
+
+/// Starts Debezium on a slot created for it and returns once it streams: a warm-up row
+/// (aggregate type `probe`, routed to a topic of its own) reached Kafka, so the JVM's
+/// start is not in any latency.
+async fn start_debezium(ctx: &Ctx, db: &TestDb, prefix: &str) -> anyhow::Result<ConnectProcess> {
+    let Some(Ok(libs)) = &ctx.debezium else {
+        bail!("debezium is not available in this run");
+    };
+    let brokers = &ctx.stack.kafka_brokers;
+    let probe = probe_topic(prefix);
+    kafka::create_topic(brokers, &probe, 1, false).await?;
+    // The generator's application name: its backend is not the system's.
+    let c = db::connect(&db.url, db::LOAD_APP).await?;
+    let slot = format!("bench_dbz_{}", testkit::unique_suffix());
+    c.execute(
+        "select pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await?;
+    let mut connect = ConnectProcess::spawn(&ctx.debezium_spec(libs, db, &slot, prefix))?;
+    c.execute(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+         values (gen_random_uuid(), 'probe', 'probe', 'Probe', '{}')",
+        &[],
+    )
+    .await?;
+    drop(c);
+    let offsets = kafka::EndOffsets::watch(brokers, &probe, 1, Duration::from_millis(20))?;
+    let deadline = Instant::now() + DEBEZIUM_START_TIMEOUT;
+    while offsets.total() < 1 {
+        connect.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "debezium did not stream within {DEBEZIUM_START_TIMEOUT:?}; log: {}",
+                connect.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    offsets.stop().await;
+    Ok(connect)
 }
 
 // --- latency --------------------------------------------------------------------------
@@ -477,9 +759,19 @@ pub struct LatencyRow {
     pub latency: Latency,
     /// Commit → read by a `read_committed` consumer.
     pub read_latency: Latency,
-    pub relay_cpu_per_100k: Option<f64>,
-    pub relay_peak_rss: Option<u64>,
+    /// CPU of the system's own process (relay-cdc, Debezium's JVM) while it ran
+    /// (after its start), per 100 000 events; none for the in-process poller.
+    pub process_cpu_per_100k: Option<f64>,
+    /// `VmHWM` of that process, start-up included.
+    pub process_peak_rss: Option<u64>,
     pub db: DbLoad,
+}
+
+/// A latency row that could not be measured (Debezium unavailable or failed).
+pub struct SkippedRow {
+    pub system: System,
+    pub rate: Rate,
+    pub reason: String,
 }
 
 /// 1-row transactions at `rate` for the plan's duration; latency is the broker's
@@ -492,10 +784,12 @@ async fn latency(ctx: &Ctx, plan: &Plan, system: System, rate: Rate) -> anyhow::
     let brokers = &ctx.stack.kafka_brokers;
     kafka::create_topic(brokers, &topic, PARTITIONS, true).await?;
     let before = db::counters(&ctx.admin, &db.name).await?;
-    let started = Instant::now();
     let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic).await?;
+    // Rates are per second from when the system is ready (Debezium's JVM takes ~10 s
+    // to start); the counters include its start-up work.
+    let started = Instant::now();
     let backends0 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
-    let relay_cpu0 = running.relay().map(|r| r.cpu_seconds()).transpose()?;
+    let process_cpu0 = running.process_cpu()?;
 
     let (want, want_rx) = watch::channel(None);
     let mut reader = kafka::Reader::spawn(brokers, &topic, PARTITIONS, want_rx, READ_IDLE)?;
@@ -515,17 +809,19 @@ async fn latency(ctx: &Ctx, plan: &Plan, system: System, rate: Rate) -> anyhow::
 
     let backends1 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
     let db_cpu = proc_stats::cpu_used(&backends0, &backends1);
-    let relay_cpu = match (running.relay(), relay_cpu0) {
-        (Some(r), Some(c0)) => Some(r.cpu_seconds()? - c0),
+    let process_cpu = match (running.process_cpu()?, process_cpu0) {
+        (Some(c1), Some(c0)) => Some(c1 - c0),
         _ => None,
     };
-    let relay_peak_rss = running.relay().map(|r| r.peak_rss()).transpose()?;
+    let process_peak_rss = running.process_peak_rss()?;
+    let bench_xacts = running.bench_xacts();
     let window = started.elapsed().as_secs_f64();
     running.stop().await?;
     db::wait_disconnected(&ctx.admin, &db.name).await?;
     let d = db::counters(&ctx.admin, &db.name).await?.delta(&before);
     // The generator's own transactions: one per insert and one per prepared statement.
-    let extra_xacts = d.xact_commit - generated.sent as i64 - plan.generator_connections as i64;
+    let extra_xacts =
+        d.xact_commit - generated.sent as i64 - plan.generator_connections as i64 - bench_xacts;
 
     let micros: Vec<i64> = received
         .iter()
@@ -555,8 +851,8 @@ async fn latency(ctx: &Ctx, plan: &Plan, system: System, rate: Rate) -> anyhow::
         events: generated.sent,
         latency,
         read_latency,
-        relay_cpu_per_100k: relay_cpu.map(per_100k),
-        relay_peak_rss,
+        process_cpu_per_100k: process_cpu.map(per_100k),
+        process_peak_rss,
         db: DbLoad {
             xacts_per_s: extra_xacts.max(0) as f64 / window,
             rows_read_per_s: d.tup_returned as f64 / window,
@@ -706,6 +1002,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let machine = machine(&ctx.admin).await?;
     let mut throughput_rows = Vec::new();
     let mut latency_rows = Vec::new();
+    let mut latency_skipped = Vec::new();
     let mut order_rows = Vec::new();
     let pollers: Vec<System> = plan
         .poll_intervals
@@ -729,6 +1026,24 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
             for system in &systems {
                 latency_rows.push(latency(&ctx, &plan, *system, *rate).await?);
             }
+            // Debezium is compared, not judged: when it cannot run or fails, its row
+            // says why and the run goes on.
+            match &ctx.debezium {
+                None => {}
+                Some(Err(reason)) => latency_skipped.push(SkippedRow {
+                    system: System::Debezium,
+                    rate: *rate,
+                    reason: format!("skipped: {reason}"),
+                }),
+                Some(Ok(_)) => match latency(&ctx, &plan, System::Debezium, *rate).await {
+                    Ok(row) => latency_rows.push(row),
+                    Err(e) => latency_skipped.push(SkippedRow {
+                        system: System::Debezium,
+                        rate: *rate,
+                        reason: failed(&ctx, System::Debezium, &e),
+                    }),
+                },
+            }
         }
     }
     if plan.parts.contains(&Part::Order) {
@@ -740,7 +1055,11 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         Some(d) => Some(outage(&ctx, d).await?),
         None => None,
     };
-    let _ = std::fs::remove_dir_all(&ctx.log_dir);
+    if ctx.keep_logs.load(std::sync::atomic::Ordering::Relaxed) {
+        progress(format!("logs kept in {}", ctx.log_dir.display()));
+    } else {
+        let _ = std::fs::remove_dir_all(&ctx.log_dir);
+    }
     Ok(render(
         &opts,
         &plan,
@@ -748,6 +1067,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         started.elapsed(),
         &throughput_rows,
         &latency_rows,
+        &latency_skipped,
         &order_rows,
         outage_result.as_ref(),
     ))
@@ -784,6 +1104,7 @@ fn render(
     took: Duration,
     throughput_rows: &[ThroughputRow],
     latency_rows: &[LatencyRow],
+    latency_skipped: &[SkippedRow],
     order_rows: &[OrderRow],
     outage: Option<&OutageResult>,
 ) -> String {
@@ -804,29 +1125,50 @@ fn render(
         out.push_str("### Throughput: a preloaded backlog, as fast as possible\n\n");
         out.push_str(&throughput_table(plan, throughput_rows).render());
         out.push_str(&format!(
-            "\nPolling drains the backlog in rounds of {} rows (the interval only matters when a round finds nothing).\n",
+            "\nPolling drains the backlog in rounds of {} rows (the interval only matters when a round finds nothing). \
+             Kafka ingest: relay-shaped records from one librdkafka producer with the relay's settings, no PostgreSQL \
+             (the most this broker takes from this client). PG CPU columns: the relay's PostgreSQL backends over the timed run, \
+             its ordinary sessions (marking) apart from the walsender.\n",
             plan.poll_batch
         ));
         if plan.compares_delivery() {
             out.push_str(
-                "Ceiling and polling are measured once per workload; each delivery mode of the relay ran on its own database and topics. \
+                "Ceiling, Kafka ingest and polling are measured once per workload; each delivery mode of the relay ran on its own database and topics. \
                  Exactly-once: acked = its Kafka transaction committed; records/Kafka txn counts the checkpoint record; \
                  commit ms is flush + commit of a transaction (relay_kafka_transaction_* of the timed run).\n",
             );
         }
         out.push('\n');
+        if plan.debezium {
+            out.push_str(&format!(
+                "### Debezium {} (Kafka Connect 4.1.1 standalone, Outbox Event Router) on the same backlog\n\n",
+                debezium::VERSION
+            ));
+            out.push_str(&debezium_table(throughput_rows).render());
+            out.push_str(
+                "\nDebezium rows/s: rows / (JVM start → last record in Kafka, the routed topic's end offsets); \
+                 streaming: first → last record. Debezium does not mark rows PROCESSED, so compare it with the relay's \
+                 acked rows/s (Kafka has every record), not its end-to-end rows/s. JVM CPU includes its start-up.\n\n",
+            );
+        }
     }
 
-    if !latency_rows.is_empty() {
+    if !latency_rows.is_empty() || !latency_skipped.is_empty() {
         out.push_str(&format!(
             "### Latency: 1-row transactions at an offered rate for {} s, commit → broker append (LogAppendTime − commit_time)\n\n",
             plan.duration.as_secs()
         ));
-        out.push_str(&latency_table(plan, latency_rows).render());
+        out.push_str(&latency_table(plan, latency_rows, latency_skipped).render());
         out.push_str(
             "\nDB columns: what the system's own sessions cost the database during the run \
              (pg_stat_database deltas without the generator's transactions; CPU of its backends, walsender included).\n",
         );
+        if plan.debezium {
+            out.push_str(
+                "debezium: relay CPU and RSS are its JVM's; it streams before the run starts (a warm-up row reached Kafka). \
+                 Its commit_time header is the row's created_at (the inserting transaction's start), as for polling.\n",
+            );
+        }
         if plan.compares_delivery() {
             out.push_str(
                 "read columns: commit → the bench's read_committed consumer got the record (this host's clock). \
@@ -893,6 +1235,7 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     headers.extend([
         "rows",
         "ceiling rows/s",
+        "Kafka ingest rows/s",
         "relay-cdc rows/s",
         "relay/ceiling",
         "polling rows/s",
@@ -900,6 +1243,8 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
         "relay acked rows/s",
         "relay start s",
         "relay CPU s/100k",
+        "PG marking CPU s/100k",
+        "walsender CPU s/100k",
         "relay peak RSS MiB",
     ]);
     if compare {
@@ -915,6 +1260,7 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
             cells.extend([
                 report::count(r.workload.rows as f64),
                 report::count(r.ceiling),
+                report::count(r.ingest),
                 report::count(relay.rows_per_s),
                 report::ratio(relay.rows_per_s, r.ceiling),
                 report::count(r.polling),
@@ -922,6 +1268,8 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                 report::count(relay.acked_rows_per_s),
                 report::secs(relay.startup_s),
                 report::secs(relay.cpu_per_100k),
+                report::secs(relay.pg_marking_cpu_per_100k),
+                report::secs(relay.walsender_cpu_per_100k),
                 report::mib(relay.peak_rss),
             ]);
             if compare {
@@ -948,8 +1296,52 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     t
 }
 
+/// One row per workload: Debezium beside the relay's acked rate (both "every record is
+/// in Kafka"), or why it did not run.
+fn debezium_table(rows: &[ThroughputRow]) -> Table {
+    let mut t = Table::new(&[
+        "workload",
+        "rows",
+        "debezium rows/s",
+        "relay acked rows/s",
+        "relay acked/debezium",
+        "debezium streaming rows/s",
+        "first record s",
+        "JVM CPU s/100k",
+        "walsender CPU s/100k",
+        "JVM peak RSS MiB",
+    ]);
+    for r in rows {
+        let Some(result) = &r.debezium else { continue };
+        // The relay's default mode when it ran, else the first one.
+        let relay = r.relay(Delivery::AtLeastOnce).or(r.relays.first());
+        let acked = relay.map(|x| x.acked_rows_per_s);
+        let mut cells = vec![r.workload.label(), report::count(r.workload.rows as f64)];
+        match result {
+            Ok(d) => cells.extend([
+                report::count(d.rows_per_s),
+                acked.map_or("-".into(), report::count),
+                acked.map_or("-".into(), |a| report::ratio(a, d.rows_per_s)),
+                report::count(d.streaming_rows_per_s),
+                report::secs(d.first_record_s),
+                report::secs(d.cpu_per_100k),
+                report::secs(d.walsender_cpu_per_100k),
+                report::mib(d.peak_rss),
+            ]),
+            Err(reason) => {
+                cells.push(reason.clone());
+                cells.push(acked.map_or("-".into(), report::count));
+                cells.extend(std::iter::repeat_n("-".to_string(), 6));
+            }
+        }
+        t.row(cells);
+    }
+    t
+}
+
 /// One row per system and rate; with exactly-once in the run, also commit → read.
-fn latency_table(plan: &Plan, rows: &[LatencyRow]) -> Table {
+/// Skipped rows (Debezium) say why in their first cell after the name.
+fn latency_table(plan: &Plan, rows: &[LatencyRow], skipped: &[SkippedRow]) -> Table {
     let compare = plan.compares_delivery();
     let mut headers = vec![
         "system @ offered rate",
@@ -989,13 +1381,18 @@ fn latency_table(plan: &Plan, rows: &[LatencyRow]) -> Table {
             ]);
         }
         cells.extend([
-            r.relay_cpu_per_100k.map_or("-".into(), report::secs),
-            r.relay_peak_rss.map_or("-".into(), report::mib),
+            r.process_cpu_per_100k.map_or("-".into(), report::secs),
+            r.process_peak_rss.map_or("-".into(), report::mib),
             report::count(r.db.xacts_per_s),
             report::count(r.db.rows_read_per_s),
             report::count(r.db.blks_hit_per_s),
             report::secs(r.db.cpu_per_100k),
         ]);
+        t.row(cells);
+    }
+    for s in skipped {
+        let mut cells = vec![format!("{} @ {}", s.system, s.rate), s.reason.clone()];
+        cells.resize(t.columns(), "-".into());
         t.row(cells);
     }
     t
@@ -1046,7 +1443,12 @@ fn targets(
     let peaks: Vec<u64> = throughput_rows
         .iter()
         .flat_map(|r| r.relays.iter().map(|relay| relay.peak_rss))
-        .chain(latency_rows.iter().filter_map(|r| r.relay_peak_rss))
+        .chain(
+            latency_rows
+                .iter()
+                .filter(|r| matches!(r.system, System::Relay(_)))
+                .filter_map(|r| r.process_peak_rss),
+        )
         .collect();
     if let Some(max) = peaks.iter().max() {
         lines.push(format!(
@@ -1116,6 +1518,8 @@ mod tests {
             acked_rows_per_s: rows_per_s,
             startup_s: 0.05,
             cpu_per_100k: 2.0,
+            pg_marking_cpu_per_100k: 1.5,
+            walsender_cpu_per_100k: 0.75,
             peak_rss: 20 << 20,
             transactions: KafkaTransactions {
                 committed: if transactional { 10 } else { 0 },
@@ -1134,8 +1538,10 @@ mod tests {
                 rows: 10_000,
             },
             ceiling: 40_000.0,
+            ingest: 200_000.0,
             relays,
             polling: 10_000.0,
+            debezium: None,
         }
     }
 
@@ -1154,8 +1560,8 @@ mod tests {
             events: 5000,
             latency: ms(10.0),
             read_latency: ms(60.0),
-            relay_cpu_per_100k: None,
-            relay_peak_rss: None,
+            process_cpu_per_100k: None,
+            process_peak_rss: None,
             db: DbLoad {
                 xacts_per_s: 0.0,
                 rows_read_per_s: 0.0,
@@ -1176,11 +1582,25 @@ mod tests {
         let header = t.lines().next().unwrap();
         assert!(header.starts_with("| workload             | rows "), "{t}");
         assert!(
-            !header.contains("delivery") && !header.contains("Kafka"),
+            !header.contains("delivery") && !header.contains("Kafka txn"),
             "{t}"
         );
-        assert_eq!(header.matches('|').count(), 12, "{t}");
-        let l = latency_table(&p, &[latency_row(System::Relay(Delivery::AtLeastOnce))]).render();
+        assert_eq!(header.matches('|').count(), 15, "{t}");
+        let cells: Vec<&str> = t
+            .lines()
+            .nth(2)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(cells[4], "200,000", "Kafka ingest: {t}");
+        assert_eq!(cells[12..14], ["1.50", "0.75"], "PG CPU: {t}");
+        let l = latency_table(
+            &p,
+            &[latency_row(System::Relay(Delivery::AtLeastOnce))],
+            &[],
+        )
+        .render();
         assert!(!l.contains("read p99"), "{l}");
         assert_eq!(l.lines().next().unwrap().matches('|').count(), 14, "{l}");
     }
@@ -1202,14 +1622,14 @@ mod tests {
             .collect();
         assert_eq!(rows[0][1], "delivery");
         assert_eq!(
-            rows[0][12..],
+            rows[0][15..],
             ["vs at-least-once", "records/Kafka txn", "Kafka commit ms"]
         );
         assert_eq!(rows[2][1..2], ["at-least-once"]);
-        assert_eq!(rows[2][12..], ["-", "-", "-"]);
+        assert_eq!(rows[2][15..], ["-", "-", "-"]);
         assert_eq!(rows[3][0], "1000 rows/txn, 100 B");
         assert_eq!(rows[3][1], "exactly-once");
-        assert_eq!(rows[3][12..], ["75 %", "1001.0", "4.2"]);
+        assert_eq!(rows[3][15..], ["75 %", "1001.0", "4.2"]);
 
         let l = latency_table(
             &p,
@@ -1217,6 +1637,7 @@ mod tests {
                 latency_row(System::Relay(Delivery::AtLeastOnce)),
                 latency_row(System::Relay(Delivery::ExactlyOnce)),
             ],
+            &[],
         )
         .render();
         assert!(l.contains("| relay-cdc (exactly-once) @ 1000/s |"), "{l}");
@@ -1226,6 +1647,84 @@ mod tests {
                 .unwrap()
                 .contains("| read p50 ms | read p99 ms |"),
             "{l}"
+        );
+    }
+
+    #[test]
+    fn debezium_rows_say_why_they_were_skipped() {
+        let mut row = throughput_row(vec![relay(Delivery::AtLeastOnce, 20_000.0)]);
+        row.debezium = Some(Err("skipped: mvn not found".into()));
+        let t = debezium_table(&[row]).render();
+        let cells: Vec<&str> = t
+            .lines()
+            .nth(2)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(cells[3..5], ["skipped: mvn not found", "20,000"], "{t}");
+        assert!(cells[5..11].iter().all(|c| *c == "-"), "{t}");
+
+        let l = latency_table(
+            &plan(&["--debezium"]),
+            &[latency_row(System::Relay(Delivery::AtLeastOnce))],
+            &[SkippedRow {
+                system: System::Debezium,
+                rate: Rate::Fixed(1000),
+                reason: "skipped: java not found".into(),
+            }],
+        )
+        .render();
+        let last: Vec<&str> = l
+            .lines()
+            .last()
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            last[1..3],
+            ["debezium @ 1000/s", "skipped: java not found"],
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn debezium_is_set_beside_the_relays_acked_rate() {
+        let mut row = throughput_row(vec![relay(Delivery::AtLeastOnce, 20_000.0)]);
+        row.debezium = Some(Ok(DebeziumThroughput {
+            rows_per_s: 10_000.0,
+            streaming_rows_per_s: 25_000.0,
+            first_record_s: 9.5,
+            cpu_per_100k: 30.0,
+            walsender_cpu_per_100k: 0.8,
+            peak_rss: 800 << 20,
+        }));
+        let t = debezium_table(&[row]).render();
+        let cells: Vec<&str> = t
+            .lines()
+            .nth(2)
+            .unwrap()
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            cells[3..11],
+            ["10,000", "20,000", "200 %", "25,000", "9.50", "30.00", "0.80", "800.0"],
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn the_rss_target_judges_the_relay_not_debezium() {
+        let mut dbz = latency_row(System::Debezium);
+        dbz.process_peak_rss = Some(800 << 20);
+        let mut relay = latency_row(System::Relay(Delivery::AtLeastOnce));
+        relay.process_peak_rss = Some(10 << 20);
+        let t = targets(&[], &[relay, dbz], None);
+        assert!(
+            t.contains("64 MiB in steady state: met (highest 10.0 MiB)"),
+            "{t}"
         );
     }
 
