@@ -20,7 +20,8 @@ use std::time::Duration;
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::Lsn;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use crate::config::{PipelineSettings, SourceSettings};
@@ -52,7 +53,14 @@ pub struct Confirmed {
 }
 
 /// A batch being marked: resolves to its connection (for reuse) and what it confirms.
-type MarkingBatch<'a> = Pin<Box<dyn Future<Output = (Option<Client>, Confirmed)> + Send + 'a>>;
+type MarkingBatch<'a> = Pin<Box<dyn Future<Output = (Option<MarkConn>, Confirmed)> + Send + 'a>>;
+
+/// A marking connection with its prepared update (the common path, parsed and planned
+/// once per connection).
+pub struct MarkConn {
+    client: Client,
+    update: Statement,
+}
 
 pub struct Marker {
     pub source: SourceSettings,
@@ -74,7 +82,7 @@ impl Marker {
         mut items: mpsc::UnboundedReceiver<MarkItem>,
         confirmed: mpsc::UnboundedSender<Confirmed>,
     ) {
-        let mut idle: Vec<Option<Client>> = (0..self.pipeline.mark_connections.max(1))
+        let mut idle: Vec<Option<MarkConn>> = (0..self.pipeline.mark_connections.max(1))
             .map(|_| None)
             .collect();
         let mut marking: FuturesOrdered<MarkingBatch<'_>> = FuturesOrdered::new();
@@ -139,7 +147,7 @@ impl Marker {
     }
 
     /// Marks a batch: acked rows PROCESSED, dead-lettered rows DEAD_LETTERED.
-    async fn mark_batch(&self, client: Option<Client>, batch: &Batch) -> Option<Client> {
+    async fn mark_batch(&self, client: Option<MarkConn>, batch: &Batch) -> Option<MarkConn> {
         let client = if batch.ids.is_empty() {
             client
         } else {
@@ -159,15 +167,23 @@ impl Marker {
     /// the committing session lets other snapshots see its rows. Kafka can ack and this
     /// update can run inside that moment (a descheduled backend on a busy machine):
     /// the update then skips rows it cannot see yet, and confirming would leave them
-    /// PENDING forever. So the statement also returns the ids it could not see at all
+    /// PENDING forever. The common path is a prepared update whose count must equal the
+    /// number of ids; when it falls short (rows not visible yet, or marked already by
+    /// an earlier session) a second statement returns the ids it could not see at all
     /// (neither marked now nor there already), and those are retried until visible.
     pub async fn mark(
         &self,
-        mut client: Option<Client>,
+        mut client: Option<MarkConn>,
         ids: &[Uuid],
         status: &'static str,
-    ) -> Option<Client> {
+    ) -> Option<MarkConn> {
         let name = &self.source.name;
+        let update = format!(
+            "update \"{s}\".\"{t}\" set status = $2, processed_at = now() \
+             where id = any($1) and status = 'PENDING'",
+            s = self.source.schema,
+            t = self.source.table
+        );
         let sql = format!(
             "with marked as (update \"{s}\".\"{t}\" set status = '{status}', processed_at = now() \
              where id = any($1) and status = 'PENDING' returning id) \
@@ -182,8 +198,16 @@ impl Marker {
         let mut unseen_since: Option<std::time::Instant> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
-            if client.as_ref().is_none_or(Client::is_closed) {
-                match source::connect_marker(&self.source, &self.pipeline).await {
+            if client.as_ref().is_none_or(|c| c.client.is_closed()) {
+                let connected = async {
+                    let c = source::connect_marker(&self.source, &self.pipeline).await?;
+                    let update = c
+                        .prepare_typed(&update, &[Type::UUID_ARRAY, Type::TEXT])
+                        .await
+                        .map_err(source::SourceError::from)?;
+                    Ok::<_, source::SourceError>(MarkConn { client: c, update })
+                };
+                match connected.await {
                     Ok(c) => client = Some(c),
                     Err(e) => {
                         if e.server_going_away() {
@@ -198,7 +222,24 @@ impl Marker {
                 }
             }
             let c = client.as_ref().expect("connected above");
-            match c.query_one(&sql, &[&ids]).await {
+            let marked = match c.client.execute(&c.update, &[&ids, &status]).await {
+                Ok(n) if n as usize == ids.len() => {
+                    self.metrics
+                        .marked
+                        .with_label_values(&[name])
+                        .inc_by(n);
+                    return client;
+                }
+                Ok(n) => {
+                    self.metrics
+                        .marked
+                        .with_label_values(&[name])
+                        .inc_by(n);
+                    c.client.query_one(&sql, &[&ids]).await
+                }
+                Err(e) => Err(e),
+            };
+            match marked {
                 Ok(row) => {
                     let n: i64 = row.get(0);
                     let unseen: Vec<Uuid> = row.get(1);
@@ -274,9 +315,9 @@ const UNSEEN_BOUND: Duration = Duration::from_secs(10);
 /// A batch is marked: frees its connection and hands its confirmation back (batches
 /// finish in the order they were taken). `false` once the pipeline stopped listening.
 fn release(
-    idle: &mut Vec<Option<Client>>,
+    idle: &mut Vec<Option<MarkConn>>,
     confirmed: &mpsc::UnboundedSender<Confirmed>,
-    (client, done): (Option<Client>, Confirmed),
+    (client, done): (Option<MarkConn>, Confirmed),
 ) -> bool {
     idle.push(client);
     confirmed.send(done).is_ok()
