@@ -224,17 +224,11 @@ impl Marker {
             let c = client.as_ref().expect("connected above");
             let marked = match c.client.execute(&c.update, &[&ids, &status]).await {
                 Ok(n) if n as usize == ids.len() => {
-                    self.metrics
-                        .marked
-                        .with_label_values(&[name])
-                        .inc_by(n);
+                    self.metrics.marked.with_label_values(&[name]).inc_by(n);
                     return client;
                 }
                 Ok(n) => {
-                    self.metrics
-                        .marked
-                        .with_label_values(&[name])
-                        .inc_by(n);
+                    self.metrics.marked.with_label_values(&[name]).inc_by(n);
                     c.client.query_one(&sql, &[&ids]).await
                 }
                 Err(e) => Err(e),
