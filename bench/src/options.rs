@@ -26,7 +26,7 @@ pub struct Options {
     /// Payload sizes in bytes of the throughput workloads.
     #[arg(long, value_delimiter = ',')]
     pub payload: Vec<usize>,
-    /// Rows per throughput workload (default 20000; --quick 2000).
+    /// Rows per throughput workload (default 300000, so start-up costs vanish; --quick 2000).
     #[arg(long)]
     pub rows: Option<u64>,
     /// Caps a workload's payload volume (rows × payload) in MiB.
@@ -195,7 +195,7 @@ impl Plan {
 
 impl Options {
     pub fn plan(&self) -> anyhow::Result<Plan> {
-        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 20_000 });
+        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 300_000 });
         let shapes: Vec<(u32, usize)> = if !self.rows_per_txn.is_empty() || !self.payload.is_empty()
         {
             let rpt = if self.rows_per_txn.is_empty() {
