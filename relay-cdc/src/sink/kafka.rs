@@ -141,8 +141,6 @@ pub struct KafkaSink {
     dead_letter_topic: String,
     /// Exactly-once only: the open Kafka transaction.
     txn: Option<Txn>,
-    /// Times a commit found this producer fenced.
-    fenced: prometheus::IntCounter,
 }
 
 /// The transactional state of an exactly-once sink.
@@ -171,6 +169,8 @@ struct TxnMeters {
     aborted: prometheus::IntCounter,
     records: prometheus::Histogram,
     commit_seconds: prometheus::Histogram,
+    /// Commits refused because another producer with our transactional id took over.
+    fenced: prometheus::IntCounter,
 }
 
 impl KafkaSink {
@@ -191,7 +191,6 @@ impl KafkaSink {
             replication_factor: kafka.topic_replication_factor,
             dead_letter_topic: kafka.dead_letter_topic.clone(),
             txn: None,
-            fenced: prometheus::IntCounter::new("unregistered", "-").expect("valid counter"),
         })
     }
 
@@ -215,7 +214,6 @@ impl KafkaSink {
             .map_err(|e| TxnError::Other(format!("init_transactions did not finish: {e}")))?
             .map_err(|e| TxnError::from_kafka("init_transactions", &e))?;
         let l = [source];
-        sink.fenced = metrics.producer_fenced.with_label_values(&l);
         sink.txn = Some(Txn {
             checkpoint_topic: kafka.checkpoint_topic.clone(),
             database: database.to_string(),
@@ -237,6 +235,7 @@ impl KafkaSink {
                     .with_label_values(&[source, "aborted"]),
                 records: metrics.kafka_transaction_records.with_label_values(&l),
                 commit_seconds: metrics.kafka_commit_seconds.with_label_values(&l),
+                fenced: metrics.producer_fenced.with_label_values(&l),
             },
         });
         Ok(sink)
@@ -463,12 +462,11 @@ impl Sink for KafkaSink {
         txn.opened = None;
         txn.records = 0;
         let waiters = std::mem::take(&mut txn.waiters);
-        let (producer, busy, meters, timeout, fenced) = (
+        let (producer, busy, meters, timeout) = (
             self.producer.clone(),
             txn.busy.clone(),
             txn.meters.clone(),
             txn.timeout,
-            self.fenced.clone(),
         );
         let source = self.source.clone();
         busy.store(true, Ordering::Release);
@@ -493,7 +491,7 @@ impl Sink for KafkaSink {
                     let err = TxnError::from_kafka("commit", &e);
                     meters.aborted.inc();
                     if matches!(err, TxnError::Fenced(_)) {
-                        fenced.inc();
+                        meters.fenced.inc();
                         tracing::error!(source = %source, error = %e, "fenced: another relay with the same transactional id took over; this kafka transaction never becomes visible");
                     } else {
                         if let Err(e) = producer.abort_transaction(timeout) {
