@@ -969,7 +969,7 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     result
 }
 
-/// Reads the source's last committed checkpoint (creating the topic if needed) and
+/// Reads the source's last committed checkpoint (the topic exists by then) and
 /// checks it against the server: a checkpoint past the server's WAL belongs to another
 /// database or a restored one, and skipping by it would lose events.
 async fn read_checkpoint(
