@@ -195,7 +195,9 @@ impl Plan {
 
 impl Options {
     pub fn plan(&self) -> anyhow::Result<Plan> {
-        let rows = self.rows.unwrap_or(if self.quick { 2_000 } else { 300_000 });
+        let rows = self
+            .rows
+            .unwrap_or(if self.quick { 2_000 } else { 300_000 });
         let shapes: Vec<(u32, usize)> = if !self.rows_per_txn.is_empty() || !self.payload.is_empty()
         {
             let rpt = if self.rows_per_txn.is_empty() {
