@@ -417,13 +417,10 @@ impl Sink for KafkaSink {
         if full {
             self.commit();
         }
-        Some(Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(Refusal::Fatal(
-                    "the kafka transaction was dropped unfinished".into(),
-                ))
-            })
-        }))
+        Some(super::delivery_from(
+            rx,
+            "the kafka transaction was dropped unfinished",
+        ))
     }
 
     fn commit_due(&self) -> Option<Instant> {

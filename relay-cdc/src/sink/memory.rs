@@ -164,10 +164,7 @@ impl MemorySink {
         if inner.hold {
             let (tx, rx) = oneshot::channel();
             inner.held.push_back((event, tx));
-            return Box::pin(async move {
-                rx.await
-                    .unwrap_or_else(|_| Err(Refusal::Fatal("sink dropped".into())))
-            });
+            return super::delivery_from(rx, "sink dropped");
         }
         Box::pin(std::future::ready(outcome(&mut inner, event)))
     }
@@ -227,10 +224,7 @@ impl Sink for MemorySink {
         t.since_boundary = 0;
         let (tx, rx) = oneshot::channel();
         t.waiters.push(tx);
-        Some(Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err(Refusal::Fatal("sink dropped".into())))
-        }))
+        Some(super::delivery_from(rx, "sink dropped"))
     }
 
     fn commit_due(&self) -> Option<tokio::time::Instant> {

@@ -50,6 +50,17 @@ impl Event {
 /// Resolves when the sink acked one record (or refused it).
 pub type Delivery = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send>>;
 
+/// A delivery answered later through `rx`; a dropped sender is fatal (`dropped` says what).
+pub fn delivery_from(
+    rx: tokio::sync::oneshot::Receiver<Result<(), Refusal>>,
+    dropped: &'static str,
+) -> Delivery {
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(Refusal::Fatal(dropped.into())))
+    })
+}
+
 /// Why a record was not published.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Refusal {
