@@ -22,6 +22,18 @@ pub async fn fresh() -> anyhow::Result<TestDb> {
     Ok(db)
 }
 
+/// Creates a `pgoutput` slot named `<prefix>_<unique>` on `c`'s database; returns its name.
+pub async fn create_slot(c: &Client, prefix: &str) -> anyhow::Result<String> {
+    let slot = format!("{prefix}_{}", testkit::unique_suffix());
+    c.execute(
+        "select pg_create_logical_replication_slot($1, 'pgoutput')",
+        &[&slot],
+    )
+    .await
+    .with_context(|| format!("creating slot {slot}"))?;
+    Ok(slot)
+}
+
 /// An ordinary connection; its task ends when the client is dropped.
 pub async fn connect(url: &str, application_name: &str) -> anyhow::Result<Client> {
     let mut cfg: tokio_postgres::Config = url.parse()?;

@@ -307,12 +307,7 @@ impl ThroughputRow {
 async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
     let db = db::fresh().await?;
     let c = db::connect(&db.url, "relay-bench").await?;
-    let slot = format!("bench_ceiling_{}", testkit::unique_suffix());
-    c.execute(
-        "select pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
-    )
-    .await?;
+    let slot = db::create_slot(&c, "bench_ceiling").await?;
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let s = &ctx.stack;
     let secs = ceiling::stream_to(
@@ -459,12 +454,7 @@ async fn debezium_throughput(
     let brokers = &ctx.stack.kafka_brokers;
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
     let c = db::connect(&db.url, "relay-bench").await?;
-    let slot = format!("bench_dbz_{}", testkit::unique_suffix());
-    c.execute(
-        "select pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
-    )
-    .await?;
+    let slot = db::create_slot(&c, "bench_dbz").await?;
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let offsets = kafka::EndOffsets::watch(brokers, &topic, PARTITIONS, Duration::from_millis(5))?;
     let spec = ctx.debezium_spec(libs, &db, &slot, &prefix);
@@ -710,12 +700,7 @@ async fn start_debezium(ctx: &Ctx, db: &TestDb, prefix: &str) -> anyhow::Result<
     kafka::create_topic(brokers, &probe, 1, false).await?;
     // The generator's application name: its backend is not the system's.
     let c = db::connect(&db.url, db::LOAD_APP).await?;
-    let slot = format!("bench_dbz_{}", testkit::unique_suffix());
-    c.execute(
-        "select pg_create_logical_replication_slot($1, 'pgoutput')",
-        &[&slot],
-    )
-    .await?;
+    let slot = db::create_slot(&c, "bench_dbz").await?;
     let mut connect = ConnectProcess::spawn(&ctx.debezium_spec(libs, db, &slot, prefix))?;
     c.execute(
         "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
