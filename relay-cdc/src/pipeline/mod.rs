@@ -238,6 +238,16 @@ mod tests {
             next_step(&PipelineError::TopicRefused("policy violation".into())),
             Next::Halt { .. }
         ));
+        // A checkpoint of another or a restored database: skipping by it would lose events.
+        let Next::Halt { reason } = next_step(&PipelineError::CheckpointAhead(
+            "the kafka checkpoint of source s (end LSN 5/0) does not belong to this server".into(),
+        )) else {
+            panic!("a foreign checkpoint must halt")
+        };
+        assert!(
+            reason.contains("delete the source's checkpoint"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -247,6 +257,11 @@ mod tests {
             Next::StandBy
         );
         assert_eq!(next_step(&PipelineError::Replay(2)), Next::Replay);
+        // Exactly-once: another relay fenced this one; it stands by, never retries sending.
+        assert_eq!(
+            next_step(&PipelineError::Fenced("producer fenced".into())),
+            Next::StandBy
+        );
         for e in [
             PipelineError::Delivery("all brokers down".into()),
             PipelineError::MarkerStopped("panicked".into()),
