@@ -3,7 +3,8 @@
 //! shape (a 36-character aggregate id as key, its seven headers, a payload of the
 //! workload's size) to a fresh topic, as fast as it can, and is timed from the first
 //! send until the last ack. No PostgreSQL at all: relay-cdc's "acked rows/s" can at
-//! best reach this.
+//! best reach this, and the CPU this process spends meanwhile is what librdkafka alone
+//! costs per record: the floor under the relay's own CPU.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use uuid::Uuid;
+
+use crate::proc_stats::cpu_seconds;
 
 /// Distinct aggregates, as in the bench's load procedure (`agg-0` … `agg-63`).
 const AGGREGATES: usize = 64;
@@ -75,18 +78,30 @@ fn records(rows: u64, rows_per_txn: u32, payload_bytes: usize) -> Vec<Record> {
         .collect()
 }
 
-/// Writes `rows` relay-shaped records to `topic` (which exists) and returns rows/s from
-/// the first send to the last ack. The producer is connected before the clock starts
-/// (one untimed record), and the records are built before it too.
+/// What one ingest run measured.
+pub struct Ingest {
+    /// Records per second from the first send to the last ack.
+    pub rows_per_s: f64,
+    /// CPU seconds of this process (the producer's threads; nothing else runs) per
+    /// 100,000 records over the same span.
+    pub cpu_per_100k: f64,
+}
+
+/// Writes `rows` relay-shaped records to `topic` (which exists) and measures them (see
+/// [`Ingest`]). The producer is connected before the clock starts (one untimed record),
+/// and the records are built before it too.
 pub async fn ingest(
     brokers: &str,
     topic: &str,
-    rows: u64,
-    rows_per_txn: u32,
-    payload_bytes: usize,
-) -> anyhow::Result<f64> {
+    extra: &[(String, String)],
+    (rows, rows_per_txn, payload_bytes): (u64, u32, usize),
+) -> anyhow::Result<Ingest> {
     let records = records(rows, rows_per_txn, payload_bytes);
-    let producer: FutureProducer = relay_producer_config(brokers, "relay-bench-ingest").create()?;
+    let mut config = relay_producer_config(brokers, "relay-bench-ingest");
+    for (k, v) in extra {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create()?;
     let commit_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     // Warm-up, untimed: the connection, the topic's metadata and the idempotent
     // producer id, which the relay has long had when a backlog drains.
@@ -97,6 +112,7 @@ pub async fn ingest(
     }
     let mut pending: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
     let started = Instant::now();
+    let cpu_before = cpu_seconds(std::process::id())?;
     for r in &records {
         let headers = OwnedHeaders::new_with_capacity(8)
             .insert(Header {
@@ -153,8 +169,12 @@ pub async fn ingest(
         check(d)?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(std::process::id())? - cpu_before;
     producer.flush(Duration::from_secs(10))?;
-    Ok(rows as f64 / secs)
+    Ok(Ingest {
+        rows_per_s: rows as f64 / secs,
+        cpu_per_100k: cpu * 100_000.0 / rows as f64,
+    })
 }
 
 fn check(

@@ -73,6 +73,11 @@ pub struct Options {
     /// Length of the broker outage in seconds.
     #[arg(long, default_value_t = 60)]
     pub outage_secs: u64,
+    /// Extra librdkafka producer settings for experiments, e.g. `--kafka-set linger.ms=20`:
+    /// applied to the Kafka ingest producer and to relay-cdc (its `kafka.properties`), so
+    /// both sides of that comparison change together; repeatable.
+    #[arg(long, value_parser = parse_property)]
+    pub kafka_set: Vec<(String, String)>,
     /// Extra relay settings for experiments, e.g. `--relay-env RELAY_PIPELINE__MARK_BATCH_SIZE=5000`
     /// (repeatable; printed with the tables).
     #[arg(long, value_parser = parse_env_pair)]

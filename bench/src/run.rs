@@ -46,6 +46,8 @@ pub struct Ctx {
     pub debezium: Option<Result<debezium::Libs, String>>,
     relay_env: Vec<(String, String)>,
     debezium_set: Vec<(String, String)>,
+    /// `--kafka-set`: librdkafka properties of both the ingest producer and the relay.
+    kafka_set: Vec<(String, String)>,
     /// Set when a comparison system failed: the log folder stays for a look.
     keep_logs: std::sync::atomic::AtomicBool,
     run_id: String,
@@ -112,8 +114,14 @@ impl Ctx {
             admin,
             log_dir,
             debezium,
-            relay_env: opts.relay_env.clone(),
+            relay_env: opts
+                .kafka_set
+                .iter()
+                .map(|(k, v)| (relay_property_env(k), v.clone()))
+                .chain(opts.relay_env.iter().cloned())
+                .collect(),
             debezium_set: opts.debezium_set.clone(),
+            kafka_set: opts.kafka_set.clone(),
             keep_logs: Default::default(),
             run_id,
             topics: Default::default(),
@@ -290,6 +298,8 @@ pub struct ThroughputRow {
     pub ceiling: f64,
     /// The Kafka ingest ceiling: relay-shaped records from librdkafka alone.
     pub ingest: f64,
+    /// What that producer's process spent per 100,000 records: librdkafka's own cost.
+    pub ingest_cpu_per_100k: f64,
     /// One per delivery mode, in the plan's order.
     pub relays: Vec<RelayThroughput>,
     pub polling: f64,
@@ -432,13 +442,28 @@ async fn relay_throughput(
 
 /// The Kafka ingest ceiling: relay-shaped records from one librdkafka producer with the
 /// relay's settings into a fresh topic, first send to last ack (see [`ingest`]).
-async fn ingest_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
+async fn ingest_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<ingest::Ingest> {
     let (_, topic) = ctx.topic_prefix();
     let brokers = &ctx.stack.kafka_brokers;
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
-    let rate = ingest::ingest(brokers, &topic, w.rows, w.rows_per_txn, w.payload).await?;
+    let measured = ingest::ingest(
+        brokers,
+        &topic,
+        &ctx.kafka_set,
+        (w.rows, w.rows_per_txn, w.payload),
+    )
+    .await?;
     testkit::delete_topics(brokers, &[&topic]).await;
-    Ok(rate)
+    Ok(measured)
+}
+
+/// The relay's variable for librdkafka property `key` (`linger.ms` →
+/// `RELAY_KAFKA__PROPERTIES__LINGER_MS`; the relay turns `_` back into `.`).
+fn relay_property_env(key: &str) -> String {
+    format!(
+        "RELAY_KAFKA__PROPERTIES__{}",
+        key.replace('.', "_").to_uppercase()
+    )
 }
 
 /// Debezium drains a backlog: its slot is created before the load (with no stored
@@ -574,7 +599,8 @@ async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<Thro
     Ok(ThroughputRow {
         workload: *w,
         ceiling,
-        ingest,
+        ingest: ingest.rows_per_s,
+        ingest_cpu_per_100k: ingest.cpu_per_100k,
         relays,
         polling,
         debezium,
@@ -1112,7 +1138,7 @@ fn render(
         out.push_str(&format!(
             "\nPolling drains the backlog in rounds of {} rows (the interval only matters when a round finds nothing). \
              Kafka ingest: relay-shaped records from one librdkafka producer with the relay's settings, no PostgreSQL \
-             (the most this broker takes from this client). PG CPU columns: the relay's PostgreSQL backends over the timed run, \
+             (the most this broker takes from this client); its CPU is that producer's, librdkafka's own cost per record and the floor under the relay's. PG CPU columns: the relay's PostgreSQL backends over the timed run, \
              its ordinary sessions (marking) apart from the walsender.\n",
             plan.poll_batch
         ));
@@ -1221,6 +1247,7 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
         "rows",
         "ceiling rows/s",
         "Kafka ingest rows/s",
+        "Kafka ingest CPU s/100k",
         "relay-cdc rows/s",
         "relay/ceiling",
         "polling rows/s",
@@ -1246,6 +1273,7 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                 report::count(r.workload.rows as f64),
                 report::count(r.ceiling),
                 report::count(r.ingest),
+                report::secs(r.ingest_cpu_per_100k),
                 report::count(relay.rows_per_s),
                 report::ratio(relay.rows_per_s, r.ceiling),
                 report::count(r.polling),
@@ -1459,6 +1487,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kafka_set_reaches_the_relay_as_its_property_variables() {
+        assert_eq!(
+            relay_property_env("linger.ms"),
+            "RELAY_KAFKA__PROPERTIES__LINGER_MS"
+        );
+        assert_eq!(
+            relay_property_env("batch.num.messages"),
+            "RELAY_KAFKA__PROPERTIES__BATCH_NUM_MESSAGES"
+        );
+    }
+
+    #[test]
     fn systems_are_named_for_their_interval() {
         assert_eq!(
             System::Relay(Delivery::AtLeastOnce).to_string(),
@@ -1524,6 +1564,7 @@ mod tests {
             },
             ceiling: 40_000.0,
             ingest: 200_000.0,
+            ingest_cpu_per_100k: 0.4,
             relays,
             polling: 10_000.0,
             debezium: None,
@@ -1570,7 +1611,7 @@ mod tests {
             !header.contains("delivery") && !header.contains("Kafka txn"),
             "{t}"
         );
-        assert_eq!(header.matches('|').count(), 15, "{t}");
+        assert_eq!(header.matches('|').count(), 16, "{t}");
         let cells: Vec<&str> = t
             .lines()
             .nth(2)
@@ -1578,8 +1619,8 @@ mod tests {
             .split('|')
             .map(str::trim)
             .collect();
-        assert_eq!(cells[4], "200,000", "Kafka ingest: {t}");
-        assert_eq!(cells[12..14], ["1.50", "0.75"], "PG CPU: {t}");
+        assert_eq!(cells[4..6], ["200,000", "0.40"], "Kafka ingest: {t}");
+        assert_eq!(cells[13..15], ["1.50", "0.75"], "PG CPU: {t}");
         let l = latency_table(
             &p,
             &[latency_row(System::Relay(Delivery::AtLeastOnce))],
