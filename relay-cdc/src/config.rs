@@ -195,6 +195,8 @@ pub struct PipelineSettings {
     /// reading the slot so WAL waits in PostgreSQL, not in memory.
     #[serde(default = "default_max_in_flight_records")]
     pub max_in_flight_records: usize,
+    /// Memory those records hold: key + payload + a fixed overhead per record
+    /// (`sink::RECORD_OVERHEAD_BYTES`), so small records are bounded by memory too.
     #[serde(default = "default_max_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// PROCESSED marking: a batch is written at this many rows or after this long.
@@ -241,13 +243,15 @@ impl Default for PipelineSettings {
 }
 
 fn default_max_in_flight_records() -> usize {
-    // About 2 KiB of memory per in-flight record (librdkafka's copy, headers, the ack
-    // future): 20k keeps a broker outage near 64 MiB and is still more than a second
-    // of this machine's end-to-end throughput.
-    20_000
+    // A sanity cap; memory is bounded by `max_in_flight_bytes`, which charges every
+    // record its per-record overhead too (`sink::RECORD_OVERHEAD_BYTES`).
+    100_000
 }
 fn default_max_in_flight_bytes() -> usize {
-    64 * 1024 * 1024
+    // With ~12 MiB of base RSS this keeps the relay under 64 MiB through a broker
+    // outage: ~19,000 records of 100 bytes, ~2,400 of 16 KiB, still more than a
+    // second of this machine's end-to-end throughput.
+    40 * 1024 * 1024
 }
 fn default_mark_batch_size() -> usize {
     1000

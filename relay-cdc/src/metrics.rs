@@ -170,7 +170,7 @@ impl Metrics {
             ),
             bytes_in_flight: gauge(
                 BYTES_IN_FLIGHT,
-                "Bytes of records produced but not yet acked and marked",
+                "Memory charged for records produced but not yet acked and marked (key + payload + a fixed per-record overhead)",
             ),
             confirmed_lsn: gauge(
                 CONFIRMED_LSN,

@@ -168,8 +168,8 @@ impl StreamState {
         } else {
             txn.ids.push(id);
         }
-        txn.bytes += event.size();
-        self.progress.sent(event.size());
+        txn.bytes += event.memory();
+        self.progress.sent(event.memory());
         Ok(())
     }
 
@@ -390,6 +390,23 @@ mod tests {
         let beat = s.on_acked(hb, Instant::now()).unwrap();
         assert_eq!(beat.item.lsn, lsn(0x300));
         assert!(beat.item.ids.is_empty() && beat.commit_unix_micros.is_none());
+    }
+
+    #[test]
+    fn small_records_are_bounded_by_memory_not_only_by_count() {
+        // A memory bound of two records' overhead, far below the count bound.
+        let mut s = StreamState::new(Limits {
+            max_records: 1000,
+            max_bytes: 2 * crate::sink::RECORD_OVERHEAD_BYTES,
+            max_record_bytes: 100,
+        });
+        txn(&mut s, 0x100, 1, "{}");
+        assert!(s.has_room(), "one tiny record is under the memory bound");
+        txn(&mut s, 0x200, 1, "{}");
+        assert!(
+            !s.has_room(),
+            "two records of 4 bytes each charge their overhead: the bound is reached"
+        );
     }
 
     #[test]

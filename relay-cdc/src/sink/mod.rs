@@ -40,10 +40,21 @@ pub struct Event {
     pub commit: CommitMeta,
 }
 
+/// Memory an in-flight record holds beyond its key and payload: librdkafka's message and
+/// its seven headers, the delivery future, the relay's bookkeeping. Measured: a 60 s
+/// broker outage held ~2.2 KiB of RSS per queued record carrying ~170 bytes.
+pub const RECORD_OVERHEAD_BYTES: usize = 2048;
+
 impl Event {
     /// Bytes the record carries (key + value): what `kafka.max_record_bytes` bounds.
     pub fn size(&self) -> usize {
         self.row.payload.len() + self.row.aggregate_id.len()
+    }
+
+    /// Memory the record holds while in flight: what `pipeline.max_in_flight_bytes`
+    /// bounds, so that small records are bounded by memory too, not only by count.
+    pub fn memory(&self) -> usize {
+        self.size() + RECORD_OVERHEAD_BYTES
     }
 }
 
