@@ -97,8 +97,11 @@ pub async fn check(settings: &Settings) -> bool {
     let mut ok = true;
     for s in &settings.sources {
         println!(
-            "source {} ({}@{}:{}/{})",
-            s.name, s.user, s.host, s.port, s.database
+            "source {} ({}@{}/{})",
+            s.name,
+            s.user,
+            s.endpoints_text(),
+            s.database
         );
         match source::connect(s).await {
             Ok(client) => match source::check(&client, s).await {
@@ -107,7 +110,11 @@ pub async fn check(settings: &Settings) -> bool {
                         ok &= c.ok;
                         println!(
                             "  [{}] {}: {}",
-                            if c.ok { " ok " } else { "FAIL" },
+                            match (c.ok, c.warn) {
+                                (false, _) => "FAIL",
+                                (true, true) => "WARN",
+                                (true, false) => " ok ",
+                            },
                             c.what,
                             c.detail
                         );

@@ -333,14 +333,23 @@ pub struct SourceSettings {
     /// Create the slot when missing (and then publish rows left PENDING before it).
     #[serde(default = "yes")]
     pub create_slot: bool,
+    /// The servers of one cluster, `host:port` each (replaces `host`/`port`): the relay
+    /// streams from whichever is the writable primary, like libpq's
+    /// `target_session_attrs=read-write`, and follows it after a failover.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Make the slot a failover slot (PostgreSQL 17+), so that standbys with
+    /// `sync_replication_slots` keep a copy that survives a promotion. Unset: on where the
+    /// server supports it; `true` on an older server fails the prerequisite check.
+    #[serde(default)]
+    pub failover_slot: Option<bool>,
 }
 
 impl std::fmt::Debug for SourceSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceSettings")
             .field("name", &self.name)
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("endpoints", &self.endpoints())
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("database", &self.database)
@@ -369,6 +378,46 @@ fn yes() -> bool {
     true
 }
 
+/// One server of a source: where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port` (`[v6]:port` for an IPv6 address).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (host, port) = s
+            .trim()
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not host:port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s:?}: the port must be 1-65535"))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl SourceSettings {
     pub fn slot_name(&self) -> String {
         self.slot
@@ -376,12 +425,45 @@ impl SourceSettings {
             .unwrap_or_else(|| format!("relay_{}", self.name))
     }
 
-    /// A tokio-postgres configuration for ordinary (non-replication) connections.
+    /// The servers to try, in order: `hosts`, or `host`:`port`.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        if self.hosts.is_empty() {
+            return vec![Endpoint {
+                host: self.host.clone(),
+                port: self.port,
+            }];
+        }
+        self.hosts
+            .iter()
+            .filter_map(|h| Endpoint::parse(h).ok())
+            .collect()
+    }
+
+    /// `host:port`, or the list of them.
+    pub fn endpoints_text(&self) -> String {
+        self.endpoints()
+            .iter()
+            .map(Endpoint::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A tokio-postgres configuration for ordinary (non-replication) connections: to the
+    /// writable primary among the endpoints.
     pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut c = self.pg_config_for(&self.endpoints());
+        c.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        c
+    }
+
+    /// An ordinary connection's configuration for exactly these endpoints, whatever
+    /// their role (to ask a server what it is).
+    pub fn pg_config_for(&self, endpoints: &[Endpoint]) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .user(&self.user)
+        for e in endpoints {
+            c.host(&e.host).port(e.port);
+        }
+        c.user(&self.user)
             .password(&self.password)
             .dbname(&self.database)
             .application_name(format!("relay-cdc/{}", self.name))
@@ -555,7 +637,12 @@ impl Settings {
                     "a slot name is lower-case letters, digits and _ (at most 63)",
                 ));
             }
-            if !slots.insert((s.host.clone(), s.port, slot.clone())) {
+            for (j, h) in s.hosts.iter().enumerate() {
+                if let Err(why) = Endpoint::parse(h) {
+                    return Err(key_err(key(&format!("hosts[{j}]")), why));
+                }
+            }
+            if !slots.insert((s.endpoints(), slot.clone())) {
                 return Err(key_err(
                     key("slot"),
                     format!("slot {slot:?} is used by two sources"),
@@ -650,6 +737,13 @@ fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigE
                 "password" | "user" | "database" | "host" | "name" | "slot"
             ) {
                 toml::Value::String(raw.to_string())
+            } else if field == "hosts" {
+                // `host1:5432,host2:5432`
+                toml::Value::Array(
+                    raw.split(',')
+                        .map(|h| toml::Value::String(h.trim().to_string()))
+                        .collect(),
+                )
             } else {
                 value
             };
@@ -776,6 +870,36 @@ database = "users_db"
             s.kafka.properties.get("linger.ms").map(String::as_str),
             Some("7")
         );
+    }
+
+    #[test]
+    fn a_source_may_name_several_servers() {
+        let s = load_str(
+            BASE,
+            &[(
+                "RELAY_SOURCES__USERS_DB__HOSTS",
+                "pg-a:5432, pg-b:6432,[::1]:7432",
+            )],
+        )
+        .unwrap();
+        let e = s.sources[0].endpoints();
+        assert_eq!(
+            e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["pg-a:5432", "pg-b:6432", "[::1]:7432"]
+        );
+        assert_eq!(e[2].host, "::1");
+        assert_eq!(
+            s.sources[0].failover_slot, None,
+            "unset: on where supported"
+        );
+        let single = load_str(BASE, &[]).unwrap();
+        assert_eq!(single.sources[0].endpoints_text(), "127.0.0.1:5432");
+        for bad in ["pg-a", "pg-a:0", ":5432", "pg-a:http"] {
+            let err = load_str(BASE, &[("RELAY_SOURCES__USERS_DB__HOSTS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("sources[0].hosts[0]"), "{bad}: {err}");
+        }
     }
 
     #[test]

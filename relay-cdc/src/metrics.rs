@@ -30,6 +30,7 @@ pub const KAFKA_TRANSACTION_RECORDS: &str = "relay_kafka_transaction_records";
 pub const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";
 pub const PRODUCER_FENCED: &str = "relay_producer_fenced_total";
 pub const SKIPPED: &str = "relay_checkpoint_skipped_events_total";
+pub const SLOT_RECREATED: &str = "relay_slot_recreated_total";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -54,6 +55,9 @@ pub struct Metrics {
     pub source_up: IntGaugeVec,
     pub restarts: IntCounterVec,
     pub reconciled: IntCounterVec,
+    /// The slot was gone (a failover to a server without it, a drop, an invalidation)
+    /// after this process had confirmed progress on it: recreated and reconciled.
+    pub slot_recreated: IntCounterVec,
     /// 1 while the source's watchdog finds a stalled stage (see `pipeline::progress`).
     pub stalled: IntGaugeVec,
     /// Age of the oldest record sent and not yet acked by Kafka (0 when none).
@@ -210,6 +214,11 @@ impl Metrics {
             reconciled: counter(
                 RECONCILED,
                 "PENDING rows published when the slot was created",
+                src,
+            ),
+            slot_recreated: counter(
+                SLOT_RECREATED,
+                "Slots found missing or invalidated after progress had been confirmed on them, then recreated (reconciliation of PENDING rows)",
                 src,
             ),
             stalled: gauge(

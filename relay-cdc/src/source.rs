@@ -6,14 +6,14 @@ use pgwire_replication::Lsn;
 use thiserror::Error;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::SourceSettings;
+use crate::config::{Endpoint, SourceSettings};
 
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("cannot connect to {database} at {host}:{port}: {reason}")]
+    #[error("cannot connect to {database} at {servers}: {reason}")]
     Connect {
-        host: String,
-        port: u16,
+        /// `host:port`, or the list of them.
+        servers: String,
         database: String,
         reason: String,
         /// SQLSTATE 57P03 (cannot_connect_now): the server is shutting down (or
@@ -67,11 +67,21 @@ async fn connect_with(
     config: tokio_postgres::Config,
 ) -> Result<Client, SourceError> {
     let (client, conn) = config
+        .clone()
         .connect(NoTls)
         .await
         .map_err(|e| SourceError::Connect {
-            host: s.host.clone(),
-            port: s.port,
+            servers: config
+                .get_hosts()
+                .iter()
+                .zip(config.get_ports())
+                .map(|(h, p)| match h {
+                    tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             database: s.database.clone(),
             reason: pg_reason(&e),
             going_away: e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
@@ -85,6 +95,68 @@ async fn connect_with(
     Ok(client)
 }
 
+/// What one server of a source is.
+#[derive(Debug, Clone)]
+pub struct ServerRole {
+    pub endpoint: Endpoint,
+    /// `pg_is_in_recovery()`: a standby (or a server still recovering).
+    pub standby: bool,
+    /// `server_version_num`, e.g. 170011.
+    pub version_num: i32,
+}
+
+/// Asks each endpoint what it is, in order; `Err` for those that cannot be reached.
+pub async fn server_roles(s: &SourceSettings) -> Vec<(Endpoint, Result<ServerRole, SourceError>)> {
+    let mut out = Vec::new();
+    for e in s.endpoints() {
+        let role = async {
+            let client = connect_with(s, s.pg_config_for(std::slice::from_ref(&e))).await?;
+            let row = client
+                .query_one(
+                    "select pg_is_in_recovery(), current_setting('server_version_num')::int",
+                    &[],
+                )
+                .await?;
+            Ok(ServerRole {
+                endpoint: e.clone(),
+                standby: row.get(0),
+                version_num: row.get(1),
+            })
+        }
+        .await;
+        out.push((e, role));
+    }
+    out
+}
+
+/// The writable primary among the source's endpoints: where the session streams from,
+/// writes heartbeats and marks rows. A lone endpoint that is a standby is an error too
+/// (a failover in progress, or a misconfiguration), so the session retries.
+pub async fn find_primary(s: &SourceSettings) -> Result<Endpoint, SourceError> {
+    let roles = server_roles(s).await;
+    let mut why = Vec::new();
+    let mut going_away = false;
+    for (e, r) in roles {
+        match r {
+            Ok(role) if !role.standby => return Ok(e),
+            Ok(_) => why.push(format!("{e} is a standby (in recovery)")),
+            Err(err) => {
+                going_away |= err.server_going_away();
+                why.push(match err {
+                    SourceError::Connect { reason, .. } => format!("{e}: {reason}"),
+                    other => format!("{e}: {other}"),
+                });
+            }
+        }
+    }
+    Err(SourceError::Connect {
+        servers: s.endpoints_text(),
+        database: s.database.clone(),
+        reason: format!("no writable primary ({})", why.join("; ")),
+        going_away,
+    })
+}
+
 /// The server's message for an error (tokio-postgres' Display hides it behind "db error").
 pub fn pg_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -93,20 +165,32 @@ pub fn pg_reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// One prerequisite and whether it holds.
+/// One prerequisite and whether it holds; a warning does not stop the relay but says
+/// what is not protected (e.g. a failover that could lose the slot).
 #[derive(Debug, Clone)]
 pub struct Check {
     pub what: String,
     pub ok: bool,
+    pub warn: bool,
     pub detail: String,
 }
 
-/// Checks what the relay needs of a source, without changing anything.
+/// Checks what the relay needs of a source, and whether a failover would keep its slot,
+/// without changing anything.
 pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, SourceError> {
+    let mut out = prerequisites(client, s).await?;
+    let slot = slot_state(client, &s.slot_name()).await?;
+    out.extend(failover_checks(client, s, slot.as_ref()).await?);
+    Ok(out)
+}
+
+/// What the relay cannot run without.
+async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, SourceError> {
     let mut out = Vec::new();
     let wal_level: String = client.query_one("show wal_level", &[]).await?.get(0);
     out.push(Check {
         what: "wal_level = logical".into(),
+        warn: false,
         ok: wal_level == "logical",
         detail: format!("wal_level is {wal_level}"),
     });
@@ -120,6 +204,7 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
     let can_replicate: bool = role.get(0);
     out.push(Check {
         what: "role may replicate".into(),
+        warn: false,
         ok: can_replicate,
         detail: if can_replicate {
             "ok".into()
@@ -131,6 +216,7 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
     let shape = table_shape(client, s).await?;
     out.push(Check {
         what: format!("table {}.{} has the outbox columns", s.schema, s.table),
+        warn: false,
         ok: shape.is_ok(),
         detail: shape.err().unwrap_or_else(|| "ok".into()),
     });
@@ -138,6 +224,7 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
     let publication = publication_state(client, s).await?;
     out.push(Check {
         what: format!("publication {} (insert) on the table", s.publication),
+        warn: false,
         ok: publication.is_ok() || s.create_publication,
         detail: match publication {
             Ok(()) => "ok".into(),
@@ -157,11 +244,13 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
     out.push(match slot {
         Some(st) if st.plugin != "pgoutput" => Check {
             what: format!("slot {}", s.slot_name()),
+            warn: false,
             ok: false,
             detail: format!("exists with plugin {}, needs pgoutput", st.plugin),
         },
         Some(st) => Check {
             what: format!("slot {}", s.slot_name()),
+            warn: false,
             ok: true,
             detail: format!(
                 "exists, confirmed {}, {}",
@@ -177,6 +266,7 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
         },
         None => Check {
             what: format!("slot {}", s.slot_name()),
+            warn: false,
             ok: s.create_slot && free_slots > 0,
             detail: if !s.create_slot {
                 "missing and create_slot = false".into()
@@ -190,9 +280,175 @@ pub async fn check(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, So
     Ok(out)
 }
 
+/// Whether a primary failover keeps the slot (PostgreSQL 17 failover slots): the
+/// slot's flag and the primary's settings, then each standby among `hosts`. Gaps are
+/// warnings: the relay runs, but a failover would fall back to reconciliation.
+async fn failover_checks(
+    client: &Client,
+    s: &SourceSettings,
+    slot: Option<&SlotState>,
+) -> Result<Vec<Check>, SourceError> {
+    let version = version_num(client).await?;
+    let what = "failover slot".to_string();
+    let wants = match wants_failover(s.failover_slot, version) {
+        Err(why) => {
+            return Ok(vec![Check {
+                what,
+                ok: false,
+                warn: false,
+                detail: why,
+            }])
+        }
+        Ok(w) => w,
+    };
+    let note = |warn: bool, what: &str, detail: String| Check {
+        what: what.to_string(),
+        ok: true,
+        warn,
+        detail,
+    };
+    if version < FAILOVER_SLOTS_SINCE {
+        return Ok(vec![note(
+            false,
+            &what,
+            "not before PostgreSQL 17: after a primary failover the relay recreates the slot and publishes the rows still PENDING (nothing lost; duplicates and order across the gap not guaranteed)".into(),
+        )]);
+    }
+    if !wants {
+        return Ok(vec![note(
+            true,
+            &what,
+            "failover_slot = false: a promoted standby has no slot; the relay falls back to reconciliation".into(),
+        )]);
+    }
+    let mut out = vec![note(
+        false,
+        &what,
+        match slot.and_then(|st| st.failover) {
+            Some(true) => "the slot is a failover slot".into(),
+            Some(false) => {
+                "the slot is not a failover slot yet; the relay makes it one when it starts".into()
+            }
+            None => "the slot will be created as a failover slot".into(),
+        },
+    )];
+    let synchronized: String = client
+        .query_one(
+            "select coalesce(current_setting('synchronized_standby_slots', true), '')",
+            &[],
+        )
+        .await?
+        .get(0);
+    out.push(note(
+        synchronized.trim().is_empty(),
+        "synchronized_standby_slots",
+        if synchronized.trim().is_empty() {
+            "empty: the relay may publish a transaction no standby has received yet; promoted, that standby has no row for the event. Set it to the standbys' physical slots".into()
+        } else {
+            format!("{synchronized}: the relay receives nothing a listed standby has not")
+        },
+    ));
+    let standbys: i64 = client
+        .query_one(
+            "select count(*) from pg_replication_slots where slot_type = 'physical' and active",
+            &[],
+        )
+        .await?
+        .get(0);
+    out.push(note(
+        standbys == 0,
+        "standbys streaming from a physical slot",
+        if standbys == 0 {
+            "none: there is no standby to sync the slot to".into()
+        } else {
+            standbys.to_string()
+        },
+    ));
+    if s.endpoints().len() > 1 {
+        for (e, role) in server_roles(s).await {
+            match role {
+                Ok(r) if r.standby => out.extend(standby_checks(s, &e).await),
+                Ok(_) => {}
+                Err(err) => out.push(note(true, &format!("standby {e}"), err.to_string())),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a standby needs for the slot to be synced and usable after its promotion.
+async fn standby_checks(s: &SourceSettings, e: &Endpoint) -> Vec<Check> {
+    let what = format!("standby {e}");
+    let found = async {
+        let c = connect_with(s, s.pg_config_for(std::slice::from_ref(e))).await?;
+        let settings = c
+            .query_one(
+                "select current_setting('sync_replication_slots', true), \
+                        current_setting('hot_standby_feedback'), \
+                        current_setting('primary_conninfo'), \
+                        current_setting('primary_slot_name')",
+                &[],
+            )
+            .await?;
+        let slot = slot_state(&c, &s.slot_name()).await?;
+        Ok::<_, SourceError>((settings, slot))
+    }
+    .await;
+    let (settings, slot) = match found {
+        Ok(f) => f,
+        Err(err) => {
+            return vec![Check {
+                what,
+                ok: true,
+                warn: true,
+                detail: format!("cannot inspect it: {err}"),
+            }]
+        }
+    };
+    let sync: Option<String> = settings.get(0);
+    let feedback: String = settings.get(1);
+    let conninfo: String = settings.get(2);
+    let primary_slot: String = settings.get(3);
+    let mut gaps = Vec::new();
+    if sync.as_deref() != Some("on") {
+        gaps.push("sync_replication_slots is not on");
+    }
+    if feedback != "on" {
+        gaps.push("hot_standby_feedback is not on");
+    }
+    if !conninfo
+        .split_whitespace()
+        .any(|kv| kv.starts_with("dbname="))
+    {
+        gaps.push("primary_conninfo names no dbname");
+    }
+    if primary_slot.is_empty() {
+        gaps.push("primary_slot_name is empty");
+    }
+    match &slot {
+        Some(st) if st.synced == Some(true) => {}
+        Some(_) => gaps.push("the slot exists but is not a synced copy"),
+        None => gaps.push("the slot is not synced here yet"),
+    }
+    vec![Check {
+        what,
+        ok: true,
+        warn: !gaps.is_empty(),
+        detail: if gaps.is_empty() {
+            format!(
+                "the slot is synced (confirmed {}); promoted, it continues from there",
+                slot.and_then(|st| st.confirmed_flush)
+                    .map_or("-".into(), |l| l.to_string())
+            )
+        } else {
+            format!("not protected: {}", gaps.join("; "))
+        },
+    }]
+}
+
 /// Fails with a clear message unless every check holds.
 pub async fn require(client: &Client, s: &SourceSettings) -> Result<(), SourceError> {
-    let failed: Vec<String> = check(client, s)
+    let failed: Vec<String> = prerequisites(client, s)
         .await?
         .into_iter()
         .filter(|c| !c.ok)
@@ -315,13 +571,36 @@ pub struct SlotState {
     pub confirmed_flush: Option<Lsn>,
     /// `lost` when the server invalidated the slot (WAL it needed was removed).
     pub wal_status: Option<String>,
+    /// PostgreSQL 17+: a failover slot (standbys may sync it); `None` before 17.
+    pub failover: Option<bool>,
+    /// PostgreSQL 17+, on a standby: a copy synced from the primary.
+    pub synced: Option<bool>,
+}
+
+/// The first PostgreSQL version (`server_version_num`) with failover slots.
+pub const FAILOVER_SLOTS_SINCE: i32 = 170_000;
+
+/// Whether the slot should be a failover slot on a server of `version_num`, given the
+/// `failover_slot` setting (unset: wherever supported).
+pub fn wants_failover(setting: Option<bool>, version_num: i32) -> Result<bool, String> {
+    match setting {
+        None => Ok(version_num >= FAILOVER_SLOTS_SINCE),
+        Some(false) => Ok(false),
+        Some(true) if version_num >= FAILOVER_SLOTS_SINCE => Ok(true),
+        Some(true) => Err(format!(
+            "failover_slot = true needs PostgreSQL 17 or newer (server_version_num {version_num})"
+        )),
+    }
 }
 
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SourceError> {
+    // Through to_jsonb so that columns newer servers add (failover, synced: 17) read as
+    // null on older ones, with one statement for all versions.
     let row = client
         .query_opt(
-            "select coalesce(plugin::text, ''), active, confirmed_flush_lsn::text, wal_status \
-             from pg_replication_slots where slot_name = $1 and database = current_database()",
+            "select coalesce(plugin::text, ''), active, confirmed_flush_lsn::text, wal_status, \
+                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+             from pg_replication_slots s where slot_name = $1 and database = current_database()",
             &[&slot],
         )
         .await?;
@@ -332,7 +611,17 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
             .get::<_, Option<String>>(2)
             .and_then(|s| Lsn::parse(&s).ok()),
         wal_status: r.get(3),
+        failover: r.get(4),
+        synced: r.get(5),
     }))
+}
+
+/// The server's `server_version_num`.
+pub async fn version_num(client: &Client) -> Result<i32, SourceError> {
+    Ok(client
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0))
 }
 
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), SourceError> {

@@ -18,10 +18,10 @@
 
 use std::time::Instant;
 
-use pgwire_replication::ReplicationClient;
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use uuid::Uuid;
 
-use super::session::{replication_config, slot_busy_or};
+use super::session::{make_failover_slot, slot_busy_or};
 use super::{Pipeline, PipelineError};
 use crate::config::PoisonPolicy;
 use crate::marker::Marker;
@@ -42,6 +42,8 @@ pub fn temporary_slot_name(slot: &str) -> String {
 /// before it, then starts streaming from the slot's consistent point.
 pub async fn create_slot_and_reconcile<S: Sink>(
     p: &Pipeline,
+    config: ReplicationConfig,
+    failover: bool,
     client: &tokio_postgres::Client,
     sink: &mut S,
     marker: &Marker,
@@ -55,7 +57,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         .into());
     }
     let temp = temporary_slot_name(&slot);
-    let mut repl = ReplicationClient::connect_gated(replication_config(p)).await?;
+    let mut repl = ReplicationClient::connect_gated(config).await?;
     let rows = repl
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
@@ -212,7 +214,12 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         })?;
     repl.simple_query(&format!("DROP_REPLICATION_SLOT \"{temp}\""))
         .await?;
-    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, "created slot");
+    // pg_copy_logical_replication_slot never copies the failover flag: set it now. A
+    // failure here leaves a plain slot, which the next session turns into a failover one.
+    if failover {
+        make_failover_slot(&mut repl, &slot).await?;
+    }
+    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, failover, "created slot");
     repl.start().await?;
     repl.wait_started()
         .await

@@ -22,12 +22,12 @@ use tokio::time::Instant;
 use super::progress::persist_final_position;
 use super::stream::{Limits, StreamState};
 use super::{housekeeping, reconcile, AbortOnDrop, Pipeline, PipelineError};
-use crate::config::{Delivery as DeliveryMode, PoisonPolicy};
+use crate::config::{Delivery as DeliveryMode, Endpoint, PoisonPolicy};
 use crate::marker::{Confirmed, MarkItem, Marker};
 use crate::sink::checkpoint;
 use crate::sink::kafka::{KafkaSink, TxnError};
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink};
-use crate::source::{self, HEARTBEAT_PREFIX};
+use crate::source::{self, SourceError, HEARTBEAT_PREFIX};
 use crate::status::{SourceStatus, State};
 
 /// The replication stream as the loop sees it: events in, confirmed positions out.
@@ -828,10 +828,23 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
 pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     let name = p.source.name.clone();
     let slot = p.source.slot_name();
+    // The writable primary among the source's servers: after a failover, the promoted one.
+    let primary = source::find_primary(&p.source).await?;
     let client = source::connect(&p.source).await?;
     source::require(&client, &p.source).await?;
     source::ensure_publication(&client, &p.source).await?;
+    let failover =
+        source::wants_failover(p.source.failover_slot, source::version_num(&client).await?)
+            .map_err(SourceError::Prerequisite)?;
 
+    // What this process confirmed on the slot before (0: nothing yet).
+    let confirmed_before = Lsn::from_u64(
+        p.metrics
+            .confirmed_lsn
+            .with_label_values(&[&name])
+            .get()
+            .max(0) as u64,
+    );
     let mut state = source::slot_state(&client, &slot).await?;
     if state
         .as_ref()
@@ -840,6 +853,24 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         tracing::warn!(source = %name, slot = %slot, "slot was invalidated by the server; recreating it");
         source::drop_slot(&client, &slot).await?;
         state = None;
+    }
+    match &state {
+        None if confirmed_before.as_u64() > 0 => {
+            p.metrics.slot_recreated.with_label_values(&[&name]).inc();
+            tracing::error!(
+                source = %name, slot = %slot, server = %primary, confirmed_before = %confirmed_before,
+                "the slot this relay streamed from is missing on the primary (a failover to a server without a synced slot, or a dropped slot): creating it and publishing every row still PENDING; rows the old slot had not confirmed are sent again, possibly out of commit order across the gap"
+            );
+        }
+        Some(st) if st.confirmed_flush.is_some_and(|c| c < confirmed_before) => {
+            tracing::warn!(
+                source = %name, slot = %slot, server = %primary,
+                slot_confirmed = %st.confirmed_flush.map_or_else(String::new, |c| c.to_string()),
+                confirmed_before = %confirmed_before,
+                "the slot is behind what this relay already confirmed (a synced slot after a failover): the transactions between are sent again, with the same event ids"
+            );
+        }
+        _ => {}
     }
     if state.as_ref().is_some_and(|st| st.active) {
         return Err(PipelineError::SlotBusy(slot));
@@ -888,15 +919,26 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         going_away: going_away.clone(),
     };
 
+    let config = replication_config(p, &primary);
     let mut repl = match state {
+        Some(st) if failover && st.failover == Some(false) => {
+            // A slot made before failover slots were on (or on an older server).
+            let mut r = ReplicationClient::connect_gated(config).await?;
+            make_failover_slot(&mut r, &slot).await?;
+            tracing::info!(source = %name, slot = %slot, "the slot is now a failover slot");
+            r.start().await?;
+            r.wait_started().await.map_err(|e| slot_busy_or(e, &slot))?;
+            r
+        }
         Some(_) => {
-            let mut r = ReplicationClient::connect(replication_config(p)).await?;
+            let mut r = ReplicationClient::connect(config).await?;
             r.wait_started().await.map_err(|e| slot_busy_or(e, &slot))?;
             r
         }
         None => {
             p.status.set_state(State::Reconciling);
-            reconcile::create_slot_and_reconcile(p, &client, &mut sink, &marker).await?
+            reconcile::create_slot_and_reconcile(p, config, failover, &client, &mut sink, &marker)
+                .await?
         }
     };
     drop(client);
@@ -1006,17 +1048,32 @@ async fn read_checkpoint(
     Ok(Some(lsn))
 }
 
-pub(super) fn replication_config(p: &Pipeline) -> ReplicationConfig {
+/// `ALTER_REPLICATION_SLOT … (FAILOVER true)` on a gated replication connection (the
+/// slot must not be in use): standbys with `sync_replication_slots` then keep a copy.
+pub(super) async fn make_failover_slot(
+    repl: &mut ReplicationClient,
+    slot: &str,
+) -> Result<(), PipelineError> {
+    repl.simple_query(&format!(
+        "ALTER_REPLICATION_SLOT \"{slot}\" (FAILOVER true)"
+    ))
+    .await
+    .map_err(|e| slot_busy_or(e, slot))?;
+    Ok(())
+}
+
+/// The replication connection of a session, to the primary found at its start.
+pub(super) fn replication_config(p: &Pipeline, primary: &Endpoint) -> ReplicationConfig {
     let s = &p.source;
     ReplicationConfig::new(
-        s.host.clone(),
+        primary.host.clone(),
         s.user.clone(),
         s.password.clone(),
         s.database.clone(),
         s.slot_name(),
         s.publication.clone(),
     )
-    .with_port(s.port)
+    .with_port(primary.port)
     .with_tls(TlsConfig::disabled())
     .with_status_interval(p.settings.pipeline.status_interval())
     .with_wakeup_interval(Duration::from_secs(5))
