@@ -40,10 +40,29 @@ pub fn temporary_slot_name(slot: &str) -> String {
 
 /// Creates the slot (through a temporary one), publishing the rows left PENDING
 /// before it, then starts streaming from the slot's consistent point.
+/// How to create the slot on this server.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotOptions {
+    /// `server_version_num`: the replication command's syntax depends on it.
+    pub version: i32,
+    /// Make it a failover slot (PostgreSQL 17+).
+    pub failover: bool,
+}
+
+/// `CREATE_REPLICATION_SLOT` of the temporary slot with an exported snapshot: the
+/// parenthesised options came with PostgreSQL 15; 14 knows only the older keywords.
+pub fn create_temporary_slot_command(temp: &str, version: i32) -> String {
+    if version < 150_000 {
+        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+    } else {
+        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+    }
+}
+
 pub async fn create_slot_and_reconcile<S: Sink>(
     p: &Pipeline,
     config: ReplicationConfig,
-    failover: bool,
+    options: SlotOptions,
     client: &tokio_postgres::Client,
     sink: &mut S,
     marker: &Marker,
@@ -59,9 +78,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     let temp = temporary_slot_name(&slot);
     let mut repl = ReplicationClient::connect_gated(config).await?;
     let rows = repl
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
-        ))
+        .simple_query(&create_temporary_slot_command(&temp, options.version))
         .await
         .map_err(|e| slot_busy_or(e, &slot))?;
     let text = |i: usize| {
@@ -216,10 +233,10 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         .await?;
     // pg_copy_logical_replication_slot never copies the failover flag: set it now. A
     // failure here leaves a plain slot, which the next session turns into a failover one.
-    if failover {
+    if options.failover {
         make_failover_slot(&mut repl, &slot).await?;
     }
-    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, failover, "created slot");
+    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, failover = options.failover, "created slot");
     repl.start().await?;
     repl.wait_started()
         .await
@@ -421,6 +438,20 @@ async fn send_with_backoff<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_temporary_slot_is_created_in_the_servers_own_syntax() {
+        assert_eq!(
+            create_temporary_slot_command("s_init", 140_023),
+            "CREATE_REPLICATION_SLOT \"s_init\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        for v in [150_019, 170_011, 180_006] {
+            assert!(
+                create_temporary_slot_command("s_init", v).ends_with("(SNAPSHOT 'export')"),
+                "{v}"
+            );
+        }
+    }
 
     #[test]
     fn the_temporary_slot_name_is_marked_and_fits_postgres_limit() {

@@ -833,9 +833,9 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     let client = source::connect(&p.source).await?;
     source::require(&client, &p.source).await?;
     source::ensure_publication(&client, &p.source).await?;
-    let failover =
-        source::wants_failover(p.source.failover_slot, source::version_num(&client).await?)
-            .map_err(SourceError::Prerequisite)?;
+    let version = source::version_num(&client).await?;
+    let failover = source::wants_failover(p.source.failover_slot, version)
+        .map_err(SourceError::Prerequisite)?;
 
     // What this process confirmed on the slot before (0: nothing yet).
     let confirmed_before = Lsn::from_u64(
@@ -937,8 +937,16 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         }
         None => {
             p.status.set_state(State::Reconciling);
-            reconcile::create_slot_and_reconcile(p, config, failover, &client, &mut sink, &marker)
-                .await?
+            let slot_options = reconcile::SlotOptions { version, failover };
+            reconcile::create_slot_and_reconcile(
+                p,
+                config,
+                slot_options,
+                &client,
+                &mut sink,
+                &marker,
+            )
+            .await?
         }
     };
     drop(client);
