@@ -10,6 +10,7 @@
 mod kafka;
 mod load;
 mod procs;
+mod proxy;
 mod report;
 mod scenario;
 mod stack;
@@ -42,13 +43,20 @@ struct Cli {
     /// How long the broker stays stopped in scenario 2 (default 30 s; 10 s with --short).
     #[arg(long, value_parser = parse_secs)]
     kafka_outage: Option<Duration>,
-    /// Which scenarios to run, e.g. `1,4` (default: all six).
+    /// Which scenarios to run, e.g. `1,4` (default: 1-6). Scenario 7, the primary
+    /// failover, runs only when named, on PostgreSQL 17+ (`PG_VERSION=17 scripts/drill
+    /// --scenarios 7`) unless `--slot-sync off`.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<u8>,
     /// The relays' delivery mode (`RELAY_KAFKA__DELIVERY`); with `exactly-once` a
     /// duplicate read by a `read_committed` consumer fails the scenario.
     #[arg(long, value_enum, default_value_t = Delivery::AtLeastOnce)]
     delivery: Delivery,
+    /// Scenario 7: relay slots are failover slots synced to the standby (`on`, needs
+    /// PostgreSQL 17+), or plain ones (`off`): after the promotion the relay then
+    /// recreates its slots and publishes what is still PENDING.
+    #[arg(long, value_enum, default_value_t = SlotSync::On)]
+    slot_sync: SlotSync,
     /// Sign-ups per second on user-service.
     #[arg(long, default_value_t = 10.0)]
     signups_per_s: f64,
@@ -80,6 +88,12 @@ struct Cli {
     /// Also write the report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SlotSync {
+    On,
+    Off,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -148,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     } else {
         cli.scenarios
             .iter()
-            .map(|n| Scenario::from_number(*n).with_context(|| format!("no scenario {n} (1-6)")))
+            .map(|n| Scenario::from_number(*n).with_context(|| format!("no scenario {n} (1-7)")))
             .collect::<anyhow::Result<_>>()?
     };
     let duration = if cli.short {
@@ -208,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         rng: Rng::new(seed),
         keep: cli.keep_stack,
         delivery: cli.delivery,
+        slot_sync: cli.slot_sync == SlotSync::On,
     };
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {

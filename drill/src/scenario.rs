@@ -22,10 +22,11 @@ use tokio::task::JoinHandle;
 use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
 use crate::procs::{free_port, wait_ready, Proc};
+use crate::proxy::Proxy;
 use crate::stack::{StackConfig, PG_PASSWORD, PG_USER};
 use crate::verify::{self, Committed, Tally};
 
-/// The six drills.
+/// The drills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     RelayKill,
@@ -34,9 +35,11 @@ pub enum Scenario {
     Standby,
     AckBeforeMark,
     Rollbacks,
+    PrimaryFailover,
 }
 
 impl Scenario {
+    /// What runs by default: every drill that needs nothing beyond the stack.
     pub const ALL: [Scenario; 6] = [
         Scenario::RelayKill,
         Scenario::KafkaOutage,
@@ -54,11 +57,15 @@ impl Scenario {
             Scenario::Standby => 4,
             Scenario::AckBeforeMark => 5,
             Scenario::Rollbacks => 6,
+            Scenario::PrimaryFailover => 7,
         }
     }
 
     pub fn from_number(n: u8) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|s| s.number() == n)
+        Scenario::ALL
+            .into_iter()
+            .chain([Scenario::PrimaryFailover])
+            .find(|s| s.number() == n)
     }
 
     pub fn title(self) -> &'static str {
@@ -69,6 +76,7 @@ impl Scenario {
             Scenario::Standby => "active relay killed, standby takes over",
             Scenario::AckBeforeMark => "crash between Kafka ack and PROCESSED",
             Scenario::Rollbacks => "rolled-back transactions under load",
+            Scenario::PrimaryFailover => "PostgreSQL primary killed, standby promoted",
         }
     }
 }
@@ -131,6 +139,9 @@ pub struct Ctx {
     /// Keep a passed scenario's topics (with `--keep-stack`, for inspection).
     pub keep: bool,
     pub delivery: Delivery,
+    /// Scenario 7: failover slots synced to the standby (PostgreSQL 17+), or off to
+    /// show the reconciliation fallback.
+    pub slot_sync: bool,
 }
 
 /// One end-to-end check and whether it held.
@@ -242,6 +253,13 @@ pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
     if let Err(e) = run_inner(ctx, sc, &names, &mut out).await {
         out.error = Some(format!("{e:#}"));
     }
+    if sc == Scenario::PrimaryFailover {
+        // The promoted standby goes; the old primary comes back for what runs next.
+        if let Err(e) = ctx.stack.run("standby-down").await {
+            out.notes
+                .push(format!("could not remove the standby: {e:#}"));
+        }
+    }
     // Processes are gone (dropped with the world); slots must not outlive the scenario.
     if let Err(e) = ctx.stack.drop_slots(&[&names.users_db, &names.tx_db]).await {
         out.notes.push(format!("could not drop the slots: {e:#}"));
@@ -276,6 +294,10 @@ struct World<'a> {
     relay_ports: [u16; 2],
     relay_env: Vec<(String, String)>,
     recoveries: Vec<JoinHandle<Option<Duration>>>,
+    /// Where the services, the relay and the drill's own pools connect: PostgreSQL, or
+    /// in scenario 7 the proxy that plays the virtual IP.
+    pg_port: u16,
+    proxy: Option<Proxy>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -296,6 +318,32 @@ async fn run_inner(
         .fresh_databases(&[&names.users_db, &names.tx_db])
         .await
         .context("creating the scenario's databases")?;
+    let mut proxy = None;
+    if sc == Scenario::PrimaryFailover {
+        let version = stack.server_version_num().await?;
+        if ctx.slot_sync && version < 170_000 {
+            bail!(
+                "scenario 7 with slot sync needs PostgreSQL 17 or newer (this stack runs {version}): run PG_VERSION=17 scripts/drill --scenarios 7, or add --slot-sync off"
+            );
+        }
+        // After the scenario's databases exist: the base backup carries them.
+        stack
+            .run("standby-up")
+            .await
+            .context("starting the standby")?;
+        let p = Proxy::start(stack.pg_port).await?;
+        out.notes.push(format!(
+            "PostgreSQL {}.{}: primary on {}, streaming standby on {}, clients through a proxy on {} (the virtual IP); failover slots {}",
+            version / 10_000,
+            version % 10_000,
+            stack.pg_port,
+            stack.standby_port(),
+            p.port,
+            if ctx.slot_sync { "on, synced to the standby" } else { "off (failover_slot = false)" }
+        ));
+        proxy = Some(p);
+    }
+    let pg_port = proxy.as_ref().map_or(stack.pg_port, |p| p.port);
     let brokers = stack.brokers();
     kafka::create_topics(
         &brokers,
@@ -310,8 +358,8 @@ async fn run_inner(
         ctx,
         sc,
         names,
-        users_pool: stack.pool(&names.users_db)?,
-        tx_pool: stack.pool(&names.tx_db)?,
+        users_pool: stack.pool_at(&names.users_db, pg_port)?,
+        tx_pool: stack.pool_at(&names.tx_db, pg_port)?,
         collector,
         uncommitted,
         user_svc: None,
@@ -320,8 +368,10 @@ async fn run_inner(
         tx_url: String::new(),
         relays: [None, None],
         relay_ports: [free_port()?, free_port()?],
-        relay_env: relay_env(stack, names, sc, ctx.delivery),
+        relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync)),
         recoveries: Vec::new(),
+        pg_port,
+        proxy,
     };
     w.start_services().await?;
     let t = w.start_relay(0)?;
@@ -388,11 +438,14 @@ async fn run_inner(
     w.finish(summary, out).await
 }
 
+/// The relays' environment; `pg_port` is where they reach PostgreSQL, `slot_sync`
+/// whether scenario 7's slots are failover slots.
 fn relay_env(
     stack: &StackConfig,
     names: &Names,
     sc: Scenario,
     delivery: Delivery,
+    (pg_port, slot_sync): (u16, bool),
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("RELAY_KAFKA__BROKERS".to_string(), stack.brokers()),
@@ -409,12 +462,20 @@ fn relay_env(
         let p = format!("RELAY_SOURCES__{source}__");
         env.extend([
             (format!("{p}HOST"), "127.0.0.1".to_string()),
-            (format!("{p}PORT"), stack.pg_port.to_string()),
+            (format!("{p}PORT"), pg_port.to_string()),
             (format!("{p}USER"), PG_USER.to_string()),
             (format!("{p}PASSWORD"), PG_PASSWORD.to_string()),
             (format!("{p}DATABASE"), db.clone()),
             (format!("{p}SLOT"), db.clone()),
         ]);
+    }
+    if sc == Scenario::PrimaryFailover && !slot_sync {
+        for source in ["USERS_DB", "TRANSACTION_DB"] {
+            env.push((
+                format!("RELAY_SOURCES__{source}__FAILOVER_SLOT"),
+                "false".into(),
+            ));
+        }
     }
     if sc == Scenario::AckBeforeMark {
         // Marking lags the acks by seconds: a crash lands between ack and PROCESSED.
@@ -452,7 +513,7 @@ impl World<'_> {
         let db = |name: &str| {
             vec![
                 ("DB_HOST".to_string(), "127.0.0.1".to_string()),
-                ("DB_PORT".to_string(), stack.pg_port.to_string()),
+                ("DB_PORT".to_string(), self.pg_port.to_string()),
                 ("DB_USER".to_string(), PG_USER.to_string()),
                 ("DB_PASSWORD".to_string(), PG_PASSWORD.to_string()),
                 ("DB_NAME".to_string(), name.to_string()),
@@ -744,6 +805,66 @@ impl World<'_> {
                 });
             }
             Scenario::Rollbacks => {}
+            Scenario::PrimaryFailover => {
+                tokio::time::sleep_until(at(0.5).into()).await;
+                let stack = &ctx.stack;
+                if ctx.slot_sync {
+                    // The slots must be on the standby before the primary dies.
+                    let waited = Instant::now();
+                    let slots = [self.names.users_db.as_str(), self.names.tx_db.as_str()];
+                    loop {
+                        let synced = stack.synced_slots(stack.standby_port(), &slots).await?;
+                        if synced == slots.len() {
+                            break;
+                        }
+                        if waited.elapsed() > Duration::from_secs(60) {
+                            bail!("the standby synced {synced} of the relay's 2 slots within 60 s");
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    out.notes.push(format!(
+                        "both relay slots synced on the standby ({:.1} s of waiting)",
+                        waited.elapsed().as_secs_f64()
+                    ));
+                }
+                let t = Instant::now();
+                stack.run("pg-kill").await?;
+                stack.run("standby-promote").await?;
+                let proxy = self
+                    .proxy
+                    .as_ref()
+                    .context("scenario 7 runs with a proxy")?;
+                proxy.move_to(stack.standby_port());
+                let moved = t.elapsed();
+                out.notes.push(format!(
+                    "primary killed (SIGKILL) at {:.1} s; standby promoted and the proxy moved to it (port {}) {:.2} s later",
+                    (t - start).as_secs_f64(),
+                    proxy.target(),
+                    moved.as_secs_f64()
+                ));
+                self.begin_recovery().await;
+                let streaming = async {
+                    loop {
+                        if self.relay_ready(0).await {
+                            return t.elapsed();
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                match tokio::time::timeout(READY_TIMEOUT, streaming).await {
+                    Ok(d) => {
+                        out.takeovers.push(d);
+                        out.notes.push(format!(
+                            "relay streaming from the promoted server {:.2} s after the kill",
+                            d.as_secs_f64()
+                        ));
+                    }
+                    Err(_) => bail!(
+                        "the relay did not stream from the promoted server within {} s",
+                        READY_TIMEOUT.as_secs()
+                    ),
+                }
+            }
         }
         Ok(())
     }
@@ -1161,7 +1282,13 @@ mod tests {
     #[test]
     fn exactly_once_relays_get_the_mode_and_a_checkpoint_topic_of_the_scenario() {
         let names = Names::new("20261201120000", Scenario::Standby);
-        let env = relay_env(&stack(), &names, Scenario::Standby, Delivery::ExactlyOnce);
+        let env = relay_env(
+            &stack(),
+            &names,
+            Scenario::Standby,
+            Delivery::ExactlyOnce,
+            (55532, true),
+        );
         assert_eq!(var(&env, "RELAY_KAFKA__DELIVERY"), Some("exactly-once"));
         assert_eq!(
             var(&env, "RELAY_KAFKA__CHECKPOINT_TOPIC"),
@@ -1179,7 +1306,13 @@ mod tests {
     #[test]
     fn at_least_once_relays_run_with_the_relays_defaults() {
         let names = Names::new("20261201120000", Scenario::RelayKill);
-        let env = relay_env(&stack(), &names, Scenario::RelayKill, Delivery::AtLeastOnce);
+        let env = relay_env(
+            &stack(),
+            &names,
+            Scenario::RelayKill,
+            Delivery::AtLeastOnce,
+            (55532, true),
+        );
         for key in [
             "RELAY_KAFKA__DELIVERY",
             "RELAY_KAFKA__CHECKPOINT_TOPIC",
@@ -1187,5 +1320,36 @@ mod tests {
         ] {
             assert_eq!(var(&env, key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn scenario_7_reaches_postgresql_through_the_proxy_and_may_turn_failover_slots_off() {
+        let names = Names::new("20261201120000", Scenario::PrimaryFailover);
+        let env = relay_env(
+            &stack(),
+            &names,
+            Scenario::PrimaryFailover,
+            Delivery::AtLeastOnce,
+            (40001, false),
+        );
+        assert_eq!(var(&env, "RELAY_SOURCES__USERS_DB__PORT"), Some("40001"));
+        assert_eq!(
+            var(&env, "RELAY_SOURCES__TRANSACTION_DB__FAILOVER_SLOT"),
+            Some("false")
+        );
+        let synced = relay_env(
+            &stack(),
+            &names,
+            Scenario::PrimaryFailover,
+            Delivery::AtLeastOnce,
+            (40001, true),
+        );
+        assert_eq!(var(&synced, "RELAY_SOURCES__USERS_DB__FAILOVER_SLOT"), None);
+        assert_eq!(
+            Scenario::from_number(7),
+            Some(Scenario::PrimaryFailover),
+            "chosen by number, not in the default set"
+        );
+        assert!(!Scenario::ALL.contains(&Scenario::PrimaryFailover));
     }
 }

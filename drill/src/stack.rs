@@ -50,9 +50,15 @@ impl StackConfig {
                 bail!("{flag} {port} is the shared stack's port; pick another");
             }
         }
-        let ports = [self.pg_port, self.kafka_port, self.kafka_controller_port];
-        if ports[0] == ports[1] || ports[0] == ports[2] || ports[1] == ports[2] {
-            bail!("--pg-port, --kafka-port and --kafka-controller-port must differ");
+        let ports = [
+            self.pg_port,
+            self.kafka_port,
+            self.kafka_controller_port,
+            self.standby_port(),
+        ];
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        if distinct.len() != ports.len() {
+            bail!("--pg-port, --pg-port + 1 (the standby of scenario 7), --kafka-port and --kafka-controller-port must differ");
         }
         Ok(())
     }
@@ -61,11 +67,18 @@ impl StackConfig {
         format!("127.0.0.1:{}", self.kafka_port)
     }
 
+    /// The standby scenario 7 promotes: the next port after PostgreSQL's.
+    pub fn standby_port(&self) -> u16 {
+        self.pg_port.wrapping_add(1)
+    }
+
     pub fn database_url(&self, db: &str) -> String {
-        format!(
-            "postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{}/{db}",
-            self.pg_port
-        )
+        self.database_url_at(db, self.pg_port)
+    }
+
+    /// `db` through another port (the failover proxy, the standby).
+    pub fn database_url_at(&self, db: &str, port: u16) -> String {
+        format!("postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{db}")
     }
 
     /// Runs `scripts/stack <verb>` against this stack only.
@@ -101,10 +114,43 @@ impl StackConfig {
                 self.kafka_controller_port.to_string(),
             ),
             ("KAFKA_HEAP", "512m".to_string()),
+            ("STANDBY_PORT", self.standby_port().to_string()),
+            // The PostgreSQL major (scripts/stack: Debian's when empty) is the drill's
+            // own choice, from its environment: `PG_VERSION=17 scripts/drill …`.
+            (
+                "PG_VERSION",
+                std::env::var("PG_VERSION").unwrap_or_default(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// The primary's `server_version_num`.
+    pub async fn server_version_num(&self) -> anyhow::Result<i32> {
+        let mut admin = self.admin().await?;
+        let (v,): (i32,) = sqlx::query_as("select current_setting('server_version_num')::int")
+            .fetch_one(&mut admin)
+            .await?;
+        Ok(v)
+    }
+
+    /// How many of `slots` the server on `port` holds as synced copies that survive a
+    /// promotion (PostgreSQL 17+).
+    pub async fn synced_slots(&self, port: u16, slots: &[&str]) -> anyhow::Result<usize> {
+        let mut c = PgConnection::connect(&self.database_url_at("postgres", port))
+            .await
+            .context("connecting to the standby")?;
+        let names: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
+        let (n,): (i64,) = sqlx::query_as(
+            // Not temporary: a synced slot is dropped at promotion until it is sync-ready.
+            "select count(*) from pg_replication_slots where synced and not temporary and slot_name = any($1)",
+        )
+        .bind(&names)
+        .fetch_one(&mut c)
+        .await?;
+        Ok(n as usize)
     }
 
     pub async fn admin(&self) -> anyhow::Result<PgConnection> {
@@ -113,9 +159,10 @@ impl StackConfig {
             .context("connecting to the private stack's PostgreSQL")
     }
 
-    /// A small lazy pool on `db` that reconnects by itself after a restart.
-    pub fn pool(&self, db: &str) -> anyhow::Result<PgPool> {
-        let opts: PgConnectOptions = self.database_url(db).parse()?;
+    /// A small lazy pool on `db` through `port` (PostgreSQL's, or scenario 7's proxy)
+    /// that reconnects by itself after a restart.
+    pub fn pool_at(&self, db: &str, port: u16) -> anyhow::Result<PgPool> {
+        let opts: PgConnectOptions = self.database_url_at(db, port).parse()?;
         let opts = opts.disable_statement_logging();
         Ok(PgPoolOptions::new()
             .max_connections(4)

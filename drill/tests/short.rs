@@ -1,8 +1,9 @@
 //! The short drill, as the test suite runs it: the real binaries, a private stack of
 //! each test's own (a temporary folder, free ports), and the report's table read back.
-//! Twice: at-least-once with all six scenarios, and exactly-once with scenarios 1–5,
-//! where a `read_committed` consumer must also read no event twice. The two runs take
-//! turns (one stack at a time on the 2-core machine). Whatever happens, the drill's
+//! Three times: at-least-once with scenarios 1–6, exactly-once with scenarios 1–5,
+//! where a `read_committed` consumer must also read no event twice, and the primary
+//! failover (scenario 7) on PostgreSQL 17. The runs take turns (one stack at a time on
+//! the 2-core machine). Whatever happens, the drill's
 //! process group is killed and the private stack stopped.
 
 use std::collections::HashMap;
@@ -99,7 +100,7 @@ fn table_rows(report: &str) -> Vec<HashMap<String, String>> {
 
 /// Runs the short drill with `args` on a private stack and returns its report; panics
 /// (after cleaning up) if the drill did not exit 0.
-fn run_short_drill(args: &[&str]) -> (String, Cleanup) {
+fn run_short_drill(args: &[&str], env: &[(&str, &str)]) -> (String, Cleanup) {
     use std::os::unix::process::CommandExt;
 
     let repo = testkit::repo_root();
@@ -122,7 +123,11 @@ fn run_short_drill(args: &[&str]) -> (String, Cleanup) {
             ("PG_PORT".into(), pg.to_string()),
             ("KAFKA_PORT".into(), kafka.to_string()),
             ("KAFKA_CONTROLLER_PORT".into(), controller.to_string()),
-        ],
+            ("STANDBY_PORT".into(), (pg + 1).to_string()),
+        ]
+        .into_iter()
+        .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect(),
         pgid: None,
         passed: false,
     };
@@ -144,6 +149,8 @@ fn run_short_drill(args: &[&str]) -> (String, Cleanup) {
         .arg("--report")
         .arg(&report)
         .env("RUST_LOG", "info,rdkafka=off,librdkafka=off,sqlx=warn")
+        .env_remove("PG_VERSION")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
@@ -216,7 +223,7 @@ fn assert_nothing_lost(text: &str, scenarios: usize) -> Vec<HashMap<String, Stri
 #[test]
 fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (text, mut cleanup) = run_short_drill(&[]);
+    let (text, mut cleanup) = run_short_drill(&[], &[]);
     assert_nothing_lost(&text, 6);
     eprintln!("{text}");
     cleanup.passed = true;
@@ -225,8 +232,10 @@ fn the_short_drill_loses_nothing_invents_nothing_and_keeps_order() {
 #[test]
 fn the_exactly_once_short_drill_delivers_every_row_once_to_read_committed() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (text, mut cleanup) =
-        run_short_drill(&["--delivery", "exactly-once", "--scenarios", "1,2,3,4,5"]);
+    let (text, mut cleanup) = run_short_drill(
+        &["--delivery", "exactly-once", "--scenarios", "1,2,3,4,5"],
+        &[],
+    );
     for r in assert_nothing_lost(&text, 5) {
         assert_eq!(
             r["duplicates (read_committed)"], "0",
@@ -234,6 +243,23 @@ fn the_exactly_once_short_drill_delivers_every_row_once_to_read_committed() {
         );
     }
     assert!(text.contains("delivery exactly-once"), "{text}");
+    eprintln!("{text}");
+    cleanup.passed = true;
+}
+
+#[test]
+fn the_short_primary_failover_drill_on_postgresql_17_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (text, mut cleanup) = run_short_drill(&["--scenarios", "7"], &[("PG_VERSION", "17")]);
+    assert_nothing_lost(&text, 1);
+    assert!(
+        text.contains("PostgreSQL 17") && text.contains("failover slots on, synced"),
+        "{text}"
+    );
+    assert!(
+        text.contains("relay streaming from the promoted server"),
+        "{text}"
+    );
     eprintln!("{text}");
     cleanup.passed = true;
 }

@@ -426,7 +426,10 @@ async fn standby_checks(s: &SourceSettings, e: &Endpoint) -> Vec<Check> {
         gaps.push("primary_slot_name is empty");
     }
     match &slot {
-        Some(st) if st.synced == Some(true) => {}
+        Some(st) if st.synced == Some(true) && !st.temporary => {}
+        Some(st) if st.synced == Some(true) => {
+            gaps.push("the slot is synced but not sync-ready yet (a promotion now would drop it)")
+        }
         Some(_) => gaps.push("the slot exists but is not a synced copy"),
         None => gaps.push("the slot is not synced here yet"),
     }
@@ -575,6 +578,9 @@ pub struct SlotState {
     pub failover: Option<bool>,
     /// PostgreSQL 17+, on a standby: a copy synced from the primary.
     pub synced: Option<bool>,
+    /// A temporary slot; a synced one stays temporary (and is dropped at promotion)
+    /// until the standby has caught up with it ("sync-ready").
+    pub temporary: bool,
 }
 
 /// The first PostgreSQL version (`server_version_num`) with failover slots.
@@ -599,7 +605,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let row = client
         .query_opt(
             "select coalesce(plugin::text, ''), active, confirmed_flush_lsn::text, wal_status, \
-                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool \
+                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, temporary \
              from pg_replication_slots s where slot_name = $1 and database = current_database()",
             &[&slot],
         )
@@ -613,6 +619,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         wal_status: r.get(3),
         failover: r.get(4),
         synced: r.get(5),
+        temporary: r.get(6),
     }))
 }
 
