@@ -248,6 +248,15 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
             ok: false,
             detail: format!("exists with plugin {}, needs pgoutput", st.plugin),
         },
+        Some(st) if st.invalidated().is_some() => Check {
+            what: format!("slot {}", s.slot_name()),
+            warn: true,
+            ok: true,
+            detail: format!(
+                "invalidated by the server ({}): the relay drops it, creates it again and publishes the rows still PENDING",
+                st.invalidated().unwrap_or_default()
+            ),
+        },
         Some(st) => Check {
             what: format!("slot {}", s.slot_name()),
             warn: false,
@@ -277,6 +286,24 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
             },
         },
     });
+    // PostgreSQL 18 invalidates slots left idle this long (0 = never).
+    let idle: Option<String> = client
+        .query_one(
+            "select current_setting('idle_replication_slot_timeout', true)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if let Some(idle) = idle.filter(|v| !v.is_empty() && v != "0") {
+        out.push(Check {
+            what: "idle_replication_slot_timeout".into(),
+            warn: true,
+            ok: true,
+            detail: format!(
+                "{idle}: a relay stopped longer than this finds its slot invalidated and falls back to publishing the PENDING rows (nothing lost, order across the gap not guaranteed)"
+            ),
+        });
+    }
     Ok(out)
 }
 
@@ -581,6 +608,19 @@ pub struct SlotState {
     /// A temporary slot; a synced one stays temporary (and is dropped at promotion)
     /// until the standby has caught up with it ("sync-ready").
     pub temporary: bool,
+    /// PostgreSQL 17+: why the server invalidated the slot (`wal_removed`,
+    /// `idle_timeout` on 18, `rows_removed`, ...); `None` while it is valid.
+    pub invalidation_reason: Option<String>,
+}
+
+impl SlotState {
+    /// The server invalidated the slot: it can never stream again and must be recreated.
+    pub fn invalidated(&self) -> Option<String> {
+        if let Some(r) = &self.invalidation_reason {
+            return Some(r.clone());
+        }
+        (self.wal_status.as_deref() == Some("lost")).then(|| "wal_status = lost".to_string())
+    }
 }
 
 /// The first PostgreSQL version (`server_version_num`) with failover slots.
@@ -605,7 +645,8 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     let row = client
         .query_opt(
             "select coalesce(plugin::text, ''), active, confirmed_flush_lsn::text, wal_status, \
-                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, temporary \
+                    (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, temporary, \
+                    to_jsonb(s) ->> 'invalidation_reason' \
              from pg_replication_slots s where slot_name = $1 and database = current_database()",
             &[&slot],
         )
@@ -620,6 +661,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         failover: r.get(4),
         synced: r.get(5),
         temporary: r.get(6),
+        invalidation_reason: r.get(7),
     }))
 }
 
@@ -679,4 +721,48 @@ pub async fn advance_slot(client: &Client, slot: &str, lsn: Lsn) -> Result<bool,
         )
         .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(wal_status: Option<&str>, reason: Option<&str>) -> SlotState {
+        SlotState {
+            plugin: "pgoutput".into(),
+            active: false,
+            confirmed_flush: None,
+            wal_status: wal_status.map(str::to_string),
+            failover: None,
+            synced: None,
+            temporary: false,
+            invalidation_reason: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_slot_is_invalidated_by_lost_wal_or_any_reason_the_server_gives() {
+        assert_eq!(slot(Some("reserved"), None).invalidated(), None);
+        assert_eq!(
+            slot(Some("lost"), None).invalidated().as_deref(),
+            Some("wal_status = lost")
+        );
+        // PostgreSQL 18's idle timeout leaves wal_status alone and names the reason.
+        assert_eq!(
+            slot(Some("reserved"), Some("idle_timeout"))
+                .invalidated()
+                .as_deref(),
+            Some("idle_timeout")
+        );
+    }
+
+    #[test]
+    fn failover_slots_are_on_where_supported_and_refused_where_not() {
+        assert_eq!(wants_failover(None, 170_011), Ok(true));
+        assert_eq!(wants_failover(None, 150_019), Ok(false));
+        assert_eq!(wants_failover(Some(false), 180_006), Ok(false));
+        assert_eq!(wants_failover(Some(true), 170_000), Ok(true));
+        let err = wants_failover(Some(true), 160_015).unwrap_err();
+        assert!(err.contains("PostgreSQL 17"), "{err}");
+    }
 }

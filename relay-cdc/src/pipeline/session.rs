@@ -846,11 +846,8 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
             .max(0) as u64,
     );
     let mut state = source::slot_state(&client, &slot).await?;
-    if state
-        .as_ref()
-        .is_some_and(|st| st.wal_status.as_deref() == Some("lost"))
-    {
-        tracing::warn!(source = %name, slot = %slot, "slot was invalidated by the server; recreating it");
+    if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
+        tracing::warn!(source = %name, slot = %slot, reason = %reason, "slot was invalidated by the server; recreating it");
         source::drop_slot(&client, &slot).await?;
         state = None;
     }
