@@ -1648,14 +1648,14 @@ mod tests {
             .collect();
         assert_eq!(rows[0][1], "delivery");
         assert_eq!(
-            rows[0][15..],
+            rows[0][16..],
             ["vs at-least-once", "records/Kafka txn", "Kafka commit ms"]
         );
         assert_eq!(rows[2][1..2], ["at-least-once"]);
-        assert_eq!(rows[2][15..], ["-", "-", "-"]);
+        assert_eq!(rows[2][16..], ["-", "-", "-"]);
         assert_eq!(rows[3][0], "1000 rows/txn, 100 B");
         assert_eq!(rows[3][1], "exactly-once");
-        assert_eq!(rows[3][15..], ["75 %", "1001.0", "4.2"]);
+        assert_eq!(rows[3][16..], ["75 %", "1001.0", "4.2"]);
 
         let l = latency_table(
             &p,

@@ -62,18 +62,19 @@ fn a_quick_bench_run_prints_every_row_for_both_delivery_modes() {
         }
     };
     for workload in ["1 rows/txn, 100 B", "1000 rows/txn, 1 KiB"] {
-        // Ceiling, Kafka ingest, the relay's rates and its CPU (PostgreSQL's included).
+        // Ceiling, Kafka ingest (rate and CPU), the relay's rates and its CPU
+        // (PostgreSQL's included).
         let alo = row(&[workload, "at-least-once"]);
-        assert_eq!(alo.len(), 18, "{alo:?}");
-        filled(&alo, 2..15);
-        assert_eq!(alo[15..], ["-", "-", "-"], "{alo:?}");
+        assert_eq!(alo.len(), 19, "{alo:?}");
+        filled(&alo, 2..16);
+        assert_eq!(alo[16..], ["-", "-", "-"], "{alo:?}");
         // The bench fails a run whose exactly-once relay committed no Kafka transaction;
         // the mean records per transaction (at least one event and the checkpoint) and
         // its commit time are read from that relay's metrics.
         let eo = row(&[workload, "exactly-once"]);
-        assert_eq!(eo.len(), 18, "{eo:?}");
-        filled(&eo, 2..18);
-        let records: f64 = eo[16].parse().unwrap_or_else(|_| panic!("{eo:?}"));
+        assert_eq!(eo.len(), 19, "{eo:?}");
+        filled(&eo, 2..19);
+        let records: f64 = eo[17].parse().unwrap_or_else(|_| panic!("{eo:?}"));
         assert!(records >= 2.0, "records per Kafka transaction: {eo:?}");
     }
     for system in [
