@@ -35,7 +35,8 @@ pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<(
         .create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        // The broker's default replication: 1 on one broker, 3 on a KAFKA_NODES=3 cluster.
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(-1)))
         .collect();
     let results = admin
         .create_topics(
@@ -50,6 +51,29 @@ pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// The broker (node id) leading the most partitions of `topics`.
+pub fn busiest_leader(brokers: &str, topics: &[String]) -> anyhow::Result<u32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    for t in topics {
+        let md = consumer
+            .fetch_metadata(Some(t), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {t}"))?;
+        for topic in md.topics() {
+            for p in topic.partitions() {
+                *led.entry(p.leader()).or_default() += 1;
+            }
+        }
+    }
+    led.into_iter()
+        .filter(|(id, _)| *id >= 0)
+        .max_by_key(|(id, n)| (*n, -*id))
+        .map(|(id, _)| id as u32)
+        .context("no partition has a leader")
 }
 
 /// Deletes topics (best effort).

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
-use crate::procs::{free_port, wait_ready, Proc};
+use crate::procs::{self, free_port, wait_ready, Proc};
 use crate::proxy::Proxy;
 use crate::stack::{StackConfig, PG_PASSWORD, PG_USER};
 use crate::verify::{self, Committed, Tally};
@@ -36,6 +36,7 @@ pub enum Scenario {
     AckBeforeMark,
     Rollbacks,
     PrimaryFailover,
+    KafkaLeaderFailover,
 }
 
 impl Scenario {
@@ -58,13 +59,14 @@ impl Scenario {
             Scenario::AckBeforeMark => 5,
             Scenario::Rollbacks => 6,
             Scenario::PrimaryFailover => 7,
+            Scenario::KafkaLeaderFailover => 8,
         }
     }
 
     pub fn from_number(n: u8) -> Option<Scenario> {
         Scenario::ALL
             .into_iter()
-            .chain([Scenario::PrimaryFailover])
+            .chain([Scenario::PrimaryFailover, Scenario::KafkaLeaderFailover])
             .find(|s| s.number() == n)
     }
 
@@ -77,6 +79,9 @@ impl Scenario {
             Scenario::AckBeforeMark => "crash between Kafka ack and PROCESSED",
             Scenario::Rollbacks => "rolled-back transactions under load",
             Scenario::PrimaryFailover => "PostgreSQL primary killed, standby promoted",
+            Scenario::KafkaLeaderFailover => {
+                "Kafka cluster: leader killed, rolling restart, too few in-sync replicas"
+            }
         }
     }
 }
@@ -344,6 +349,9 @@ async fn run_inner(
         proxy = Some(p);
     }
     let pg_port = proxy.as_ref().map_or(stack.pg_port, |p| p.port);
+    if sc == Scenario::KafkaLeaderFailover && stack.kafka_nodes() != 3 {
+        bail!("scenario 8 needs a three-broker cluster: run KAFKA_NODES=3 scripts/drill --scenarios 8");
+    }
     let brokers = stack.brokers();
     kafka::create_topics(
         &brokers,
@@ -805,6 +813,71 @@ impl World<'_> {
                 });
             }
             Scenario::Rollbacks => {}
+            Scenario::KafkaLeaderFailover => {
+                let stack = &ctx.stack;
+                let brokers = stack.brokers();
+                let topics = [self.names.user_topic.clone(), self.names.tx_topic.clone()];
+                // 1. kill -9 the broker that leads most of the scenario's partitions.
+                tokio::time::sleep_until(at(0.15).into()).await;
+                let leader = kafka::busiest_leader(&brokers, &topics)?;
+                let t = Instant::now();
+                stack.run(&format!("kafka-node kill {leader}")).await?;
+                tokio::time::sleep(Duration::from_secs_f64((d * 0.15).min(20.0))).await;
+                stack.run(&format!("kafka-node start {leader}")).await?;
+                out.notes.push(format!(
+                    "broker {leader} (leading the most partitions) killed -9 at {:.1} s, back {:.1} s later",
+                    (t - start).as_secs_f64(),
+                    t.elapsed().as_secs_f64()
+                ));
+                self.begin_recovery().await;
+                // 2. a rolling restart: each broker stopped and started in turn.
+                tokio::time::sleep_until(at(0.4).into()).await;
+                let t = Instant::now();
+                for node in 1..=3 {
+                    stack.run(&format!("kafka-node stop {node}")).await?;
+                    stack.run(&format!("kafka-node start {node}")).await?;
+                }
+                out.notes.push(format!(
+                    "rolling restart of the three brokers at {:.1} s took {:.1} s",
+                    (t - start).as_secs_f64(),
+                    t.elapsed().as_secs_f64()
+                ));
+                self.begin_recovery().await;
+                // 3. two brokers down: no write can reach min.insync.replicas = 2 (and the
+                // controller quorum is gone with them) for the outage, then back.
+                tokio::time::sleep_until(at(0.6).into()).await;
+                let t = Instant::now();
+                let survivor = 1 + (leader % 3);
+                let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
+                for node in &down {
+                    stack.run(&format!("kafka-node stop {node}")).await?;
+                }
+                let pid = self.relays[0].as_ref().map(Proc::pid);
+                let mut max_rss = 0u64;
+                let until = Instant::now() + plan.kafka_outage;
+                while Instant::now() < until {
+                    if let Some(kib) = pid.and_then(procs::rss_kib) {
+                        max_rss = max_rss.max(kib);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                for node in &down {
+                    stack.run(&format!("kafka-node start {node}")).await?;
+                }
+                out.notes.push(format!(
+                    "brokers {down:?} stopped at {:.1} s for {:.0} s (only broker {survivor} left: writes cannot reach 2 in-sync replicas), back after {:.1} s; relay RSS at most {:.1} MiB meanwhile",
+                    (t - start).as_secs_f64(),
+                    plan.kafka_outage.as_secs_f64(),
+                    t.elapsed().as_secs_f64(),
+                    max_rss as f64 / 1024.0
+                ));
+                out.checks.push(Check {
+                    name: "relay memory bounded while writes are refused".into(),
+                    ok: max_rss > 0 && max_rss < 128 * 1024,
+                    detail: format!("max RSS {:.1} MiB (bound 128 MiB)", max_rss as f64 / 1024.0),
+                });
+                self.begin_recovery().await;
+            }
             Scenario::PrimaryFailover => {
                 tokio::time::sleep_until(at(0.5).into()).await;
                 let stack = &ctx.stack;

@@ -63,8 +63,20 @@ impl StackConfig {
         Ok(())
     }
 
+    /// Brokers of the private stack: 1, or 3 with `KAFKA_NODES=3` in the environment.
+    pub fn kafka_nodes(&self) -> u16 {
+        match std::env::var("KAFKA_NODES").as_deref() {
+            Ok("3") => 3,
+            _ => 1,
+        }
+    }
+
+    /// Bootstrap list: node i listens on `kafka_port` + 2(i-1), as scripts/stack places it.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.kafka_port)
+        (0..self.kafka_nodes())
+            .map(|i| format!("127.0.0.1:{}", self.kafka_port + 2 * i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The standby scenario 7 promotes: the next port after PostgreSQL's.
@@ -81,10 +93,10 @@ impl StackConfig {
         format!("postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{db}")
     }
 
-    /// Runs `scripts/stack <verb>` against this stack only.
+    /// Runs `scripts/stack <verb>` (words, e.g. `kafka-node kill 2`) against this stack only.
     pub async fn run(&self, verb: &str) -> anyhow::Result<()> {
         let out = tokio::process::Command::new(self.repo.join("scripts/stack"))
-            .arg(verb)
+            .args(verb.split_whitespace())
             .envs(self.env())
             .stdin(std::process::Stdio::null())
             .output()
@@ -115,12 +127,14 @@ impl StackConfig {
             ),
             ("KAFKA_HEAP", "512m".to_string()),
             ("STANDBY_PORT", self.standby_port().to_string()),
-            // The PostgreSQL major (scripts/stack: Debian's when empty) is the drill's
-            // own choice, from its environment: `PG_VERSION=17 scripts/drill …`.
+            // The PostgreSQL major (scripts/stack: Debian's when empty) and the number
+            // of Kafka brokers are the drill's own choice, from its environment:
+            // `PG_VERSION=17 scripts/drill …`, `KAFKA_NODES=3 scripts/drill …`.
             (
                 "PG_VERSION",
                 std::env::var("PG_VERSION").unwrap_or_default(),
             ),
+            ("KAFKA_NODES", self.kafka_nodes().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

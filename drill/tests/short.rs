@@ -1,8 +1,9 @@
 //! The short drill, as the test suite runs it: the real binaries, a private stack of
 //! each test's own (a temporary folder, free ports), and the report's table read back.
-//! Three times: at-least-once with scenarios 1–6, exactly-once with scenarios 1–5,
-//! where a `read_committed` consumer must also read no event twice, and the primary
-//! failover (scenario 7) on PostgreSQL 17. The runs take turns (one stack at a time on
+//! Four times: at-least-once with scenarios 1–6, exactly-once with scenarios 1–5,
+//! where a `read_committed` consumer must also read no event twice, the primary
+//! failover (scenario 7) on PostgreSQL 17, and the Kafka cluster faults (scenario 8) on
+//! three brokers. The runs take turns (one stack at a time on
 //! the 2-core machine). Whatever happens, the drill's
 //! process group is killed and the private stack stopped.
 
@@ -110,11 +111,14 @@ fn run_short_drill(args: &[&str], env: &[(&str, &str)]) -> (String, Cleanup) {
 
     let dir = std::env::temp_dir().join(format!("outbox-drill-test-{}", testkit::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (pg, kafka, controller) = (
-        testkit::free_port(),
-        testkit::free_port(),
-        testkit::free_port(),
-    );
+    let (pg, kafka) = (testkit::free_port(), testkit::free_port());
+    // A three-broker cluster puts node i on kafka + 2(i-1) and controller + 2(i-1):
+    // interleave them so no node's port lands on another's.
+    let controller = if env.contains(&("KAFKA_NODES", "3")) {
+        kafka + 1
+    } else {
+        testkit::free_port()
+    };
     let mut cleanup = Cleanup {
         repo: repo.clone(),
         dir: dir.clone(),
@@ -258,6 +262,26 @@ fn the_short_primary_failover_drill_on_postgresql_17_loses_nothing() {
     );
     assert!(
         text.contains("relay streaming from the promoted server"),
+        "{text}"
+    );
+    eprintln!("{text}");
+    cleanup.passed = true;
+}
+
+#[test]
+fn the_short_kafka_cluster_drill_on_three_brokers_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (text, mut cleanup) = run_short_drill(&["--scenarios", "8"], &[("KAFKA_NODES", "3")]);
+    assert_nothing_lost(&text, 1);
+    for fault in [
+        "(leading the most partitions) killed -9",
+        "rolling restart of the three brokers",
+        "writes cannot reach 2 in-sync replicas",
+    ] {
+        assert!(text.contains(fault), "{fault}: {text}");
+    }
+    assert!(
+        text.contains("[x] relay memory bounded while writes are refused"),
         "{text}"
     );
     eprintln!("{text}");
