@@ -851,23 +851,23 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
         source::drop_slot(&client, &slot).await?;
         state = None;
     }
-    match &state {
-        None if confirmed_before.as_u64() > 0 => {
+    match slot_finding(state.as_ref(), confirmed_before) {
+        SlotFinding::Missing => {
             p.metrics.slot_recreated.with_label_values(&[&name]).inc();
             tracing::error!(
                 source = %name, slot = %slot, server = %primary, confirmed_before = %confirmed_before,
                 "the slot this relay streamed from is missing on the primary (a failover to a server without a synced slot, or a dropped slot): creating it and publishing every row still PENDING; rows the old slot had not confirmed are sent again, possibly out of commit order across the gap"
             );
         }
-        Some(st) if st.confirmed_flush.is_some_and(|c| c < confirmed_before) => {
+        SlotFinding::Behind(slot_confirmed) => {
             tracing::warn!(
                 source = %name, slot = %slot, server = %primary,
-                slot_confirmed = %st.confirmed_flush.map_or_else(String::new, |c| c.to_string()),
+                slot_confirmed = %slot_confirmed,
                 confirmed_before = %confirmed_before,
                 "the slot is behind what this relay already confirmed (a synced slot after a failover): the transactions between are sent again, with the same event ids"
             );
         }
-        _ => {}
+        SlotFinding::AsLeft => {}
     }
     if state.as_ref().is_some_and(|st| st.active) {
         return Err(PipelineError::SlotBusy(slot));
@@ -1016,6 +1016,31 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     result
 }
 
+/// The slot found at a session's start against what this process confirmed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotFinding {
+    /// Where this process left it, or a first start.
+    AsLeft,
+    /// Gone although progress was confirmed on it: a failover to a server without it.
+    Missing,
+    /// Behind the confirmed position (a synced copy): the gap is sent again.
+    Behind(Lsn),
+}
+
+pub(super) fn slot_finding(
+    state: Option<&source::SlotState>,
+    confirmed_before: Lsn,
+) -> SlotFinding {
+    match state {
+        None if confirmed_before.as_u64() > 0 => SlotFinding::Missing,
+        Some(st) => match st.confirmed_flush {
+            Some(c) if c < confirmed_before => SlotFinding::Behind(c),
+            _ => SlotFinding::AsLeft,
+        },
+        None => SlotFinding::AsLeft,
+    }
+}
+
 /// Reads the source's last committed checkpoint (the topic exists by then) and
 /// checks it against the server: a checkpoint past the server's WAL belongs to another
 /// database or a restored one, and skipping by it would lose events.
@@ -1109,6 +1134,36 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    #[test]
+    fn a_missing_or_lagging_slot_is_told_apart_from_a_first_start() {
+        let at = |lsn: Option<u64>| source::SlotState {
+            plugin: "pgoutput".into(),
+            active: false,
+            confirmed_flush: lsn.map(Lsn::from_u64),
+            wal_status: None,
+            failover: None,
+            synced: None,
+            temporary: false,
+            invalidation_reason: None,
+        };
+        let zero = Lsn::from_u64(0);
+        let before = Lsn::from_u64(0x5000);
+        assert_eq!(slot_finding(None, zero), SlotFinding::AsLeft, "first start");
+        assert_eq!(slot_finding(None, before), SlotFinding::Missing);
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x4000))), before),
+            SlotFinding::Behind(Lsn::from_u64(0x4000))
+        );
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x5000))), before),
+            SlotFinding::AsLeft
+        );
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x4000))), zero),
+            SlotFinding::AsLeft
+        );
+    }
     use crate::metrics::Metrics;
     use crate::pgoutput::fixtures::{insert, relation};
     use crate::pipeline::progress::Stage;
