@@ -208,8 +208,8 @@ pub struct KafkaTransactions {
 impl KafkaTransactions {
     pub fn from_metrics(text: &str) -> Self {
         let count = |outcome: &str| {
-            sum_series(text, KAFKA_TRANSACTIONS, &format!("outcome=\"{outcome}\"")).unwrap_or(0.0)
-                as u64
+            testkit::sum_series(text, KAFKA_TRANSACTIONS, &format!("outcome=\"{outcome}\""))
+                .unwrap_or(0.0) as u64
         };
         let mean = |histogram: &str| {
             let sum = sum_metric(text, &format!("{histogram}_sum"))?;
@@ -227,34 +227,7 @@ impl KafkaTransactions {
 
 /// The sum of every series of `name` in Prometheus text.
 pub fn sum_metric(text: &str, name: &str) -> Option<f64> {
-    sum_series(text, name, "")
-}
-
-/// The sum of the series of `name` whose labels contain `label` (e.g. `outcome="committed"`).
-fn sum_series(text: &str, name: &str, label: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        let labels = rest
-            .strip_prefix('{')
-            .and_then(|r| r.split_once('}'))
-            .map_or("", |(l, _)| l);
-        if !labels.contains(label) {
-            continue;
-        }
-        if let Some(v) = line
-            .rsplit_once(' ')
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
+    testkit::sum_series(text, name, "")
 }
 
 /// The relay binary: `--relay-bin`, else `relay-cdc` next to this executable.

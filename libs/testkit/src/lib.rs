@@ -549,3 +549,30 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free local port")
 }
+
+/// Prometheus text: the sum of the series of `name` whose labels contain `label` (e.g. `outcome="committed"`).
+pub fn sum_series(text: &str, name: &str, label: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let labels = rest
+            .strip_prefix('{')
+            .and_then(|r| r.split_once('}'))
+            .map_or("", |(l, _)| l);
+        if !labels.contains(label) {
+            continue;
+        }
+        if let Some(v) = line
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+        {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
