@@ -134,7 +134,8 @@ pub async fn check(settings: &Settings) -> bool {
     println!("kafka ({})", settings.kafka.brokers);
     let kafka = settings.kafka.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        KafkaSink::new(&kafka, "check").and_then(|p| p.probe(Duration::from_secs(10)))
+        KafkaSink::new(&kafka, "check", &crate::metrics::Metrics::new())
+            .and_then(|p| p.probe(Duration::from_secs(10)))
     })
     .await;
     match probe {

@@ -31,6 +31,9 @@ pub const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";
 pub const PRODUCER_FENCED: &str = "relay_producer_fenced_total";
 pub const SKIPPED: &str = "relay_checkpoint_skipped_events_total";
 pub const SLOT_RECREATED: &str = "relay_slot_recreated_total";
+pub const KAFKA_TRANSIENT_ERRORS: &str = "relay_kafka_transient_errors_total";
+pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
+pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -69,6 +72,12 @@ pub struct Metrics {
     pub kafka_commit_seconds: HistogramVec,
     pub producer_fenced: IntCounterVec,
     pub skipped: IntCounterVec,
+    /// Cluster errors the producer retries itself, by kind (see `sink::cluster`).
+    pub kafka_transient_errors: IntCounterVec,
+    /// Fatal producer errors: the session ends and a new producer resumes.
+    pub kafka_fatal_errors: IntCounterVec,
+    /// The cluster's brokers as the producer sees them, by state (`up`, `down`).
+    pub kafka_brokers: IntGaugeVec,
 }
 
 impl Metrics {
@@ -131,7 +140,29 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
+        let kafka_brokers = IntGaugeVec::new(
+            Opts::new(
+                KAFKA_BROKERS,
+                "Kafka brokers the producer knows, by connection state: up or down",
+            ),
+            &["source", "state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(kafka_brokers.clone()))
+            .expect("unique metric");
         Self {
+            kafka_transient_errors: counter(
+                KAFKA_TRANSIENT_ERRORS,
+                "Kafka cluster errors the producer retries itself: retried requests (leader moves, too few in-sync replicas), timed_out requests, broker (connection) errors",
+                &["source", "kind"],
+            ),
+            kafka_fatal_errors: counter(
+                KAFKA_FATAL_ERRORS,
+                "Fatal Kafka producer errors: the session ended and a new producer resumed from the confirmed LSN",
+                src,
+            ),
+            kafka_brokers,
             kafka_transactions: counter(
                 KAFKA_TRANSACTIONS,
                 "Kafka transactions ended (exactly-once), by outcome: committed or aborted",

@@ -874,7 +874,7 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     }
 
     let mut sink = match p.settings.kafka.delivery {
-        DeliveryMode::AtLeastOnce => KafkaSink::new(&p.settings.kafka, &name)
+        DeliveryMode::AtLeastOnce => KafkaSink::new(&p.settings.kafka, &name, &p.metrics)
             .map_err(|e| PipelineError::Kafka(e.to_string()))?,
         DeliveryMode::ExactlyOnce => {
             KafkaSink::transactional(&p.settings.kafka, &name, &p.source.database, &p.metrics)

@@ -35,6 +35,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use super::checkpoint::Checkpoint;
+use super::cluster::{self, ClusterContext};
 use super::{CommitMeta, Delivery, Event, PrepareError, Refusal, SendError, Sink};
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
@@ -50,7 +51,12 @@ pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "200000")
-        .set("queue.buffering.max.kbytes", "262144");
+        .set("queue.buffering.max.kbytes", "262144")
+        // What the cluster does to the producer (retries, brokers down): see `cluster`.
+        .set(
+            "statistics.interval.ms",
+            cluster::STATS_INTERVAL_MS.to_string(),
+        );
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -128,7 +134,7 @@ fn error_code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: FutureProducer<ClusterContext>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     source: String,
     topic_template: String,
@@ -174,13 +180,15 @@ struct TxnMeters {
 }
 
 impl KafkaSink {
-    pub fn new(kafka: &KafkaSettings, source: &str) -> Result<Self, KafkaError> {
+    /// An idempotent sink; the producer's cluster errors are counted in `metrics`.
+    pub fn new(kafka: &KafkaSettings, source: &str, metrics: &Metrics) -> Result<Self, KafkaError> {
         let mut admin = ClientConfig::new();
         admin
             .set("bootstrap.servers", &kafka.brokers)
             .set("client.id", format!("relay-cdc-{source}-admin"));
         Ok(Self {
-            producer: producer_config(kafka, source).create()?,
+            producer: producer_config(kafka, source)
+                .create_with_context(ClusterContext::new(metrics, source))?,
             admin: Arc::new(admin.create()?),
             source: source.to_string(),
             topic_template: kafka.topic_template.clone(),
@@ -202,9 +210,10 @@ impl KafkaSink {
         database: &str,
         metrics: &Metrics,
     ) -> Result<Self, TxnError> {
-        let mut sink = Self::new(kafka, source).map_err(|e| TxnError::Other(e.to_string()))?;
+        let mut sink =
+            Self::new(kafka, source, metrics).map_err(|e| TxnError::Other(e.to_string()))?;
         sink.producer = transactional_config(kafka, source)
-            .create()
+            .create_with_context(ClusterContext::new(metrics, source))
             .map_err(|e| TxnError::Other(e.to_string()))?;
         let producer = sink.producer.clone();
         let timeout =
@@ -730,7 +739,7 @@ mod tests {
             time: "2026-12-01T00:00:00.000000Z".into(),
         };
         let kafka: KafkaSettings = toml::from_str("brokers = \"127.0.0.1:1\"").unwrap();
-        let sink = KafkaSink::new(&kafka, "s").unwrap();
+        let sink = KafkaSink::new(&kafka, "s", &Metrics::new()).unwrap();
         let msg = OwnedMessage::new(
             Some(row.payload.clone()),
             Some(b"u1".to_vec()),

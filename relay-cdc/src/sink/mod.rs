@@ -13,6 +13,7 @@
 //! commits only at such a boundary; a PostgreSQL transaction is never split.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod kafka;
 pub mod memory;
 

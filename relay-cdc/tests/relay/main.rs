@@ -434,6 +434,15 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
         );
     }
     assert_eq!(src.count("PENDING").await, 500);
+    // The producer's view of the cluster says why: its broker is down and requests fail.
+    testkit::wait_for("the broker reported down", WAIT, || async {
+        let m = relay.metrics().await;
+        let down = m.get("relay_kafka_brokers{source=\"outage\",state=\"down\"}");
+        let errors = m.get("relay_kafka_transient_errors_total{kind=\"broker\",source=\"outage\"}");
+        Ok((down >= Some(&1.0) && errors > Some(&0.0)).then_some(()))
+    })
+    .await
+    .unwrap();
 
     kafka.resume().await.unwrap();
     // The consumer may re-read from the start after the broker restart: wait for ids, not counts.
@@ -447,6 +456,27 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
     })
     .await
     .unwrap();
+    testkit::wait_for("the broker reported up again", WAIT, || async {
+        let m = relay.metrics().await;
+        let state = |s: &str| {
+            m.get(&format!(
+                "relay_kafka_brokers{{source=\"outage\",state=\"{s}\"}}"
+            ))
+            .copied()
+        };
+        Ok((state("down") == Some(0.0) && state("up") >= Some(1.0)).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        relay
+            .metrics()
+            .await
+            .get("relay_kafka_fatal_errors_total{source=\"outage\"}")
+            .copied(),
+        Some(0.0),
+        "an outage is not a fatal producer error"
+    );
     assert_eq!(relay.terminate().code(), Some(0));
 }
 

@@ -1,0 +1,255 @@
+//! What the Kafka cluster does to the producer, made visible: librdkafka retries
+//! transient cluster errors itself (a partition leader moved, `NotEnoughReplicas`, a
+//! request timed out, a broker went away) and says nothing unless asked. This client
+//! context asks: it reads the producer's statistics and its error callback, counts each
+//! kind, logs it, and tells fatal producer errors (the pipeline rebuilds the producer)
+//! from transient ones (the producer retries; nothing is skipped).
+//!
+//! Invariant: this only observes. What happens to a record is decided by its delivery
+//! report (see [`super::kafka`]): a transient error never becomes a refusal here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+
+use crate::metrics::Metrics;
+
+/// How often librdkafka reports its statistics, in milliseconds.
+pub const STATS_INTERVAL_MS: u64 = 5000;
+
+/// What an error reported by the client means for the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The producer can no longer guarantee order or idempotence: the session ends and
+    /// a new producer resumes from the confirmed LSN.
+    Fatal,
+    /// The cluster is (partly) unreachable or busy: librdkafka retries, records wait.
+    Transient,
+}
+
+/// Classifies an error from librdkafka's error callback.
+pub fn classify(code: Option<RDKafkaErrorCode>) -> ErrorClass {
+    match code {
+        Some(RDKafkaErrorCode::Fatal) => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// Per-broker counters from one statistics report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerCounters {
+    /// Requests sent again (leader moves, `NotEnoughReplicas`, throttling, lost connections).
+    pub retries: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Whether the broker's connection is up.
+    pub up: bool,
+}
+
+/// What changed between two statistics reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    pub retries: u64,
+    pub timeouts: u64,
+    pub up: i64,
+    pub down: i64,
+}
+
+/// The change from `before` to `now` (brokers by name). A broker seen for the first time
+/// counts from zero: a producer's counters start at zero.
+pub fn change(
+    before: &HashMap<String, BrokerCounters>,
+    now: &HashMap<String, BrokerCounters>,
+) -> Change {
+    let mut c = Change::default();
+    for (name, n) in now {
+        let b = before.get(name).copied().unwrap_or_default();
+        c.retries += n.retries.saturating_sub(b.retries);
+        c.timeouts += n.timeouts.saturating_sub(b.timeouts);
+        if n.up {
+            c.up += 1;
+        } else {
+            c.down += 1;
+        }
+    }
+    c
+}
+
+/// The brokers of a statistics report: only the cluster's nodes (bootstrap entries and
+/// the internal pseudo-broker have no node id).
+pub fn brokers(stats: &Statistics) -> HashMap<String, BrokerCounters> {
+    stats
+        .brokers
+        .iter()
+        .filter(|(_, b)| b.nodeid >= 0)
+        .map(|(name, b)| {
+            let counters = BrokerCounters {
+                retries: b.txretries,
+                timeouts: b.req_timeouts,
+                up: b.state == "UP",
+            };
+            (name.clone(), counters)
+        })
+        .collect()
+}
+
+/// The producer's client context: counts and logs what the cluster does.
+pub struct ClusterContext {
+    source: String,
+    retried: prometheus::IntCounter,
+    timed_out: prometheus::IntCounter,
+    broker_errors: prometheus::IntCounter,
+    fatal: prometheus::IntCounter,
+    brokers_up: prometheus::IntGauge,
+    brokers_down: prometheus::IntGauge,
+    last: Mutex<HashMap<String, BrokerCounters>>,
+}
+
+impl ClusterContext {
+    pub fn new(metrics: &Metrics, source: &str) -> Self {
+        let transient = |kind: &str| {
+            metrics
+                .kafka_transient_errors
+                .with_label_values(&[source, kind])
+        };
+        let brokers = |state: &str| metrics.kafka_brokers.with_label_values(&[source, state]);
+        Self {
+            source: source.to_string(),
+            retried: transient("retried"),
+            timed_out: transient("timed_out"),
+            broker_errors: transient("broker"),
+            fatal: metrics.kafka_fatal_errors.with_label_values(&[source]),
+            brokers_up: brokers("up"),
+            brokers_down: brokers("down"),
+            last: Mutex::default(),
+        }
+    }
+}
+
+impl ClientContext for ClusterContext {
+    fn stats(&self, stats: Statistics) {
+        let now = brokers(&stats);
+        let c = {
+            let mut last = self.last.lock().expect("not poisoned");
+            let c = change(&last, &now);
+            *last = now;
+            c
+        };
+        self.retried.inc_by(c.retries);
+        self.timed_out.inc_by(c.timeouts);
+        self.brokers_up.set(c.up);
+        self.brokers_down.set(c.down);
+        if c.retries > 0 || c.timeouts > 0 || c.down > 0 {
+            tracing::warn!(
+                source = %self.source,
+                class = "transient",
+                retried = c.retries,
+                timed_out = c.timeouts,
+                brokers_up = c.up,
+                brokers_down = c.down,
+                "kafka cluster: requests were retried or timed out in the last {} s (a leader moved, too few in-sync replicas, a broker is down or slow); the producer retries them in order, nothing is skipped or confirmed meanwhile",
+                STATS_INTERVAL_MS / 1000
+            );
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match classify(error.rdkafka_error_code()) {
+            ErrorClass::Fatal => {
+                self.fatal.inc();
+                tracing::error!(source = %self.source, class = "fatal", error = %error, reason, "kafka producer in a fatal state: its records fail, the session ends and a new producer resumes from the confirmed LSN");
+            }
+            ErrorClass::Transient => {
+                self.broker_errors.inc();
+                tracing::warn!(source = %self.source, class = "transient", error = %error, reason, "kafka cluster error; the producer retries, records wait");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(retries: u64, timeouts: u64, up: bool) -> BrokerCounters {
+        BrokerCounters {
+            retries,
+            timeouts,
+            up,
+        }
+    }
+
+    #[test]
+    fn only_the_fatal_code_is_fatal() {
+        assert_eq!(classify(Some(RDKafkaErrorCode::Fatal)), ErrorClass::Fatal);
+        for code in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert_eq!(classify(Some(code)), ErrorClass::Transient, "{code:?}");
+        }
+        assert_eq!(classify(None), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_change_counts_what_grew_and_which_brokers_are_up() {
+        let before = HashMap::from([
+            ("b1".to_string(), counters(3, 1, true)),
+            ("b2".to_string(), counters(5, 0, true)),
+        ]);
+        let now = HashMap::from([
+            ("b1".to_string(), counters(10, 1, true)),
+            ("b2".to_string(), counters(5, 2, false)),
+            ("b3".to_string(), counters(4, 0, true)),
+        ]);
+        assert_eq!(
+            change(&before, &now),
+            Change {
+                retries: 7 + 4,
+                timeouts: 2,
+                up: 2,
+                down: 1,
+            }
+        );
+        assert_eq!(
+            change(&now, &now),
+            Change {
+                retries: 0,
+                timeouts: 0,
+                up: 2,
+                down: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_brokers_of_a_report_are_the_nodes_only() {
+        let json = r#"{"name":"p","client_id":"c","type":"producer","ts":0,"time":0,"age":0,"replyq":0,
+            "msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"tx":0,"tx_bytes":0,"rx":0,
+            "rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,"simple_cnt":0,
+            "metadata_cache_cnt":0,"brokers":{
+              "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","nodeid":1,"nodename":"127.0.0.1:9092",
+                "source":"learned","state":"UP","stateage":0,"outbuf_cnt":0,"outbuf_msg_cnt":0,
+                "waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":9,"txbytes":0,"txerrs":0,"txretries":4,
+                "txidle":0,"req_timeouts":1,"rx":0,"rxbytes":0,"rxerrs":0,"rxcorriderrs":0,
+                "rxpartial":0,"rxidle":0,"zbuf_grow":0,"buf_grow":0,"req":{},"toppars":{}},
+              "127.0.0.1:9092/bootstrap":{"name":"127.0.0.1:9092/bootstrap","nodeid":-1,
+                "nodename":"127.0.0.1:9092","source":"configured","state":"INIT","stateage":0,
+                "outbuf_cnt":0,"outbuf_msg_cnt":0,"waitresp_cnt":0,"waitresp_msg_cnt":0,"tx":0,
+                "txbytes":0,"txerrs":0,"txretries":0,"txidle":0,"req_timeouts":0,"rx":0,
+                "rxbytes":0,"rxerrs":0,"rxcorriderrs":0,"rxpartial":0,"rxidle":0,"zbuf_grow":0,
+                "buf_grow":0,"req":{},"toppars":{}}},
+            "topics":{}}"#;
+        let stats: Statistics = serde_json::from_str(json).expect("a statistics report");
+        assert_eq!(
+            brokers(&stats),
+            HashMap::from([("127.0.0.1:9092/1".to_string(), counters(4, 1, true))])
+        );
+    }
+}
