@@ -1,6 +1,7 @@
 //! What both HTTP services need from PostgreSQL besides their own queries: where the
-//! database is (read from the environment), a pool built from that, and telling an
-//! unusable database apart from a statement the database rejected.
+//! database is (read from the environment), a pool built from that, whether it is
+//! ready, and telling an unusable database apart from a statement the database
+//! rejected ([`StoreError`]).
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -9,7 +10,7 @@
 //! | `DB_PORT` | default 5432 |
 //! | `DB_PASSWORD` | required without `DATABASE_URL`; may be empty (trust authentication) |
 //! | `DB_MAX_CONNECTIONS` | pool size, default 10 |
-//! | `DB_ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection before the service answers 503; each service sets its default |
+//! | `DB_ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection before the service answers 503, default 3000 |
 //!
 //! Passwords stay in [`SecretString`]s: `Debug` output of the settings is safe to log,
 //! and errors name the variable without repeating its value.
@@ -21,26 +22,14 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-/// A database variable that is missing or unusable. Never carries the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0} is not set")]
-    Missing(&'static str),
-    #[error("{variable} is invalid: {reason}")]
-    Invalid {
-        variable: &'static str,
-        reason: &'static str,
-    },
-}
+const PORT_REASON: &str = "expected a port number from 1 to 65535";
 
-impl ConfigError {
-    /// The variable at fault.
-    pub fn variable(&self) -> &'static str {
-        match self {
-            Self::Missing(variable) | Self::Invalid { variable, .. } => variable,
-        }
-    }
-}
+/// How long a request waits for a database connection by default
+/// (`DB_ACQUIRE_TIMEOUT_MS`) before it is answered 503: short, so an outage shows
+/// quickly.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub use service_config::{ConfigError, Vars};
 
 /// Where the database is and how the pool treats it.
 #[derive(Debug, Clone)]
@@ -66,15 +55,10 @@ pub enum DatabaseTarget {
 }
 
 impl DatabaseSettings {
-    /// Reads the variables in the table above through `lookup` (the environment, or a
-    /// map in tests). Empty values count as unset, except `DB_PASSWORD`'s.
-    pub fn from_lookup(
-        lookup: &impl Fn(&str) -> Option<String>,
-        default_acquire_timeout: Duration,
-    ) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let required = |name: &'static str| get(name).ok_or(ConfigError::Missing(name));
-        let target = match get("DATABASE_URL") {
+    /// Reads the variables in the table above. Empty values count as unset, except
+    /// `DB_PASSWORD`'s.
+    pub fn from_vars<L: Fn(&str) -> Option<String>>(vars: &Vars<L>) -> Result<Self, ConfigError> {
+        let target = match vars.get("DATABASE_URL") {
             Some(url) => {
                 let scheme = url.starts_with("postgres://") || url.starts_with("postgresql://");
                 if !scheme || PgConnectOptions::from_str(&url).is_err() {
@@ -86,43 +70,34 @@ impl DatabaseSettings {
                 DatabaseTarget::Url(SecretString::from(url))
             }
             None => DatabaseTarget::Parts {
-                host: required("DB_HOST")?,
-                port: parse(
-                    "DB_PORT",
-                    get("DB_PORT"),
-                    5432,
-                    "expected a port number from 1 to 65535",
-                )
-                .and_then(|port: u16| {
-                    (port > 0).then_some(port).ok_or(ConfigError::Invalid {
-                        variable: "DB_PORT",
-                        reason: "expected a port number from 1 to 65535",
-                    })
-                })?,
-                user: required("DB_USER")?,
+                host: vars.required("DB_HOST")?,
+                port: vars
+                    .parse_or("DB_PORT", 5432, PORT_REASON)
+                    .and_then(|port: u16| {
+                        (port > 0).then_some(port).ok_or(ConfigError::Invalid {
+                            variable: "DB_PORT",
+                            reason: PORT_REASON,
+                        })
+                    })?,
+                user: vars.required("DB_USER")?,
                 password: SecretString::from(
-                    lookup("DB_PASSWORD").ok_or(ConfigError::Missing("DB_PASSWORD"))?,
+                    vars.lookup()("DB_PASSWORD").ok_or(ConfigError::Missing("DB_PASSWORD"))?,
                 ),
-                name: required("DB_NAME")?,
+                name: vars.required("DB_NAME")?,
             },
         };
-        let max_connections: u32 = parse(
-            "DB_MAX_CONNECTIONS",
-            get("DB_MAX_CONNECTIONS"),
-            10,
-            "expected a positive integer",
-        )?;
+        let max_connections: u32 =
+            vars.parse_or("DB_MAX_CONNECTIONS", 10, "expected a positive integer")?;
         if max_connections == 0 {
             return Err(ConfigError::Invalid {
                 variable: "DB_MAX_CONNECTIONS",
                 reason: "expected a positive integer",
             });
         }
-        let acquire_timeout = match get("DB_ACQUIRE_TIMEOUT_MS") {
-            None => default_acquire_timeout,
-            Some(ms) => Duration::from_millis(parse(
+        let acquire_timeout = match vars.get("DB_ACQUIRE_TIMEOUT_MS") {
+            None => DEFAULT_ACQUIRE_TIMEOUT,
+            Some(_) => Duration::from_millis(vars.parse_or(
                 "DB_ACQUIRE_TIMEOUT_MS",
-                Some(ms),
                 0,
                 "expected a number of milliseconds",
             )?),
@@ -182,18 +157,33 @@ impl DatabaseSettings {
     }
 }
 
-fn parse<T: FromStr>(
-    variable: &'static str,
-    value: Option<String>,
-    default: T,
-    reason: &'static str,
-) -> Result<T, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::Invalid { variable, reason }),
+/// A database failure, split by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached (no connection, pool exhausted, server going
+    /// away): see [`is_unavailable`]. Worth retrying later; HTTP answers 503.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else: a bug or a broken invariant. HTTP answers 500.
+    #[error("database error")]
+    Failed(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// For errors while acquiring a connection or opening a transaction: whatever the
+    /// error says, the database was not usable.
+    pub fn unavailable(error: sqlx::Error) -> Self {
+        Self::Unavailable(error)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Failed(error)
+        }
     }
 }
 
@@ -221,20 +211,43 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A lazy pool (see [`DatabaseSettings::lazy_pool`]) over a schema `migrator` brought
+/// up to date. Migrations are idempotent: applied ones are skipped, and sqlx
+/// serialises concurrent runs with an advisory lock.
+pub async fn migrated_pool(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool, sqlx::migrate::MigrateError> {
+    let pool = settings.lazy_pool(application_name);
+    migrator.run(&pool).await?;
+    tracing::info!("database migrations applied");
+    Ok(pool)
+}
+
+/// Whether the database answers `select 1` within `timeout`: what `/readyz` asks. The
+/// reason (for the probe's `errors`) never carries database text; the cause is logged.
+pub async fn check_ready(pool: &PgPool, timeout: Duration) -> Result<(), &'static str> {
+    let ping = async {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("select 1").execute(&mut *conn).await
+    };
+    match tokio::time::timeout(timeout, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "readiness: database unreachable");
+            Err("unreachable")
+        }
+        Err(_) => Err("timed out"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
-    const DEFAULT_ACQUIRE: Duration = Duration::from_secs(3);
-
     fn read(vars: &[(&str, &str)]) -> Result<DatabaseSettings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        DatabaseSettings::from_lookup(&|k: &str| map.get(k).cloned(), DEFAULT_ACQUIRE)
+        DatabaseSettings::from_vars(&Vars::from_pairs(vars))
     }
 
     const PARTS: &[(&str, &str)] = &[
@@ -255,7 +268,7 @@ mod tests {
         let s = read(PARTS).unwrap();
         assert_eq!(
             (s.max_connections, s.acquire_timeout),
-            (10, DEFAULT_ACQUIRE)
+            (10, DEFAULT_ACQUIRE_TIMEOUT)
         );
         let opts = s.connect_options("user-service");
         assert_eq!((opts.get_host(), opts.get_port()), ("db", 5432));

@@ -1,62 +1,18 @@
 //! [`Settings`]: everything the service reads from its environment, parsed once at
-//! start-up. A missing or malformed variable is an error that names the variable.
+//! start-up ([`FromEnv`]). A missing or malformed variable is a [`ConfigError`] naming
+//! it.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SERVER_HOST`, `SERVER_PORT` | where to listen, see [`service_config`] (default `0.0.0.0:8080`) |
+//! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] |
+//! | `KAFKA_*`, `*_EVENTS_TOPIC` | the broker, group and topics, see [`KafkaSettings`] |
 
-use std::net::IpAddr;
-use std::str::FromStr;
-use std::time::Duration;
+use service_config::{ConfigError, FromEnv, ServerSettings, Vars};
+use service_postgres::DatabaseSettings;
 
-pub use service_postgres::{DatabaseSettings, DatabaseTarget};
-
-/// A configuration variable that is missing or malformed.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {reason}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(variable: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            variable,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<service_postgres::ConfigError> for ConfigError {
-    fn from(error: service_postgres::ConfigError) -> Self {
-        let reason = match error {
-            service_postgres::ConfigError::Missing(_) => "is required but not set",
-            service_postgres::ConfigError::Invalid { reason, .. } => reason,
-        };
-        Self::new(error.variable(), reason)
-    }
-}
-
-/// How long a request waits for a database connection by default
-/// (`DB_ACQUIRE_TIMEOUT_MS`) before it is answered 503.
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The name the service's sessions carry in `pg_stat_activity`.
+/// The name the service's sessions carry in `pg_stat_activity`, and its logs.
 pub const APPLICATION_NAME: &str = "transaction-service";
-
-/// The service's configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub server: ServerSettings,
-    pub database: DatabaseSettings,
-    pub kafka: KafkaSettings,
-}
-
-/// Where the HTTP server listens.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// `SERVER_HOST`, default `0.0.0.0`.
-    pub host: IpAddr,
-    /// `SERVER_PORT`, default 8080; 0 picks a free port (tests).
-    pub port: u16,
-}
 
 /// The Kafka broker and the topics and group this service consumes with.
 #[derive(Debug, Clone)]
@@ -72,76 +28,53 @@ pub struct KafkaSettings {
     pub transaction_events_topic: String,
 }
 
-impl Settings {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+/// The service's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+}
+
+impl FromEnv for Settings {
+    fn from_vars<L: Fn(&str) -> Option<String>>(vars: &Vars<L>) -> Result<Self, ConfigError> {
+        let kafka = KafkaSettings::from_vars(vars)?;
+        Ok(Self {
+            server: ServerSettings::from_vars(vars)?,
+            database: DatabaseSettings::from_vars(vars)?,
+            kafka,
+        })
     }
+}
 
-    /// Reads variables through `lookup` (the environment, or a map in tests). Empty
-    /// values count as missing.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let required = |name: &'static str| {
-            get(name).ok_or_else(|| ConfigError::new(name, "is required but not set"))
-        };
-        let or_default = |name: &str, default: &str| get(name).unwrap_or_else(|| default.into());
-
-        let server = ServerSettings {
-            host: parse(
-                "SERVER_HOST",
-                &or_default("SERVER_HOST", "0.0.0.0"),
-                "must be an IP address",
-            )?,
-            port: parse(
-                "SERVER_PORT",
-                &or_default("SERVER_PORT", "8080"),
-                "must be a port number (0-65535)",
-            )?,
-        };
-
-        let database = DatabaseSettings::from_lookup(&lookup, DEFAULT_ACQUIRE_TIMEOUT)?;
-
-        let kafka = KafkaSettings {
-            brokers: required("KAFKA_BROKERS")?,
-            group_id: or_default("KAFKA_GROUP_ID", "transaction-service"),
-            user_events_topic: or_default("USER_EVENTS_TOPIC", "outbox.event.user"),
-            transaction_events_topic: or_default(
-                "TRANSACTION_EVENTS_TOPIC",
-                "outbox.event.transaction",
-            ),
+impl KafkaSettings {
+    fn from_vars<L: Fn(&str) -> Option<String>>(vars: &Vars<L>) -> Result<Self, ConfigError> {
+        let kafka = Self {
+            brokers: vars.required("KAFKA_BROKERS")?,
+            group_id: vars.or("KAFKA_GROUP_ID", "transaction-service"),
+            user_events_topic: vars.or("USER_EVENTS_TOPIC", "outbox.event.user"),
+            transaction_events_topic: vars
+                .or("TRANSACTION_EVENTS_TOPIC", "outbox.event.transaction"),
         };
         for (variable, topic) in [
             ("USER_EVENTS_TOPIC", &kafka.user_events_topic),
             ("TRANSACTION_EVENTS_TOPIC", &kafka.transaction_events_topic),
         ] {
             if !valid_topic(topic) {
-                return Err(ConfigError::new(
+                return Err(ConfigError::Invalid {
                     variable,
-                    "must be a Kafka topic name ([A-Za-z0-9._-], at most 249 characters)",
-                ));
+                    reason: "expected a Kafka topic name ([A-Za-z0-9._-], at most 249 characters)",
+                });
             }
         }
         if kafka.user_events_topic == kafka.transaction_events_topic {
-            return Err(ConfigError::new(
-                "TRANSACTION_EVENTS_TOPIC",
-                "must differ from USER_EVENTS_TOPIC",
-            ));
+            return Err(ConfigError::Invalid {
+                variable: "TRANSACTION_EVENTS_TOPIC",
+                reason: "must differ from USER_EVENTS_TOPIC",
+            });
         }
-
-        Ok(Self {
-            server,
-            database,
-            kafka,
-        })
+        Ok(kafka)
     }
-}
-
-fn parse<T: FromStr>(variable: &'static str, value: &str, reason: &str) -> Result<T, ConfigError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError::new(variable, reason))
 }
 
 fn valid_topic(name: &str) -> bool {
@@ -156,16 +89,10 @@ fn valid_topic(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
+        Settings::from_vars(&Vars::from_pairs(vars))
     }
 
     const MINIMAL: &[(&str, &str)] = &[
@@ -202,9 +129,9 @@ mod tests {
     #[test]
     fn a_missing_variable_is_named() {
         let err = settings(&with(&[("DB_PASSWORD", "")])).unwrap_err();
-        assert_eq!(err.variable, "DB_PASSWORD");
+        assert_eq!(err, ConfigError::Missing("DB_PASSWORD"));
         let err = settings(&with(&[("KAFKA_BROKERS", "")])).unwrap_err();
-        assert_eq!(err.variable, "KAFKA_BROKERS");
+        assert_eq!(err, ConfigError::Missing("KAFKA_BROKERS"));
     }
 
     #[test]
@@ -218,7 +145,7 @@ mod tests {
             ("DATABASE_URL", "mysql://nope"),
         ] {
             let err = settings(&with(&[(var, value)])).unwrap_err();
-            assert_eq!(err.variable, var, "{var}={value}");
+            assert_eq!(err.variable(), var, "{var}={value}");
         }
     }
 }

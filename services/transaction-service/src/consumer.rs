@@ -40,10 +40,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::app::{open_account, settle_transaction, StoreError};
+use crate::app::{open_account, settle_transaction};
 use crate::config::KafkaSettings;
 use crate::domain::events::{self, TRANSACTION_CREATED, USER_CREATED};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 
 /// First and longest pause between attempts to apply an event whose database
 /// transaction failed.

@@ -9,8 +9,9 @@
 //! - [`domain`]: money, states, validation, event payloads (pure).
 //! - [`app`]: the use cases, each owning its database transaction.
 //! - [`store`]: SQL as free functions.
-//! - [`http`]: routes, handlers, DTOs, errors.
+//! - [`http`]: routes, handlers, DTOs, the mapping of errors to answers.
 //! - [`consumer`]: the Kafka consumer driving `app` from events.
+//! - [`config`]: settings from the environment.
 //! - [`startup`]: wiring and graceful shutdown; `main` only calls it.
 
 pub mod app;
@@ -22,4 +23,4 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 
-pub use startup::{shutdown_signal, Application};
+pub use startup::Application;

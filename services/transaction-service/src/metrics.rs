@@ -1,12 +1,12 @@
-//! Prometheus metrics: every name is a constant here, every collector lives in one
-//! [`Metrics`] registry per running service (tests run several in one process).
+//! Prometheus metrics: every name of this service's own metrics is a constant here,
+//! every collector lives in one [`Metrics`] registry per running service (tests run
+//! several in one process). The HTTP metrics are [`service_http::HttpMetrics`]; their
+//! names are [`service_http::HTTP_REQUESTS_TOTAL`] and
+//! [`service_http::HTTP_REQUEST_DURATION_SECONDS`].
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use service_http::HttpMetrics;
 
-/// HTTP requests served, by method, matched route and status.
-pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
-/// HTTP request latency in seconds, by method, matched route and status.
-pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 /// Consumed events handled, by event type and outcome (`applied`, `duplicate`,
 /// `ignored`, ...).
 pub const CONSUMER_EVENTS_PROCESSED_TOTAL: &str = "consumer_events_processed_total";
@@ -19,15 +19,11 @@ pub const CONSUMER_RETRIES_TOTAL: &str = "consumer_retries_total";
 /// the client recovers from them by itself.
 pub const CONSUMER_KAFKA_ERRORS_TOTAL: &str = "consumer_kafka_errors_total";
 
-/// The route label of requests that matched no route.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
-
 /// The service's collectors and the registry that exposes them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
+    pub http: HttpMetrics,
     pub events_processed: IntCounterVec,
     pub events_failed: IntCounterVec,
     pub consumer_retries: IntCounter,
@@ -37,19 +33,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(HTTP_REQUESTS_TOTAL, "HTTP requests served."),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                HTTP_REQUEST_DURATION_SECONDS,
-                "HTTP request latency in seconds.",
-            ),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
+        let http = HttpMetrics::register(&registry);
         let events_processed = IntCounterVec::new(
             Opts::new(CONSUMER_EVENTS_PROCESSED_TOTAL, "Consumed events handled."),
             &["event_type", "outcome"],
@@ -74,9 +58,7 @@ impl Metrics {
         )
         .expect("valid metric");
         for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(events_processed.clone()),
+            Box::new(events_processed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_failed.clone()),
             Box::new(consumer_retries.clone()),
             Box::new(kafka_errors.clone()),
@@ -85,8 +67,7 @@ impl Metrics {
         }
         Self {
             registry,
-            http_requests,
-            http_duration,
+            http,
             events_processed,
             events_failed,
             consumer_retries,
@@ -94,9 +75,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        service_telemetry::render(&self.registry)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -113,15 +93,9 @@ mod tests {
     #[test]
     fn rendered_metrics_use_the_declared_names() {
         let m = Metrics::new();
-        m.http_requests
-            .with_label_values(&["GET", "/healthz", "200"])
-            .inc();
         m.events_failed.with_label_values(&["malformed"]).inc();
         m.consumer_retries.inc();
-        let text = m.render();
-        assert!(
-            text.contains(r#"http_requests_total{method="GET",route="/healthz",status="200"} 1"#)
-        );
+        let text = service_telemetry::render(m.registry());
         assert!(text.contains(r#"consumer_events_failed_total{reason="malformed"} 1"#));
         assert!(text.contains("consumer_retries_total 1"));
     }

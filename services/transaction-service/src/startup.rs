@@ -1,14 +1,12 @@
 //! [`Application`]: the database pool, the migrated schema, the event consumer and the
 //! bound HTTP listener, wired together; and the shutdown that stops them in order.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use sqlx::PgPool;
-use tokio::net::TcpListener;
+use service_http::{BindError, Listener, Shutdown};
 use tokio::sync::watch;
 
 use crate::config::{Settings, APPLICATION_NAME};
@@ -25,46 +23,31 @@ pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot connect to the database: {0}")]
-    Database(#[source] sqlx::Error),
-    #[error("cannot apply migrations: {0}")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("cannot apply migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the kafka consumer: {0}")]
     Kafka(#[source] KafkaError),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A service ready to run: migrations applied, consumer subscribed, port bound.
 pub struct Application {
-    listener: TcpListener,
+    listener: Listener,
     state: AppState,
     topics: Topics,
 }
 
 impl Application {
-    /// Connects to the database, applies migrations, subscribes the consumer and binds
-    /// the HTTP port (port 0 picks a free one; see [`Application::local_addr`]).
+    /// Creates the Kafka consumer (it connects in the background), connects the pool
+    /// (lazily, so an outage later is a 503, not a crash), applies the migrations and
+    /// binds the HTTP port (port 0 picks a free one; see [`Application::local_addr`]).
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let pool = settings
-            .database
-            .pool_options()
-            .connect_with(settings.database.connect_options(APPLICATION_NAME))
-            .await
-            .map_err(StartupError::Database)?;
-        store::MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(StartupError::Migrate)?;
-
         let consumer = Arc::new(consumer::create(&settings.kafka).map_err(StartupError::Kafka)?);
-        let address = SocketAddr::new(settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| StartupError::Bind { address, source })?;
+        let migrator = &store::MIGRATOR;
+        let pool = service_postgres::migrated_pool(&settings.database, APPLICATION_NAME, migrator);
+        let pool = pool.await?;
+        let listener = Listener::bind(APPLICATION_NAME, settings.server.addr()).await?;
         Ok(Self {
             listener,
             state: AppState {
@@ -81,24 +64,14 @@ impl Application {
 
     /// The address the HTTP server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr()
     }
 
-    /// The service's database pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.state.pool
-    }
-
-    /// Serves HTTP and consumes events until `shutdown` resolves. Then the server stops
-    /// accepting, finishes in-flight requests, and the consumer stops after the event
-    /// it is applying; then the consumer is closed, for at most
+    /// Serves HTTP and consumes events until `shutdown` resolves. Then the server
+    /// stops accepting, finishes in-flight requests, and the consumer stops after the
+    /// event it is applying; then the consumer is closed, for at most
     /// [`CONSUMER_CLOSE_TIMEOUT`]. This returns when all of that is done.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Shutdown) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let kafka = self.state.consumer.clone();
         let consumer = tokio::spawn(consumer::run(
@@ -110,44 +83,18 @@ impl Application {
         ));
 
         let router = http::router(self.state);
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining HTTP requests, stopping the consumer");
-            let _ = stop.send(true);
-        });
-        let served = server.await;
+        let served = self
+            .listener
+            .serve(router, async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining HTTP requests, stopping the consumer");
+                let _ = stop.send(true);
+            })
+            .await;
         if let Err(error) = consumer.await {
             tracing::error!(error = %error, "event consumer task failed");
         }
         consumer::close(kafka, CONSUMER_CLOSE_TIMEOUT).await;
         served
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("received SIGINT"),
-        _ = terminate => tracing::info!("received SIGTERM"),
     }
 }

@@ -7,10 +7,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::StoreError;
 use crate::domain::events::{TransactionCreated, TRANSACTION_AGGREGATE, TRANSACTION_CREATED};
 use crate::domain::{IdempotencyKey, NewTransaction, TransactionStatus};
-use crate::store::{accounts, idempotency, transactions};
+use crate::store::{accounts, idempotency, transactions, StoreError};
 
 /// How long an idempotency key names its request. Older keys may be purged and reused.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);

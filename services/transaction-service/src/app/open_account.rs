@@ -3,9 +3,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::StoreError;
 use crate::domain::events::USER_CREATED;
-use crate::store::{accounts, inbox};
+use crate::store::{accounts, inbox, StoreError};
 
 /// What consuming one `UserCreated` event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,13 +7,12 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::StoreError;
 use crate::domain::events::{
     TransactionSettled, TRANSACTION_AGGREGATE, TRANSACTION_COMPLETED, TRANSACTION_CREATED,
     TRANSACTION_FAILED,
 };
 use crate::domain::{FailureReason, TransactionStatus};
-use crate::store::{accounts, inbox, transactions};
+use crate::store::{accounts, inbox, transactions, StoreError};
 
 /// What consuming one `TransactionCreated` event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,11 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::transactions::path_uuid;
 use super::{ApiError, AppState};
-use crate::app::StoreError;
 use crate::domain::money::format_decimal;
-use crate::store::accounts;
+use crate::store::{accounts, StoreError};
 
 /// An account's balance as the API shows it.
 #[derive(Debug, Serialize)]
@@ -27,7 +25,7 @@ pub async fn get(
     State(state): State<AppState>,
     user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<BalanceResponse>, ApiError> {
-    let user_id = path_uuid(user_id, "userId")?;
+    let user_id = service_http::path_uuid(user_id, "userId")?;
     let mut conn = state
         .pool
         .acquire()

@@ -1,64 +1,34 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/readyz` and `/metrics` (`/healthz` is [`service_http::healthz`]).
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use rdkafka::consumer::Consumer;
-use serde_json::json;
 
-use super::error::{ErrorBody, FieldErrors};
-use super::AppState;
+use super::{AppState, FieldErrors};
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The process is up and serving HTTP (touches neither the database nor Kafka).
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"code": 200, "message": "alive"}))
-}
-
-/// 200 when the database answers a query and the Kafka cluster answers a metadata
-/// request; 503 naming what does not.
+/// `GET /readyz`: 200 when the database answers `select 1` and the Kafka cluster
+/// answers a metadata request; 503 naming what does not.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let (database, kafka) = tokio::join!(database_ready(&state), kafka_ready(&state));
-    let mut errors = FieldErrors::new();
+    let (database, kafka) = tokio::join!(
+        service_postgres::check_ready(&state.pool, CHECK_TIMEOUT),
+        kafka_ready(&state)
+    );
+    let mut failures = FieldErrors::new();
     if let Err(reason) = database {
-        errors.insert("database".into(), reason);
+        failures.insert("database".into(), reason.into());
     }
     if let Err(reason) = kafka {
-        errors.insert("kafka".into(), reason);
+        failures.insert("kafka".into(), reason.into());
     }
-    if errors.is_empty() {
-        Json(json!({"code": 200, "message": "ready"})).into_response()
-    } else {
-        let body = ErrorBody {
-            code: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
-            message: "not ready".into(),
-            errors: Some(errors),
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+    service_http::readiness(failures)
 }
 
-async fn database_ready(state: &AppState) -> Result<(), String> {
-    let check = async {
-        let mut conn = state.pool.acquire().await?;
-        sqlx::query("select 1").execute(&mut *conn).await
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error, "readiness: database unreachable");
-            Err("unreachable".into())
-        }
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-async fn kafka_ready(state: &AppState) -> Result<(), String> {
+async fn kafka_ready(state: &AppState) -> Result<(), &'static str> {
     let consumer = state.consumer.clone();
     // fetch_metadata blocks its thread for up to the timeout.
     let check = tokio::task::spawn_blocking(move || {
@@ -68,19 +38,16 @@ async fn kafka_ready(state: &AppState) -> Result<(), String> {
     });
     match check.await {
         Ok(Ok(brokers)) if brokers > 0 => Ok(()),
-        Ok(Ok(_)) => Err("no brokers".into()),
+        Ok(Ok(_)) => Err("no brokers"),
         Ok(Err(error)) => {
             tracing::warn!(error = %error, "readiness: kafka unreachable");
-            Err("unreachable".into())
+            Err("unreachable")
         }
-        Err(_) => Err("check failed".into()),
+        Err(_) => Err("check failed"),
     }
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, service_telemetry::content_type())],
-        state.metrics.render(),
-    )
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    service_http::exposition(state.metrics.registry())
 }

@@ -1,26 +1,21 @@
-//! The HTTP API: routes, handlers, DTOs and [`ApiError`].
+//! The HTTP API: routes, handlers and their DTOs, and how this service's errors become
+//! [`ApiError`] answers.
 
 mod balance;
 mod error;
-mod extract;
 mod health;
-mod observe;
 mod openapi;
 mod transactions;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::{middleware, Router};
+use axum::Router;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
-pub use error::{ApiError, ErrorBody, FieldErrors};
-pub use extract::BODY_LIMIT_BYTES;
 pub use openapi::document as openapi_document;
+pub use service_http::{ApiError, ErrorBody, FieldErrors, BODY_LIMIT_BYTES};
 pub use transactions::{CreateTransactionRequest, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
 use crate::metrics::Metrics;
@@ -34,27 +29,16 @@ pub struct AppState {
     pub consumer: Arc<StreamConsumer>,
 }
 
-/// Every route of the service.
+/// Every route of the service, with the shared middleware around them
+/// ([`service_http::standard_layers`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/transactions", post(transactions::create))
         .route("/api/v1/transactions/{id}", get(transactions::get))
         .route("/api/v1/balance/{userId}", get(balance::get))
-        .route("/healthz", get(health::healthz))
+        .route("/healthz", get(service_http::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::serve))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            observe::track,
-        ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .with_state(state)
+        .route("/openapi.json", get(openapi::serve));
+    service_http::standard_layers(routes, state.metrics.http.clone()).with_state(state)
 }

@@ -10,13 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::error::FieldErrors;
-use super::extract::JsonBody;
-use super::{ApiError, AppState};
+use service_http::JsonBody;
+
+use super::{ApiError, AppState, FieldErrors};
 use crate::app::create_transaction::{self, Created};
-use crate::app::StoreError;
 use crate::domain::{Amount, Description, IdempotencyKey, NewTransaction, TransactionStatus};
-use crate::store::transactions;
+use crate::store::{transactions, StoreError};
 
 /// The request header naming one logical request for safe retries.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -67,7 +66,7 @@ impl CreateTransactionRequest {
                 NewTransaction::new(amount, from, to, description)
                     .map_err(|e| ApiError::invalid_field("toUserId", e.to_string()))
             }
-            _ => Err(ApiError::invalid_fields(errors)),
+            _ => Err(ApiError::Invalid(errors)),
         }
     }
 }
@@ -107,7 +106,7 @@ fn parse_amount(raw: &RawValue) -> Result<Amount, String> {
 fn parse_uuid(raw: &RawValue) -> Result<Uuid, String> {
     let text: String =
         serde_json::from_str(raw.get()).map_err(|_| "must be a UUID string".to_string())?;
-    Uuid::parse_str(&text).map_err(|_| "must be a UUID".to_string())
+    service_http::parse_uuid(&text).ok_or_else(|| "must be a UUID".to_string())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -188,7 +187,7 @@ pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TransactionResponse>, ApiError> {
-    let id = path_uuid(id, "id")?;
+    let id = service_http::path_uuid(id, "id")?;
     let mut conn = state
         .pool
         .acquire()
@@ -201,17 +200,6 @@ pub async fn get(
     Ok(Json(transaction.into()))
 }
 
-/// A path segment that must be a UUID; 400 naming `name` otherwise.
-pub fn path_uuid(
-    segment: Result<Path<String>, PathRejection>,
-    name: &str,
-) -> Result<Uuid, ApiError> {
-    segment
-        .ok()
-        .and_then(|Path(s)| Uuid::parse_str(&s).ok())
-        .ok_or_else(|| ApiError::invalid_field(name, "must be a UUID"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +207,7 @@ mod tests {
     fn validate(body: &str) -> Result<NewTransaction, FieldErrors> {
         let request: CreateTransactionRequest = serde_json::from_str(body).unwrap();
         request.validate().map_err(|e| match e {
-            ApiError::BadRequest { errors, .. } => errors.unwrap_or_default(),
+            ApiError::Invalid(errors) => errors,
             other => panic!("unexpected {other:?}"),
         })
     }

@@ -1,10 +1,14 @@
 //! SQL against transaction_db as free functions. Functions that belong to a use case's
 //! transaction take `&mut PgConnection` so the caller decides what commits together.
+//! [`StoreError`] (shared with user-service) tells "the database cannot be reached"
+//! from "this statement failed".
 
 pub mod accounts;
 pub mod idempotency;
 pub mod inbox;
 pub mod transactions;
+
+pub use service_postgres::StoreError;
 
 /// The embedded migrations of `sql/transaction_db`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/transaction_db");

@@ -243,7 +243,7 @@ async fn a_failing_outbox_insert_rolls_back_the_transaction_row() {
         .post_transaction(&json!({"amount": 5, "toUserId": to}))
         .await;
     let body = expect_error(response, 500).await;
-    assert_eq!(body["message"], "internal error");
+    assert_eq!(body["message"], "internal server error");
     assert!(!body.to_string().contains("refused by test"), "{body}");
     assert_eq!(transaction_rows(&app).await, (0, 0));
 }

@@ -10,14 +10,14 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use service_config::ServerSettings;
+use service_postgres::{DatabaseSettings, DatabaseTarget};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use testkit::{unique_suffix, unique_topic, wait_for, Stack, TestDb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use transaction_service::config::{
-    DatabaseSettings, DatabaseTarget, KafkaSettings, ServerSettings, Settings,
-};
+use transaction_service::config::{KafkaSettings, Settings};
 use transaction_service::Application;
 use uuid::Uuid;
 
@@ -67,10 +67,7 @@ pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -
     }
     let group_id = format!("transaction-service-test-{}", unique_suffix());
     let mut settings = Settings {
-        server: ServerSettings {
-            host: "127.0.0.1".parse().unwrap(),
-            port: 0,
-        },
+        server: ServerSettings::local_ephemeral(),
         database: DatabaseSettings {
             target: DatabaseTarget::Url(db.url.clone().into()),
             max_connections: 10,

@@ -8,5 +8,6 @@ mod errors;
 mod health;
 mod helpers;
 mod idempotency;
+mod openapi;
 mod outage;
 mod settlement;

@@ -5,6 +5,6 @@ pub mod create_user;
 pub mod get_user;
 pub mod hashing;
 
-pub use create_user::{create_user, CreateUserError, NewUser};
-pub use get_user::{get_user, GetUserError};
+pub use create_user::{CreateUserError, NewUser};
+pub use get_user::GetUserError;
 pub use hashing::{HashError, PasswordHasher};

@@ -1,7 +1,8 @@
-//! Pure types and rules of the user domain: what a valid email and password are, and
-//! what a user is. Nothing here touches the database, HTTP or the clock.
+//! Pure types and rules of the user domain: what a valid email and password are, what
+//! a user is, and the events. Nothing here touches the database, HTTP or the clock.
 
 pub mod email;
+pub mod events;
 pub mod password;
 mod user;
 

@@ -1,21 +1,25 @@
-//! Liveness and readiness probes.
+//! `/readyz` and `/metrics` (`/healthz` is [`service_http::healthz`]).
+
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::response::Response;
 
-use super::{ApiError, AppState, Envelope};
-use crate::store;
+use super::{AppState, FieldErrors};
 
-/// `GET /healthz`: the process is up and serving HTTP. Never touches the database, so
-/// an orchestrator does not restart the service during a database outage.
-pub async fn healthz() -> Envelope {
-    Envelope::message(StatusCode::OK, "alive")
+/// How long the readiness check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz`: 200 when the database answers `select 1`; 503 naming it otherwise.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let mut failures = FieldErrors::new();
+    if let Err(reason) = service_postgres::check_ready(&state.pool, CHECK_TIMEOUT).await {
+        failures.insert("database".into(), reason.into());
+    }
+    service_http::readiness(failures)
 }
 
-/// `GET /readyz`: the database answers `select 1`; 503 otherwise.
-pub async fn readyz(State(state): State<AppState>) -> Result<Envelope, ApiError> {
-    store::ping(&state.pool)
-        .await
-        .map_err(|err| ApiError::Unavailable(err.into()))?;
-    Ok(Envelope::message(StatusCode::OK, "ready"))
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    service_http::exposition(state.metrics.registry())
 }

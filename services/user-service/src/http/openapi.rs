@@ -5,8 +5,8 @@
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::BODY_LIMIT_BYTES;
 use crate::domain::{email, password};
+use service_http::BODY_LIMIT_BYTES;
 
 /// `GET /openapi.json`.
 pub async fn serve() -> Json<Value> {

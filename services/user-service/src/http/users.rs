@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::ApiJson;
+use service_http::JsonBody;
+
 use super::{ApiError, AppState, Envelope};
 use crate::app::{self, NewUser};
 use crate::domain::{Email, Password, User};
@@ -95,10 +97,10 @@ impl From<User> for UserView {
 /// `POST /users`: 201 with the new id and a `Location` header.
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<CreateUserRequest>,
+    JsonBody(body): JsonBody<CreateUserRequest>,
 ) -> Result<Response, ApiError> {
     let new_user = body.validate()?;
-    let user = app::create_user(&state.pool, &state.hasher, new_user).await?;
+    let user = app::create_user::execute(&state.pool, &state.hasher, new_user).await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok((
         [(header::LOCATION, format!("/users/{}", user.id))],
@@ -114,10 +116,10 @@ pub async fn create(
 /// `GET /users/{id}`: 200 with the user, 404 if unknown, 400 if `id` is not a UUID.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Envelope<UserView>, ApiError> {
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid_field("id", "must be a UUID"))?;
-    let user = app::get_user(&state.pool, id).await?;
+    let id = service_http::path_uuid(id, "id")?;
+    let user = app::get_user::execute(&state.pool, id).await?;
     Ok(Envelope::data(StatusCode::OK, "ok", user.into()))
 }
 

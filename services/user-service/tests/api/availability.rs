@@ -8,18 +8,17 @@ use testkit::TestDb;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_error_envelope, closed_port, pool_to_port, sign_up, status_and_json, unique_email,
-    DbProxy, TestApp,
+    assert_error_envelope, closed_port, pool_to_port, sign_up, spawn_app_with_pool,
+    status_and_json, unique_email, DbProxy,
 };
 
-const UNAVAILABLE: &str =
-    "service temporarily unavailable: the database cannot be reached, retry later";
+const UNAVAILABLE: &str = "the database is unavailable, retry later";
 
 #[tokio::test]
 async fn a_database_that_cannot_be_reached_is_503_with_a_clear_message() {
     let db = TestDb::create("users", "users_db").await.unwrap();
     let pool = pool_to_port(closed_port().await, &db, Duration::from_secs(1));
-    let app = TestApp::spawn_with_pool(pool).await;
+    let app = spawn_app_with_pool(pool).await;
 
     let response = app.post_user(&sign_up(&unique_email())).await;
     assert_eq!(
@@ -27,7 +26,7 @@ async fn a_database_that_cannot_be_reached_is_503_with_a_clear_message() {
             .headers()
             .get("retry-after")
             .map(|v| v.to_str().unwrap()),
-        Some("2")
+        Some("1")
     );
     let (status, body) = status_and_json(response).await;
     assert_error_envelope(status, &body, 503);
@@ -56,7 +55,7 @@ async fn the_service_recovers_by_itself_when_the_database_returns() {
         .parse()
         .unwrap();
     let proxy = DbProxy::start(postgres).await;
-    let app = TestApp::spawn_with_pool(pool_to_port(proxy.port, &db, Duration::from_secs(2))).await;
+    let app = spawn_app_with_pool(pool_to_port(proxy.port, &db, Duration::from_secs(2))).await;
 
     let (status, _) = status_and_json(app.post_user(&sign_up(&unique_email())).await).await;
     assert_eq!(status, 201, "healthy before the outage");

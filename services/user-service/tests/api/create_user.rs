@@ -4,11 +4,11 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::helpers::{sign_up, status_and_json, unique_email, TestApp, PASSWORD};
+use crate::helpers::{sign_up, spawn_app, status_and_json, unique_email, PASSWORD};
 
 #[tokio::test]
 async fn creating_a_user_commits_one_user_row_and_one_outbox_row_together() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
 
     let response = app.post_user(&sign_up("  Ada.Lovelace@Example.COM ")).await;
     let location = response
@@ -85,7 +85,7 @@ async fn creating_a_user_commits_one_user_row_and_one_outbox_row_together() {
 
 #[tokio::test]
 async fn a_failing_outbox_insert_rolls_back_the_user_and_answers_a_generic_500() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     sqlx::raw_sql(
         "create function refuse_outbox_insert() returns trigger language plpgsql as $$ \
          begin raise exception 'outbox insert refused by the test'; end $$; \
@@ -114,7 +114,7 @@ async fn a_failing_outbox_insert_rolls_back_the_user_and_answers_a_generic_500()
 
 #[tokio::test]
 async fn twenty_concurrent_sign_ups_with_one_email_create_exactly_one_user_and_one_event() {
-    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let app = std::sync::Arc::new(spawn_app().await);
     let local = format!("race-{}", testkit::unique_suffix());
 
     let mut requests = JoinSet::new();

@@ -4,12 +4,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_error_envelope, sign_up, status_and_json, unique_email, TestApp, PASSWORD,
+    assert_error_envelope, sign_up, spawn_app, status_and_json, unique_email, PASSWORD,
 };
 
 #[tokio::test]
 async fn a_created_user_reads_back_with_id_email_and_creation_time_only() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let email = unique_email();
     let (_, created) = status_and_json(app.post_user(&sign_up(&email.to_uppercase())).await).await;
     let id = created["data"]["id"].as_str().unwrap();
@@ -37,7 +37,7 @@ async fn a_created_user_reads_back_with_id_email_and_creation_time_only() {
 
 #[tokio::test]
 async fn an_unknown_user_id_is_404() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let (status, body) =
         status_and_json(app.get(&format!("/users/{}", Uuid::now_v7())).await).await;
     assert_error_envelope(status, &body, 404);
@@ -46,7 +46,7 @@ async fn an_unknown_user_id_is_404() {
 
 #[tokio::test]
 async fn a_malformed_user_id_is_400_naming_the_id() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     for bad in ["not-a-uuid", "123", "0190a3c1-zzzz-7000-8000-000000000000"] {
         let (status, body) = status_and_json(app.get(&format!("/users/{bad}")).await).await;
         assert_error_envelope(status, &body, 400);

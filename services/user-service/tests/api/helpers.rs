@@ -1,11 +1,13 @@
-//! Spawning the app on 127.0.0.1:0 over a fresh migrated database, an HTTP client for
-//! it, and a TCP proxy that can cut the service off from PostgreSQL.
+//! `spawn_app()` and what tests do with a running service: call its API, look into its
+//! database, and cut it off from PostgreSQL with a TCP proxy.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use service_config::ServerSettings;
+use service_postgres::{DatabaseSettings, DatabaseTarget, DEFAULT_ACQUIRE_TIMEOUT};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use testkit::TestDb;
@@ -13,10 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinSet;
 use user_service::app::PasswordHasher;
-use user_service::settings::{
-    DatabaseSettings, DatabaseTarget, ServerSettings, DEFAULT_ACQUIRE_TIMEOUT,
-};
-use user_service::{AppState, Settings};
+use user_service::config::Settings;
+use user_service::http::{self, AppState};
+use user_service::Application;
 
 /// A password no test output, log, row or event may contain.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -29,49 +30,46 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
 }
 
+/// The service as `main` builds it ([`Application::build`]: migrations, pool,
+/// listener) on 127.0.0.1:0 over a fresh database.
+pub async fn spawn_app() -> TestApp {
+    let db = TestDb::create("users", "users_db").await.unwrap();
+    let mut database = DatabaseSettings::new(
+        DatabaseTarget::Url(db.url.clone().into()),
+        DEFAULT_ACQUIRE_TIMEOUT,
+    );
+    database.max_connections = 5;
+    let settings = Settings {
+        server: ServerSettings::local_ephemeral(),
+        database,
+    };
+    let application = Application::build(&settings).await.unwrap();
+    let addr = application.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(application.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp::new(addr, Some(db), tx)
+}
+
+/// The router over `pool`, without start-up migrations: for pools that cannot reach
+/// a database.
+pub async fn spawn_app_with_pool(pool: PgPool) -> TestApp {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = http::router(AppState::new(pool, PasswordHasher::per_core()));
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    TestApp::new(addr, None, tx)
+}
+
 impl TestApp {
-    /// The service as `main` builds it (`user_service::build`: migrations, pool,
-    /// listener) over a fresh database.
-    pub async fn spawn() -> Self {
-        let db = TestDb::create("users", "users_db").await.unwrap();
-        let mut database = DatabaseSettings::new(
-            DatabaseTarget::Url(db.url.clone().into()),
-            DEFAULT_ACQUIRE_TIMEOUT,
-        );
-        database.max_connections = 5;
-        let settings = Settings {
-            server: ServerSettings {
-                host: Ipv4Addr::LOCALHOST.into(),
-                port: 0,
-            },
-            database,
-        };
-        let application = user_service::build(&settings).await.unwrap();
-        let addr = application.local_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(application.run_until_stopped(async {
-            let _ = rx.await;
-        }));
-        Self::new(addr, Some(db), tx)
-    }
-
-    /// The router over `pool`, without start-up migrations: for pools that cannot reach
-    /// a database.
-    pub async fn spawn_with_pool(pool: PgPool) -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = user_service::app(AppState::new(pool, PasswordHasher::per_core()));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        });
-        Self::new(addr, None, tx)
-    }
-
     fn new(addr: SocketAddr, db: Option<TestDb>, shutdown: oneshot::Sender<()>) -> Self {
         Self {
             base_url: format!("http://{addr}"),

@@ -2,10 +2,10 @@
 //! database of its own (see `helpers`).
 
 mod availability;
+mod binary;
 mod create_user;
 mod errors;
 mod get_user;
+mod health;
 mod helpers;
-mod observability;
 mod openapi;
-mod process;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{status_and_json, TestApp};
+use crate::helpers::{spawn_app, status_and_json};
 
 /// Every (method, path) the router serves.
 const ROUTES: &[(&str, &str)] = &[
@@ -19,7 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn the_served_openapi_document_parses_and_lists_every_route() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let (status, doc) = status_and_json(app.get("/openapi.json").await).await;
     assert_eq!(status, 200);
 
@@ -55,7 +55,7 @@ async fn the_served_openapi_document_parses_and_lists_every_route() {
 
 #[tokio::test]
 async fn every_documented_operation_is_served() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let (_, doc) = status_and_json(app.get("/openapi.json").await).await;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

