@@ -29,6 +29,8 @@ pub enum ApiError {
     Invalid(FieldErrors),
     /// 400 for a request that cannot be read at all.
     BadRequest(String),
+    /// 400: an object of the body has this key twice.
+    DuplicateKey(String),
     /// 404: no such resource (or no such route).
     NotFound(String),
     /// 405: the path exists, the method does not.
@@ -71,7 +73,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Invalid(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) | Self::BadRequest(_) | Self::DuplicateKey(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -89,6 +93,10 @@ impl ApiError {
         let (message, errors) = match self {
             Self::Invalid(errors) => ("the request has invalid fields".into(), Some(errors)),
             Self::BadRequest(message) | Self::NotFound(message) => (message, None),
+            Self::DuplicateKey(key) => (
+                format!("request body has a duplicate key: {key}"),
+                Some(FieldErrors::from([(key, "is given more than once".into())])),
+            ),
             Self::MethodNotAllowed => ("method not allowed".into(), None),
             Self::Conflict { message, errors } | Self::Unprocessable { message, errors } => {
                 (message, Some(errors))

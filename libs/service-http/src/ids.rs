@@ -6,9 +6,17 @@ use uuid::Uuid;
 
 use crate::ApiError;
 
-/// The UUID `text` spells.
+/// The UUID `text` spells in the hyphenated form (`8-4-4-4-12` hex digits, either
+/// case), the one the APIs document (`format: uuid`) and answer with. The braced,
+/// `urn:uuid:` and hyphen-less spellings `Uuid::parse_str` also takes are refused, so
+/// one id has one spelling in paths, bodies, logs and idempotency fingerprints.
 pub fn parse_uuid(text: &str) -> Option<Uuid> {
-    Uuid::parse_str(text).ok()
+    // Of the spellings the parser knows, only the hyphenated one has 36 characters.
+    if text.len() == 36 {
+        Uuid::try_parse(text).ok()
+    } else {
+        None
+    }
 }
 
 /// A path segment that must be a UUID; a 400 naming the parameter `name` otherwise
@@ -21,4 +29,33 @@ pub fn path_uuid(
         .ok()
         .and_then(|Path(text)| parse_uuid(&text))
         .ok_or_else(|| ApiError::invalid_field(name, "must be a UUID"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0195f1c2-7a55-7bd0-9c1e-6a0b1e9c8f11";
+
+    #[test]
+    fn the_hyphenated_form_parses_in_either_case() {
+        let id = parse_uuid(ID).unwrap();
+        assert_eq!(id.to_string(), ID);
+        assert_eq!(parse_uuid(&ID.to_uppercase()), Some(id));
+    }
+
+    #[test]
+    fn other_spellings_of_the_same_id_are_refused() {
+        let id = Uuid::parse_str(ID).unwrap();
+        for other in [
+            format!("{{{ID}}}"),
+            id.urn().to_string(),
+            id.simple().to_string(),
+            format!(" {ID}"),
+            "0195f1c27-a55-7bd0-9c1e-6a0b1e9c8f11".to_owned(),
+            "0195f1c2-7a55-7bd0-9c1e-6a0b1e9c8f1g".to_owned(),
+        ] {
+            assert_eq!(parse_uuid(&other), None, "{other}");
+        }
+    }
 }

@@ -68,23 +68,31 @@ impl FailureReason {
     }
 }
 
-/// A free-text description of at most [`Description::MAX_CHARS`] characters.
+/// A free-text description of at most [`Description::MAX_CHARS`] characters, without
+/// NUL (PostgreSQL's `text` cannot hold U+0000).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Description(String);
 
-/// A description longer than the limit.
+/// Why a text is not a [`Description`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("must be at most 255 characters")]
-pub struct DescriptionTooLong;
+pub enum DescriptionError {
+    #[error("must be at most 255 characters")]
+    TooLong,
+    #[error("must not contain NUL characters")]
+    Nul,
+}
 
 impl Description {
     pub const MAX_CHARS: usize = 255;
 
-    /// Accepts any text of at most 255 characters (Unicode scalar values, not bytes).
-    pub fn parse(text: String) -> Result<Self, DescriptionTooLong> {
+    /// Accepts any text of at most 255 characters (Unicode scalar values, not bytes)
+    /// but NUL.
+    pub fn parse(text: String) -> Result<Self, DescriptionError> {
         if text.chars().count() > Self::MAX_CHARS {
-            Err(DescriptionTooLong)
+            Err(DescriptionError::TooLong)
+        } else if text.contains('\0') {
+            Err(DescriptionError::Nul)
         } else {
             Ok(Self(text))
         }
@@ -162,7 +170,19 @@ mod tests {
     #[test]
     fn descriptions_are_limited_to_255_characters_not_bytes() {
         assert!(Description::parse("é".repeat(255)).is_ok());
-        assert_eq!(Description::parse("x".repeat(256)), Err(DescriptionTooLong));
+        assert_eq!(
+            Description::parse("x".repeat(256)),
+            Err(DescriptionError::TooLong)
+        );
+    }
+
+    #[test]
+    fn descriptions_cannot_hold_nul_which_postgresql_text_cannot_store() {
+        assert_eq!(
+            Description::parse("a\0b".into()),
+            Err(DescriptionError::Nul)
+        );
+        assert!(Description::parse("a\u{1}b\u{7f}\u{fffd}".into()).is_ok());
     }
 
     #[test]

@@ -53,7 +53,7 @@ async fn invalid_amounts_are_rejected_with_400_naming_the_field() {
         ("0", "must be greater than 0"),
         ("0.00", "must be greater than 0"),
         ("1000000000", "must be less than 1000000000"),
-        ("1e12", "must be less than 1000000000"),
+        ("1000000000.5", "must be less than 1000000000"),
         (r#""ten""#, "must be a decimal number"),
         ("true", "must be a number"),
     ] {
@@ -245,5 +245,141 @@ async fn a_failing_outbox_insert_rolls_back_the_transaction_row() {
     let body = expect_error(response, 500).await;
     assert_eq!(body["message"], "internal server error");
     assert!(!body.to_string().contains("refused by test"), "{body}");
+    assert_eq!(transaction_rows(&app).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_description_with_a_nul_character_is_rejected_with_400_naming_it() {
+    let app = spawn_app().await;
+    let to = app.open_accounts(1).await[0];
+    let response = app
+        .post_transaction(&json!({"amount": 1, "toUserId": to, "description": "a\u{0}b"}))
+        .await;
+    let body = expect_error(response, 400).await;
+    assert_eq!(
+        body["errors"]["description"], "must not contain NUL characters",
+        "{body}"
+    );
+    assert_eq!(transaction_rows(&app).await, (0, 0));
+}
+
+#[tokio::test]
+async fn amounts_are_plain_decimals_with_at_most_two_fraction_digits_as_written() {
+    let app = spawn_app().await;
+    let to = app.open_accounts(1).await[0];
+    for (amount, reason) in [
+        (r#""1e2""#, "must be written without an exponent"),
+        ("1e2", "must be written without an exponent"),
+        (r#""1E+2""#, "must be written without an exponent"),
+        ("12.5e-1", "must be written without an exponent"),
+        ("1.500", "must have at most 2 fraction digits"),
+        (r#""1.500""#, "must have at most 2 fraction digits"),
+        ("2.000", "must have at most 2 fraction digits"),
+    ] {
+        let body = format!(r#"{{"amount": {amount}, "toUserId": "{to}"}}"#);
+        let response = app.post_raw(body, Some("application/json")).await;
+        let body = expect_error(response, 400).await;
+        assert_eq!(body["errors"]["amount"], reason, "amount {amount}: {body}");
+    }
+    assert_eq!(transaction_rows(&app).await, (0, 0));
+    // Two fraction digits, or fewer, in either form are fine.
+    for amount in [json!(1.5), json!("1.50"), json!(100)] {
+        app.create(&json!({"amount": amount, "toUserId": to})).await;
+    }
+}
+
+/// The same id as `id`, spelled every way `Uuid::parse_str` accepts but the
+/// hyphenated form.
+fn other_spellings(id: Uuid) -> [String; 3] {
+    [
+        format!("{{{id}}}"),
+        id.urn().to_string(),
+        id.simple().to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn ids_spelled_other_than_hyphenated_are_rejected_with_400() {
+    let app = spawn_app().await;
+    let [from, to] = app.open_accounts(2).await[..] else {
+        unreachable!()
+    };
+    let transaction = app.create(&json!({"amount": 1, "toUserId": to})).await;
+    for spelling in other_spellings(transaction) {
+        let body = expect_error(
+            app.get(&format!("/api/v1/transactions/{spelling}")).await,
+            400,
+        )
+        .await;
+        assert_eq!(body["errors"]["id"], "must be a UUID", "{spelling}");
+    }
+    for spelling in other_spellings(to) {
+        let body = expect_error(app.get(&format!("/api/v1/balance/{spelling}")).await, 400).await;
+        assert_eq!(body["errors"]["userId"], "must be a UUID", "{spelling}");
+        let response = app
+            .post_transaction(&json!({"amount": 1, "toUserId": spelling}))
+            .await;
+        let body = expect_error(response, 400).await;
+        assert_eq!(body["errors"]["toUserId"], "must be a UUID", "{spelling}");
+    }
+    for spelling in other_spellings(from) {
+        let response = app
+            .post_transaction(&json!({"amount": 1, "fromUserId": spelling, "toUserId": to}))
+            .await;
+        let body = expect_error(response, 400).await;
+        assert_eq!(body["errors"]["fromUserId"], "must be a UUID", "{spelling}");
+    }
+    assert_eq!(transaction_rows(&app).await, (1, 1));
+    // Upper case is the same hyphenated spelling.
+    let upper = transaction.to_string().to_uppercase();
+    let response = app.get(&format!("/api/v1/transactions/{upper}")).await;
+    assert_eq!(response.status(), 200);
+    app.create(&json!({"amount": 1, "toUserId": to.to_string().to_uppercase()}))
+        .await;
+}
+
+#[tokio::test]
+async fn json_media_types_other_than_application_json_are_rejected_with_415() {
+    let app = spawn_app().await;
+    let to = app.open_accounts(1).await[0];
+    let json = format!(r#"{{"amount": 1, "toUserId": "{to}"}}"#);
+    for content_type in ["application/vnd.api+json", "application/merge-patch+json"] {
+        let response = app.post_raw(json.clone(), Some(content_type)).await;
+        expect_error(response, 415).await;
+    }
+    assert_eq!(transaction_rows(&app).await, (0, 0));
+    let response = app
+        .post_raw(json, Some("Application/JSON; charset=utf-8"))
+        .await;
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test]
+async fn a_duplicated_key_is_rejected_with_400_naming_it() {
+    let app = spawn_app().await;
+    let to = app.open_accounts(1).await[0];
+    for (body, key) in [
+        (
+            format!(r#"{{"amount": 1, "amount": 2, "toUserId": "{to}"}}"#),
+            "amount",
+        ),
+        (
+            format!(r#"{{"amount": 1, "toUserId": "{to}", "toUserId": "{to}"}}"#),
+            "toUserId",
+        ),
+        (
+            format!(r#"{{"amount": 1, "toUserId": "{to}", "note": 1, "note": 2}}"#),
+            "note",
+        ),
+    ] {
+        let response = app.post_raw(body, Some("application/json")).await;
+        let body = expect_error(response, 400).await;
+        assert_eq!(
+            body["message"],
+            format!("request body has a duplicate key: {key}"),
+            "{body}"
+        );
+        assert_eq!(body["errors"][key], "is given more than once", "{body}");
+    }
     assert_eq!(transaction_rows(&app).await, (0, 0));
 }

@@ -187,3 +187,45 @@ async fn an_unknown_route_is_404_and_a_wrong_method_is_405_in_the_envelope() {
     assert_error_envelope(status, &body, 405);
     assert_eq!(body, json!({"code": 405, "message": "method not allowed"}));
 }
+
+#[tokio::test]
+async fn json_media_types_other_than_application_json_are_415() {
+    let app = spawn_app().await;
+    let json_text = sign_up(&unique_email()).to_string();
+    for content_type in ["application/vnd.api+json", "application/merge-patch+json"] {
+        let (status, body) =
+            status_and_json(app.post_raw(json_text.clone(), Some(content_type)).await).await;
+        assert_error_envelope(status, &body, 415);
+    }
+    assert_eq!(app.count("users").await, 0);
+}
+
+#[tokio::test]
+async fn a_duplicated_key_is_400_naming_it() {
+    let app = spawn_app().await;
+    let email = unique_email();
+    for (raw, key) in [
+        (
+            format!(r#"{{"email": "{email}", "email": "x{email}", "password": "{PASSWORD}"}}"#),
+            "email",
+        ),
+        (
+            format!(
+                r#"{{"email": "{email}", "password": "{PASSWORD}", "password": "{PASSWORD}"}}"#
+            ),
+            "password",
+        ),
+    ] {
+        let (status, body) =
+            status_and_json(app.post_raw(raw, Some("application/json")).await).await;
+        assert_error_envelope(status, &body, 400);
+        assert_eq!(
+            body["message"],
+            format!("request body has a duplicate key: {key}"),
+            "{body}"
+        );
+        assert_eq!(body["errors"], json!({key: "is given more than once"}));
+        assert!(!body.to_string().contains(PASSWORD));
+    }
+    assert_eq!(app.count("users").await, 0);
+}

@@ -53,3 +53,26 @@ async fn a_malformed_user_id_is_400_naming_the_id() {
         assert_eq!(body["errors"], json!({"id": "must be a UUID"}), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn a_user_id_spelled_other_than_hyphenated_is_400() {
+    let app = spawn_app().await;
+    let (_, created) = status_and_json(app.post_user(&sign_up(&unique_email())).await).await;
+    let id: Uuid = created["data"]["id"].as_str().unwrap().parse().unwrap();
+    for spelling in [
+        format!("{{{id}}}"),
+        id.urn().to_string(),
+        id.simple().to_string(),
+    ] {
+        let (status, body) = status_and_json(app.get(&format!("/users/{spelling}")).await).await;
+        assert_error_envelope(status, &body, 400);
+        assert_eq!(
+            body["errors"],
+            json!({"id": "must be a UUID"}),
+            "{spelling}"
+        );
+    }
+    let upper = id.to_string().to_uppercase();
+    let (status, _) = status_and_json(app.get(&format!("/users/{upper}")).await).await;
+    assert_eq!(status, 200, "upper case is the same hyphenated spelling");
+}
