@@ -17,7 +17,9 @@ use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
@@ -74,6 +76,34 @@ pub fn busiest_leader(brokers: &str, topics: &[String]) -> anyhow::Result<u32> {
         .max_by_key(|(id, n)| (*n, -*id))
         .map(|(id, _)| id as u32)
         .context("no partition has a leader")
+}
+
+/// What one write with `acks=all` and no retries got from the cluster: accepted (`None`)
+/// or the error code the partition leader answered. Shows what a fault does to writes,
+/// without the relay's retries in between.
+pub async fn probe_write(brokers: &str, topic: &str) -> anyhow::Result<Option<RDKafkaErrorCode>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .set("request.timeout.ms", "5000")
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    let sent = producer
+        .send(
+            FutureRecord::to(topic)
+                .key("probe")
+                .payload("probe")
+                .partition(0),
+            Duration::from_secs(10),
+        )
+        .await;
+    Ok(match sent {
+        Ok(_) => None,
+        Err((KafkaError::MessageProduction(code), _)) => Some(code),
+        Err((e, _)) => Some(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Unknown)),
+    })
 }
 
 /// Deletes topics (best effort).

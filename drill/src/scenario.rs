@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rdkafka::error::RDKafkaErrorCode;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
@@ -606,6 +607,19 @@ impl World<'_> {
         }
     }
 
+    /// The sum of relay `i`'s series of `name` with `label`; `None` when unreachable.
+    async fn relay_metric(&self, i: usize, name: &str, label: &str) -> Option<f64> {
+        let r = self
+            .ctx
+            .http
+            .get(format!("{}/metrics", self.admin_url(i)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        testkit::sum_series(&r.text().await.ok()?, name, label)
+    }
+
     async fn relay_ready(&self, i: usize) -> bool {
         matches!(
             self.ctx.http.get(format!("{}/readyz", self.admin_url(i)))
@@ -843,27 +857,80 @@ impl World<'_> {
                     t.elapsed().as_secs_f64()
                 ));
                 self.begin_recovery().await;
-                // 3. two brokers down: no write can reach min.insync.replicas = 2 (and the
-                // controller quorum is gone with them) for the outage, then back.
+                // 3. two brokers down: the controllers (a quorum of five voters) move
+                // every leader to the survivor and shrink the ISR to it, so no write can
+                // reach min.insync.replicas = 2 for the outage; then back. A probe topic
+                // of the drill's own shows what a plain acks=all write gets meanwhile.
                 tokio::time::sleep_until(at(0.6).into()).await;
+                let probe_topic = format!("{}.probe", self.names.tx_topic);
+                kafka::create_topics(&brokers, std::slice::from_ref(&probe_topic)).await?;
+                const TRANSIENT: &str = "relay_kafka_transient_errors_total";
+                let transient_before = self.relay_metric(0, TRANSIENT, "").await.unwrap_or(0.0);
                 let t = Instant::now();
                 let survivor = 1 + (leader % 3);
                 let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
                 for node in &down {
                     stack.run(&format!("kafka-node stop {node}")).await?;
                 }
+                let probe = {
+                    let (brokers, topic) = (brokers.clone(), probe_topic.clone());
+                    let until = Instant::now() + plan.kafka_outage;
+                    tokio::spawn(async move {
+                        // Until the leader refuses for want of replicas, or the outage ends.
+                        let mut seen = Vec::new();
+                        while Instant::now() < until {
+                            let got = kafka::probe_write(&brokers, &topic).await;
+                            let refused = matches!(
+                                got,
+                                Ok(Some(
+                                    RDKafkaErrorCode::NotEnoughReplicas
+                                        | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                                ))
+                            );
+                            seen.push(match got {
+                                Ok(Some(code)) => format!("{code:?}"),
+                                Ok(None) => "accepted".to_string(),
+                                Err(e) => format!("{e:#}"),
+                            });
+                            if refused {
+                                return (true, seen);
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        (false, seen)
+                    })
+                };
                 let pid = self.relays[0].as_ref().map(Proc::pid);
                 let mut max_rss = 0u64;
+                let mut max_down = 0f64;
                 let until = Instant::now() + plan.kafka_outage;
+                let mut tick = 0u32;
                 while Instant::now() < until {
                     if let Some(kib) = pid.and_then(procs::rss_kib) {
                         max_rss = max_rss.max(kib);
                     }
+                    if tick.is_multiple_of(4) {
+                        let down = self
+                            .relay_metric(0, "relay_kafka_brokers", "state=\"down\"")
+                            .await;
+                        max_down = max_down.max(down.unwrap_or(0.0));
+                    }
+                    tick += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
+                let (refused, probes) = probe.await.unwrap_or_default();
                 for node in &down {
                     stack.run(&format!("kafka-node start {node}")).await?;
                 }
+                kafka::delete_topics(&brokers, &[probe_topic]).await;
+                out.checks.push(Check {
+                    name: "writes were refused for too few in-sync replicas".into(),
+                    ok: refused,
+                    detail: format!(
+                        "a plain acks=all write during the outage got: {}",
+                        probes.join(", ")
+                    ),
+                });
                 out.notes.push(format!(
                     "brokers {down:?} stopped at {:.1} s for {:.0} s (only broker {survivor} left: writes cannot reach 2 in-sync replicas), back after {:.1} s; relay RSS at most {:.1} MiB meanwhile",
                     (t - start).as_secs_f64(),
@@ -871,6 +938,19 @@ impl World<'_> {
                     t.elapsed().as_secs_f64(),
                     max_rss as f64 / 1024.0
                 ));
+                let transient =
+                    self.relay_metric(0, TRANSIENT, "").await.unwrap_or(0.0) - transient_before;
+                let fatal = self
+                    .relay_metric(0, "relay_kafka_fatal_errors_total", "")
+                    .await
+                    .unwrap_or(0.0);
+                out.checks.push(Check {
+                    name: "the outage shows in the relay's metrics".into(),
+                    ok: transient > 0.0,
+                    detail: format!(
+                        "relay_kafka_transient_errors_total +{transient} over the outage, relay_kafka_brokers{{state=\"down\"}} up to {max_down} meanwhile (both sources), relay_kafka_fatal_errors_total {fatal}"
+                    ),
+                });
                 out.checks.push(Check {
                     name: "relay memory bounded while writes are refused".into(),
                     ok: max_rss > 0 && max_rss < 128 * 1024,
