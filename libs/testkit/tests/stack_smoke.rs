@@ -131,11 +131,35 @@ fn docker_compose_file_is_valid() {
         .into_iter()
         .find(|c| runs(c, &["version"]).is_ok_and(|o| o.status.success()))
         .expect("no Docker Compose client to validate docker-compose.yml with; scripts/test installs one");
-    let out = runs(client, &["-f", "docker-compose.yml", "config", "-q"]).unwrap();
+    let config = |extra: &[&str]| {
+        let args = [&["-f", "docker-compose.yml"][..], extra, &["config"][..]].concat();
+        let out = runs(client, &args).unwrap();
+        assert!(
+            out.status.success(),
+            "{} {} rejected docker-compose.yml:\n{}",
+            client.join(" "),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Clients quote values differently ('3', "3"): compare without quotes.
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .replace(['\'', '"'], "")
+    };
+    let single = config(&[]);
     assert!(
-        out.status.success(),
-        "{} config rejected docker-compose.yml:\n{}",
-        client.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+        single.contains("KAFKA_CONTROLLER_QUORUM_VOTERS: 1@kafka:9093"),
+        "{single}"
     );
+    // The cluster profile: three voters, replication 3, everyone bootstrapping from all three.
+    let cluster = config(&["--env-file", "docker/cluster.env"]);
+    for want in [
+        "KAFKA_CONTROLLER_QUORUM_VOTERS: 1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+        "KAFKA_DEFAULT_REPLICATION_FACTOR: 3",
+        "KAFKA_MIN_INSYNC_REPLICAS: 2",
+        "RELAY_KAFKA__BROKERS: kafka:9092,kafka-2:9092,kafka-3:9092",
+        "KAFKA_BROKERS: kafka:9092,kafka-2:9092,kafka-3:9092",
+    ] {
+        assert!(cluster.contains(want), "{want}:\n{cluster}");
+    }
 }
