@@ -26,7 +26,8 @@ pub async fn create_topic(
     log_append_time: bool,
 ) -> anyhow::Result<()> {
     let admin = testkit::kafka_admin(brokers)?;
-    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    // The broker's default replication: 1 on one broker, 3 on a three-broker cluster.
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     if log_append_time {
         t = t.set("message.timestamp.type", "LogAppendTime");
     }

@@ -73,6 +73,12 @@ pub struct Options {
     /// Length of the broker outage in seconds.
     #[arg(long, default_value_t = 60)]
     pub outage_secs: u64,
+    /// Kafka brokers to compare: 1 (the shared broker only), or 3 to also measure the
+    /// relay on a private cluster of three brokers (replication 3, min.insync.replicas
+    /// 2), each throughput workload and latency rate on one broker and then on three
+    /// (the `kafka-cluster` part, added to `--only`'s).
+    #[arg(long, default_value_t = 1)]
+    pub kafka_nodes: u8,
     /// Extra librdkafka producer settings for experiments, e.g. `--kafka-set linger.ms=20`:
     /// applied to the Kafka ingest producer and to relay-cdc (its `kafka.properties`), so
     /// both sides of that comparison change together; repeatable.
@@ -109,6 +115,8 @@ pub enum Part {
     Throughput,
     Latency,
     Order,
+    /// The relay on one broker beside a three-broker cluster (`--kafka-nodes 3`).
+    KafkaCluster,
 }
 
 impl std::fmt::Display for Part {
@@ -117,6 +125,7 @@ impl std::fmt::Display for Part {
             Part::Throughput => "throughput",
             Part::Latency => "latency",
             Part::Order => "order",
+            Part::KafkaCluster => "kafka-cluster",
         })
     }
 }
@@ -261,6 +270,15 @@ impl Options {
             }
         }
         anyhow::ensure!(!deliveries.is_empty(), "--delivery needs a mode");
+        anyhow::ensure!(
+            matches!(self.kafka_nodes, 1 | 3),
+            "--kafka-nodes takes 1 (the shared broker) or 3 (also a private three-broker cluster), not {}",
+            self.kafka_nodes
+        );
+        let mut parts = self.only.clone();
+        if self.kafka_nodes == 3 && !parts.contains(&Part::KafkaCluster) {
+            parts.push(Part::KafkaCluster);
+        }
         if let Some((k, _)) = self.relay_env.iter().find(|(k, _)| {
             matches!(
                 k.as_str(),
@@ -284,7 +302,7 @@ impl Options {
                 .collect(),
             poll_batch: self.poll_batch,
             pairs: self.pairs.unwrap_or(if self.quick { 10 } else { 200 }),
-            parts: self.only.clone(),
+            parts,
             deliveries,
             debezium: self.debezium,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
@@ -371,6 +389,21 @@ mod tests {
             vec![Delivery::AtLeastOnce, Delivery::ExactlyOnce]
         );
         assert!(both.compares_delivery());
+    }
+
+    #[test]
+    fn three_kafka_nodes_add_the_cluster_comparison_to_the_other_parts() {
+        assert!(!plan(&[]).parts.contains(&Part::KafkaCluster));
+        let p = plan(&["--kafka-nodes", "3", "--only", "throughput"]);
+        assert_eq!(p.parts, vec![Part::Throughput, Part::KafkaCluster]);
+        let alone = plan(&["--only", "kafka-cluster"]);
+        assert_eq!(alone.parts, vec![Part::KafkaCluster]);
+        let e = Options::try_parse_from(["relay-bench", "--kafka-nodes", "2"])
+            .unwrap()
+            .plan()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--kafka-nodes takes 1"), "{e}");
     }
 
     #[test]

@@ -172,10 +172,11 @@ impl Ctx {
         db: &TestDb,
         slot: &str,
         prefix: &str,
+        brokers: &str,
     ) -> ConnectSpec {
         ConnectSpec {
             libs: libs.clone(),
-            brokers: self.stack.kafka_brokers.clone(),
+            brokers: brokers.to_string(),
             pg_host: self.stack.pg_host.clone(),
             pg_port: self.stack.pg_port,
             pg_user: self.stack.pg_user.clone(),
@@ -190,10 +191,17 @@ impl Ctx {
         }
     }
 
-    fn poller_spec(&self, db: &TestDb, topic: &str, interval: Duration, batch: i64) -> PollerSpec {
+    fn poller_spec(
+        &self,
+        db: &TestDb,
+        topic: &str,
+        brokers: &str,
+        interval: Duration,
+        batch: i64,
+    ) -> PollerSpec {
         PollerSpec {
             url: db.url.clone(),
-            brokers: self.stack.kafka_brokers.clone(),
+            brokers: brokers.to_string(),
             topic: topic.to_string(),
             interval,
             batch,
@@ -346,11 +354,12 @@ async fn relay_throughput(
     ctx: &Ctx,
     w: &Workload,
     delivery: Delivery,
+    brokers: &str,
 ) -> anyhow::Result<RelayThroughput> {
     let db = db::fresh().await?;
     let (prefix, topic) = ctx.topic_prefix();
-    kafka::create_topic(&ctx.stack.kafka_brokers, &topic, PARTITIONS, false).await?;
-    let spec = ctx.relay_spec(&db, &prefix, &ctx.stack.kafka_brokers, delivery);
+    kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
+    let spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
     let mut first = RelayProcess::spawn(&spec)?;
     first.wait_ready(READY_TIMEOUT).await?;
     first.terminate().await?;
@@ -423,7 +432,7 @@ async fn relay_throughput(
         loaded.rows
     );
     delete_topics(
-        &ctx.stack.kafka_brokers,
+        brokers,
         &topics_of(System::Relay(delivery), &prefix, &topic),
     )
     .await;
@@ -482,7 +491,7 @@ async fn debezium_throughput(
     let slot = db::create_slot(&c, "bench_dbz").await?;
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let offsets = kafka::EndOffsets::watch(brokers, &topic, PARTITIONS, Duration::from_millis(5))?;
-    let spec = ctx.debezium_spec(libs, &db, &slot, &prefix);
+    let spec = ctx.debezium_spec(libs, &db, &slot, &prefix, brokers);
     let started = Instant::now();
     let mut connect = ConnectProcess::spawn(&spec)?;
     let mut walsender = proc_stats::CpuTracker::begin(&[]);
@@ -543,11 +552,13 @@ async fn debezium_throughput(
 async fn polling_throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<f64> {
     let db = db::fresh().await?;
     let (_, topic) = ctx.topic_prefix();
-    kafka::create_topic(&ctx.stack.kafka_brokers, &topic, PARTITIONS, false).await?;
+    let brokers = &ctx.stack.kafka_brokers;
+    kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let interval = plan.poll_intervals.last().copied().unwrap_or_default();
     let started = Instant::now();
-    let poller = Poller::start(ctx.poller_spec(&db, &topic, interval, plan.poll_batch)).await?;
+    let poller =
+        Poller::start(ctx.poller_spec(&db, &topic, brokers, interval, plan.poll_batch)).await?;
     let deadline = started + stuck_after(loaded.rows);
     while poller.published() < loaded.rows {
         poller.check_alive()?;
@@ -560,7 +571,7 @@ async fn polling_throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Res
     poller.stop().await?;
     let c = db::connect(&db.url, "relay-bench").await?;
     ensure!(db::count_status(&c, "PROCESSED").await? as u64 == loaded.rows);
-    testkit::delete_topics(&ctx.stack.kafka_brokers, &[&topic]).await;
+    testkit::delete_topics(brokers, &[&topic]).await;
     Ok(loaded.rows as f64 / secs)
 }
 
@@ -580,7 +591,7 @@ async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<Thro
             w.label(),
             System::Relay(*delivery)
         ));
-        relays.push(relay_throughput(ctx, w, *delivery).await?);
+        relays.push(relay_throughput(ctx, w, *delivery, &ctx.stack.kafka_brokers).await?);
     }
     progress(format!("throughput {}: polling", w.label()));
     let polling = polling_throughput(ctx, plan, w).await?;
@@ -634,22 +645,21 @@ impl Running {
         db: &TestDb,
         prefix: &str,
         topic: &str,
+        brokers: &str,
     ) -> anyhow::Result<Self> {
         Ok(match system {
             System::Relay(delivery) => {
-                let mut r = RelayProcess::spawn(&ctx.relay_spec(
-                    db,
-                    prefix,
-                    &ctx.stack.kafka_brokers,
-                    delivery,
-                ))?;
+                let mut r = RelayProcess::spawn(&ctx.relay_spec(db, prefix, brokers, delivery))?;
                 r.wait_ready(READY_TIMEOUT).await?;
                 Running::Relay(Box::new(r))
             }
             System::Polling(interval) => Running::Polling(
-                Poller::start(ctx.poller_spec(db, topic, interval, plan.poll_batch)).await?,
+                Poller::start(ctx.poller_spec(db, topic, brokers, interval, plan.poll_batch))
+                    .await?,
             ),
-            System::Debezium => Running::Debezium(Box::new(start_debezium(ctx, db, prefix).await?)),
+            System::Debezium => {
+                Running::Debezium(Box::new(start_debezium(ctx, db, prefix, brokers).await?))
+            }
         })
     }
 
@@ -717,17 +727,21 @@ impl Running {
 /// Starts Debezium on a slot created for it and returns once it streams: a warm-up row
 /// (aggregate type `probe`, routed to a topic of its own) reached Kafka, so the JVM's
 /// start is not in any latency.
-async fn start_debezium(ctx: &Ctx, db: &TestDb, prefix: &str) -> anyhow::Result<ConnectProcess> {
+async fn start_debezium(
+    ctx: &Ctx,
+    db: &TestDb,
+    prefix: &str,
+    brokers: &str,
+) -> anyhow::Result<ConnectProcess> {
     let Some(Ok(libs)) = &ctx.debezium else {
         bail!("debezium is not available in this run");
     };
-    let brokers = &ctx.stack.kafka_brokers;
     let probe = probe_topic(prefix);
     kafka::create_topic(brokers, &probe, 1, false).await?;
     // The generator's application name: its backend is not the system's.
     let c = db::connect(&db.url, db::LOAD_APP).await?;
     let slot = db::create_slot(&c, "bench_dbz").await?;
-    let mut connect = ConnectProcess::spawn(&ctx.debezium_spec(libs, db, &slot, prefix))?;
+    let mut connect = ConnectProcess::spawn(&ctx.debezium_spec(libs, db, &slot, prefix, brokers))?;
     c.execute(
         "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
          values (gen_random_uuid(), 'probe', 'probe', 'Probe', '{}')",
@@ -788,14 +802,19 @@ pub struct SkippedRow {
 /// 1-row transactions at `rate` for the plan's duration; latency is the broker's
 /// `LogAppendTime` minus the record's `commit_time` header, and the time a
 /// `read_committed` reader (caught up before the load starts) got the record minus it.
-async fn latency(ctx: &Ctx, plan: &Plan, system: System, rate: Rate) -> anyhow::Result<LatencyRow> {
-    progress(format!("latency {system} @ {rate}"));
+async fn latency(
+    ctx: &Ctx,
+    plan: &Plan,
+    system: System,
+    rate: Rate,
+    brokers: &str,
+) -> anyhow::Result<LatencyRow> {
+    progress(format!("latency {system} @ {rate} ({brokers})"));
     let db = db::fresh().await?;
     let (prefix, topic) = ctx.topic_prefix();
-    let brokers = &ctx.stack.kafka_brokers;
     kafka::create_topic(brokers, &topic, PARTITIONS, true).await?;
     let before = db::counters(&ctx.admin, &db.name).await?;
-    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic).await?;
+    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic, brokers).await?;
     // Rates are per second from when the system is ready (Debezium's JVM takes ~10 s
     // to start); the counters include its start-up work.
     let started = Instant::now();
@@ -890,7 +909,7 @@ async fn order(ctx: &Ctx, plan: &Plan, system: System) -> anyhow::Result<OrderRo
     let (prefix, topic) = ctx.topic_prefix();
     let brokers = &ctx.stack.kafka_brokers;
     kafka::create_topic(brokers, &topic, 1, false).await?;
-    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic).await?;
+    let mut running = Running::start(ctx, plan, system, &db, &prefix, &topic, brokers).await?;
     let (want, want_rx) = watch::channel(None);
     let reader = kafka::Reader::spawn(brokers, &topic, 1, want_rx, READ_IDLE)?;
     let events = load::interleaved_pairs(&db.url, plan.pairs).await?;
@@ -1004,6 +1023,105 @@ async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult> {
     })
 }
 
+// --- one broker beside a cluster -------------------------------------------------------
+
+/// The relay measured on the shared broker and on a private three-broker cluster, one
+/// right after the other for each workload, rate and delivery mode, so both see the
+/// same machine.
+pub struct ClusterComparison {
+    /// (workload, one broker, three brokers).
+    pub throughput: Vec<(Workload, RelayThroughput, RelayThroughput)>,
+    /// (one broker, three brokers).
+    pub latency: Vec<(LatencyRow, LatencyRow)>,
+}
+
+async fn kafka_cluster(ctx: &Ctx, plan: &Plan) -> anyhow::Result<ClusterComparison> {
+    progress("kafka cluster: starting a private cluster of three brokers and two controllers");
+    let cluster = testkit::PrivateKafka::start_cluster().await?;
+    let (one, three) = (ctx.stack.kafka_brokers.as_str(), cluster.brokers.as_str());
+    let mut throughput = Vec::new();
+    let mut latency_pairs = Vec::new();
+    for delivery in &plan.deliveries {
+        for w in &plan.workloads {
+            progress(format!(
+                "kafka cluster: {} ({delivery}) on one broker, then on three",
+                w.label()
+            ));
+            let a = relay_throughput(ctx, w, *delivery, one).await?;
+            let b = relay_throughput(ctx, w, *delivery, three).await?;
+            throughput.push((*w, a, b));
+        }
+        for rate in &plan.rates {
+            let system = System::Relay(*delivery);
+            let a = latency(ctx, plan, system, *rate, one).await?;
+            let b = latency(ctx, plan, system, *rate, three).await?;
+            latency_pairs.push((a, b));
+        }
+    }
+    Ok(ClusterComparison {
+        throughput,
+        latency: latency_pairs,
+    })
+}
+
+fn cluster_tables(c: &ClusterComparison) -> String {
+    let mut t = Table::new(&[
+        "workload",
+        "delivery",
+        "rows",
+        "1 broker rows/s",
+        "3 brokers rows/s",
+        "3/1",
+        "1 broker acked rows/s",
+        "3 brokers acked rows/s",
+        "1 broker relay CPU s/100k",
+        "3 brokers relay CPU s/100k",
+    ]);
+    for (w, one, three) in &c.throughput {
+        t.row(vec![
+            w.label(),
+            one.delivery.to_string(),
+            report::count(w.rows as f64),
+            report::count(one.rows_per_s),
+            report::count(three.rows_per_s),
+            report::ratio(three.rows_per_s, one.rows_per_s),
+            report::count(one.acked_rows_per_s),
+            report::count(three.acked_rows_per_s),
+            report::secs(one.cpu_per_100k),
+            report::secs(three.cpu_per_100k),
+        ]);
+    }
+    let mut l = Table::new(&[
+        "relay @ offered rate",
+        "1 broker p50 ms",
+        "1 broker p99 ms",
+        "3 brokers p50 ms",
+        "3 brokers p99 ms",
+        "1 broker read p99 ms",
+        "3 brokers read p99 ms",
+    ]);
+    for (one, three) in &c.latency {
+        l.row(vec![
+            format!("{} @ {}", one.system, one.rate),
+            report::ms(one.latency.p50),
+            report::ms(one.latency.p99),
+            report::ms(three.latency.p50),
+            report::ms(three.latency.p99),
+            report::ms(one.read_latency.p99),
+            report::ms(three.read_latency.p99),
+        ]);
+    }
+    format!(
+        "### Kafka: one broker beside a cluster of three (replication 3, min.insync.replicas 2, acks=all)\n\n{}\n{}\n\
+         Each pair ran one after the other on fresh databases and topics (3 partitions; the cluster's are replicated \
+         to all three brokers, and acks=all waits for two of them). The cluster's five JVMs (three brokers, two \
+         controllers) share the machine's cores with everything else. Latency: commit → broker append; read: commit → \
+         a read_committed consumer got it.\n\n",
+        t.render(),
+        l.render()
+    )
+}
+
 // --- the run --------------------------------------------------------------------------
 
 pub async fn run(opts: Options) -> anyhow::Result<String> {
@@ -1015,6 +1133,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut latency_rows = Vec::new();
     let mut latency_skipped = Vec::new();
     let mut order_rows = Vec::new();
+    let single = ctx.stack.kafka_brokers.as_str();
     let pollers: Vec<System> = plan
         .poll_intervals
         .iter()
@@ -1035,7 +1154,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     if plan.parts.contains(&Part::Latency) {
         for rate in &plan.rates {
             for system in &systems {
-                latency_rows.push(latency(&ctx, &plan, *system, *rate).await?);
+                latency_rows.push(latency(&ctx, &plan, *system, *rate, single).await?);
             }
             // Debezium is compared, not judged: when it cannot run or fails, its row
             // says why and the run goes on.
@@ -1046,7 +1165,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
                     rate: *rate,
                     reason: format!("skipped: {reason}"),
                 }),
-                Some(Ok(_)) => match latency(&ctx, &plan, System::Debezium, *rate).await {
+                Some(Ok(_)) => match latency(&ctx, &plan, System::Debezium, *rate, single).await {
                     Ok(row) => latency_rows.push(row),
                     Err(e) => latency_skipped.push(SkippedRow {
                         system: System::Debezium,
@@ -1066,6 +1185,11 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         Some(d) => Some(outage(&ctx, d).await?),
         None => None,
     };
+    let cluster = if plan.parts.contains(&Part::KafkaCluster) {
+        Some(kafka_cluster(&ctx, &plan).await?)
+    } else {
+        None
+    };
     if ctx.keep_logs.load(std::sync::atomic::Ordering::Relaxed) {
         progress(format!("logs kept in {}", ctx.log_dir.display()));
     } else {
@@ -1081,6 +1205,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         &latency_skipped,
         &order_rows,
         outage_result.as_ref(),
+        cluster.as_ref(),
     ))
 }
 
@@ -1118,6 +1243,7 @@ fn render(
     latency_skipped: &[SkippedRow],
     order_rows: &[OrderRow],
     outage: Option<&OutageResult>,
+    cluster: Option<&ClusterComparison>,
 ) -> String {
     let mut out = String::new();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1229,6 +1355,10 @@ fn render(
         ]);
         out.push_str(&t.render());
         out.push('\n');
+    }
+
+    if let Some(c) = cluster {
+        out.push_str(&cluster_tables(c));
     }
 
     out.push_str(&targets(throughput_rows, latency_rows, outage));
@@ -1595,6 +1725,37 @@ mod tests {
                 cpu_per_100k: 0.0,
             },
         }
+    }
+
+    #[test]
+    fn the_cluster_tables_set_three_brokers_beside_one() {
+        let w = throughput_row(vec![]).workload;
+        let mut three = latency_row(System::Relay(Delivery::AtLeastOnce));
+        three.latency.p99 = 25.0;
+        let text = cluster_tables(&ClusterComparison {
+            throughput: vec![(
+                w,
+                relay(Delivery::AtLeastOnce, 40_000.0),
+                relay(Delivery::AtLeastOnce, 30_000.0),
+            )],
+            latency: vec![(latency_row(System::Relay(Delivery::AtLeastOnce)), three)],
+        });
+        let row = |starts: &str| -> Vec<String> {
+            text.lines()
+                .find(|l| l.starts_with(starts))
+                .unwrap_or_else(|| panic!("no row {starts}: {text}"))
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let t = row("| 1000 rows/txn, 100 B");
+        assert_eq!(
+            t[2..7],
+            ["at-least-once", "10,000", "40,000", "30,000", "75 %"],
+            "{text}"
+        );
+        let l = row("| relay-cdc @ 1000/s");
+        assert_eq!(l[2..6], ["10", "10", "10", "25"], "{text}");
     }
 
     #[test]

@@ -426,6 +426,8 @@ pub struct PrivateKafka {
     port: u16,
     controller_port: u16,
     auto_create_topics: bool,
+    /// 1, or 3 for a cluster (`scripts/stack` with `KAFKA_NODES=3`).
+    nodes: u8,
 }
 
 impl PrivateKafka {
@@ -440,6 +442,34 @@ impl PrivateKafka {
         Self::launch(false).await
     }
 
+    /// A cluster of three brokers and two dedicated controllers, as `KAFKA_NODES=3
+    /// scripts/stack up` starts it: replication factor 3 and `min.insync.replicas` 2 for
+    /// new topics; `brokers` lists all three.
+    pub async fn start_cluster() -> anyhow::Result<Self> {
+        // Node i listens on port + 2(i-1) and controller port + 2(i-1), controllers 4
+        // and 5 on controller port + 6 and + 8: ten ports in a row, interleaved.
+        let port = (0..100)
+            .map(|_| free_port())
+            .find(|p| {
+                *p < u16::MAX - 10
+                    && (0..10).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+            })
+            .context("no ten free ports in a row")?;
+        let k = Self {
+            brokers: (0..3)
+                .map(|i| format!("127.0.0.1:{}", port + 2 * i))
+                .collect::<Vec<_>>()
+                .join(","),
+            dir: std::env::temp_dir().join(format!("testkit-kafka-{}", unique_suffix())),
+            port,
+            controller_port: port + 1,
+            auto_create_topics: true,
+            nodes: 3,
+        };
+        k.run("kafka-start").await?;
+        Ok(k)
+    }
+
     async fn launch(auto_create_topics: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("testkit-kafka-{}", unique_suffix()));
         let port = free_port();
@@ -450,6 +480,7 @@ impl PrivateKafka {
             port,
             controller_port,
             auto_create_topics,
+            nodes: 1,
         };
         k.run("kafka-start").await?;
         Ok(k)
@@ -512,6 +543,7 @@ impl PrivateKafka {
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .env("KAFKA_HEAP", "384m")
+            .env("KAFKA_NODES", self.nodes.to_string())
             .env(
                 "KAFKA_AUTO_CREATE_TOPICS",
                 self.auto_create_topics.to_string(),
