@@ -1638,6 +1638,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_fatal_producer_error_ends_the_session_after_what_came_before_and_retries() {
+        let mut sink = MemorySink::acking();
+        let notify = Notify::new();
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let (before, before_end) = h.txn(&["{}"]);
+        let (failed, _) = h.txn(&["{}"]);
+        let (after, _) = h.txn(&["{}"]);
+        sink.fail(
+            &failed[0],
+            "Local: Fatal error: Broker: Out of order sequence number",
+        );
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let r = s.run(shutdown, &notify).await;
+        let Err(e @ PipelineError::Delivery(_)) = r else {
+            panic!("expected a delivery error, got {r:?}")
+        };
+        assert!(e.to_string().contains("Out of order sequence"), "{e}");
+        // Nothing from the failed transaction on is confirmed or marked, though the one
+        // after it was acked: the next session (a new producer) sends them again from
+        // the confirmed position (the one before, too, if it was not marked yet).
+        assert!(s.confirmed() <= Some(before_end), "{:?}", s.confirmed());
+        let marked = h.marked_ids().0;
+        assert!(marked.iter().all(|id| before.contains(id)), "{marked:?}");
+        assert!(!marked.contains(&failed[0]) && !marked.contains(&after[0]));
+        assert_eq!(super::super::next_step(&e), super::super::Next::Retry);
+        let failures = h
+            .metrics
+            .publish_failures
+            .with_label_values(&["src", "delivery"]);
+        assert_eq!(failures.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_oversized_row_is_dead_lettered_without_its_payload() {
         let (mut h, mut wal, link, shutdown) = harness(true);
         let mut sink = MemorySink::acking();

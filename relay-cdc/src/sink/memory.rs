@@ -28,6 +28,8 @@ struct Inner {
     refuse: HashMap<String, String>,
     /// Event ids whose first delivery only is refused (a batch-mate of poison).
     refuse_once: HashMap<String, String>,
+    /// Event ids whose delivery fails as a fatal producer error would fail it.
+    fail: HashMap<String, String>,
     /// Event ids refused before sending (as a producer's own size check would).
     refuse_on_send: HashMap<String, String>,
     /// How many sends answer "queue full" before one goes through.
@@ -105,6 +107,12 @@ impl MemorySink {
             .insert(event_id.into(), reason.into());
     }
 
+    /// Fails the delivery of `event_id` the way a producer in a fatal state fails every
+    /// record (librdkafka's `_FATAL`): not a refusal of the record, the producer is gone.
+    pub fn fail(&self, event_id: &str, reason: &str) {
+        self.lock().fail.insert(event_id.into(), reason.into());
+    }
+
     /// Refuses `event_id` when it is sent, before any delivery.
     pub fn refuse_on_send(&self, event_id: &str, reason: &str) {
         self.lock()
@@ -171,6 +179,9 @@ impl MemorySink {
 }
 
 fn outcome(inner: &mut Inner, event: Event) -> Result<(), Refusal> {
+    if let Some(reason) = inner.fail.get(&event.row.id) {
+        return Err(Refusal::Fatal(reason.clone()));
+    }
     let once = inner.refuse_once.remove(&event.row.id);
     match once.as_ref().or(inner.refuse.get(&event.row.id)) {
         Some(reason) => Err(Refusal::Poison {
