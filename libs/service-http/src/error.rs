@@ -56,12 +56,17 @@ pub enum ApiError {
 }
 
 /// The JSON body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
     /// The HTTP status, repeated.
+    #[schema(example = 400)]
     pub code: u16,
     pub message: String,
+    /// Field (or header, or path parameter) name → what is wrong with it, when specific
+    /// ones are at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(inline, nullable = false)]
     pub errors: Option<FieldErrors>,
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Extension, MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -105,11 +105,17 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// `GET /metrics`: the Prometheus text exposition of `registry`.
-pub fn exposition(registry: &Registry) -> Response {
+/// Prometheus metrics
+///
+/// The text exposition of the service's registry (put in place by [`crate::router`]).
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics",
+    description = "`http_requests_total` and `http_request_duration_seconds` by route template, method and status, and the service's own metrics.",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics(Extension(registry): Extension<Registry>) -> Response {
     (
         [(header::CONTENT_TYPE, service_telemetry::content_type())],
-        service_telemetry::render(registry),
+        service_telemetry::render(&registry),
     )
         .into_response()
 }

@@ -1,4 +1,4 @@
-//! `/readyz` and `/metrics` (`/healthz` is [`service_http::healthz`]).
+//! `/readyz` (`/healthz`, `/metrics` and `/openapi.json` are service-http's).
 
 use std::time::Duration;
 
@@ -6,13 +6,18 @@ use axum::extract::State;
 use axum::response::Response;
 use rdkafka::consumer::Consumer;
 
+use service_http::docs::Readiness;
+
 use super::{AppState, FieldErrors};
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /readyz`: 200 when the database answers `select 1` and the Kafka cluster
-/// answers a metadata request; 503 naming what does not.
+/// Readiness: the database and Kafka answer
+///
+/// 200 when the database answers `select 1` and the Kafka cluster a metadata request,
+/// each within 2 s; 503 naming what does not.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", responses(Readiness))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let (database, kafka) = tokio::join!(
         service_postgres::check_ready(&state.pool, CHECK_TIMEOUT),
@@ -45,9 +50,4 @@ async fn kafka_ready(state: &AppState) -> Result<(), &'static str> {
         }
         Err(_) => Err("check failed"),
     }
-}
-
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    service_http::exposition(state.metrics.registry())
 }

@@ -9,12 +9,13 @@ mod transactions;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
 use axum::Router;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use openapi::document as openapi_document;
 pub use service_http::{ApiError, ErrorBody, FieldErrors, BODY_LIMIT_BYTES};
 pub use transactions::{CreateTransactionRequest, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
@@ -29,16 +30,18 @@ pub struct AppState {
     pub consumer: Arc<StreamConsumer>,
 }
 
-/// Every route of the service, with the shared middleware around them
-/// ([`service_http::standard_layers`]).
+/// The service's own routes, each registered for the router and the OpenAPI document
+/// at once ([`service_http::router`] adds `/healthz`, `/metrics`, `/openapi.json`).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(transactions::create))
+        .routes(routes!(transactions::get))
+        .routes(routes!(balance::get))
+        .routes(routes!(health::readyz))
+}
+
+/// [`api`] with what every service adds ([`service_http::router`]).
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/api/v1/transactions", post(transactions::create))
-        .route("/api/v1/transactions/{id}", get(transactions::get))
-        .route("/api/v1/balance/{userId}", get(balance::get))
-        .route("/healthz", get(service_http::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::serve));
-    service_http::standard_layers(routes, state.metrics.http.clone()).with_state(state)
+    let metrics = state.metrics.clone();
+    service_http::router(api(), metrics.registry().clone(), metrics.http).with_state(state)
 }

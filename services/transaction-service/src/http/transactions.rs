@@ -8,11 +8,15 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use service_http::JsonBody;
 
-use super::{ApiError, AppState, FieldErrors};
+use service_http::docs::{ByIdErrors, JsonBodyErrors, ServerErrors};
+
+use super::{ApiError, AppState, ErrorBody, FieldErrors};
 use crate::app::create_transaction::{self, Created};
 use crate::domain::{Amount, Description, IdempotencyKey, NewTransaction, TransactionStatus};
 use crate::store::{transactions, StoreError};
@@ -22,15 +26,141 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 /// Set to `true` on a response replayed for a repeated `Idempotency-Key`.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// The body of `POST /api/v1/transactions`, each field kept as raw JSON so that
-/// validation can name every field at fault and read `amount`'s exact text.
-#[derive(Debug, Deserialize)]
+// Each field is kept as raw JSON so that validation can name every field at fault and
+// read `amount`'s exact text; the schemas say what validation accepts.
+/// A transfer from `fromUserId` to `toUserId`, or a deposit into `toUserId` when
+/// `fromUserId` is absent or null.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTransactionRequest {
+    #[schema(schema_with = amount_schema, required = true)]
     amount: Option<Box<RawValue>>,
+    #[schema(schema_with = from_schema)]
     from_user_id: Option<Box<RawValue>>,
+    #[schema(schema_with = to_schema, required = true)]
     to_user_id: Option<Box<RawValue>>,
+    #[schema(schema_with = description_schema)]
     description: Option<Box<RawValue>>,
+}
+
+/// `amount`: a JSON number or a decimal string, both held to [`Amount::PATTERN`].
+fn amount_schema() -> OneOfBuilder {
+    let number = ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .exclusive_minimum(Some(0))
+        .maximum(Some(999_999_999.99))
+        .multiple_of(Some(0.01))
+        .description(Some(
+            "Written with at most 2 fraction digits and no exponent (`1.500` and `1e2` are refused); read from the JSON text exactly, never through a float.",
+        ));
+    let string = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(Amount::PATTERN))
+        .description(Some("The same rule as decimal text, e.g. `\"30.25\"`."));
+    OneOfBuilder::new()
+        .item(number)
+        .item(string)
+        .description(Some(
+            "Greater than 0, less than 1000000000, at most 2 fraction digits as written, no exponent.",
+        ))
+        .examples([serde_json::json!(30.25), serde_json::json!("100.00")])
+}
+
+fn from_schema() -> ObjectBuilder {
+    service_http::uuid_schema()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Null,
+        ]))
+        .description(Some(
+            "The sender (hyphenated UUID). Absent or null: a deposit from outside the system.",
+        ))
+}
+
+fn to_schema() -> ObjectBuilder {
+    service_http::uuid_schema()
+        .schema_type(Type::String)
+        .description(Some(
+            "The receiver (hyphenated UUID); must differ from fromUserId.",
+        ))
+}
+
+fn description_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Null,
+        ]))
+        .max_length(Some(Description::MAX_CHARS))
+        .pattern(Some("^[^\\u0000]*$"))
+        .description(Some("Free text, at most 255 characters, no NUL."))
+}
+
+/// `amount` and `balance` in answers: decimal strings with exactly two fraction digits.
+pub fn money_text_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[0-9]+\\.[0-9]{2}$"))
+        .examples(["100.00"])
+}
+
+/// A transaction's status as the API spells it ([`TransactionStatus::as_str`]).
+fn status_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(
+            [
+                TransactionStatus::Pending,
+                TransactionStatus::Completed,
+                TransactionStatus::Failed,
+            ]
+            .map(TransactionStatus::as_str),
+        ))
+}
+
+fn pending_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([TransactionStatus::Pending.as_str()]))
+}
+
+/// What `create_transaction::Accepted` serialises to: documentation only.
+#[derive(ToSchema)]
+#[schema(as = TransactionAccepted, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct AcceptedSchema {
+    transaction_id: Uuid,
+    #[schema(schema_with = pending_schema)]
+    status: String,
+}
+
+/// `{id}` of `/api/v1/transactions/{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct TransactionPath {
+    /// The transaction id, hyphenated.
+    #[param(schema_with = service_http::uuid_schema)]
+    id: String,
+}
+
+/// The `Idempotency-Key` header: documentation of what [`idempotency_key`] accepts.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IdempotencyHeader {
+    /// 1-255 visible ASCII characters. The same key with the same request within 24 h
+    /// returns the first response (with `Idempotent-Replayed: true`) and creates
+    /// nothing; the same key with a different request is refused with 422.
+    #[param(
+        rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
+        pattern = "^[!-~]{1,255}$",
+        min_length = 1,
+        max_length = 255
+    )]
+    idempotency_key: Option<String>,
 }
 
 impl CreateTransactionRequest {
@@ -63,8 +193,13 @@ impl CreateTransactionRequest {
         );
         match (amount, from, to, description) {
             (Some(amount), Some(from), Some(to), Some(description)) if errors.is_empty() => {
-                NewTransaction::new(amount, from, to, description)
-                    .map_err(|e| ApiError::invalid_field("toUserId", e.to_string()))
+                // Each field fits the schema; a rule between fields is a 422.
+                NewTransaction::new(amount, from, to, description).map_err(|e| {
+                    ApiError::Unprocessable {
+                        message: "a transfer needs two different accounts".into(),
+                        errors: FieldErrors::from([("toUserId".into(), e.to_string())]),
+                    }
+                })
             }
             _ => Err(ApiError::Invalid(errors)),
         }
@@ -126,7 +261,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
         })
 }
 
-/// `POST /api/v1/transactions`: 202 with `{transactionId, status: "PENDING"}`.
+/// Create a transfer, or a deposit when fromUserId is absent
+///
+/// 202 with `{transactionId, status: "PENDING"}`; settlement follows from the
+/// `TransactionCreated` event.
+#[utoipa::path(post, path = "/api/v1/transactions", operation_id = "createTransaction",
+    params(IdempotencyHeader),
+    request_body = CreateTransactionRequest,
+    responses(
+        (status = 202, description = "Accepted `PENDING`; settlement follows asynchronously.",
+            body = AcceptedSchema,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a response replayed for a repeated Idempotency-Key")),
+            links(
+                ("GetTransactionById" = (
+                    operation_id = "getTransaction",
+                    parameters(("id" = "$response.body#/transactionId"))
+                )),
+                ("GetReceiverBalance" = (
+                    operation_id = "getBalance",
+                    parameters(("userId" = "$request.body#/toUserId"))
+                ))
+            )),
+        JsonBodyErrors,
+        (status = 422, description = "Unknown account (`errors` names fromUserId/toUserId), fromUserId equal to toUserId, or the Idempotency-Key was used for a different request.", body = ErrorBody),
+        ServerErrors,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -150,17 +310,21 @@ pub async fn create(
     }
 }
 
-/// A transaction as `GET /api/v1/transactions/{id}` shows it.
-#[derive(Debug, Serialize)]
+/// A transaction; `failureReason` is set when `status` is `FAILED`.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Transaction)]
 pub struct TransactionResponse {
     pub transaction_id: Uuid,
+    #[schema(schema_with = status_schema)]
     pub status: TransactionStatus,
     /// Decimal string, two fraction digits.
+    #[schema(schema_with = money_text_schema)]
     pub amount: Amount,
     pub from_user_id: Option<Uuid>,
     pub to_user_id: Uuid,
     pub description: Option<String>,
+    #[schema(example = "INSUFFICIENT_FUNDS")]
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -182,7 +346,14 @@ impl From<transactions::Transaction> for TransactionResponse {
     }
 }
 
-/// `GET /api/v1/transactions/{id}`.
+/// Read a transaction
+#[utoipa::path(get, path = "/api/v1/transactions/{id}", operation_id = "getTransaction", params(TransactionPath),
+    responses(
+        (status = 200, description = "The transaction.", body = TransactionResponse),
+        ByIdErrors,
+        ServerErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -207,7 +378,7 @@ mod tests {
     fn validate(body: &str) -> Result<NewTransaction, FieldErrors> {
         let request: CreateTransactionRequest = serde_json::from_str(body).unwrap();
         request.validate().map_err(|e| match e {
-            ApiError::Invalid(errors) => errors,
+            ApiError::Invalid(errors) | ApiError::Unprocessable { errors, .. } => errors,
             other => panic!("unexpected {other:?}"),
         })
     }

@@ -1,22 +1,19 @@
-//! The JSON envelope of every response: `{"code", "message", "data"?, "errors"?}`.
-
-use std::collections::BTreeMap;
+//! The JSON envelope of every success answer: `{"code", "message", "data"}` (errors
+//! are [`service_http::ErrorBody`]: `{"code", "message", "errors"?}`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-/// `code` repeats the HTTP status; `data` is present on success, `errors` (field name
-/// to reason) on errors where specific fields are at fault.
-#[derive(Debug, Serialize)]
-pub struct Envelope<T: Serialize = ()> {
+/// A success answer; `code` repeats the HTTP status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    #[schema(example = 200)]
     pub code: u16,
     pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<T>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<BTreeMap<String, String>>,
+    pub data: T,
 }
 
 impl<T: Serialize> Envelope<T> {
@@ -25,20 +22,7 @@ impl<T: Serialize> Envelope<T> {
         Self {
             code: status.as_u16(),
             message: message.into(),
-            data: Some(data),
-            errors: None,
-        }
-    }
-}
-
-impl Envelope<()> {
-    /// An envelope with a message only.
-    pub fn message(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            code: status.as_u16(),
-            message: message.into(),
-            data: None,
-            errors: None,
+            data,
         }
     }
 }

@@ -7,9 +7,11 @@ mod health;
 pub mod openapi;
 mod users;
 
-use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use envelope::Envelope;
 pub use service_http::{ApiError, ErrorBody, FieldErrors, BODY_LIMIT_BYTES};
@@ -35,15 +37,17 @@ impl AppState {
     }
 }
 
-/// Every route of the service, with the shared middleware around them
-/// ([`service_http::standard_layers`]).
+/// The service's own routes, each registered for the router and the OpenAPI document
+/// at once ([`service_http::router`] adds `/healthz`, `/metrics`, `/openapi.json`).
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(users::create))
+        .routes(routes!(users::get))
+        .routes(routes!(health::readyz))
+}
+
+/// [`api`] with what every service adds ([`service_http::router`]).
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/users", post(users::create))
-        .route("/users/{id}", get(users::get))
-        .route("/healthz", get(service_http::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::serve));
-    service_http::standard_layers(routes, state.metrics.http.clone()).with_state(state)
+    let metrics = state.metrics.clone();
+    service_http::router(api(), metrics.registry().clone(), metrics.http).with_state(state)
 }

@@ -10,21 +10,51 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use service_http::JsonBody;
 
-use super::{ApiError, AppState, Envelope};
-use crate::app::{self, NewUser};
-use crate::domain::{Email, Password, User};
+use service_http::docs::{ByIdErrors, JsonBodyErrors, ServerErrors};
 
-/// The sign-up body. Fields are read as raw JSON so that a missing or mistyped field is
-/// reported by name instead of as an opaque deserialisation error. No `Debug`: it holds
-/// a password.
-#[derive(Deserialize)]
+use super::{ApiError, AppState, Envelope, ErrorBody};
+use crate::app::{self, NewUser};
+use crate::domain::{email, password, Email, Password, User};
+
+// Fields are read as raw JSON so that a missing or mistyped field is reported by name
+// instead of as an opaque deserialisation error. No `Debug`: it holds a password.
+/// A sign-up.
+#[derive(Deserialize, ToSchema)]
 pub struct CreateUserRequest {
+    #[schema(schema_with = email_schema, required = true)]
     email: Option<Value>,
+    #[schema(schema_with = password_schema, required = true)]
     password: Option<Value>,
+}
+
+fn email_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::Custom("email".into())))
+        .max_length(Some(email::MAX_LEN))
+        .description(Some(
+            "Trimmed and lower-cased before it is stored; ASCII `local@domain.tld` only.",
+        ))
+        .examples(["ada@example.com"])
+}
+
+fn password_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Password,
+        )))
+        .min_length(Some(password::MIN_CHARS))
+        .max_length(Some(password::MAX_CHARS))
+        .description(Some(
+            "Characters, not bytes. Stored only as an argon2id hash.",
+        ))
 }
 
 impl CreateUserRequest {
@@ -69,17 +99,18 @@ fn string_field(
     }
 }
 
-/// `data` of a 201.
-#[derive(Debug, Serialize)]
+/// The new user's id.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedUser {
     pub id: Uuid,
 }
 
-/// `data` of `GET /users/{id}`: what a client may know about a user.
-#[derive(Debug, Serialize)]
+/// A user as clients see it: no password material.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: Uuid,
+    #[schema(schema_with = email_schema)]
     pub email: String,
     pub created_at: DateTime<Utc>,
 }
@@ -94,7 +125,34 @@ impl From<User> for UserView {
     }
 }
 
-/// `POST /users`: 201 with the new id and a `Location` header.
+/// `{id}` of `/users/{id}`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct UserPath {
+    /// The user id, hyphenated.
+    #[param(schema_with = service_http::uuid_schema)]
+    id: String,
+}
+
+/// Register a user
+///
+/// 201 with the new id and a `Location` header.
+#[utoipa::path(post, path = "/users", operation_id = "createUser",
+    request_body = CreateUserRequest,
+    responses(
+        (status = 201, description = "Created. The event `UserCreated` is in the outbox.",
+            body = Envelope<CreatedUser>,
+            headers(("Location" = String, description = "`/users/{id}`")),
+            links(("GetUserById" = (
+                operation_id = "getUser",
+                parameters(("id" = "$response.body#/data/id"))
+            )))),
+        JsonBodyErrors,
+        (status = 409, description = "The email is already registered (compared trimmed and case-insensitively).", body = ErrorBody),
+        ServerErrors,
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateUserRequest>,
@@ -113,7 +171,14 @@ pub async fn create(
         .into_response())
 }
 
-/// `GET /users/{id}`: 200 with the user, 404 if unknown, 400 if `id` is not a UUID.
+/// Read a user
+#[utoipa::path(get, path = "/users/{id}", operation_id = "getUser", params(UserPath),
+    responses(
+        (status = 200, description = "The user. Never any password material.", body = Envelope<UserView>),
+        ByIdErrors,
+        ServerErrors,
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -23,7 +23,7 @@ async fn the_served_openapi_document_parses_and_lists_every_route() {
     let (status, doc) = status_and_json(app.get("/openapi.json").await).await;
     assert_eq!(status, 200);
 
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
     assert_eq!(doc["info"]["title"], "user-service");
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
@@ -73,6 +73,41 @@ async fn every_documented_operation_is_served() {
             assert!(!text.contains("route not found"), "{method} {path}: {text}");
         }
     }
+}
+
+#[tokio::test]
+async fn the_limits_of_a_sign_up_and_the_link_to_the_user_are_in_the_document() {
+    let app = spawn_app().await;
+    let (_, doc) = status_and_json(app.get("/openapi.json").await).await;
+    let request = &doc["components"]["schemas"]["CreateUserRequest"];
+    assert_eq!(
+        request["required"],
+        serde_json::json!(["email", "password"])
+    );
+    let email = &request["properties"]["email"];
+    assert_eq!(
+        (&email["format"], &email["maxLength"]),
+        (&"email".into(), &254.into())
+    );
+    let password = &request["properties"]["password"];
+    assert_eq!(password["minLength"], 8);
+    assert_eq!(password["maxLength"], 128);
+
+    let post = &doc["paths"]["/users"]["post"];
+    for status in ["201", "400", "409", "413", "415", "500", "503"] {
+        assert!(post["responses"][status].is_object(), "POST lacks {status}");
+    }
+    // The stateful fuzzer follows this from the sign-up to the read.
+    let link = &post["responses"]["201"]["links"]["GetUserById"];
+    assert_eq!(link["operationId"], "getUser");
+    assert_eq!(link["parameters"]["id"], "$response.body#/data/id");
+    let get = &doc["paths"]["/users/{id}"]["get"];
+    assert_eq!(get["operationId"], "getUser");
+    assert_eq!(get["parameters"][0]["schema"]["format"], "uuid");
+    assert_eq!(
+        get["parameters"][0]["schema"]["pattern"],
+        service_http::UUID_PATTERN
+    );
 }
 
 fn collect_refs(value: &Value, out: &mut Vec<String>) {
