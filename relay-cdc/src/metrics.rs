@@ -154,7 +154,7 @@ impl Metrics {
         Self {
             kafka_transient_errors: counter(
                 KAFKA_TRANSIENT_ERRORS,
-                "Kafka cluster errors the producer retries itself: retried requests (leader moves, too few in-sync replicas), timed_out requests, broker (connection) errors",
+                "Kafka cluster errors the producer retries itself: resent records (the leader refused them for now: it moved, too few in-sync replicas), retried requests, timed_out requests, broker (connection) errors",
                 &["source", "kind"],
             ),
             kafka_fatal_errors: counter(

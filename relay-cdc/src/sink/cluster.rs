@@ -5,6 +5,14 @@
 //! kind, logs it, and tells fatal producer errors (the pipeline rebuilds the producer)
 //! from transient ones (the producer retries; nothing is skipped).
 //!
+//! A produce request the partition leader answers with a retriable error (not the
+//! leader, not enough replicas) is not a request retry in librdkafka: its records go
+//! back to the partition's queue and are sent again. Per partition the statistics give
+//! records transmitted (`txmsgs`, every transmission), the last acked record
+//! (`acked_msgid`, idempotence numbers a partition's records from 1) and those in
+//! flight; transmissions that were neither acked nor are in flight failed, and each
+//! new one is counted as `resent`.
+//!
 //! Invariant: this only observes. What happens to a record is decided by its delivery
 //! report (see [`super::kafka`]): a transient error never becomes a refusal here.
 
@@ -54,8 +62,33 @@ pub struct BrokerCounters {
 pub struct Change {
     pub retries: u64,
     pub timeouts: u64,
+    /// Records transmitted again after a failed produce request.
+    pub resent: u64,
     pub up: i64,
     pub down: i64,
+}
+
+/// Failed transmissions per (topic, partition) so far: transmitted − acked − in flight.
+pub type FailedSends = HashMap<(String, i32), u64>;
+
+/// The failed transmissions of each partition in a statistics report (see the module).
+pub fn failed_sends(stats: &Statistics) -> FailedSends {
+    let mut out = FailedSends::new();
+    for (topic, t) in &stats.topics {
+        for (id, p) in t.partitions.iter().filter(|(id, _)| **id >= 0) {
+            let settled = p.acked_msgid.saturating_add(p.msgs_inflight.max(0) as u64);
+            out.insert((topic.clone(), *id), p.txmsgs.saturating_sub(settled));
+        }
+    }
+    out
+}
+
+/// Records sent again between two reports: what each partition's failed transmissions
+/// grew by (a partition seen for the first time counts from zero).
+pub fn resent(before: &FailedSends, now: &FailedSends) -> u64 {
+    now.iter()
+        .map(|(k, n)| n.saturating_sub(before.get(k).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// The change from `before` to `now` (brokers by name). A broker seen for the first time
@@ -105,7 +138,8 @@ pub struct ClusterContext {
     fatal: prometheus::IntCounter,
     brokers_up: prometheus::IntGauge,
     brokers_down: prometheus::IntGauge,
-    last: Mutex<HashMap<String, BrokerCounters>>,
+    resent: prometheus::IntCounter,
+    last: Mutex<(HashMap<String, BrokerCounters>, FailedSends)>,
 }
 
 impl ClusterContext {
@@ -120,6 +154,7 @@ impl ClusterContext {
             source: source.to_string(),
             retried: transient("retried"),
             timed_out: transient("timed_out"),
+            resent: transient("resent"),
             broker_errors: transient("broker"),
             fatal: metrics.kafka_fatal_errors.with_label_values(&[source]),
             brokers_up: brokers("up"),
@@ -131,26 +166,31 @@ impl ClusterContext {
 
 impl ClientContext for ClusterContext {
     fn stats(&self, stats: Statistics) {
-        let now = brokers(&stats);
+        let (now, failed) = (brokers(&stats), failed_sends(&stats));
         let c = {
             let mut last = self.last.lock().expect("not poisoned");
-            let c = change(&last, &now);
-            *last = now;
+            let c = Change {
+                resent: resent(&last.1, &failed),
+                ..change(&last.0, &now)
+            };
+            *last = (now, failed);
             c
         };
         self.retried.inc_by(c.retries);
         self.timed_out.inc_by(c.timeouts);
+        self.resent.inc_by(c.resent);
         self.brokers_up.set(c.up);
         self.brokers_down.set(c.down);
-        if c.retries > 0 || c.timeouts > 0 || c.down > 0 {
+        if c.retries > 0 || c.timeouts > 0 || c.resent > 0 || c.down > 0 {
             tracing::warn!(
                 source = %self.source,
                 class = "transient",
                 retried = c.retries,
                 timed_out = c.timeouts,
+                resent = c.resent,
                 brokers_up = c.up,
                 brokers_down = c.down,
-                "kafka cluster: requests were retried or timed out in the last {} s (a leader moved, too few in-sync replicas, a broker is down or slow); the producer retries them in order, nothing is skipped or confirmed meanwhile",
+                "kafka cluster: requests were retried or timed out, or records refused for now and sent again, in the last {} s (a leader moved, too few in-sync replicas, a broker is down or slow); the producer retries them in order, nothing is skipped or confirmed meanwhile",
                 STATS_INTERVAL_MS / 1000
             );
         }
@@ -213,6 +253,7 @@ mod tests {
             Change {
                 retries: 7 + 4,
                 timeouts: 2,
+                resent: 0,
                 up: 2,
                 down: 1,
             }
@@ -222,6 +263,7 @@ mod tests {
             Change {
                 retries: 0,
                 timeouts: 0,
+                resent: 0,
                 up: 2,
                 down: 1
             }
@@ -251,5 +293,55 @@ mod tests {
             brokers(&stats),
             HashMap::from([("127.0.0.1:9092/1".to_string(), counters(4, 1, true))])
         );
+    }
+
+    /// A report's topic section: partition 0 with `txmsgs`, `acked_msgid` and
+    /// `msgs_inflight` as given, and the unassigned pseudo-partition -1.
+    fn report_with_partition(txmsgs: u64, acked: u64, inflight: i64) -> Statistics {
+        let partition = |id: i32, tx: u64, acked: u64, inflight: i64| {
+            format!(
+                r#""{id}":{{"partition":{id},"broker":1,"leader":1,"desired":false,"unknown":false,
+                "msgq_cnt":0,"msgq_bytes":0,"xmit_msgq_cnt":0,"xmit_msgq_bytes":0,"fetchq_cnt":0,
+                "fetchq_size":0,"fetch_state":"none","query_offset":0,"next_offset":0,"app_offset":0,
+                "stored_offset":0,"commited_offset":0,"committed_offset":0,"eof_offset":0,
+                "lo_offset":0,"hi_offset":0,"ls_offset":0,"consumer_lag":0,"consumer_lag_stored":0,"txmsgs":{tx},
+                "txbytes":0,"rxmsgs":0,"rxbytes":0,"msgs":{tx},"rx_ver_drops":0,
+                "msgs_inflight":{inflight},"next_ack_seq":0,"next_err_seq":0,"acked_msgid":{acked}}}"#
+            )
+        };
+        let json = format!(
+            r#"{{"name":"p","client_id":"c","type":"producer","ts":0,"time":0,"age":0,"replyq":0,
+            "msg_cnt":0,"msg_size":0,"msg_max":0,"msg_size_max":0,"tx":0,"tx_bytes":0,"rx":0,
+            "rx_bytes":0,"txmsgs":0,"txmsg_bytes":0,"rxmsgs":0,"rxmsg_bytes":0,"simple_cnt":0,
+            "metadata_cache_cnt":0,"brokers":{{}},"topics":{{"t":{{"topic":"t","age":0,
+            "metadata_age":0,"batchsize":{{}},"batchcnt":{{}},"partitions":{{{},{}}}}}}}}}"#,
+            partition(0, txmsgs, acked, inflight),
+            partition(-1, 99, 0, 0)
+        );
+        let json = json.replace(
+            r#""batchsize":{}"#,
+            r#""batchsize":{"min":0,"max":0,"avg":0,"sum":0,"stddev":0,"p50":0,"p75":0,"p90":0,"p95":0,"p99":0,"p99_99":0,"outofrange":0,"hdrsize":0,"cnt":0}"#,
+        )
+        .replace(
+            r#""batchcnt":{}"#,
+            r#""batchcnt":{"min":0,"max":0,"avg":0,"sum":0,"stddev":0,"p50":0,"p75":0,"p90":0,"p95":0,"p99":0,"p99_99":0,"outofrange":0,"hdrsize":0,"cnt":0}"#,
+        );
+        serde_json::from_str(&json).expect("a statistics report")
+    }
+
+    #[test]
+    fn records_sent_again_are_transmissions_neither_acked_nor_in_flight() {
+        // 100 sent, 60 acked, 40 in flight: nothing failed yet.
+        let healthy = failed_sends(&report_with_partition(100, 60, 40));
+        assert_eq!(healthy, FailedSends::from([(("t".to_string(), 0), 0)]));
+        // The leader refused the 40 (not enough replicas) and they were sent again: 140
+        // transmissions, still 60 acked, 40 in flight.
+        let refused = failed_sends(&report_with_partition(140, 60, 40));
+        assert_eq!(resent(&healthy, &refused), 40);
+        // Then acked: nothing new failed, nothing counted twice.
+        let acked = failed_sends(&report_with_partition(140, 100, 0));
+        assert_eq!(resent(&refused, &acked), 0);
+        // A producer's first report counts what already failed.
+        assert_eq!(resent(&FailedSends::new(), &refused), 40);
     }
 }
