@@ -865,7 +865,10 @@ impl World<'_> {
                 let probe_topic = format!("{}.probe", self.names.tx_topic);
                 kafka::create_topics(&brokers, std::slice::from_ref(&probe_topic)).await?;
                 const TRANSIENT: &str = "relay_kafka_transient_errors_total";
-                let transient_before = self.relay_metric(0, TRANSIENT, "").await.unwrap_or(0.0);
+                // Records the leader refused for now (NOT_ENOUGH_REPLICAS) and that were
+                // sent again; connection errors to the stopped brokers are counted apart.
+                const RESENT: &str = "kind=\"resent\"";
+                let transient_before = self.relay_metric(0, TRANSIENT, RESENT).await.unwrap_or(0.0);
                 let t = Instant::now();
                 let survivor = 1 + (leader % 3);
                 let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
@@ -939,7 +942,7 @@ impl World<'_> {
                     max_rss as f64 / 1024.0
                 ));
                 let transient =
-                    self.relay_metric(0, TRANSIENT, "").await.unwrap_or(0.0) - transient_before;
+                    self.relay_metric(0, TRANSIENT, RESENT).await.unwrap_or(0.0) - transient_before;
                 let fatal = self
                     .relay_metric(0, "relay_kafka_fatal_errors_total", "")
                     .await
@@ -948,7 +951,7 @@ impl World<'_> {
                     name: "the outage shows in the relay's metrics".into(),
                     ok: transient > 0.0,
                     detail: format!(
-                        "relay_kafka_transient_errors_total +{transient} over the outage, relay_kafka_brokers{{state=\"down\"}} up to {max_down} meanwhile (both sources), relay_kafka_fatal_errors_total {fatal}"
+                        "relay_kafka_transient_errors_total{{kind=\"resent\"}} +{transient} over the outage, relay_kafka_brokers{{state=\"down\"}} up to {max_down} meanwhile (both sources), relay_kafka_fatal_errors_total {fatal}"
                     ),
                 });
                 out.checks.push(Check {
