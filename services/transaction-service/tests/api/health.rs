@@ -58,3 +58,24 @@ async fn shutting_down_stops_the_server_and_the_consumer_and_commits_what_it_app
         Some(200)
     );
 }
+
+#[tokio::test]
+async fn methods_outside_the_standard_set_share_one_metrics_label() {
+    let app = spawn_app().await;
+    for method in ["BREW", "PROPFIND", "X-MINT-A-LABEL"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405);
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains(r#"http_requests_total{method="OTHER",route="/healthz",status="405"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("BREW") && !text.contains("X-MINT"), "{text}");
+}
