@@ -28,7 +28,6 @@ use axum::extract::Extension;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use prometheus::Registry;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
@@ -47,12 +46,12 @@ pub use metrics::{
 pub use probes::{healthz, readiness, Message};
 
 /// A service's router: its own `api` plus the routes every service has
-/// ([`healthz`], [`metrics`] over `registry`, [`openapi`] serving the document
-/// generated from all of them), and what every service puts around them: the
+/// ([`healthz`], [`metrics`] over the registry `metrics` are in, [`openapi`] serving
+/// the document generated from all of them), and what every service puts around them: the
 /// [`BODY_LIMIT_BYTES`] limit, request metrics (every request, matched or not), a
 /// tracing span per request, and the error envelope for unknown paths (404) and
 /// methods (405).
-pub fn router<S>(api: OpenApiRouter<S>, registry: Registry, metrics: HttpMetrics) -> Router<S>
+pub fn router<S>(api: OpenApiRouter<S>, metrics: HttpMetrics) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -66,7 +65,7 @@ where
     ));
     routes
         .layer(Extension(document))
-        .layer(Extension(registry))
+        .layer(Extension(metrics.registry().clone()))
         .fallback(|| async { ApiError::NotFound("route not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))

@@ -24,9 +24,11 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The two HTTP collectors, registered in a service's registry.
+/// The two HTTP collectors, and the service's registry they are registered in (which
+/// `/metrics` exposes whole).
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
+    registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
 }
@@ -57,7 +59,16 @@ impl HttpMetrics {
         registry
             .register(Box::new(duration.clone()))
             .expect("first registration of http_request_duration_seconds");
-        Self { requests, duration }
+        Self {
+            registry: registry.clone(),
+            requests,
+            duration,
+        }
+    }
+
+    /// The registry these collectors are in: every metric of the service.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Records one answered request.

@@ -48,6 +48,5 @@ pub fn api() -> OpenApiRouter<AppState> {
 
 /// [`api`] with what every service adds ([`service_http::router`]).
 pub fn router(state: AppState) -> Router {
-    let metrics = state.metrics.clone();
-    service_http::router(api(), metrics.registry().clone(), metrics.http).with_state(state)
+    service_http::router(api(), state.metrics.http.clone()).with_state(state)
 }
