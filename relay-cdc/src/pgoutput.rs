@@ -187,6 +187,10 @@ struct OutboxColumns {
     aggregate_id: usize,
     event_type: usize,
     payload: usize,
+    /// Optional columns (migration 0005): absent in older tables.
+    traceparent: Option<usize>,
+    tracestate: Option<usize>,
+    headers: Option<usize>,
     width: usize,
 }
 
@@ -198,6 +202,68 @@ pub struct OutboxRow {
     pub aggregate_id: String,
     pub event_type: String,
     pub payload: Vec<u8>,
+    /// Headers the row carries besides the relay's own: `traceparent` and `tracestate`
+    /// from their columns, then the entries of the `headers` column, checked.
+    pub headers: Vec<(String, String)>,
+    /// Why the row's trace context or headers cannot be published as written, if they
+    /// break the rules of [`outbox::check_headers`] and [`outbox::TraceContext`]: the
+    /// row is poison (never sent without them).
+    pub unsendable: Option<String>,
+}
+
+impl OutboxRow {
+    /// A row without trace context or headers of its own.
+    pub fn new(
+        id: String,
+        aggregate_type: String,
+        aggregate_id: String,
+        event_type: String,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            id,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            payload,
+            headers: Vec::new(),
+            unsendable: None,
+        }
+    }
+
+    /// Adds the row's `traceparent`, `tracestate` and `headers` (JSON text) columns.
+    pub fn with_metadata(
+        mut self,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
+        headers: Option<&[u8]>,
+    ) -> Self {
+        let checked = (|| -> Result<Vec<(String, String)>, String> {
+            let mut out = Vec::new();
+            match (&traceparent, &tracestate) {
+                (Some(tp), ts) => {
+                    outbox::TraceContext::parse(tp, ts.as_deref())?;
+                }
+                (None, Some(ts)) => outbox::check_tracestate(ts)?,
+                (None, None) => {}
+            }
+            out.extend(traceparent.map(|v| (outbox::headers::TRACEPARENT.to_string(), v)));
+            out.extend(tracestate.map(|v| (outbox::headers::TRACESTATE.to_string(), v)));
+            if let Some(json) = headers {
+                let value: serde_json::Value = serde_json::from_slice(json)
+                    .map_err(|e| format!("headers is not JSON: {e}"))?;
+                out.extend(outbox::check_headers(&value)?);
+            }
+            Ok(out)
+        })();
+        match checked {
+            Ok(h) => self.headers = h,
+            Err(why) => {
+                self.unsendable = Some(format!("outbox row's trace context or headers: {why}"))
+            }
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -259,16 +325,34 @@ impl RelationCache {
         let text = |b: Vec<u8>, name: &'static str| {
             String::from_utf8(b).map_err(|_| RowError::NotText(name))
         };
-        Ok(OutboxRow {
-            id: text(take(cols.id, "id")?, "id")?,
-            aggregate_type: text(
+        let row = OutboxRow::new(
+            text(take(cols.id, "id")?, "id")?,
+            text(
                 take(cols.aggregate_type, "aggregate_type")?,
                 "aggregate_type",
             )?,
-            aggregate_id: text(take(cols.aggregate_id, "aggregate_id")?, "aggregate_id")?,
-            event_type: text(take(cols.event_type, "event_type")?, "event_type")?,
-            payload: take(cols.payload, "payload")?,
-        })
+            text(take(cols.aggregate_id, "aggregate_id")?, "aggregate_id")?,
+            text(take(cols.event_type, "event_type")?, "event_type")?,
+            take(cols.payload, "payload")?,
+        );
+        // Optional columns: absent from the table, or null, is none.
+        let mut optional = |i: Option<usize>| match i.and_then(|i| values[i].take()) {
+            Some(Value::Text(b)) | Some(Value::Binary(b)) => Some(b),
+            _ => None,
+        };
+        let (traceparent, tracestate, headers) = (
+            optional(cols.traceparent),
+            optional(cols.tracestate),
+            optional(cols.headers),
+        );
+        if traceparent.is_none() && tracestate.is_none() && headers.is_none() {
+            return Ok(row);
+        }
+        Ok(row.with_metadata(
+            traceparent.map(|b| text(b, "traceparent")).transpose()?,
+            tracestate.map(|b| text(b, "tracestate")).transpose()?,
+            headers.as_deref(),
+        ))
     }
 }
 
@@ -289,6 +373,9 @@ fn locate(rel: &Relation) -> Result<OutboxColumns, RowError> {
         aggregate_id: find("aggregate_id")?,
         event_type: find("event_type")?,
         payload: find("payload")?,
+        traceparent: find("traceparent").ok(),
+        tracestate: find("tracestate").ok(),
+        headers: find("headers").ok(),
         width: rel.columns.len(),
     })
 }
@@ -401,6 +488,40 @@ mod tests {
         assert_eq!(row.aggregate_id, "u-1");
         assert_eq!(row.event_type, "UserCreated");
         assert_eq!(row.payload, br#"{"id": "u-1"}"#);
+    }
+
+    #[test]
+    fn trace_context_and_headers_columns_become_the_rows_own_headers() {
+        let mut cols = COLS.to_vec();
+        cols.extend(["traceparent", "tracestate", "headers"]);
+        let cache = cache_with(1, &cols);
+        let row_with = |tp: Option<&'static str>, ts, h| {
+            let mut vals = row_values();
+            vals.extend([tp, ts, h]);
+            let Change::Insert { relation, values } = decode(&insert(1, &vals)).unwrap() else {
+                panic!()
+            };
+            cache.outbox_row(relation, values).unwrap()
+        };
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let row = row_with(Some(TP), Some("k=v"), Some(r#"{"x-tenant": "t1"}"#));
+        assert_eq!(
+            row.headers,
+            [
+                ("traceparent".to_string(), TP.to_string()),
+                ("tracestate".into(), "k=v".into()),
+                ("x-tenant".into(), "t1".into())
+            ]
+        );
+        assert_eq!(row.unsendable, None);
+        // Null columns are no headers; so is a table without the columns.
+        let plain = row_with(None, None, None);
+        assert_eq!((plain.headers.len(), plain.unsendable), (0, None));
+        // What breaks the rules makes the row poison, with the reason.
+        let bad = row_with(Some("00-xyz"), None, None);
+        assert!(bad.unsendable.unwrap().contains("traceparent"));
+        let bad = row_with(None, None, Some(r#"{"event_id": "x"}"#));
+        assert!(bad.unsendable.unwrap().contains("reserved"));
     }
 
     #[test]

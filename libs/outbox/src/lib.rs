@@ -4,6 +4,14 @@
 //! state change; relay-cdc turns the row into one Kafka record: topic from the aggregate
 //! type, key = aggregate id, value = the payload JSON as written, and the headers named
 //! in [`headers`]. Consumers read the event id and type from those headers.
+//!
+//! An event may also carry the W3C trace context of the request that caused it
+//! ([`TraceContext`]) and headers of its own ([`NewEvent::with_header`]); the outbox
+//! stores them in nullable columns (`traceparent`, `tracestate`, `headers`) and the
+//! relay copies them to the record. [`check_headers`] and [`TraceContext::parse`] are
+//! the rules both the database's checks and the relay apply.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -26,6 +34,98 @@ pub mod headers {
     pub const COMMIT_TIME: &str = "commit_time";
     /// On dead-letter records only: why the record could not be published.
     pub const ERROR: &str = "error";
+    /// W3C Trace Context of the request that wrote the event (`version-traceid-parentid-flags`).
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C Trace Context vendor state, when the request carried one.
+    pub const TRACESTATE: &str = "tracestate";
+
+    /// Names the relay sets itself: an event's own headers may not use them.
+    pub const RESERVED: &[&str] = &[
+        EVENT_ID,
+        EVENT_TYPE,
+        AGGREGATE_TYPE,
+        AGGREGATE_ID,
+        SOURCE,
+        COMMIT_LSN,
+        COMMIT_TIME,
+        ERROR,
+        TRACEPARENT,
+        TRACESTATE,
+    ];
+}
+
+/// The W3C Trace Context an event carries: `traceparent`, and `tracestate` when present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// A context from a request's (or record's) headers, or why it is not one. As the
+    /// W3C rules say: `traceparent` is `vv-<32 hex>-<16 hex>-ff` in lower case, version
+    /// `ff` and all-zero ids are invalid; `tracestate` is at most 512 printable ASCII
+    /// characters. A receiver ignores an invalid context rather than failing.
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<Self, String> {
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        match parts.as_slice() {
+            [v, t, p, f]
+                if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2) && *v != "ff" =>
+            {
+                if zero(t) || zero(p) {
+                    return Err("traceparent has an all-zero trace or parent id".into());
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "traceparent {traceparent:?} is not version-traceid-parentid-flags in lower-case hex"
+                ))
+            }
+        }
+        if let Some(state) = tracestate {
+            check_tracestate(state)?;
+        }
+        Ok(Self {
+            traceparent: traceparent.to_string(),
+            tracestate: tracestate.map(str::to_string),
+        })
+    }
+
+    /// The trace id (32 hex digits) of this context.
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+}
+
+/// Whether `state` can be a `tracestate`: at most 512 printable ASCII characters.
+pub fn check_tracestate(state: &str) -> Result<(), String> {
+    if state.len() > 512 || !state.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err("tracestate is longer than 512 characters or not printable ASCII".into());
+    }
+    Ok(())
+}
+
+/// An event's own headers, or why they cannot be Kafka headers: a JSON object whose
+/// values are strings and whose names are not [`headers::RESERVED`].
+pub fn check_headers(value: &serde_json::Value) -> Result<Vec<(String, String)>, String> {
+    let serde_json::Value::Object(map) = value else {
+        return Err("headers is not a JSON object".into());
+    };
+    map.iter()
+        .map(|(k, v)| {
+            if headers::RESERVED.contains(&k.as_str()) {
+                return Err(format!("header {k:?} is reserved for the relay"));
+            }
+            match v {
+                serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(format!("header {k:?} is not a string")),
+            }
+        })
+        .collect()
 }
 
 /// The name of the insert-only publication each database's migration creates.
@@ -42,6 +142,10 @@ pub struct NewEvent {
     pub event_type: String,
     /// The event body, published as written. Never put secrets here.
     pub payload: serde_json::Value,
+    /// The trace context of the request that caused it, carried to the record.
+    pub trace: Option<TraceContext>,
+    /// Headers of its own for the record (names outside [`headers::RESERVED`]).
+    pub headers: BTreeMap<String, String>,
 }
 
 impl NewEvent {
@@ -57,7 +161,29 @@ impl NewEvent {
             aggregate_id: aggregate_id.to_string(),
             event_type: event_type.into(),
             payload: serde_json::to_value(payload)?,
+            trace: None,
+            headers: BTreeMap::new(),
         })
+    }
+
+    /// The event with the trace context of the request that caused it.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The event with one more header of its own; a reserved name is refused.
+    pub fn with_header(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, String> {
+        let name = name.into();
+        if headers::RESERVED.contains(&name.as_str()) {
+            return Err(format!("header {name:?} is reserved for the relay"));
+        }
+        self.headers.insert(name, value.into());
+        Ok(self)
     }
 }
 
@@ -83,15 +209,20 @@ mod store {
         event: &NewEvent,
     ) -> Result<Uuid, sqlx::Error> {
         let id = new_event_id();
+        let trace = event.trace.as_ref();
+        let headers = (!event.headers.is_empty()).then_some(sqlx::types::Json(&event.headers));
         sqlx::query(
-            "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
-             values ($1, $2, $3, $4, $5)",
+            "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload, \
+             traceparent, tracestate, headers) values ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(&event.aggregate_type)
         .bind(&event.aggregate_id)
         .bind(&event.event_type)
         .bind(&event.payload)
+        .bind(trace.map(|t| t.traceparent.as_str()))
+        .bind(trace.and_then(|t| t.tracestate.as_deref()))
+        .bind(headers)
         .execute(conn)
         .await?;
         Ok(id)
@@ -119,5 +250,56 @@ mod tests {
         let e = NewEvent::new("user", 7, "UserCreated", &Body { id: 7 }).unwrap();
         assert_eq!(e.aggregate_id, "7");
         assert_eq!(e.payload, serde_json::json!({"id": 7}));
+        assert_eq!((e.trace, e.headers.len()), (None, 0));
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_w3c_traceparent_parses_and_gives_its_trace_id() {
+        let t = TraceContext::parse(TP, Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+    }
+
+    #[test]
+    fn invalid_trace_contexts_are_refused_with_a_reason() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceContext::parse(bad, None).is_err(), "{bad:?}");
+        }
+        assert!(TraceContext::parse(TP, Some(&"x".repeat(513))).is_err());
+        assert!(TraceContext::parse(TP, Some("a=\u{7}")).is_err());
+    }
+
+    #[test]
+    fn headers_are_an_object_of_strings_outside_the_reserved_names() {
+        let ok = check_headers(&serde_json::json!({"x-tenant": "t1", "b": ""})).unwrap();
+        assert_eq!(
+            ok,
+            [
+                ("b".to_string(), String::new()),
+                ("x-tenant".into(), "t1".into())
+            ]
+        );
+        for (bad, why) in [
+            (serde_json::json!([]), "not a JSON object"),
+            (serde_json::json!({"n": 1}), "\"n\" is not a string"),
+            (serde_json::json!({"event_id": "x"}), "reserved"),
+            (serde_json::json!({"traceparent": TP}), "reserved"),
+        ] {
+            let e = check_headers(&bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = NewEvent::new("a", 1, "E", &1).unwrap();
+        assert!(e.clone().with_header("source", "x").is_err());
+        assert_eq!(e.with_header("x", "y").unwrap().headers.len(), 1);
     }
 }

@@ -101,8 +101,11 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     tracing::info!(source = %name, slot = %temp, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
 
     let sql = format!(
-        "select id, aggregate_type, aggregate_id, event_type, payload::text, created_at \
-         from \"{}\".\"{}\" \
+        // The trace context and headers columns are optional (migration 0005): read
+        // through the row's JSON, they are null where the table has none.
+        "select id, aggregate_type, aggregate_id, event_type, payload::text, created_at, \
+         to_jsonb(o) ->> 'traceparent', to_jsonb(o) ->> 'tracestate', nullif(to_jsonb(o) -> 'headers', 'null')::text \
+         from \"{}\".\"{}\" o \
          where status = 'PENDING' and (created_at, id) > ($1, $2) order by created_at, id limit {PAGE_ROWS}",
         p.source.schema, p.source.table
     );
@@ -133,13 +136,18 @@ pub async fn create_slot_and_reconcile<S: Sink>(
                 let id: Uuid = r.get(0);
                 let created_at: chrono::DateTime<chrono::Utc> = r.get(5);
                 Event {
-                    row: OutboxRow {
-                        id: id.to_string(),
-                        aggregate_type: r.get(1),
-                        aggregate_id: r.get(2),
-                        event_type: r.get(3),
-                        payload: r.get::<_, String>(4).into_bytes(),
-                    },
+                    row: OutboxRow::new(
+                        id.to_string(),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get::<_, String>(4).into_bytes(),
+                    )
+                    .with_metadata(
+                        r.get(6),
+                        r.get(7),
+                        r.get::<_, Option<String>>(8).as_deref().map(str::as_bytes),
+                    ),
                     commit: CommitMeta {
                         lsn: consistent_point.clone(),
                         time: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -281,11 +289,7 @@ async fn publish_page<S: Sink>(
     let max = p.settings.kafka.max_record_bytes;
     let mut in_flight: Vec<InFlight> = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        if e.size() > max {
-            let reason = format!(
-                "record of {} bytes exceeds kafka.max_record_bytes ({max})",
-                e.size()
-            );
+        if let Some(reason) = e.unsendable(max) {
             if policy == PoisonPolicy::Stop {
                 // Halting: what was sent before it is answered (and marked) first.
                 settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;

@@ -438,7 +438,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             self.meters.skipped.inc();
             return Ok(());
         }
-        if let Some(reason) = self.state.oversized(&event) {
+        if let Some(reason) = self.state.unsendable(&event) {
             return self.poison(event, reason, Origin::Local).await;
         }
         let suspect = self

@@ -146,15 +146,10 @@ impl StreamState {
         }
     }
 
-    /// Why `event` can never be sent, if the relay's own size bound says so.
-    pub fn oversized(&self, event: &Event) -> Option<String> {
-        let size = event.size();
-        (size > self.limits.max_record_bytes).then(|| {
-            format!(
-                "record of {size} bytes exceeds kafka.max_record_bytes ({})",
-                self.limits.max_record_bytes
-            )
-        })
+    /// Why `event` can never be sent, if the relay's own rules say so (see
+    /// [`Event::unsendable`]).
+    pub fn unsendable(&self, event: &Event) -> Option<String> {
+        event.unsendable(self.limits.max_record_bytes)
     }
 
     /// `event` was enqueued to the sink, as itself (`dead = false`) or as a
@@ -447,13 +442,30 @@ mod tests {
     fn an_oversized_record_is_poison_by_the_relays_own_bound() {
         let mut s = StreamState::new(limits());
         let (_, events) = txn(&mut s, 0x100, 1, "{}");
-        assert_eq!(s.oversized(&events[0]), None);
+        assert_eq!(s.unsendable(&events[0]), None);
         let mut big = events[0].clone();
         big.row.payload = vec![b'x'; 200];
         assert!(s
-            .oversized(&big)
+            .unsendable(&big)
             .unwrap()
             .contains("kafka.max_record_bytes"));
+        // The row's own headers count towards the bound.
+        let mut headed = events[0].clone();
+        headed.row.headers = vec![("x-big".into(), "y".repeat(150))];
+        assert!(s.unsendable(&headed).is_some());
+    }
+
+    #[test]
+    fn a_row_with_invalid_headers_is_poison_not_sent_without_them() {
+        let mut s = StreamState::new(limits());
+        let (_, events) = txn(&mut s, 0x100, 1, "{}");
+        let bad = events[0].clone();
+        let bad = Event {
+            row: bad.row.with_metadata(None, None, Some(br#"{"n": 1}"#)),
+            ..bad
+        };
+        let why = s.unsendable(&bad).unwrap();
+        assert!(why.contains("\"n\" is not a string"), "{why}");
     }
 
     #[test]

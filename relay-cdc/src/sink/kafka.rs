@@ -286,8 +286,9 @@ impl KafkaSink {
         }))
     }
 
+    /// The relay's headers, then the row's own (trace context, `headers` column).
     fn headers(&self, row: &OutboxRow, commit: &CommitMeta) -> OwnedHeaders {
-        OwnedHeaders::new_with_capacity(8)
+        let mut hs = OwnedHeaders::new_with_capacity(8 + row.headers.len())
             .insert(Header {
                 key: headers::EVENT_ID,
                 value: Some(&row.id),
@@ -315,7 +316,14 @@ impl KafkaSink {
             .insert(Header {
                 key: headers::COMMIT_TIME,
                 value: Some(&commit.time),
-            })
+            });
+        for (key, value) in &row.headers {
+            hs = hs.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        hs
     }
 
     fn enqueue(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<Delivery, SendError> {
@@ -654,14 +662,33 @@ fn header(msg: &OwnedMessage, name: &str) -> String {
 
 /// The event a record was made from (its headers, key and payload).
 fn event_from_message(msg: &OwnedMessage) -> Event {
+    let mut row = OutboxRow::new(
+        header(msg, headers::EVENT_ID),
+        header(msg, headers::AGGREGATE_TYPE),
+        header(msg, headers::AGGREGATE_ID),
+        header(msg, headers::EVENT_TYPE),
+        msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    );
+    // The row's own headers: its trace context and every one the relay does not set.
+    let own = |key: &str| {
+        key == headers::TRACEPARENT
+            || key == headers::TRACESTATE
+            || !headers::RESERVED.contains(&key)
+    };
+    row.headers = msg
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .filter(|h| own(h.key))
+                .map(|h| {
+                    let v = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                    (h.key.to_string(), v.into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Event {
-        row: OutboxRow {
-            id: header(msg, headers::EVENT_ID),
-            aggregate_type: header(msg, headers::AGGREGATE_TYPE),
-            aggregate_id: header(msg, headers::AGGREGATE_ID),
-            event_type: header(msg, headers::EVENT_TYPE),
-            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        },
+        row,
         commit: CommitMeta {
             lsn: header(msg, headers::COMMIT_LSN),
             time: header(msg, headers::COMMIT_TIME),
@@ -727,13 +754,19 @@ mod tests {
 
     #[test]
     fn a_refused_record_comes_back_as_the_event_it_was_made_from() {
-        let row = OutboxRow {
-            id: "e1".into(),
-            aggregate_type: "user".into(),
-            aggregate_id: "u1".into(),
-            event_type: "UserCreated".into(),
-            payload: b"{}".to_vec(),
-        };
+        let row = OutboxRow::new(
+            "e1".into(),
+            "user".into(),
+            "u1".into(),
+            "UserCreated".into(),
+            b"{}".to_vec(),
+        )
+        .with_metadata(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            Some("k=v".into()),
+            Some(br#"{"x-tenant": "t1"}"#),
+        );
+        assert_eq!(row.headers.len(), 3, "{row:?}");
         let commit = CommitMeta {
             lsn: "0/10".into(),
             time: "2026-12-01T00:00:00.000000Z".into(),

@@ -47,9 +47,29 @@ pub struct Event {
 pub const RECORD_OVERHEAD_BYTES: usize = 2048;
 
 impl Event {
-    /// Bytes the record carries (key + value): what `kafka.max_record_bytes` bounds.
+    /// Bytes the record carries (key + value + the row's own headers): what
+    /// `kafka.max_record_bytes` bounds.
     pub fn size(&self) -> usize {
-        self.row.payload.len() + self.row.aggregate_id.len()
+        let headers: usize = self
+            .row
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.row.payload.len() + self.row.aggregate_id.len() + headers
+    }
+
+    /// Why the event can never be sent as written, if the relay's own rules say so: it
+    /// is larger than `max_record_bytes`, or its trace context or headers are invalid.
+    /// Such an event is poison.
+    pub fn unsendable(&self, max_record_bytes: usize) -> Option<String> {
+        if let Some(why) = &self.row.unsendable {
+            return Some(why.clone());
+        }
+        let size = self.size();
+        (size > max_record_bytes).then(|| {
+            format!("record of {size} bytes exceeds kafka.max_record_bytes ({max_record_bytes})")
+        })
     }
 
     /// Memory the record holds while in flight: what `pipeline.max_in_flight_bytes`

@@ -170,6 +170,64 @@ async fn a_rolled_back_transaction_produces_nothing() {
     assert!(rolled_back.iter().all(|id| !ids.contains(&id.as_str())));
 }
 
+/// Inserts one outbox row with a trace context and headers of its own; returns its id.
+async fn insert_traced(c: &mut sqlx::PgConnection, traceparent: &str, tag: &str) -> String {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload, \
+         traceparent, tracestate, headers) \
+         values ($1, 'user', 'u1', 'Traced', $2, $3, 'vendor=x', $4)",
+    )
+    .bind(id)
+    .bind(serde_json::json!({ "tag": tag }))
+    .bind(traceparent)
+    .bind(serde_json::json!({ "x-tenant": "acme", "x-tag": tag }))
+    .execute(c)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rows_trace_context_and_own_headers_reach_its_record_streamed_or_reconciled() {
+    const TP1: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TP2: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let src = Source::new("traced").await;
+    let mut c = src.conn().await;
+    // Written before the relay ever ran: published by reconciliation.
+    let early = insert_traced(&mut c, TP1, "reconciled").await;
+    let (cfg, prefix) = RelayConfig::new("traced");
+    let mut relay = Relay::start(&cfg, &[&src]);
+    relay.wait_ready().await;
+    let late = insert_traced(&mut c, TP2, "streamed").await;
+    // A row without them carries none.
+    let plain = insert_txn(&mut c, "user", "u1", 1, "plain").await;
+
+    let consumer =
+        testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.user")]).unwrap();
+    let records = read_records(&consumer, 3, WAIT).await.unwrap();
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r.header("event_id") == Some(id))
+            .unwrap_or_else(|| panic!("no record for {id}"))
+    };
+    for (id, tp, tag) in [(&early, TP1, "reconciled"), (&late, TP2, "streamed")] {
+        let r = by_id(id);
+        assert_eq!(r.header("traceparent"), Some(tp), "{tag}");
+        assert_eq!(r.header("tracestate"), Some("vendor=x"), "{tag}");
+        assert_eq!(r.header("x-tenant"), Some("acme"), "{tag}");
+        assert_eq!(r.header("x-tag"), Some(tag), "{tag}");
+        assert_eq!(r.header("event_type"), Some("Traced"));
+    }
+    let p = by_id(&plain[0]);
+    assert_eq!(
+        (p.header("traceparent"), p.header("x-tenant")),
+        (None, None)
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
     let src = Source::new("late").await;
