@@ -14,6 +14,7 @@ mod proc_stats;
 mod relay;
 mod report;
 mod run;
+mod settle;
 mod stats;
 
 use std::process::ExitCode;

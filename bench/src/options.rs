@@ -79,6 +79,26 @@ pub struct Options {
     /// (the `kafka-cluster` part, added to `--only`'s).
     #[arg(long, default_value_t = 1)]
     pub kafka_nodes: u8,
+    /// `--only settle`: transaction-service binary under test (default: next to this
+    /// executable, as `scripts/bench` builds it).
+    #[arg(long)]
+    pub transaction_service_bin: Option<PathBuf>,
+    /// `--only settle`: further transaction-service binaries measured beside it, e.g. one
+    /// built from an earlier commit (`label=path` or a path); repeatable.
+    #[arg(long)]
+    pub settle_baseline: Vec<String>,
+    /// `--only settle`: accounts the transfers move money between.
+    #[arg(long, default_value_t = 200)]
+    pub settle_accounts: usize,
+    /// `--only settle`: paced transfer rates per second, before the closed-loop run.
+    #[arg(long, value_delimiter = ',', default_values_t = [500])]
+    pub settle_rates: Vec<u32>,
+    /// `--only settle`: concurrent clients of the closed-loop run (the highest rate).
+    #[arg(long, default_value_t = 32)]
+    pub settle_clients: usize,
+    /// `--only settle`: seconds of load per phase.
+    #[arg(long, default_value_t = 20)]
+    pub settle_seconds: u64,
     /// Extra librdkafka producer settings for experiments, e.g. `--kafka-set linger.ms=20`:
     /// applied to the Kafka ingest producer and to relay-cdc (its `kafka.properties`), so
     /// both sides of that comparison change together; repeatable.
@@ -117,6 +137,8 @@ pub enum Part {
     Order,
     /// The relay on one broker beside a three-broker cluster (`--kafka-nodes 3`).
     KafkaCluster,
+    /// A transfer from POST to COMPLETED through transaction-service, the relay and Kafka.
+    Settle,
 }
 
 impl std::fmt::Display for Part {
@@ -126,6 +148,7 @@ impl std::fmt::Display for Part {
             Part::Latency => "latency",
             Part::Order => "order",
             Part::KafkaCluster => "kafka-cluster",
+            Part::Settle => "settle",
         })
     }
 }
@@ -196,6 +219,8 @@ pub struct Plan {
     /// Debezium as a further system (off unless `--debezium`).
     pub debezium: bool,
     pub outage: Option<Duration>,
+    /// What `--only settle` measures; `None` when it is not in the run.
+    pub settle: Option<crate::settle::SettlePlan>,
 }
 
 impl Plan {
@@ -302,10 +327,56 @@ impl Options {
                 .collect(),
             poll_batch: self.poll_batch,
             pairs: self.pairs.unwrap_or(if self.quick { 10 } else { 200 }),
+            settle: parts
+                .contains(&Part::Settle)
+                .then(|| self.settle_plan())
+                .transpose()?,
             parts,
             deliveries,
             debezium: self.debezium,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
+        })
+    }
+}
+
+impl Options {
+    fn settle_plan(&self) -> anyhow::Result<crate::settle::SettlePlan> {
+        let this = match &self.transaction_service_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .map(|d| d.join("transaction-service"))
+                .unwrap_or_default(),
+        };
+        anyhow::ensure!(
+            this.exists(),
+            "no transaction-service binary at {} (cargo build --release -p transaction-service, or --transaction-service-bin)",
+            this.display()
+        );
+        let mut services = vec![("this build".to_string(), this)];
+        for b in &self.settle_baseline {
+            let (label, path) = match b.split_once('=') {
+                Some((l, p)) if !l.is_empty() => (l.to_string(), PathBuf::from(p)),
+                _ => (format!("baseline {b}"), PathBuf::from(b)),
+            };
+            anyhow::ensure!(path.exists(), "--settle-baseline {b}: no such binary");
+            services.push((label, path));
+        }
+        anyhow::ensure!(
+            self.settle_accounts >= 2,
+            "--settle-accounts needs at least 2"
+        );
+        anyhow::ensure!(self.settle_clients > 0, "--settle-clients must be positive");
+        anyhow::ensure!(
+            self.settle_rates.iter().all(|r| *r > 0),
+            "--settle-rates must be positive"
+        );
+        Ok(crate::settle::SettlePlan {
+            services,
+            accounts: self.settle_accounts,
+            rates: self.settle_rates.clone(),
+            clients: self.settle_clients,
+            duration: Duration::from_secs(self.settle_seconds.max(1)),
         })
     }
 }

@@ -129,7 +129,7 @@ impl Ctx {
     }
 
     /// A topic prefix no other measurement uses; records go to `<prefix>.bench`.
-    fn topic_prefix(&self) -> (String, String) {
+    pub(crate) fn topic_prefix(&self) -> (String, String) {
         let n = self
             .topics
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -140,7 +140,7 @@ impl Ctx {
 
     /// The relay of one measurement; in exactly-once mode its checkpoint topic
     /// ([`checkpoint_topic`]) and `transactional.id` are that measurement's alone.
-    fn relay_spec(
+    pub(crate) fn relay_spec(
         &self,
         db: &TestDb,
         prefix: &str,
@@ -1185,6 +1185,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         Some(d) => Some(outage(&ctx, d).await?),
         None => None,
     };
+    let settle_rows = match &plan.settle {
+        Some(s) => crate::settle::run(&ctx, s).await?,
+        None => Vec::new(),
+    };
     let cluster = if plan.parts.contains(&Part::KafkaCluster) {
         Some(kafka_cluster(&ctx, &plan).await?)
     } else {
@@ -1206,6 +1210,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         &order_rows,
         outage_result.as_ref(),
         cluster.as_ref(),
+        &settle_rows,
     ))
 }
 
@@ -1244,6 +1249,7 @@ fn render(
     order_rows: &[OrderRow],
     outage: Option<&OutageResult>,
     cluster: Option<&ClusterComparison>,
+    settle_rows: &[crate::settle::SettleRow],
 ) -> String {
     let mut out = String::new();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1359,6 +1365,9 @@ fn render(
 
     if let Some(c) = cluster {
         out.push_str(&cluster_tables(c));
+    }
+    if !settle_rows.is_empty() {
+        out.push_str(&crate::settle::table(settle_rows));
     }
 
     out.push_str(&targets(throughput_rows, latency_rows, outage));
