@@ -1,5 +1,5 @@
-//! How a service binary runs: logs first, the runtime, the listener, the service until
-//! a signal, the exit code.
+//! How a service binary runs: logs and traces first, the runtime, the listener, the
+//! service until a signal, the spans still queued, the exit code.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
+use service_telemetry::TelemetrySettings;
 use tokio::net::TcpListener;
 
 /// How long the runtime waits, once the service returned, for blocking work left
@@ -22,14 +23,38 @@ pub type BinaryError = Box<dyn StdError + Send + Sync>;
 /// The shutdown [`run_main`] hands to the service: [`shutdown_signal`].
 pub type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Runs `serve` on a multi-threaded runtime after installing the log subscriber,
-/// handing it [`shutdown_signal`]; logs `"{name} stopped"` and exits 0 when it returns
-/// `Ok`, logs the error with its causes and exits 1 when it fails.
+/// Runs `serve` on a multi-threaded runtime after installing logs and traces
+/// ([`service_telemetry::init`], settings from the `OTEL_*` variables, `name` the
+/// default service name), handing it [`shutdown_signal`]; logs `"{name} stopped"` and
+/// exits 0 when it returns `Ok`, logs the error with its causes and exits 1 when it
+/// fails or the telemetry settings are invalid. Spans still queued are exported for at
+/// most [`service_telemetry::FLUSH_TIMEOUT`] before it returns.
 pub fn run_main<F>(name: &'static str, serve: impl FnOnce(ShutdownSignal) -> F) -> ExitCode
 where
     F: Future<Output = Result<(), BinaryError>>,
 {
-    service_telemetry::init();
+    let telemetry = TelemetrySettings::from_env(name)
+        .map_err(BinaryError::from)
+        .and_then(|settings| service_telemetry::init(&settings).map_err(BinaryError::from));
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            // Logs all the same (nothing exported), so the error shows where the
+            // service's logs go.
+            let _ = service_telemetry::init(&TelemetrySettings::logs_only(name));
+            tracing::error!(error = %crate::error::chain(&*error), "{name} failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = run(name, serve);
+    telemetry.shutdown();
+    code
+}
+
+fn run<F>(name: &'static str, serve: impl FnOnce(ShutdownSignal) -> F) -> ExitCode
+where
+    F: Future<Output = Result<(), BinaryError>>,
+{
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

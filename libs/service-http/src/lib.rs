@@ -11,6 +11,8 @@
 //!   `/openapi.json`) and the body limit, metrics, request tracing and 404/405
 //!   fallbacks around a service's own; [`docs`]: answers several operations share, for
 //!   the generated OpenAPI documents;
+//! - [`request_span`], [`RequestTrace`]: W3C Trace Context per request (the caller's
+//!   trace continued, its context for the outbox rows, `traceresponse` on answers);
 //! - [`healthz`] and [`readiness`]: the probes' answers;
 //! - [`run_main`], [`Listener`] and [`shutdown_signal`]: how a service binary starts,
 //!   serves and stops.
@@ -22,13 +24,14 @@ mod error;
 mod ids;
 mod metrics;
 mod probes;
+mod trace;
 
 use axum::body::Bytes;
 use axum::extract::Extension;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -44,22 +47,26 @@ pub use metrics::{
     UNMATCHED_ROUTE,
 };
 pub use probes::{healthz, readiness, Message};
+pub use trace::{document_headers, request_span, RequestTrace};
 
 /// A service's router: its own `api` plus the routes every service has
 /// ([`healthz`], [`metrics`] over the registry `metrics` are in, [`openapi`] serving
 /// the document generated from all of them), and what every service puts around them: the
 /// [`BODY_LIMIT_BYTES`] limit, request metrics (every request, matched or not), a
-/// tracing span per request, and the error envelope for unknown paths (404) and
+/// tracing span per request continuing the caller's W3C trace ([`request_span`],
+/// [`RequestTrace`], `traceresponse`; the trace headers are declared on every
+/// operation of the document), and the error envelope for unknown paths (404) and
 /// methods (405).
 pub fn router<S>(api: OpenApiRouter<S>, metrics: HttpMetrics) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let (routes, document) = api
+    let (routes, mut document) = api
         .routes(routes!(probes::healthz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi))
         .split_for_parts();
+    document_headers(&mut document);
     let document = Document(Bytes::from(
         serde_json::to_vec(&document).expect("an OpenAPI document serialises"),
     ));
@@ -70,9 +77,10 @@ where
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::from_fn_with_state(metrics, track))
+        .layer(axum::middleware::from_fn(trace::propagate))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(request_span)
                 .on_response(
                     DefaultOnResponse::new()
                         .level(Level::INFO)
