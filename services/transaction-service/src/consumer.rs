@@ -25,10 +25,17 @@
 //! minutes to hours after the broker is back draining stale errors before it reads a
 //! record again (the drill's broker-outage scenario found exactly that).
 //!
+//! Each record is handled in a span of its own ([`SPAN_TARGET`], `process <topic>`) that
+//! continues the trace of the record's `traceparent`/`tracestate` headers: a child of
+//! the span that wrote the event, so every line logged while applying it carries the
+//! original `trace_id`, and the settlement's own event carries a `traceparent` naming
+//! this span. A record without them (or with a malformed one) starts a new trace.
+//!
 //! A retry that outlasts `max.poll.interval.ms` (5 min) costs the consumer its group
 //! membership: storing the offset after the eventual success fails (logged), the
 //! group rebalances, and the event comes back once more, where the inbox absorbs it.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,8 +43,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use service_telemetry::trace::{self, Carrier, Origin, SPAN_TARGET};
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::app::{open_account, settle_transaction};
@@ -163,6 +173,8 @@ struct Received {
     partition: i32,
     offset: i64,
     event: Result<Event, &'static str>,
+    /// The record's `traceparent`/`tracestate` headers.
+    trace: Carrier,
 }
 
 impl Received {
@@ -178,12 +190,39 @@ impl Received {
             event_type: header(outbox::headers::EVENT_TYPE),
             payload: message.payload(),
         };
+        let headers = message.headers().into_iter().flat_map(|hs| hs.iter());
         Self {
             topic: message.topic().to_string(),
             partition: message.partition(),
             offset: message.offset(),
             event: decode(topics, &view),
+            trace: Carrier::from_headers(headers.map(|h| (h.key, h.value.unwrap_or_default()))),
         }
+    }
+
+    /// The span this record is handled in, continuing the trace its headers name.
+    fn span(&self) -> Span {
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "event",
+            topic = %self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            trace_id = Empty,
+            span_id = Empty,
+            "otel.kind" = "consumer",
+            "otel.name" = format!("process {}", self.topic),
+        );
+        match trace::continue_trace(&span, &self.trace) {
+            Origin::Continued => {}
+            Origin::Started => {
+                tracing::debug!(parent: &span, "the record carries no trace context; a new trace starts")
+            }
+            Origin::Ignored => {
+                tracing::debug!(parent: &span, "the record's traceparent is malformed; a new trace starts")
+            }
+        }
+        span
     }
 }
 
@@ -222,65 +261,86 @@ pub async fn run(
             },
         };
 
-        match &received.event {
-            Err(reason) => {
-                tracing::warn!(
-                    topic = %received.topic,
-                    partition = received.partition,
-                    offset = received.offset,
-                    reason,
-                    "skipping malformed event"
-                );
-                metrics
-                    .events_failed
-                    .with_label_values(&["malformed"])
-                    .inc();
-            }
-            Ok(Event::Ignore { event_type }) => {
-                metrics
-                    .events_processed
-                    .with_label_values(&[event_type.as_str(), "ignored"])
-                    .inc();
-            }
-            Ok(event) => {
-                let Some(outcome) = apply_until_done(&pool, &metrics, event, &mut shutdown).await
-                else {
-                    tracing::info!(
-                        topic = %received.topic,
-                        partition = received.partition,
-                        offset = received.offset,
-                        "stopping with an event unapplied; it will be redelivered"
-                    );
-                    break;
-                };
-                let event_type = match event {
-                    Event::OpenAccount { .. } => USER_CREATED,
-                    _ => TRANSACTION_CREATED,
-                };
-                metrics
-                    .events_processed
-                    .with_label_values(&[event_type, outcome])
-                    .inc();
-                if outcome == "unknown_transaction" {
-                    metrics
-                        .events_failed
-                        .with_label_values(&["unknown_transaction"])
-                        .inc();
-                }
-            }
-        }
-
-        // The event's transaction has committed (or there was nothing to apply): the
-        // next commit may include it. Fails when the partition was revoked meanwhile;
-        // its new owner gets the event again and the inbox absorbs it.
-        if let Err(error) =
-            consumer.store_offset(&received.topic, received.partition, received.offset)
-        {
-            tracing::warn!(error = %error, topic = %received.topic, partition = received.partition, "storing the offset failed; the event may be redelivered");
+        let span = received.span();
+        let trace = trace::context_of(&span);
+        let handled = handle(&consumer, &pool, &metrics, &received, trace, &mut shutdown)
+            .instrument(span)
+            .await;
+        if handled.is_break() {
+            break;
         }
     }
 
     tracing::info!("event consumer stopped");
+}
+
+/// Applies one received record inside its span and stores its offset; `Break` when
+/// shutdown came first and the event stays unapplied.
+async fn handle(
+    consumer: &StreamConsumer,
+    pool: &PgPool,
+    metrics: &Metrics,
+    received: &Received,
+    trace: Option<outbox::TraceContext>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> ControlFlow<()> {
+    match &received.event {
+        Err(reason) => {
+            tracing::warn!(
+                topic = %received.topic,
+                partition = received.partition,
+                offset = received.offset,
+                reason,
+                "skipping malformed event"
+            );
+            metrics
+                .events_failed
+                .with_label_values(&["malformed"])
+                .inc();
+        }
+        Ok(Event::Ignore { event_type }) => {
+            metrics
+                .events_processed
+                .with_label_values(&[event_type.as_str(), "ignored"])
+                .inc();
+        }
+        Ok(event) => {
+            let Some(outcome) =
+                apply_until_done(pool, metrics, event, trace.as_ref(), shutdown).await
+            else {
+                tracing::info!(
+                    topic = %received.topic,
+                    partition = received.partition,
+                    offset = received.offset,
+                    "stopping with an event unapplied; it will be redelivered"
+                );
+                return ControlFlow::Break(());
+            };
+            let event_type = match event {
+                Event::OpenAccount { .. } => USER_CREATED,
+                _ => TRANSACTION_CREATED,
+            };
+            metrics
+                .events_processed
+                .with_label_values(&[event_type, outcome])
+                .inc();
+            if outcome == "unknown_transaction" {
+                metrics
+                    .events_failed
+                    .with_label_values(&["unknown_transaction"])
+                    .inc();
+            }
+        }
+    }
+
+    // The event's transaction has committed (or there was nothing to apply): the
+    // next commit may include it. Fails when the partition was revoked meanwhile;
+    // its new owner gets the event again and the inbox absorbs it.
+    if let Err(error) = consumer.store_offset(&received.topic, received.partition, received.offset)
+    {
+        tracing::warn!(error = %error, topic = %received.topic, partition = received.partition, "storing the offset failed; the event may be redelivered");
+    }
+    ControlFlow::Continue(())
 }
 
 /// Closes the consumer (commits the stored offsets, leaves the group), for
@@ -343,12 +403,13 @@ async fn apply_until_done(
     pool: &PgPool,
     metrics: &Metrics,
     event: &Event,
+    trace: Option<&outbox::TraceContext>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<&'static str> {
     let mut backoff = RETRY_BACKOFF.0;
     let mut attempt: u32 = 1;
     loop {
-        match apply(pool, event).await {
+        match apply(pool, event, trace.cloned()).await {
             Ok(outcome) => return Some(outcome),
             Err(error) => {
                 metrics.consumer_retries.inc();
@@ -370,7 +431,11 @@ async fn apply_until_done(
     }
 }
 
-async fn apply(pool: &PgPool, event: &Event) -> Result<&'static str, StoreError> {
+async fn apply(
+    pool: &PgPool,
+    event: &Event,
+    trace: Option<outbox::TraceContext>,
+) -> Result<&'static str, StoreError> {
     Ok(match *event {
         Event::OpenAccount { event_id, user_id } => {
             match open_account::execute(pool, event_id, user_id).await? {
@@ -388,7 +453,7 @@ async fn apply(pool: &PgPool, event: &Event) -> Result<&'static str, StoreError>
         Event::Settle {
             event_id,
             transaction_id,
-        } => match settle_transaction::execute(pool, event_id, transaction_id).await? {
+        } => match settle_transaction::execute(pool, event_id, transaction_id, trace).await? {
             settle_transaction::Outcome::Completed => {
                 tracing::info!(%event_id, %transaction_id, "transaction completed");
                 "applied"

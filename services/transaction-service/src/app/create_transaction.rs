@@ -61,7 +61,8 @@ impl From<sqlx::Error> for CreateTransactionError {
     }
 }
 
-/// Accepts `new` as a `PENDING` transaction and emits `TransactionCreated`.
+/// Accepts `new` as a `PENDING` transaction and emits `TransactionCreated`, carrying
+/// `trace` (the request span's W3C context) so its settlement continues that trace.
 ///
 /// With a `key`, the response is stored in the same transaction. A request whose key
 /// is live gets the stored response (same request) or
@@ -73,6 +74,7 @@ pub async fn execute(
     pool: &PgPool,
     new: &NewTransaction,
     key: Option<&IdempotencyKey>,
+    trace: Option<outbox::TraceContext>,
 ) -> Result<Created, CreateTransactionError> {
     let fingerprint = new.fingerprint();
     let mut tx = pool.begin().await.map_err(StoreError::unavailable)?;
@@ -113,7 +115,8 @@ pub async fn execute(
         created_at: row.created_at,
     };
     let event = outbox::NewEvent::new(TRANSACTION_AGGREGATE, row.id, TRANSACTION_CREATED, &event)
-        .expect("the event payload serialises");
+        .expect("the event payload serialises")
+        .with_trace(trace);
     outbox::insert(&mut tx, &event).await?;
 
     let accepted = Accepted {

@@ -45,11 +45,13 @@ pub const VISIBILITY_GRACE: Duration = Duration::from_secs(5);
 /// row, then locks the accounts involved in ascending user id order (so concurrent
 /// settlements cannot deadlock), checks the sender's funds, moves the money, sets the
 /// final status and writes `TransactionCompleted` or `TransactionFailed` to the outbox.
-/// The amount and parties come from the stored row, not from the event.
+/// The amount and parties come from the stored row, not from the event. The settlement
+/// event carries `trace` (the consumer span's W3C context, a child of the request's).
 pub async fn execute(
     pool: &PgPool,
     event_id: Uuid,
     transaction_id: Uuid,
+    trace: Option<outbox::TraceContext>,
 ) -> Result<Outcome, StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::unavailable)?;
     if !inbox::record(&mut tx, event_id, TRANSACTION_CREATED).await? {
@@ -114,7 +116,8 @@ pub async fn execute(
         settled_at,
     };
     let event = outbox::NewEvent::new(TRANSACTION_AGGREGATE, transaction.id, event_type, &payload)
-        .expect("the event payload serialises");
+        .expect("the event payload serialises")
+        .with_trace(trace);
     outbox::insert(&mut tx, &event).await?;
     tx.commit().await?;
     Ok(outcome)

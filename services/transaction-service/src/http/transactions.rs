@@ -12,7 +12,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use service_http::JsonBody;
+use service_http::{JsonBody, RequestTrace};
 
 use service_http::docs::{ByIdErrors, JsonBodyErrors, ServerErrors};
 
@@ -290,12 +290,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    RequestTrace(trace): RequestTrace,
     JsonBody(request): JsonBody<CreateTransactionRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let new = request.validate()?;
-    match create_transaction::execute(&state.pool, &new, key.as_ref()).await? {
-        Created::Accepted(accepted) => Ok((StatusCode::ACCEPTED, Json(accepted)).into_response()),
+    match create_transaction::execute(&state.pool, &new, key.as_ref(), trace).await? {
+        Created::Accepted(accepted) => {
+            tracing::info!(transaction_id = %accepted.transaction_id, "transaction accepted");
+            Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+        }
         Created::Replayed { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
             let headers = [

@@ -1,5 +1,6 @@
 //! `spawn_app()` and what tests do with a running service: call its API, announce
-//! users on Kafka, and relay its outbox rows to Kafka the way relay-cdc does.
+//! users on Kafka, relay its outbox rows to Kafka the way relay-cdc does, and read what
+//! it logged.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use service_config::ServerSettings;
 use service_postgres::{DatabaseSettings, DatabaseTarget};
+use service_telemetry::LogBuffer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use testkit::{unique_suffix, unique_topic, wait_for, Stack, TestDb};
@@ -23,6 +25,12 @@ use uuid::Uuid;
 
 /// How long tests wait for an event to take effect.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The log lines of every service this test binary runs, as the binary logs them
+/// (JSON lines, `service_telemetry::init_in_memory`).
+pub fn logs() -> &'static LogBuffer {
+    service_telemetry::init_in_memory("transaction-service")
+}
 
 /// A running service and everything a test needs around it.
 pub struct TestApp {
@@ -55,6 +63,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 /// [`spawn_app_with`] against the broker(s) at `brokers` (e.g. a
 /// [`testkit::PrivateKafka`] the test stops and starts).
 pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    logs();
     let db = TestDb::create("tx", "transaction_db")
         .await
         .expect("test database");
@@ -261,6 +270,11 @@ impl TestApp {
     /// Publishes a `UserCreated` for `user_id` like relay-cdc publishes user-service's
     /// outbox row; returns the event id.
     pub async fn announce_user(&self, user_id: Uuid) -> Uuid {
+        self.announce_user_with(user_id, &[]).await
+    }
+
+    /// [`TestApp::announce_user`] with `extra` headers (e.g. a `traceparent`).
+    pub async fn announce_user_with(&self, user_id: Uuid, extra: &[(&str, &str)]) -> Uuid {
         let event_id = Uuid::now_v7();
         let payload = json!({
             "id": user_id,
@@ -272,11 +286,14 @@ impl TestApp {
             &user_id.to_string(),
             payload.to_string().as_bytes(),
             &[
-                (outbox::headers::EVENT_ID, &event_id.to_string()),
+                (outbox::headers::EVENT_ID, event_id.to_string().as_str()),
                 (outbox::headers::EVENT_TYPE, "UserCreated"),
                 (outbox::headers::AGGREGATE_TYPE, "user"),
-                (outbox::headers::AGGREGATE_ID, &user_id.to_string()),
-            ],
+                (outbox::headers::AGGREGATE_ID, user_id.to_string().as_str()),
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )
         .await;
         event_id
@@ -301,34 +318,91 @@ impl TestApp {
         users
     }
 
-    /// Publishes outbox row `outbox_id` exactly as relay-cdc would: topic from the
-    /// aggregate type, key = aggregate id, value = payload, event id and type headers.
+    /// Publishes outbox row `outbox_id` exactly as relay-cdc would ([`TestApp::record_of`]).
     pub async fn relay(&self, outbox_id: Uuid) {
-        let (aggregate_type, aggregate_id, event_type, payload): (String, String, String, String) =
+        self.publish(&self.record_of(outbox_id).await).await;
+    }
+
+    /// The record relay-cdc makes of outbox row `outbox_id`: topic from the aggregate
+    /// type, key = aggregate id, value = payload; headers: event id and type, aggregate
+    /// type and id, then `traceparent`/`tracestate` and the row's own `headers` when it
+    /// has them.
+    pub async fn record_of(&self, outbox_id: Uuid) -> OutboxRecord {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<Value>,
+        );
+        let (aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, own): Row =
             sqlx::query_as(
-                "select aggregate_type, aggregate_id, event_type, payload::text from outbox where id = $1",
+                "select aggregate_type, aggregate_id, event_type, payload::text, traceparent, \
+                 tracestate, headers from outbox where id = $1",
             )
             .bind(outbox_id)
             .fetch_one(&self.pool)
             .await
             .expect("outbox row");
         let topic = match aggregate_type.as_str() {
-            "transaction" => &self.transaction_topic,
-            "user" => &self.user_topic,
+            "transaction" => self.transaction_topic.clone(),
+            "user" => self.user_topic.clone(),
             other => panic!("no test topic for aggregate type {other}"),
         };
-        self.produce(
+        let mut headers = vec![
+            (outbox::headers::EVENT_ID.to_string(), outbox_id.to_string()),
+            (outbox::headers::EVENT_TYPE.to_string(), event_type),
+            (outbox::headers::AGGREGATE_TYPE.to_string(), aggregate_type),
+            (
+                outbox::headers::AGGREGATE_ID.to_string(),
+                aggregate_id.clone(),
+            ),
+        ];
+        let trace = [
+            (outbox::headers::TRACEPARENT, traceparent),
+            (outbox::headers::TRACESTATE, tracestate),
+        ];
+        headers.extend(
+            trace
+                .into_iter()
+                .filter_map(|(n, v)| Some((n.to_string(), v?))),
+        );
+        if let Some(own) = own {
+            headers.extend(outbox::check_headers(&own).expect("the row's own headers"));
+        }
+        OutboxRecord {
             topic,
-            &aggregate_id,
-            payload.as_bytes(),
-            &[
-                (outbox::headers::EVENT_ID, &outbox_id.to_string()),
-                (outbox::headers::EVENT_TYPE, &event_type),
-                (outbox::headers::AGGREGATE_TYPE, &aggregate_type),
-                (outbox::headers::AGGREGATE_ID, &aggregate_id),
-            ],
+            key: aggregate_id,
+            payload,
+            headers,
+        }
+    }
+
+    /// Produces `record`.
+    pub async fn publish(&self, record: &OutboxRecord) {
+        let headers: Vec<(&str, &str)> = record
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        self.produce(
+            &record.topic,
+            &record.key,
+            record.payload.as_bytes(),
+            &headers,
         )
         .await;
+    }
+
+    /// `(traceparent, tracestate)` of outbox row `outbox_id`.
+    pub async fn trace_of(&self, outbox_id: Uuid) -> (Option<String>, Option<String>) {
+        sqlx::query_as("select traceparent, tracestate from outbox where id = $1")
+            .bind(outbox_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("outbox row")
     }
 
     /// The id of transaction `id`'s `TransactionCreated` outbox row.
@@ -393,6 +467,29 @@ impl TestApp {
             })
         })
         .await?
+    }
+}
+
+/// A record as [`TestApp::record_of`] makes it.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl OutboxRecord {
+    /// The record without its trace headers, and with `traceparent` instead when given.
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
+        self.headers.retain(|(name, _)| {
+            name != outbox::headers::TRACEPARENT && name != outbox::headers::TRACESTATE
+        });
+        if let Some(value) = traceparent {
+            self.headers
+                .push((outbox::headers::TRACEPARENT.to_string(), value.to_string()));
+        }
+        self
     }
 }
 

@@ -11,3 +11,4 @@ mod idempotency;
 mod openapi;
 mod outage;
 mod settlement;
+mod trace;

@@ -169,7 +169,7 @@ async fn five_hundred_concurrent_transfers_keep_the_total_and_never_go_negative(
                     .create(&json!({"amount": amount, "fromUserId": from, "toUserId": to}))
                     .await;
                 let event = app.created_event(id).await;
-                settle_transaction::execute(&app.pool, event, id)
+                settle_transaction::execute(&app.pool, event, id, None)
                     .await
                     .expect("settlement commits");
                 id
@@ -235,7 +235,8 @@ async fn a_transaction_not_yet_visible_when_its_event_arrives_is_settled_once_it
         .await
         .unwrap();
     let pool = app.pool.clone();
-    let settle = tokio::spawn(async move { settle_transaction::execute(&pool, event, id).await });
+    let settle =
+        tokio::spawn(async move { settle_transaction::execute(&pool, event, id, None).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     writer.commit().await.unwrap();
     let outcome = settle.await.unwrap().expect("settlement commits");

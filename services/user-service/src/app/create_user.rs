@@ -39,7 +39,8 @@ impl From<sqlx::Error> for CreateUserError {
     }
 }
 
-/// Registers a user and records `UserCreated` in the outbox.
+/// Registers a user and records `UserCreated` in the outbox, carrying `trace` (the
+/// request span's W3C context) so the account opening continues that trace.
 ///
 /// Invariant: the `users` row and the outbox row commit together or not at all; an
 /// error at any step drops the transaction, which rolls both back. The unique index on
@@ -52,6 +53,7 @@ pub async fn execute(
     pool: &PgPool,
     hasher: &PasswordHasher,
     new_user: NewUser,
+    trace: Option<outbox::TraceContext>,
 ) -> Result<User, CreateUserError> {
     let NewUser { email, password } = new_user;
     let password_hash = hasher.hash(password).await?;
@@ -68,7 +70,8 @@ pub async fn execute(
             email: email.as_str(),
             created_at,
         },
-    )?;
+    )?
+    .with_trace(trace);
     outbox::insert(&mut tx, &event).await?;
     tx.commit().await?;
 

@@ -14,7 +14,7 @@ use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use service_http::JsonBody;
+use service_http::{JsonBody, RequestTrace};
 
 use service_http::docs::{ByIdErrors, JsonBodyErrors, ServerErrors};
 
@@ -155,10 +155,11 @@ struct UserPath {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
     JsonBody(body): JsonBody<CreateUserRequest>,
 ) -> Result<Response, ApiError> {
     let new_user = body.validate()?;
-    let user = app::create_user::execute(&state.pool, &state.hasher, new_user).await?;
+    let user = app::create_user::execute(&state.pool, &state.hasher, new_user, trace).await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok((
         [(header::LOCATION, format!("/users/{}", user.id))],

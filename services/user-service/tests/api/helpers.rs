@@ -1,5 +1,5 @@
 //! `spawn_app()` and what tests do with a running service: call its API, look into its
-//! database, and cut it off from PostgreSQL with a TCP proxy.
+//! database, read what it logged, and cut it off from PostgreSQL with a TCP proxy.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use service_config::ServerSettings;
 use service_postgres::{DatabaseSettings, DatabaseTarget, DEFAULT_ACQUIRE_TIMEOUT};
+use service_telemetry::LogBuffer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use testkit::TestDb;
@@ -30,9 +31,16 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
 }
 
+/// The log lines of every service this test binary runs, as the binary logs them
+/// (JSON lines, `service_telemetry::init_in_memory`).
+pub fn logs() -> &'static LogBuffer {
+    service_telemetry::init_in_memory("user-service")
+}
+
 /// The service as `main` builds it ([`Application::build`]: migrations, pool,
 /// listener) on 127.0.0.1:0 over a fresh database.
 pub async fn spawn_app() -> TestApp {
+    logs();
     let db = TestDb::create("users", "users_db").await.unwrap();
     let mut database = DatabaseSettings::new(
         DatabaseTarget::Url(db.url.clone().into()),
@@ -55,6 +63,7 @@ pub async fn spawn_app() -> TestApp {
 /// The router over `pool`, without start-up migrations: for pools that cannot reach
 /// a database.
 pub async fn spawn_app_with_pool(pool: PgPool) -> TestApp {
+    logs();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = http::router(AppState::new(pool, PasswordHasher::per_core()));

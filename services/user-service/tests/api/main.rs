@@ -9,3 +9,4 @@ mod get_user;
 mod health;
 mod helpers;
 mod openapi;
+mod trace;
