@@ -1,0 +1,334 @@
+//! One transfer followed by its W3C trace through the real binaries: user-service,
+//! transaction-service and relay-cdc, on the local stack (`scripts/stack up`), with
+//! databases, replication slots, topics and a consumer group of this test's own. The
+//! caller's `traceparent` must come out of relay-cdc on the `TransactionCreated`
+//! record, reach the settlement's log lines, and go on with `TransactionCompleted`;
+//! a sign-up's trace must reach the account opening. The slots go with the test's
+//! databases when they are dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use testkit::{free_port, unique_suffix, wait_for, Record, Stack, TestDb};
+
+/// How long any one step may take.
+const STEP: Duration = Duration::from_secs(60);
+
+/// A running binary, killed when dropped; its stdout and stderr go to `log`.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[&str], env: &[(String, String)], log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        Self { child, log }
+    }
+
+    /// Every JSON line logged so far.
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds the three binaries in the profile of this test, next to its own binaries.
+fn binaries() -> PathBuf {
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_outbox-drill"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(testkit::repo_root()).args([
+        "build",
+        "-p",
+        "relay-cdc",
+        "-p",
+        "transaction-service",
+        "-p",
+        "user-service",
+    ]);
+    if bin_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "cargo build");
+    bin_dir
+}
+
+/// The innermost span field `name` of a JSON log line.
+fn span_field<'a>(line: &'a Value, name: &str) -> Option<&'a str> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|s| s[name].as_str())
+}
+
+/// `(trace id, parent id)` of a `traceparent`.
+fn ids(traceparent: &str) -> (&str, &str) {
+    (&traceparent[3..35], &traceparent[36..52])
+}
+
+/// Waits until `proc` logged `message` in trace `trace_id`; returns the line.
+async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
+    wait_for(message, STEP, || async {
+        Ok(proc
+            .lines()
+            .into_iter()
+            .find(|l| l["message"] == message && span_field(l, "trace_id") == Some(trace_id)))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}; {} logged:\n{}",
+            proc.log.display(),
+            std::fs::read_to_string(&proc.log).unwrap_or_default()
+        )
+    })
+}
+
+async fn ready(client: &reqwest::Client, url: &str) {
+    wait_for(url, STEP, || async {
+        Ok(client
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200))
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlement() {
+    let started = Instant::now();
+    let bin = binaries();
+    let stack = Stack::from_env();
+    let users_db = TestDb::create("trace_users", "users_db").await.unwrap();
+    let tx_db = TestDb::create("trace_tx", "transaction_db").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("outbox-trace-test-{}", unique_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("t.trace.{}.", unique_suffix());
+    let (user_topic, tx_topic) = (
+        format!("{prefix}outbox.event.user"),
+        format!("{prefix}outbox.event.transaction"),
+    );
+    for topic in [&user_topic, &tx_topic] {
+        testkit::create_topic(&stack.kafka_brokers, topic, 1)
+            .await
+            .unwrap();
+    }
+    let env = |pairs: &[(&str, String)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+
+    let relay_port = free_port();
+    let mut relay_env = env(&[
+        ("RELAY_ADMIN__LISTEN", format!("127.0.0.1:{relay_port}")),
+        ("RELAY_KAFKA__BROKERS", stack.kafka_brokers.clone()),
+        (
+            "RELAY_KAFKA__TOPIC_TEMPLATE",
+            format!("{prefix}outbox.event.{{aggregate_type}}"),
+        ),
+        ("RUST_LOG", "info,rdkafka=warn".into()),
+    ]);
+    for (source, db) in [("USERS_DB", &users_db), ("TRANSACTION_DB", &tx_db)] {
+        for (key, value) in [
+            ("HOST", stack.pg_host.clone()),
+            ("PORT", stack.pg_port.to_string()),
+            ("USER", stack.pg_user.clone()),
+            ("PASSWORD", stack.pg_password.clone()),
+            ("DATABASE", db.name.clone()),
+            ("SLOT", db.name.clone()),
+        ] {
+            relay_env.push((format!("RELAY_SOURCES__{source}__{key}"), value));
+        }
+    }
+    let relay = Running::start(
+        &bin.join("relay-cdc"),
+        &["run"],
+        &relay_env,
+        dir.join("relay.log"),
+    );
+    let (user_port, tx_port) = (free_port(), free_port());
+    let users = Running::start(
+        &bin.join("user-service"),
+        &[],
+        &env(&[
+            ("SERVER_HOST", "127.0.0.1".into()),
+            ("SERVER_PORT", user_port.to_string()),
+            ("DATABASE_URL", users_db.url.clone()),
+        ]),
+        dir.join("user-service.log"),
+    );
+    let transactions = Running::start(
+        &bin.join("transaction-service"),
+        &[],
+        &env(&[
+            ("SERVER_HOST", "127.0.0.1".into()),
+            ("SERVER_PORT", tx_port.to_string()),
+            ("DATABASE_URL", tx_db.url.clone()),
+            ("KAFKA_BROKERS", stack.kafka_brokers.clone()),
+            ("KAFKA_GROUP_ID", format!("trace-test-{}", unique_suffix())),
+            ("USER_EVENTS_TOPIC", user_topic.clone()),
+            ("TRANSACTION_EVENTS_TOPIC", tx_topic.clone()),
+            ("RUST_LOG", "info,rdkafka=warn,librdkafka=warn".into()),
+        ]),
+        dir.join("transaction-service.log"),
+    );
+    let client = reqwest::Client::new();
+    let (users_url, tx_url) = (
+        format!("http://127.0.0.1:{user_port}"),
+        format!("http://127.0.0.1:{tx_port}"),
+    );
+    ready(&client, &format!("http://127.0.0.1:{relay_port}/readyz")).await;
+    ready(&client, &format!("{users_url}/readyz")).await;
+    ready(&client, &format!("{tx_url}/readyz")).await;
+    let booted = started.elapsed();
+
+    // Two sign-ups, the first in a trace of its caller's.
+    let signup_trace = uuid::Uuid::new_v4().simple().to_string();
+    let mut accounts = Vec::new();
+    for traceparent in [Some(format!("00-{signup_trace}-a1a1a1a1a1a1a1a1-01")), None] {
+        let mut request = client.post(format!("{users_url}/users")).json(&json!({
+            "email": format!("trace-{}@example.com", unique_suffix()),
+            "password": "correct horse battery staple",
+        }));
+        if let Some(tp) = &traceparent {
+            request = request.header("traceparent", tp);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        accounts.push(body["data"]["id"].as_str().unwrap().to_string());
+    }
+    for user in &accounts {
+        ready(&client, &format!("{tx_url}/api/v1/balance/{user}")).await;
+    }
+    logged(&users, &signup_trace, "user created").await;
+    logged(&transactions, &signup_trace, "account opened").await;
+
+    let settle = |body: Value, traceparent: Option<String>| {
+        let (client, tx_url) = (client.clone(), tx_url.clone());
+        async move {
+            let mut request = client
+                .post(format!("{tx_url}/api/v1/transactions"))
+                .json(&body);
+            if let Some(tp) = traceparent {
+                request = request.header("traceparent", tp);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            let answered = response.headers()["traceresponse"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let id = response.json::<Value>().await.unwrap()["transactionId"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            wait_for("the settlement", STEP, || async {
+                let t: Value = client
+                    .get(format!("{tx_url}/api/v1/transactions/{id}"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok((t["status"] != "PENDING").then_some(t["status"].clone()))
+            })
+            .await
+            .map(|status| (id, answered, status))
+            .unwrap()
+        }
+    };
+    let (_, _, deposited) = settle(json!({"amount": 100, "toUserId": accounts[0]}), None).await;
+    assert_eq!(deposited, "COMPLETED");
+
+    // The transfer, in the caller's trace.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let caller = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let transfer = json!({"amount": "30.25", "fromUserId": accounts[0], "toUserId": accounts[1]});
+    let (id, answered, status) = settle(transfer, Some(caller.clone())).await;
+    assert_eq!(status, "COMPLETED");
+    let (answered_trace, request_span) = ids(&answered);
+    assert_eq!(answered_trace, trace_id);
+    assert_ne!(request_span, ids(&caller).1);
+
+    // What relay-cdc published for it.
+    let consumer = testkit::consumer(&stack.kafka_brokers, &[&tx_topic]).unwrap();
+    let mut records: Vec<Record> = Vec::new();
+    while records.len() < 2 {
+        let got = testkit::read_records(&consumer, 1, STEP).await.unwrap();
+        records.extend(
+            got.into_iter()
+                .filter(|r| r.key.as_deref() == Some(id.as_str())),
+        );
+    }
+    let traceparent_of = |event_type: &str| -> String {
+        let record = records
+            .iter()
+            .find(|r| r.header("event_type") == Some(event_type))
+            .unwrap_or_else(|| panic!("no {event_type} in {records:?}"));
+        record
+            .header("traceparent")
+            .expect("a traceparent header")
+            .to_string()
+    };
+    let created = traceparent_of("TransactionCreated");
+    let completed = traceparent_of("TransactionCompleted");
+    assert_eq!(
+        created, answered,
+        "TransactionCreated names the request's span"
+    );
+    let (completed_trace, settlement_span) = ids(&completed);
+    assert_eq!(
+        completed_trace, trace_id,
+        "TransactionCompleted goes on in the trace"
+    );
+    assert_ne!(
+        settlement_span, request_span,
+        "the consumer's span is its own"
+    );
+
+    // The service's log lines of both spans carry the trace.
+    let accepted = logged(&transactions, &trace_id, "transaction accepted").await;
+    assert_eq!(span_field(&accepted, "span_id"), Some(request_span));
+    let settled = logged(&transactions, &trace_id, "transaction completed").await;
+    assert_eq!(span_field(&settled, "span_id"), Some(settlement_span));
+    assert_eq!(settled["transaction_id"], id);
+
+    drop((relay, users, transactions));
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "trace test: binaries up after {:.1} s, done after {:.1} s",
+        booted.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
