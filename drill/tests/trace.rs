@@ -110,14 +110,11 @@ async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
     })
 }
 
+/// Waits until `url` answers 2xx.
 async fn ready(client: &reqwest::Client, url: &str) {
     wait_for(url, STEP, || async {
-        Ok(client
-            .get(url)
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200))
+        let answer = client.get(url).send().await;
+        Ok(answer.is_ok_and(|r| r.status().is_success()).then_some(()))
     })
     .await
     .unwrap();
@@ -177,31 +174,29 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
         &relay_env,
         dir.join("relay.log"),
     );
-    let (user_port, tx_port) = (free_port(), free_port());
-    let users = Running::start(
-        &bin.join("user-service"),
-        &[],
-        &env(&[
-            ("SERVER_HOST", "127.0.0.1".into()),
-            ("SERVER_PORT", user_port.to_string()),
-            ("DATABASE_URL", users_db.url.clone()),
-        ]),
-        dir.join("user-service.log"),
-    );
-    let transactions = Running::start(
-        &bin.join("transaction-service"),
-        &[],
-        &env(&[
-            ("SERVER_HOST", "127.0.0.1".into()),
-            ("SERVER_PORT", tx_port.to_string()),
-            ("DATABASE_URL", tx_db.url.clone()),
+    // One of the services on a free port over `db`, with `extra`; and its port.
+    let service = |name: &str, db: &TestDb, extra: &[(&str, String)]| {
+        let port = free_port();
+        let mut vars = vec![
+            ("SERVER_HOST", "127.0.0.1".to_string()),
+            ("SERVER_PORT", port.to_string()),
+            ("DATABASE_URL", db.url.clone()),
+        ];
+        vars.extend(extra.iter().cloned());
+        let log = dir.join(format!("{name}.log"));
+        (Running::start(&bin.join(name), &[], &env(&vars), log), port)
+    };
+    let (users, user_port) = service("user-service", &users_db, &[]);
+    let (transactions, tx_port) = service(
+        "transaction-service",
+        &tx_db,
+        &[
             ("KAFKA_BROKERS", stack.kafka_brokers.clone()),
             ("KAFKA_GROUP_ID", format!("trace-test-{}", unique_suffix())),
             ("USER_EVENTS_TOPIC", user_topic.clone()),
             ("TRANSACTION_EVENTS_TOPIC", tx_topic.clone()),
             ("RUST_LOG", "info,rdkafka=warn,librdkafka=warn".into()),
-        ]),
-        dir.join("transaction-service.log"),
+        ],
     );
     let client = reqwest::Client::new();
     let (users_url, tx_url) = (

@@ -146,13 +146,21 @@ async fn sigterm_lets_an_in_flight_sign_up_finish_then_exits_zero() {
     assert!(!logs.contains("$argon2"), "nor does its hash");
 }
 
-/// The service on a free port over `db`, with `env`; returns it, its stdout's lines and
-/// its port once it listens.
-async fn start(db: &TestDb, env: &[(&str, String)]) -> (Child, Lines<BufReader<ChildStdout>>, u16) {
+/// The service on a free port over `db`, exporting spans to 127.0.0.1:`collector`,
+/// with `env`; returns it, its stdout's lines and its port once it listens.
+async fn start_exporting(
+    db: &TestDb,
+    collector: u16,
+    env: &[(&str, &str)],
+) -> (Child, Lines<BufReader<ChildStdout>>, u16) {
     let mut child = service()
         .env("SERVER_PORT", "0")
         .env("DATABASE_URL", &db.url)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{collector}"),
+        )
+        .envs(env.iter().copied())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -239,15 +247,12 @@ fn serve_otlp(stream: TcpStream, sent: &mpsc::Sender<(String, ExportTraceService
 async fn spans_reach_an_otlp_collector_as_children_of_the_callers_span() {
     let db = TestDb::create("users", "users_db").await.unwrap();
     let (collector_port, exported) = collector();
-    let (mut child, _lines, port) = start(
+    let (mut child, _lines, port) = start_exporting(
         &db,
+        collector_port,
         &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{collector_port}"),
-            ),
-            ("OTEL_SERVICE_NAME", "users-under-test".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_SERVICE_NAME", "users-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     )
     .await;
@@ -338,16 +343,13 @@ async fn requests_answer_promptly_and_the_binary_exits_while_the_collector_is_un
     let closed = closed_port().await;
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     for collector_port in [closed, silent.local_addr().unwrap().port()] {
-        let (mut child, _lines, port) = start(
+        // Export after every span, so each request is followed by an attempt.
+        let (mut child, _lines, port) = start_exporting(
             &db,
+            collector_port,
             &[
-                (
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    format!("http://127.0.0.1:{collector_port}"),
-                ),
-                // Export after every span, so each request is followed by an attempt.
-                ("OTEL_BSP_SCHEDULE_DELAY", "10".into()),
-                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1".into()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1"),
             ],
         )
         .await;
