@@ -973,8 +973,10 @@ impl World<'_> {
                         if synced == slots.len() {
                             break;
                         }
-                        if waited.elapsed() > Duration::from_secs(60) {
-                            bail!("the standby synced {synced} of the relay's 2 slots within 60 s");
+                        if waited.elapsed() > Duration::from_secs(180) {
+                            bail!(
+                                "the standby synced {synced} of the relay's 2 slots within 180 s"
+                            );
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

@@ -111,15 +111,11 @@ fn run_short_drill(args: &[&str], env: &[(&str, &str)]) -> (String, Cleanup) {
 
     let dir = std::env::temp_dir().join(format!("outbox-drill-test-{}", testkit::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (pg, kafka) = (testkit::free_port(), testkit::free_port());
-    // A three-broker cluster puts node i on kafka + 2(i-1) and controller + 2(i-1) (its
-    // controllers 4 and 5 on controller + 6 and + 8): interleave them so no node's port
-    // lands on another's.
-    let controller = if env.contains(&("KAFKA_NODES", "3")) {
-        kafka + 1
-    } else {
-        testkit::free_port()
-    };
+    // Below the ephemeral range, so no client socket holds one when a server binds it:
+    // PostgreSQL and its standby, then Kafka's ten (three brokers and their
+    // controllers interleaved, controllers 4 and 5 on controller + 6 and + 8).
+    let base = testkit::free_port_block(12);
+    let (pg, kafka, controller) = (base, base + 2, base + 3);
     let mut cleanup = Cleanup {
         repo: repo.clone(),
         dir: dir.clone(),

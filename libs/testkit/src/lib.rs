@@ -448,13 +448,7 @@ impl PrivateKafka {
     pub async fn start_cluster() -> anyhow::Result<Self> {
         // Node i listens on port + 2(i-1) and controller port + 2(i-1), controllers 4
         // and 5 on controller port + 6 and + 8: ten ports in a row, interleaved.
-        let port = (0..100)
-            .map(|_| free_port())
-            .find(|p| {
-                *p < u16::MAX - 10
-                    && (0..10).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-            })
-            .context("no ten free ports in a row")?;
+        let port = free_port_block(10);
         let k = Self {
             brokers: (0..3)
                 .map(|i| format!("127.0.0.1:{}", port + 2 * i))
@@ -572,6 +566,27 @@ impl Drop for PrivateKafka {
         let _ = self.command("kafka-stop").output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The first of `n` consecutive TCP ports, all free at the time of asking, below
+/// Linux's ephemeral range (32768 and up): a server started on them later cannot find
+/// one taken by a client's outgoing connection, as ports from [`free_port`] can (seen:
+/// a Kafka controller of a test cluster failed to bind its port).
+pub fn free_port_block(n: u16) -> u16 {
+    // Spread by process and time so parallel tests rarely try the same block first.
+    let seed = std::process::id() as u64
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    (0..10_000u64)
+        .map(|i| {
+            20_000
+                + ((seed.wrapping_mul(2_654_435_761) + i * 7_919) % (12_000 - u64::from(n))) as u16
+        })
+        .find(|p| (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("a block of free ports below 32768")
 }
 
 /// A TCP port free at the time of asking.
