@@ -193,7 +193,7 @@ pub fn new_event_id() -> Uuid {
 }
 
 #[cfg(feature = "store")]
-pub use store::insert;
+pub use store::{insert, insert_all};
 
 #[cfg(feature = "store")]
 mod store {
@@ -208,24 +208,51 @@ mod store {
         conn: &mut sqlx::PgConnection,
         event: &NewEvent,
     ) -> Result<Uuid, sqlx::Error> {
-        let id = new_event_id();
-        let trace = event.trace.as_ref();
-        let headers = (!event.headers.is_empty()).then_some(sqlx::types::Json(&event.headers));
+        let ids = insert_all(conn, std::slice::from_ref(event)).await?;
+        Ok(ids[0])
+    }
+
+    /// Writes `events` as `PENDING` outbox rows on `conn` in one statement, in the
+    /// order given (so relay-cdc publishes them in that order), and returns their event
+    /// ids in the same order. The same rule as [`insert`]: the caller's transaction.
+    pub async fn insert_all(
+        conn: &mut sqlx::PgConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<Uuid>, sqlx::Error> {
+        let ids: Vec<Uuid> = events.iter().map(|_| new_event_id()).collect();
+        let column = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+        let headers: Vec<Option<serde_json::Value>> = events
+            .iter()
+            .map(|e| {
+                (!e.headers.is_empty())
+                    .then(|| serde_json::to_value(&e.headers).expect("strings serialise"))
+            })
+            .collect();
+        let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+        // `with ordinality` + `order by`: rows go in (and reach the WAL) in array order.
         sqlx::query(
             "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload, \
-             traceparent, tracestate, headers) values ($1, $2, $3, $4, $5, $6, $7, $8)",
+             traceparent, tracestate, headers) \
+             select id, aggregate_type, aggregate_id, event_type, payload, traceparent, \
+             tracestate, headers \
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+             $6::text[], $7::text[], $8::jsonb[]) with ordinality as e (id, aggregate_type, \
+             aggregate_id, event_type, payload, traceparent, tracestate, headers, n) \
+             order by n",
         )
-        .bind(id)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(&event.event_type)
-        .bind(&event.payload)
-        .bind(trace.map(|t| t.traceparent.as_str()))
-        .bind(trace.and_then(|t| t.tracestate.as_deref()))
-        .bind(headers)
+        .bind(&ids)
+        .bind(column(|e| Some(e.aggregate_type.clone())))
+        .bind(column(|e| Some(e.aggregate_id.clone())))
+        .bind(column(|e| Some(e.event_type.clone())))
+        .bind(&payloads)
+        .bind(column(|e| e.trace.as_ref().map(|t| t.traceparent.clone())))
+        .bind(column(|e| {
+            e.trace.as_ref().and_then(|t| t.tracestate.clone())
+        }))
+        .bind(&headers)
         .execute(conn)
         .await?;
-        Ok(id)
+        Ok(ids)
     }
 }
 
