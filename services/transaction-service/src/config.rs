@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `SERVER_HOST`, `SERVER_PORT` | where to listen, see [`service_config`] (default `0.0.0.0:8080`) |
 //! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] |
-//! | `KAFKA_*`, `*_EVENTS_TOPIC` | the broker, group and topics, see [`KafkaSettings`] |
+//! | `KAFKA_*`, `*_EVENTS_TOPIC`, `CONSUMER_MAX_BATCH` | the broker, group, topics and batch bound, see [`KafkaSettings`] |
 
 use service_config::{ConfigError, FromEnv, ServerSettings, Vars};
 use service_postgres::DatabaseSettings;
@@ -26,7 +26,16 @@ pub struct KafkaSettings {
     /// `TRANSACTION_EVENTS_TOPIC`, default `outbox.event.transaction`: where this
     /// service's own `TransactionCreated` events come back to be settled.
     pub transaction_events_topic: String,
+    /// `CONSUMER_MAX_BATCH`, default [`DEFAULT_MAX_BATCH`]: at most this many records are
+    /// applied in one database transaction.
+    pub max_batch: usize,
 }
+
+/// Records applied in one database transaction at most, unless `CONSUMER_MAX_BATCH`
+/// says otherwise.
+pub const DEFAULT_MAX_BATCH: usize = 500;
+/// The largest `CONSUMER_MAX_BATCH` accepted.
+pub const MAX_BATCH_LIMIT: usize = 10_000;
 
 /// The service's configuration.
 #[derive(Debug, Clone)]
@@ -55,7 +64,18 @@ impl KafkaSettings {
             user_events_topic: vars.or("USER_EVENTS_TOPIC", "outbox.event.user"),
             transaction_events_topic: vars
                 .or("TRANSACTION_EVENTS_TOPIC", "outbox.event.transaction"),
+            max_batch: vars.parse_or(
+                "CONSUMER_MAX_BATCH",
+                DEFAULT_MAX_BATCH,
+                "expected a whole number from 1 to 10000",
+            )?,
         };
+        if !(1..=MAX_BATCH_LIMIT).contains(&kafka.max_batch) {
+            return Err(ConfigError::Invalid {
+                variable: "CONSUMER_MAX_BATCH",
+                reason: "expected a whole number from 1 to 10000",
+            });
+        }
         for (variable, topic) in [
             ("USER_EVENTS_TOPIC", &kafka.user_events_topic),
             ("TRANSACTION_EVENTS_TOPIC", &kafka.transaction_events_topic),
@@ -120,6 +140,7 @@ mod tests {
         assert_eq!(s.kafka.user_events_topic, "outbox.event.user");
         assert_eq!(s.kafka.transaction_events_topic, "outbox.event.transaction");
         assert_eq!(s.kafka.group_id, "transaction-service");
+        assert_eq!(s.kafka.max_batch, DEFAULT_MAX_BATCH);
         let opts = s.database.connect_options(APPLICATION_NAME);
         assert_eq!(opts.get_host(), "db");
         assert_eq!(opts.get_port(), 5432);
@@ -142,6 +163,9 @@ mod tests {
             ("DB_PORT", "-1"),
             ("DB_MAX_CONNECTIONS", "0"),
             ("USER_EVENTS_TOPIC", "bad topic"),
+            ("CONSUMER_MAX_BATCH", "0"),
+            ("CONSUMER_MAX_BATCH", "10001"),
+            ("CONSUMER_MAX_BATCH", "lots"),
             ("DATABASE_URL", "mysql://nope"),
         ] {
             let err = settings(&with(&[(var, value)])).unwrap_err();

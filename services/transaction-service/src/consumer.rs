@@ -1,21 +1,30 @@
 //! The Kafka consumer: `UserCreated` opens accounts, `TransactionCreated` settles.
 //!
+//! Records are applied in **batches**: after each record the consumer waits for, it takes
+//! every record the client already holds, up to `CONSUMER_MAX_BATCH` (500), and applies
+//! them in one database transaction ([`apply_events`]). Under a trickle a batch is one
+//! record and nothing waits for a batch to fill; under load the client prefetches while a
+//! batch commits, and batches grow to what arrived meanwhile. Within a batch the records
+//! keep the order the client returned them in, which is each partition's order: events
+//! of one key (one transaction, one user) apply in order, and each account's transfers
+//! apply in the order they were consumed.
+//!
 //! Delivery is at-least-once, the effect exactly-once:
-//! - an offset is stored only after its event's database transaction committed
-//!   (`enable.auto.offset.store=false`), and the client commits stored offsets every
-//!   second and on close, so a crash redelivers at most the events of the last second;
-//!   committing each offset by hand instead queued one commit request per event, and
-//!   under load thousands of them waited behind each other (the drill saw 1773 at a
-//!   shutdown, which then took over 10 s);
-//! - every use case records the event id in the inbox inside its transaction, so the
+//! - offsets are stored only after the batch's database transaction committed
+//!   (`enable.auto.offset.store=false`; the highest offset per partition), and the
+//!   client commits stored offsets every second and on close, so a crash redelivers at
+//!   most the last second's batches; committing each offset by hand instead queued one
+//!   commit request per event, and under load thousands of them waited behind each
+//!   other (the drill saw 1773 at a shutdown, which then took over 10 s);
+//! - every event id goes into the inbox inside the batch's transaction, so a
 //!   redelivered event changes nothing.
 //!
-//! Events are applied one at a time in partition order. A database failure is retried
-//! with backoff, its offset not stored, until it succeeds or shutdown is requested: the
-//! partition waits rather than skip money movements. A malformed record (no usable
-//! `event_id`/`event_type` header, a payload that is not the event's JSON) is logged
-//! without its payload, counted, and skipped with its offset stored; retrying it
-//! could never succeed.
+//! A database failure is retried with backoff for the whole batch, no offset stored,
+//! until it succeeds or shutdown is requested: the partitions wait rather than skip
+//! money movements. A malformed record (no usable `event_id`/`event_type` header, a
+//! payload that is not the event's JSON) is logged without its payload, counted, and
+//! skipped with its offset stored once its batch committed; retrying it could never
+//! succeed.
 //!
 //! Errors the client reports while polling (broker down, coordinator moving, topic
 //! not yet created) are informational: librdkafka reconnects and rejoins by itself.
@@ -27,18 +36,21 @@
 //!
 //! Each record is handled in a span of its own ([`SPAN_TARGET`], `process <topic>`) that
 //! continues the trace of the record's `traceparent`/`tracestate` headers: a child of
-//! the span that wrote the event, so every line logged while applying it carries the
-//! original `trace_id`, and the settlement's own event carries a `traceparent` naming
-//! this span. A record without them (or with a malformed one) starts a new trace.
+//! the span that wrote the event, so the lines logged for it carry the original
+//! `trace_id`, and the settlement's own event carries a `traceparent` naming this span.
+//! A record without them (or with a malformed one) starts a new trace. A batch's retry
+//! is one line for the batch, outside any record's trace.
 //!
 //! A retry that outlasts `max.poll.interval.ms` (5 min) costs the consumer its group
-//! membership: storing the offset after the eventual success fails (logged), the
-//! group rebalances, and the event comes back once more, where the inbox absorbs it.
+//! membership: storing the offsets after the eventual success fails (logged), the
+//! group rebalances, and the events come back once more, where the inbox absorbs them.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -47,14 +59,14 @@ use service_telemetry::trace::{self, Carrier, Origin, SPAN_TARGET};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::field::Empty;
-use tracing::{Instrument, Span};
+use tracing::Span;
 use uuid::Uuid;
 
-use crate::app::{open_account, settle_transaction};
+use crate::app::apply_events::{self, Command, Consumed, Outcome};
+use crate::app::settle_transaction::Settle;
 use crate::config::KafkaSettings;
 use crate::domain::events::{self, TRANSACTION_CREATED, USER_CREATED};
 use crate::metrics::Metrics;
-use crate::store::StoreError;
 
 /// First and longest pause between attempts to apply an event whose database
 /// transaction failed.
@@ -98,11 +110,12 @@ pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
     Ok(consumer)
 }
 
-/// The topics events arrive on.
+/// The topics events arrive on, and how many records one batch takes at most.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub user_events: String,
     pub transaction_events: String,
+    pub max_batch: usize,
 }
 
 /// What a record asks for.
@@ -227,7 +240,7 @@ impl Received {
 }
 
 /// Consumes until `shutdown` turns `true` (or its sender goes away). Shutdown is
-/// honoured between events; an event whose database transaction keeps failing is
+/// honoured between batches; a batch whose database transaction keeps failing is
 /// abandoned uncommitted, to be redelivered after a restart. Stored offsets are
 /// committed by [`close`].
 pub async fn run(
@@ -241,14 +254,15 @@ pub async fn run(
     tracing::info!(
         user_events = %topics.user_events,
         transaction_events = %topics.transaction_events,
+        max_batch = topics.max_batch,
         "event consumer started"
     );
     loop {
-        let received = tokio::select! {
+        let first = tokio::select! {
             biased;
-            // 1. Shutdown first: stop between events, never in the middle of one.
+            // 1. Shutdown first: stop between batches, never in the middle of one.
             _ = stop_requested(&mut shutdown) => break,
-            // 2. Then the next record.
+            // 2. Then wait for the next record.
             message = consumer.recv() => match message {
                 Ok(message) => Received::new(&topics, &message),
                 Err(error) => {
@@ -260,13 +274,11 @@ pub async fn run(
                 }
             },
         };
-
-        let span = received.span();
-        let trace = trace::context_of(&span);
-        let handled = handle(&consumer, &pool, &metrics, &received, trace, &mut shutdown)
-            .instrument(span)
-            .await;
-        if handled.is_break() {
+        let batch = take_ready(&consumer, &topics, &metrics, &mut errors, first);
+        if handle_batch(&consumer, &pool, &metrics, &batch, &mut shutdown)
+            .await
+            .is_break()
+        {
             break;
         }
     }
@@ -274,73 +286,168 @@ pub async fn run(
     tracing::info!("event consumer stopped");
 }
 
-/// Applies one received record inside its span and stores its offset; `Break` when
-/// shutdown came first and the event stays unapplied.
-async fn handle(
+/// `first`, then every record the client already holds, up to `max_batch` in all;
+/// never waits. Client errors met on the way are counted and logged as in [`run`].
+fn take_ready(
+    consumer: &StreamConsumer,
+    topics: &Topics,
+    metrics: &Metrics,
+    errors: &mut ErrorLog,
+    first: Received,
+) -> Vec<Received> {
+    let mut batch = vec![first];
+    let mut stream = consumer.stream();
+    // Bounded by polls, not records, so a burst of errors cannot hold the batch open.
+    for _ in 1..topics.max_batch {
+        // `recv` and the stream are cancellation safe: a record is only taken when the
+        // poll returns it.
+        match stream.next().now_or_never() {
+            Some(Some(Ok(message))) => batch.push(Received::new(topics, &message)),
+            Some(Some(Err(error))) => {
+                metrics.kafka_errors.inc();
+                errors.record(&error, Instant::now());
+            }
+            Some(None) | None => break,
+        }
+    }
+    batch
+}
+
+/// Applies one batch and stores its offsets; `Break` when shutdown came first and the
+/// batch stays unapplied.
+async fn handle_batch(
     consumer: &StreamConsumer,
     pool: &PgPool,
     metrics: &Metrics,
-    received: &Received,
-    trace: Option<outbox::TraceContext>,
+    batch: &[Received],
     shutdown: &mut watch::Receiver<bool>,
 ) -> ControlFlow<()> {
-    match &received.event {
-        Err(reason) => {
-            tracing::warn!(
-                topic = %received.topic,
-                partition = received.partition,
-                offset = received.offset,
-                reason,
-                "skipping malformed event"
-            );
-            metrics
-                .events_failed
-                .with_label_values(&["malformed"])
-                .inc();
-        }
-        Ok(Event::Ignore { event_type }) => {
-            metrics
-                .events_processed
-                .with_label_values(&[event_type.as_str(), "ignored"])
-                .inc();
-        }
-        Ok(event) => {
-            let Some(outcome) =
-                apply_until_done(pool, metrics, event, trace.as_ref(), shutdown).await
-            else {
-                tracing::info!(
+    let spans: Vec<Span> = batch.iter().map(Received::span).collect();
+    // The records to apply, by their index in the batch.
+    let mut applied: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut consumed: Vec<Consumed> = Vec::with_capacity(batch.len());
+    for (i, (received, span)) in batch.iter().zip(&spans).enumerate() {
+        let (event_id, command) = match &received.event {
+            Err(reason) => {
+                let _in_span = span.enter();
+                tracing::warn!(
                     topic = %received.topic,
                     partition = received.partition,
                     offset = received.offset,
-                    "stopping with an event unapplied; it will be redelivered"
+                    reason,
+                    "skipping malformed event"
                 );
-                return ControlFlow::Break(());
-            };
-            let event_type = match event {
-                Event::OpenAccount { .. } => USER_CREATED,
-                _ => TRANSACTION_CREATED,
-            };
-            metrics
+                continue;
+            }
+            Ok(Event::Ignore { .. }) => continue,
+            Ok(Event::OpenAccount { event_id, user_id }) => {
+                (*event_id, Command::OpenAccount { user_id: *user_id })
+            }
+            Ok(Event::Settle {
+                event_id,
+                transaction_id,
+            }) => (
+                *event_id,
+                Command::Settle(Settle {
+                    transaction_id: *transaction_id,
+                    trace: trace::context_of(span),
+                }),
+            ),
+        };
+        applied.push(i);
+        consumed.push(Consumed { event_id, command });
+    }
+
+    let started = Instant::now();
+    let Some(outcomes) = apply_until_done(pool, metrics, &consumed, shutdown).await else {
+        tracing::info!(
+            events = batch.len(),
+            "stopping with a batch unapplied; it will be redelivered"
+        );
+        return ControlFlow::Break(());
+    };
+    metrics
+        .batch_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batch_events.observe(batch.len() as f64);
+
+    let mut outcomes = applied.into_iter().zip(&consumed).zip(outcomes).peekable();
+    for (i, (received, span)) in batch.iter().zip(&spans).enumerate() {
+        match &received.event {
+            Err(_) => metrics
+                .events_failed
+                .with_label_values(&["malformed"])
+                .inc(),
+            Ok(Event::Ignore { event_type }) => metrics
                 .events_processed
-                .with_label_values(&[event_type, outcome])
-                .inc();
-            if outcome == "unknown_transaction" {
-                metrics
-                    .events_failed
-                    .with_label_values(&["unknown_transaction"])
-                    .inc();
+                .with_label_values(&[event_type.as_str(), "ignored"])
+                .inc(),
+            Ok(_) => {
+                let ((at, event), outcome) = outcomes.next().expect("one outcome per event");
+                debug_assert_eq!(at, i);
+                span.in_scope(|| report(metrics, event, outcome));
             }
         }
     }
 
-    // The event's transaction has committed (or there was nothing to apply): the
-    // next commit may include it. Fails when the partition was revoked meanwhile;
-    // its new owner gets the event again and the inbox absorbs it.
-    if let Err(error) = consumer.store_offset(&received.topic, received.partition, received.offset)
-    {
-        tracing::warn!(error = %error, topic = %received.topic, partition = received.partition, "storing the offset failed; the event may be redelivered");
+    // The batch's transaction has committed: the next commit may include its offsets.
+    // Storing fails when a partition was revoked meanwhile; its new owner gets the
+    // events again and the inbox absorbs them.
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for r in batch {
+        let offset = last.entry((&r.topic, r.partition)).or_insert(r.offset);
+        *offset = (*offset).max(r.offset);
+    }
+    for ((topic, partition), offset) in last {
+        if let Err(error) = consumer.store_offset(topic, partition, offset) {
+            tracing::warn!(error = %error, topic, partition, "storing the offset failed; the events may be redelivered");
+        }
     }
     ControlFlow::Continue(())
+}
+
+/// Logs and counts what applying `event` did, inside the record's span.
+fn report(metrics: &Metrics, event: &Consumed, outcome: Outcome) {
+    let event_id = event.event_id;
+    let label = match (&event.command, outcome) {
+        (Command::OpenAccount { user_id }, Outcome::Opened) => {
+            tracing::info!(%event_id, %user_id, "account opened");
+            "applied"
+        }
+        (Command::Settle(s), Outcome::Completed) => {
+            let transaction_id = s.transaction_id;
+            tracing::info!(%event_id, %transaction_id, "transaction completed");
+            "applied"
+        }
+        (Command::Settle(s), Outcome::Failed(reason)) => {
+            let transaction_id = s.transaction_id;
+            tracing::info!(%event_id, %transaction_id, reason = reason.as_str(), "transaction failed");
+            "applied"
+        }
+        (_, Outcome::Duplicate) => {
+            tracing::info!(%event_id, "event consumed before; nothing to do");
+            "duplicate"
+        }
+        (Command::Settle(s), Outcome::UnknownTransaction) => {
+            let transaction_id = s.transaction_id;
+            tracing::warn!(%event_id, %transaction_id, "TransactionCreated for an unknown transaction");
+            metrics
+                .events_failed
+                .with_label_values(&["unknown_transaction"])
+                .inc();
+            "unknown_transaction"
+        }
+        (_, Outcome::AlreadyOpen) => "already_open",
+        (_, Outcome::AlreadySettled) => "already_settled",
+        (_, outcome) => {
+            tracing::error!(%event_id, ?outcome, "an outcome that does not fit the event");
+            "mismatched"
+        }
+    };
+    metrics
+        .events_processed
+        .with_label_values(&[event.command.event_type(), label])
+        .inc();
 }
 
 /// Closes the consumer (commits the stored offsets, leaves the group), for
@@ -397,27 +504,31 @@ impl ErrorLog {
     }
 }
 
-/// Applies `event`, retrying database failures with backoff. `None` when shutdown
-/// was requested before it succeeded. The result is the outcome's metric label.
+/// Applies `events` in one database transaction, retrying failures with backoff.
+/// `None` when shutdown was requested before it succeeded.
 async fn apply_until_done(
     pool: &PgPool,
     metrics: &Metrics,
-    event: &Event,
-    trace: Option<&outbox::TraceContext>,
+    events: &[Consumed],
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<&'static str> {
+) -> Option<Vec<Outcome>> {
     let mut backoff = RETRY_BACKOFF.0;
     let mut attempt: u32 = 1;
     loop {
-        match apply(pool, event, trace.cloned()).await {
-            Ok(outcome) => return Some(outcome),
+        match apply_events::execute(pool, events).await {
+            Ok(outcomes) => return Some(outcomes),
             Err(error) => {
                 metrics.consumer_retries.inc();
+                let cause = std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 tracing::warn!(
                     error = %error,
+                    cause,
+                    events = events.len(),
                     attempt,
                     retry_in_ms = backoff.as_millis() as u64,
-                    "applying event failed; retrying"
+                    "applying a batch of events failed; retrying"
                 );
             }
         }
@@ -429,51 +540,6 @@ async fn apply_until_done(
         backoff = (backoff * 2).min(RETRY_BACKOFF.1);
         attempt += 1;
     }
-}
-
-async fn apply(
-    pool: &PgPool,
-    event: &Event,
-    trace: Option<outbox::TraceContext>,
-) -> Result<&'static str, StoreError> {
-    Ok(match *event {
-        Event::OpenAccount { event_id, user_id } => {
-            match open_account::execute(pool, event_id, user_id).await? {
-                open_account::Outcome::Opened => {
-                    tracing::info!(%event_id, %user_id, "account opened");
-                    "applied"
-                }
-                open_account::Outcome::AlreadyOpen => "already_open",
-                open_account::Outcome::Duplicate => {
-                    tracing::info!(%event_id, "event consumed before; nothing to do");
-                    "duplicate"
-                }
-            }
-        }
-        Event::Settle {
-            event_id,
-            transaction_id,
-        } => match settle_transaction::execute(pool, event_id, transaction_id, trace).await? {
-            settle_transaction::Outcome::Completed => {
-                tracing::info!(%event_id, %transaction_id, "transaction completed");
-                "applied"
-            }
-            settle_transaction::Outcome::Failed(reason) => {
-                tracing::info!(%event_id, %transaction_id, reason = reason.as_str(), "transaction failed");
-                "applied"
-            }
-            settle_transaction::Outcome::Duplicate => {
-                tracing::info!(%event_id, %transaction_id, "event consumed before; nothing to do");
-                "duplicate"
-            }
-            settle_transaction::Outcome::AlreadySettled => "already_settled",
-            settle_transaction::Outcome::UnknownTransaction => {
-                tracing::warn!(%event_id, %transaction_id, "TransactionCreated for an unknown transaction");
-                "unknown_transaction"
-            }
-        },
-        Event::Ignore { .. } => "ignored",
-    })
 }
 
 /// Resolves once shutdown is requested or the sender is gone.
@@ -489,6 +555,7 @@ mod tests {
         Topics {
             user_events: "users".into(),
             transaction_events: "transactions".into(),
+            max_batch: 10,
         }
     }
 

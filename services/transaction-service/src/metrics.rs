@@ -4,7 +4,7 @@
 //! names are [`service_http::HTTP_REQUESTS_TOTAL`] and
 //! [`service_http::HTTP_REQUEST_DURATION_SECONDS`].
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use service_http::HttpMetrics;
 
 /// Consumed events handled, by event type and outcome (`applied`, `duplicate`,
@@ -15,6 +15,10 @@ pub const CONSUMER_EVENTS_PROCESSED_TOTAL: &str = "consumer_events_processed_tot
 pub const CONSUMER_EVENTS_FAILED_TOTAL: &str = "consumer_events_failed_total";
 /// Attempts to apply an event that failed on the database and will be retried.
 pub const CONSUMER_RETRIES_TOTAL: &str = "consumer_retries_total";
+/// Records per batch the consumer applied in one database transaction.
+pub const CONSUMER_BATCH_EVENTS: &str = "consumer_batch_events";
+/// How long applying one batch took, retries included.
+pub const CONSUMER_BATCH_DURATION_SECONDS: &str = "consumer_batch_duration_seconds";
 /// Errors the Kafka client reported to the consumer (broker down, topic unknown);
 /// the client recovers from them by itself.
 pub const CONSUMER_KAFKA_ERRORS_TOTAL: &str = "consumer_kafka_errors_total";
@@ -28,6 +32,8 @@ pub struct Metrics {
     pub events_failed: IntCounterVec,
     pub consumer_retries: IntCounter,
     pub kafka_errors: IntCounter,
+    pub batch_events: Histogram,
+    pub batch_duration: Histogram,
 }
 
 impl Metrics {
@@ -57,11 +63,34 @@ impl Metrics {
             "Errors the Kafka client reported to the event consumer.",
         )
         .expect("valid metric");
+        let batch_events = Histogram::with_opts(
+            HistogramOpts::new(
+                CONSUMER_BATCH_EVENTS,
+                "Records per batch applied in one database transaction.",
+            )
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+                10000.0,
+            ]),
+        )
+        .expect("valid metric");
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                CONSUMER_BATCH_DURATION_SECONDS,
+                "Time to apply one batch of records, retries included.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events_processed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_failed.clone()),
             Box::new(consumer_retries.clone()),
             Box::new(kafka_errors.clone()),
+            Box::new(batch_events.clone()),
+            Box::new(batch_duration.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -72,6 +101,8 @@ impl Metrics {
             events_failed,
             consumer_retries,
             kafka_errors,
+            batch_events,
+            batch_duration,
         }
     }
 

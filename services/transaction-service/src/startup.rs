@@ -58,6 +58,7 @@ impl Application {
             topics: Topics {
                 user_events: settings.kafka.user_events_topic.clone(),
                 transaction_events: settings.kafka.transaction_events_topic.clone(),
+                max_batch: settings.kafka.max_batch,
             },
         })
     }

@@ -1,34 +1,44 @@
-//! Open an account: the effect of a `UserCreated` event.
+//! Open accounts: the effect of `UserCreated` events, a step of
+//! [`apply_events`](super::apply_events) on its transaction.
 
-use sqlx::PgPool;
+use std::collections::HashSet;
+
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::events::USER_CREATED;
-use crate::store::{accounts, inbox, StoreError};
+use crate::store::{accounts, StoreError};
 
-/// What consuming one `UserCreated` event did.
+/// What one `UserCreated` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Opened {
     /// A zero-balance account was opened.
-    Opened,
-    /// The account existed already (e.g. the same user announced by another event id).
-    AlreadyOpen,
-    /// This event id was consumed before; nothing changed.
-    Duplicate,
+    Now,
+    /// The account existed already (e.g. the same user announced by another event id,
+    /// or earlier in the same batch).
+    Already,
 }
 
-/// Opens a zero-balance account for `user_id`, recording `event_id` in the inbox in the
-/// same transaction so a redelivery of the event changes nothing.
-pub async fn execute(pool: &PgPool, event_id: Uuid, user_id: Uuid) -> Result<Outcome, StoreError> {
-    let mut tx = pool.begin().await.map_err(StoreError::unavailable)?;
-    if !inbox::record(&mut tx, event_id, USER_CREATED).await? {
-        return Ok(Outcome::Duplicate);
+/// Opens a zero-balance account for each of `user_ids`, in order: the first event
+/// naming a new user opens it, any later one finds it open.
+pub async fn open_all(
+    conn: &mut PgConnection,
+    user_ids: &[Uuid],
+) -> Result<Vec<Opened>, StoreError> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
     }
-    let opened = accounts::open(&mut tx, user_id).await?;
-    tx.commit().await?;
-    Ok(if opened {
-        Outcome::Opened
-    } else {
-        Outcome::AlreadyOpen
-    })
+    let mut new: HashSet<Uuid> = accounts::open_all(conn, user_ids)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(user_ids
+        .iter()
+        .map(|id| {
+            if new.remove(id) {
+                Opened::Now
+            } else {
+                Opened::Already
+            }
+        })
+        .collect())
 }

@@ -1,33 +1,39 @@
-//! Settle a transaction: the effect of its `TransactionCreated` event.
+//! Settle transactions: the effect of `TransactionCreated` events, a step of
+//! [`apply_events`](super::apply_events) on its transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::events::{
-    TransactionSettled, TRANSACTION_AGGREGATE, TRANSACTION_COMPLETED, TRANSACTION_CREATED,
-    TRANSACTION_FAILED,
+    TransactionSettled, TRANSACTION_AGGREGATE, TRANSACTION_COMPLETED, TRANSACTION_FAILED,
 };
-use crate::domain::{FailureReason, TransactionStatus};
-use crate::store::{accounts, inbox, transactions, StoreError};
+use crate::domain::{FailureReason, Ledger, Settlement, TransactionStatus};
+use crate::store::{accounts, transactions, StoreError};
 
-/// What consuming one `TransactionCreated` event did.
+/// One `TransactionCreated` to settle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settle {
+    pub transaction_id: Uuid,
+    /// The consumer span's W3C context (a child of the request's), carried by the
+    /// settlement's own event.
+    pub trace: Option<outbox::TraceContext>,
+}
+
+/// What one `TransactionCreated` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Settled {
     /// The money moved; the transaction is `COMPLETED`.
     Completed,
     /// No money moved; the transaction is `FAILED` for this reason.
     Failed(FailureReason),
-    /// This event id was consumed before; nothing changed.
-    Duplicate,
-    /// The transaction was settled already (by another event id); nothing changed.
-    AlreadySettled,
-    /// No such transaction in this database (not even after [`VISIBILITY_GRACE`]); the
-    /// event id is recorded, nothing else.
-    UnknownTransaction,
+    /// The transaction was settled already (by another event id, or earlier in the same
+    /// batch); nothing changed.
+    Already,
+    /// No such transaction in this database (not even after [`VISIBILITY_GRACE`]).
+    Unknown,
 }
 
 /// How long a `TransactionCreated` waits for its transaction row to become visible.
@@ -39,86 +45,117 @@ pub enum Outcome {
 /// transaction takes a fresh snapshot, so looking again shortly after finds the row.
 pub const VISIBILITY_GRACE: Duration = Duration::from_secs(5);
 
-/// Settles the transaction `transaction_id` announced by event `event_id`.
+/// Pause between two looks for rows not yet visible.
+const VISIBILITY_POLL: Duration = Duration::from_millis(20);
+
+/// Settles the transactions `settles` announce, in order.
 ///
-/// One database transaction records the event id in the inbox, locks the transaction
-/// row, then locks the accounts involved in ascending user id order (so concurrent
-/// settlements cannot deadlock), checks the sender's funds, moves the money, sets the
-/// final status and writes `TransactionCompleted` or `TransactionFailed` to the outbox.
-/// The amount and parties come from the stored row, not from the event. The settlement
-/// event carries `trace` (the consumer span's W3C context, a child of the request's).
-pub async fn execute(
-    pool: &PgPool,
-    event_id: Uuid,
-    transaction_id: Uuid,
-    trace: Option<outbox::TraceContext>,
-) -> Result<Outcome, StoreError> {
-    let mut tx = pool.begin().await.map_err(StoreError::unavailable)?;
-    if !inbox::record(&mut tx, event_id, TRANSACTION_CREATED).await? {
-        return Ok(Outcome::Duplicate);
+/// Waits (up to [`VISIBILITY_GRACE`]) until every announced row is visible, then locks
+/// the transaction rows in ascending id order and the accounts of the pending ones in
+/// ascending user id order (every batch takes its locks in that order, so concurrent
+/// batches cannot deadlock), applies each transfer to the locked balances in event
+/// order ([`Ledger`]: a transfer the balance cannot cover fails and moves nothing),
+/// writes the balances and final statuses, and writes one `TransactionCompleted` or
+/// `TransactionFailed` per settlement to the outbox, in event order. Amounts and
+/// parties come from the stored rows, not from the events.
+pub async fn settle_all(
+    conn: &mut PgConnection,
+    settles: &[Settle],
+) -> Result<Vec<Settled>, StoreError> {
+    if settles.is_empty() {
+        return Ok(Vec::new());
     }
+    let ids: BTreeSet<Uuid> = settles.iter().map(|s| s.transaction_id).collect();
+    let visible = wait_visible(conn, &ids).await?;
+    let mut rows: HashMap<Uuid, transactions::Transaction> = transactions::lock_all(conn, &visible)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+
+    let parties: BTreeSet<Uuid> = rows
+        .values()
+        .filter(|t| t.status == TransactionStatus::Pending)
+        .flat_map(|t| t.from_user_id.into_iter().chain([t.to_user_id]))
+        .collect();
+    let parties: Vec<Uuid> = parties.into_iter().collect();
+    let mut ledger = Ledger::new(accounts::lock_balances(conn, &parties).await?);
+
+    let mut outcomes = Vec::with_capacity(settles.len());
+    let mut finals = Vec::new();
+    for settle in settles {
+        let Some(row) = rows.get_mut(&settle.transaction_id) else {
+            outcomes.push(Settled::Unknown);
+            continue;
+        };
+        if row.status != TransactionStatus::Pending {
+            outcomes.push(Settled::Already);
+            continue;
+        }
+        let settlement = ledger
+            .settle(row.from_user_id, row.to_user_id, row.amount.to_decimal())
+            // The foreign keys make every party an account: a missing one is a broken
+            // invariant, and the batch is retried rather than settled without it.
+            .map_err(|_| StoreError::Failed(sqlx::Error::RowNotFound))?;
+        let (status, reason, outcome) = match settlement {
+            Settlement::Completed => (TransactionStatus::Completed, None, Settled::Completed),
+            Settlement::Failed(r) => (TransactionStatus::Failed, Some(r), Settled::Failed(r)),
+        };
+        row.status = status;
+        outcomes.push(outcome);
+        finals.push((row.id, status, reason, settle.trace.clone()));
+    }
+    if finals.is_empty() {
+        return Ok(outcomes);
+    }
+
+    accounts::set_balances(conn, &ledger.changed()).await?;
+    let statuses: Vec<_> = finals.iter().map(|(id, s, r, _)| (*id, *s, *r)).collect();
+    let settled_at = transactions::settle_all(conn, &statuses).await?;
+    let events = finals
+        .into_iter()
+        .map(|(id, status, reason, trace)| {
+            let row = &rows[&id];
+            let payload = TransactionSettled {
+                transaction_id: id,
+                status,
+                amount: row.amount,
+                from_user_id: row.from_user_id,
+                to_user_id: row.to_user_id,
+                failure_reason: reason.map(FailureReason::as_str),
+                settled_at: settled_at[&id],
+            };
+            let event_type = match status {
+                TransactionStatus::Failed => TRANSACTION_FAILED,
+                _ => TRANSACTION_COMPLETED,
+            };
+            outbox::NewEvent::new(TRANSACTION_AGGREGATE, id, event_type, &payload)
+                .expect("the event payload serialises")
+                .with_trace(trace)
+        })
+        .collect::<Vec<_>>();
+    outbox::insert_all(conn, &events).await?;
+    Ok(outcomes)
+}
+
+/// The ids among `ids` whose rows are visible, in ascending order, once all are or
+/// [`VISIBILITY_GRACE`] has passed.
+async fn wait_visible(
+    conn: &mut PgConnection,
+    ids: &BTreeSet<Uuid>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut missing = ids.clone();
     let mut waited = Duration::ZERO;
-    let transaction = loop {
-        if let Some(t) = transactions::lock(&mut tx, transaction_id).await? {
-            break t;
+    loop {
+        let looked: Vec<Uuid> = missing.iter().copied().collect();
+        for id in transactions::visible(conn, &looked).await? {
+            missing.remove(&id);
         }
-        if waited >= VISIBILITY_GRACE {
-            tx.commit().await?;
-            return Ok(Outcome::UnknownTransaction);
+        if missing.is_empty() || waited >= VISIBILITY_GRACE {
+            break;
         }
-        let pause = Duration::from_millis(20);
-        tokio::time::sleep(pause).await;
-        waited += pause;
-    };
-    if transaction.status != TransactionStatus::Pending {
-        tx.commit().await?;
-        return Ok(Outcome::AlreadySettled);
+        tokio::time::sleep(VISIBILITY_POLL).await;
+        waited += VISIBILITY_POLL;
     }
-
-    // BTreeMap: iteration in ascending user id order is the lock order.
-    let mut balances: BTreeMap<Uuid, Decimal> = BTreeMap::new();
-    balances.insert(transaction.to_user_id, Decimal::ZERO);
-    if let Some(from) = transaction.from_user_id {
-        balances.insert(from, Decimal::ZERO);
-    }
-    for (user_id, balance) in balances.iter_mut() {
-        *balance = accounts::lock_balance(&mut tx, *user_id)
-            .await?
-            .ok_or(StoreError::Failed(sqlx::Error::RowNotFound))?;
-    }
-
-    let amount = transaction.amount.to_decimal();
-    let outcome = match transaction.from_user_id {
-        Some(from) if balances[&from] < amount => Outcome::Failed(FailureReason::InsufficientFunds),
-        Some(from) => {
-            accounts::add(&mut tx, from, -amount).await?;
-            accounts::add(&mut tx, transaction.to_user_id, amount).await?;
-            Outcome::Completed
-        }
-        None => {
-            accounts::add(&mut tx, transaction.to_user_id, amount).await?;
-            Outcome::Completed
-        }
-    };
-    let (status, reason, event_type) = match outcome {
-        Outcome::Failed(reason) => (TransactionStatus::Failed, Some(reason), TRANSACTION_FAILED),
-        _ => (TransactionStatus::Completed, None, TRANSACTION_COMPLETED),
-    };
-    let settled_at = transactions::settle(&mut tx, transaction.id, status, reason).await?;
-
-    let payload = TransactionSettled {
-        transaction_id: transaction.id,
-        status,
-        amount: transaction.amount,
-        from_user_id: transaction.from_user_id,
-        to_user_id: transaction.to_user_id,
-        failure_reason: reason.map(FailureReason::as_str),
-        settled_at,
-    };
-    let event = outbox::NewEvent::new(TRANSACTION_AGGREGATE, transaction.id, event_type, &payload)
-        .expect("the event payload serialises")
-        .with_trace(trace);
-    outbox::insert(&mut tx, &event).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    Ok(ids.difference(&missing).copied().collect())
 }

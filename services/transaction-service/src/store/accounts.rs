@@ -13,13 +13,21 @@ pub struct Account {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Opens a zero-balance account for `user_id`; `false` when it already exists.
-pub async fn open(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query("insert into accounts (user_id) values ($1) on conflict do nothing")
-        .bind(user_id)
-        .execute(conn)
-        .await?;
-    Ok(result.rows_affected() == 1)
+/// Opens a zero-balance account for each of `user_ids`; returns the ones opened now
+/// (the others existed already).
+pub async fn open_all(
+    conn: &mut PgConnection,
+    user_ids: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut sorted = user_ids.to_vec();
+    sorted.sort_unstable();
+    sqlx::query_scalar(
+        "insert into accounts (user_id) select * from unnest($1::uuid[]) \
+         on conflict do nothing returning user_id",
+    )
+    .bind(&sorted)
+    .fetch_all(conn)
+    .await
 }
 
 /// Which of `user_ids` have an account.
@@ -41,39 +49,44 @@ pub async fn get(conn: &mut PgConnection, user_id: Uuid) -> Result<Option<Accoun
         .await
 }
 
-/// Locks the account of `user_id` until the end of the transaction and returns its
-/// balance, or `None` when there is no such account.
+/// Locks the accounts of `user_ids` until the end of the transaction and returns their
+/// balances; users without an account are absent from the result.
 ///
-/// Callers that lock several accounts must lock them in ascending `user_id` order:
-/// two settlements then always wait for each other in the same order and cannot
-/// deadlock.
+/// The rows are locked in ascending `user_id` order (the sort runs below the lock), so
+/// two settlements that share accounts always wait for each other in the same order
+/// and cannot deadlock.
 ///
 /// The lock is `FOR NO KEY UPDATE` (the strength of the balance `UPDATE` itself): it
 /// excludes every other settlement of the account like `FOR UPDATE` would, but lets a
 /// concurrent `POST` insert a transaction that references the account (its foreign key
 /// check takes `FOR KEY SHARE`) instead of queueing behind the settlement.
-pub async fn lock_balance(
+pub async fn lock_balances(
     conn: &mut PgConnection,
-    user_id: Uuid,
-) -> Result<Option<Decimal>, sqlx::Error> {
-    sqlx::query_scalar("select balance from accounts where user_id = $1 for no key update")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await
+    user_ids: &[Uuid],
+) -> Result<Vec<(Uuid, Decimal)>, sqlx::Error> {
+    sqlx::query_as(
+        "select user_id, balance from accounts where user_id = any($1) \
+         order by user_id for no key update",
+    )
+    .bind(user_ids)
+    .fetch_all(conn)
+    .await
 }
 
-/// Adds `delta` (negative to debit) to the balance of `user_id`. The table's check
-/// constraint refuses a negative result.
-pub async fn add(
+/// Sets each account's balance, for accounts locked by [`lock_balances`] in this
+/// transaction. The table's check constraint refuses a negative balance.
+pub async fn set_balances(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    delta: Decimal,
+    balances: &[(Uuid, Decimal)],
 ) -> Result<(), sqlx::Error> {
+    let (ids, amounts): (Vec<Uuid>, Vec<Decimal>) = balances.iter().copied().unzip();
     sqlx::query(
-        "update accounts set balance = balance + $2, updated_at = now() where user_id = $1",
+        "update accounts a set balance = v.balance, updated_at = now() \
+         from unnest($1::uuid[], $2::numeric[]) as v (user_id, balance) \
+         where a.user_id = v.user_id",
     )
-    .bind(user_id)
-    .bind(delta)
+    .bind(&ids)
+    .bind(&amounts)
     .execute(conn)
     .await?;
     Ok(())

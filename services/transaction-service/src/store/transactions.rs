@@ -1,5 +1,7 @@
 //! The `transactions` table.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
@@ -75,31 +77,54 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Transaction
         .await
 }
 
-/// The transaction `id`, locked until the end of the transaction so only one
-/// settlement can decide its outcome.
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Transaction>, sqlx::Error> {
+/// Which of `ids` this transaction's snapshot sees now (no lock).
+pub async fn visible(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("select id from transactions where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}
+
+/// The transactions of `ids`, locked until the end of the transaction so only one
+/// settlement can decide each outcome; absent ones are missing from the result.
+///
+/// The rows are locked in ascending id order, so batches that share transactions (a
+/// rebalance hands the same events to a second consumer) cannot deadlock. A row another
+/// settlement changed while this one waited is returned as that one committed it.
+pub async fn lock_all(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<Transaction>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "select {COLUMNS} from transactions where id = $1 for update"
+        "select {COLUMNS} from transactions where id = any($1) order by id for update"
     ))
-    .bind(id)
-    .fetch_optional(conn)
+    .bind(ids)
+    .fetch_all(conn)
     .await
 }
 
-/// Moves the transaction `id` to its final status and returns the time it did.
-pub async fn settle(
+/// Moves each transaction to its final status (with its failure reason) and returns
+/// the time it did, per id.
+pub async fn settle_all(
     conn: &mut PgConnection,
-    id: Uuid,
-    status: TransactionStatus,
-    failure_reason: Option<FailureReason>,
-) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar(
-        "update transactions set status = $2, failure_reason = $3, updated_at = now() \
-         where id = $1 returning updated_at",
+    settled: &[(Uuid, TransactionStatus, Option<FailureReason>)],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
+    let ids: Vec<Uuid> = settled.iter().map(|(id, _, _)| *id).collect();
+    let statuses: Vec<&str> = settled.iter().map(|(_, s, _)| s.as_str()).collect();
+    let reasons: Vec<Option<&str>> = settled
+        .iter()
+        .map(|(_, _, r)| r.map(FailureReason::as_str))
+        .collect();
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "update transactions t set status = v.status, failure_reason = v.reason, \
+         updated_at = now() \
+         from unnest($1::uuid[], $2::text[], $3::text[]) as v (id, status, reason) \
+         where t.id = v.id returning t.id, t.updated_at",
     )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(failure_reason.map(FailureReason::as_str))
-    .fetch_one(conn)
-    .await
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&reasons)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -43,6 +43,8 @@ pub struct TestApp {
     pub transaction_topic: String,
     pub group_id: String,
     pub brokers: String,
+    /// What the service was started with (for [`TestApp::spawn_instance`]).
+    pub settings: Settings,
     producer: FutureProducer,
     shutdown: Option<oneshot::Sender<()>>,
     pub server: Option<JoinHandle<std::io::Result<()>>>,
@@ -60,9 +62,18 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(Stack::from_env().kafka_brokers, adjust).await
 }
 
+/// [`spawn_app`] with topics of `partitions` partitions.
+pub async fn spawn_app_partitioned(partitions: i32) -> TestApp {
+    spawn(Stack::from_env().kafka_brokers, partitions, |_| {}).await
+}
+
 /// [`spawn_app_with`] against the broker(s) at `brokers` (e.g. a
 /// [`testkit::PrivateKafka`] the test stops and starts).
 pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(brokers, 1, adjust).await
+}
+
+async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     logs();
     let db = TestDb::create("tx", "transaction_db")
         .await
@@ -70,7 +81,7 @@ pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -
     let user_topic = unique_topic("user");
     let transaction_topic = unique_topic("transaction");
     for topic in [&user_topic, &transaction_topic] {
-        testkit::create_topic(&brokers, topic, 1)
+        testkit::create_topic(&brokers, topic, partitions)
             .await
             .expect("test topic");
     }
@@ -87,16 +98,15 @@ pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -
             group_id: group_id.clone(),
             user_events_topic: user_topic.clone(),
             transaction_events_topic: transaction_topic.clone(),
+            max_batch: transaction_service::config::DEFAULT_MAX_BATCH,
         },
     };
     adjust(&mut settings);
-
-    let app = Application::build(&settings).await.expect("service starts");
-    let address = format!("http://{}", app.local_addr());
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let Instance {
+        address,
+        shutdown,
+        server,
+    } = Instance::start(&settings).await;
 
     let pool = PgPoolOptions::new()
         .max_connections(20)
@@ -118,16 +128,78 @@ pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -
         transaction_topic,
         group_id,
         brokers,
+        settings,
         producer,
-        shutdown: Some(shutdown),
-        server: Some(server),
+        shutdown,
+        server,
         db,
+    }
+}
+
+/// A metric's value in the `/metrics` of the service at `address`, 0 when the series
+/// does not exist yet. `series` is the name with its labels as rendered.
+pub async fn metric_at(client: &reqwest::Client, address: &str, series: &str) -> f64 {
+    let text = client
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One more running service: its address, and how to stop it.
+pub struct Instance {
+    pub address: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Instance {
+    async fn start(settings: &Settings) -> Self {
+        let app = Application::build(settings).await.expect("service starts");
+        let address = format!("http://{}", app.local_addr());
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Asks the service to shut down and waits until it did.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
     }
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// Another instance of the service on this one's database and topics, consuming in
+    /// group `group_id` (this one's group: the two share the partitions; another
+    /// group: both get every event, as two members do around a rebalance).
+    pub async fn spawn_instance(&self, group_id: &str) -> Instance {
+        let mut settings = self.settings.clone();
+        settings.kafka.group_id = group_id.to_string();
+        Instance::start(&settings).await
     }
 
     /// Asks the service to shut down, as SIGTERM would.
@@ -232,15 +304,7 @@ impl TestApp {
     /// A metric's value in `/metrics`, 0 when the series does not exist yet.
     /// `series` is the name with its labels as rendered, e.g. `x_total{reason="malformed"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .get("/metrics")
-            .await
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_at(&self.client, &self.address, series).await
     }
 
     // --- Kafka, as user-service + relay-cdc would publish ---
@@ -294,6 +358,31 @@ impl TestApp {
             .into_iter()
             .chain(extra.iter().copied())
             .collect::<Vec<_>>(),
+        )
+        .await;
+        event_id
+    }
+
+    /// Publishes a `TransactionCreated` for a deposit of `amount` into `to`'s account
+    /// with id `transaction_id`, whether or not that transaction exists; returns the
+    /// event id.
+    pub async fn announce_deposit(&self, transaction_id: Uuid, to: Uuid, amount: &str) -> Uuid {
+        let event_id = Uuid::now_v7();
+        let payload = json!({
+            "transactionId": transaction_id, "amount": amount, "fromUserId": null,
+            "toUserId": to, "description": null, "createdAt": chrono::Utc::now(),
+        });
+        let headers = [
+            (outbox::headers::EVENT_ID, event_id.to_string()),
+            (outbox::headers::EVENT_TYPE, "TransactionCreated".into()),
+        ];
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let key = transaction_id.to_string();
+        self.produce(
+            &self.transaction_topic,
+            &key,
+            payload.to_string().as_bytes(),
+            &headers,
         )
         .await;
         event_id
