@@ -13,6 +13,11 @@ use service_postgres::DatabaseSettings;
 
 /// The name the service's sessions carry in `pg_stat_activity`, and its logs.
 pub const APPLICATION_NAME: &str = "transaction-service";
+/// The name the event consumer's sessions carry in `pg_stat_activity`.
+pub const CONSUMER_APPLICATION_NAME: &str = "transaction-service-consumer";
+/// Connections of the event consumer's own pool: it applies one batch at a time, the
+/// second one replaces a broken one without waiting for it to be returned.
+pub const CONSUMER_CONNECTIONS: u32 = 2;
 
 /// The Kafka broker and the topics and group this service consumes with.
 #[derive(Debug, Clone)]

@@ -56,17 +56,19 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use service_telemetry::trace::{self, Carrier, Origin, SPAN_TARGET};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::watch;
 use tracing::field::Empty;
 use tracing::Span;
 use uuid::Uuid;
 
-use crate::app::apply_events::{self, Command, Consumed, Outcome};
+use crate::app::apply_events::{self, Applied, Command, Consumed, Outcome};
 use crate::app::settle_transaction::Settle;
 use crate::config::KafkaSettings;
 use crate::domain::events::{self, TRANSACTION_CREATED, USER_CREATED};
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 
 /// First and longest pause between attempts to apply an event whose database
 /// transaction failed.
@@ -251,6 +253,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut errors = ErrorLog::default();
+    let mut store = Store { pool, conn: None };
     tracing::info!(
         user_events = %topics.user_events,
         transaction_events = %topics.transaction_events,
@@ -275,7 +278,7 @@ pub async fn run(
             },
         };
         let batch = take_ready(&consumer, &topics, &metrics, &mut errors, first);
-        if handle_batch(&consumer, &pool, &metrics, &batch, &mut shutdown)
+        if handle_batch(&consumer, &mut store, &metrics, &batch, &mut shutdown)
             .await
             .is_break()
         {
@@ -317,14 +320,14 @@ fn take_ready(
 /// batch stays unapplied.
 async fn handle_batch(
     consumer: &StreamConsumer,
-    pool: &PgPool,
+    store: &mut Store,
     metrics: &Metrics,
     batch: &[Received],
     shutdown: &mut watch::Receiver<bool>,
 ) -> ControlFlow<()> {
     let spans: Vec<Span> = batch.iter().map(Received::span).collect();
     // The records to apply, by their index in the batch.
-    let mut applied: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut applied_at: Vec<usize> = Vec::with_capacity(batch.len());
     let mut consumed: Vec<Consumed> = Vec::with_capacity(batch.len());
     for (i, (received, span)) in batch.iter().zip(&spans).enumerate() {
         let (event_id, command) = match &received.event {
@@ -354,12 +357,12 @@ async fn handle_batch(
                 }),
             ),
         };
-        applied.push(i);
+        applied_at.push(i);
         consumed.push(Consumed { event_id, command });
     }
 
     let started = Instant::now();
-    let Some(outcomes) = apply_until_done(pool, metrics, &consumed, shutdown).await else {
+    let Some(applied) = apply_until_done(store, metrics, &consumed, shutdown).await else {
         tracing::info!(
             events = batch.len(),
             "stopping with a batch unapplied; it will be redelivered"
@@ -370,8 +373,15 @@ async fn handle_batch(
         .batch_duration
         .observe(started.elapsed().as_secs_f64());
     metrics.batch_events.observe(batch.len() as f64);
+    metrics
+        .visibility_wait
+        .inc_by(applied.visibility_wait.as_secs_f64());
 
-    let mut outcomes = applied.into_iter().zip(&consumed).zip(outcomes).peekable();
+    let mut outcomes = applied_at
+        .into_iter()
+        .zip(&consumed)
+        .zip(applied.outcomes)
+        .peekable();
     for (i, (received, span)) in batch.iter().zip(&spans).enumerate() {
         match &received.event {
             Err(_) => metrics
@@ -504,19 +514,42 @@ impl ErrorLog {
     }
 }
 
+/// The consumer's database connection, from its own pool: held from one batch to the
+/// next (no acquire or release round trips per batch), dropped after any failure so the
+/// retry runs on a fresh one.
+struct Store {
+    pool: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Store {
+    async fn apply(&mut self, events: &[Consumed]) -> Result<Applied, StoreError> {
+        if self.conn.is_none() {
+            let conn = self.pool.acquire().await.map_err(StoreError::unavailable)?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("acquired above");
+        let applied = apply_events::execute(conn, events).await;
+        if applied.is_err() {
+            self.conn = None;
+        }
+        applied
+    }
+}
+
 /// Applies `events` in one database transaction, retrying failures with backoff.
 /// `None` when shutdown was requested before it succeeded.
 async fn apply_until_done(
-    pool: &PgPool,
+    store: &mut Store,
     metrics: &Metrics,
     events: &[Consumed],
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<Vec<Outcome>> {
+) -> Option<Applied> {
     let mut backoff = RETRY_BACKOFF.0;
     let mut attempt: u32 = 1;
     loop {
-        match apply_events::execute(pool, events).await {
-            Ok(outcomes) => return Some(outcomes),
+        match store.apply(events).await {
+            Ok(applied) => return Some(applied),
             Err(error) => {
                 metrics.consumer_retries.inc();
                 let cause = std::error::Error::source(&error)

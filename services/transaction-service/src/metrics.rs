@@ -4,7 +4,7 @@
 //! names are [`service_http::HTTP_REQUESTS_TOTAL`] and
 //! [`service_http::HTTP_REQUEST_DURATION_SECONDS`].
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use service_http::HttpMetrics;
 
 /// Consumed events handled, by event type and outcome (`applied`, `duplicate`,
@@ -19,6 +19,9 @@ pub const CONSUMER_RETRIES_TOTAL: &str = "consumer_retries_total";
 pub const CONSUMER_BATCH_EVENTS: &str = "consumer_batch_events";
 /// How long applying one batch took, retries included.
 pub const CONSUMER_BATCH_DURATION_SECONDS: &str = "consumer_batch_duration_seconds";
+/// Time batches spent waiting for a transaction row their event announced to become
+/// visible (relay-cdc can publish a commit a moment before other sessions see it).
+pub const CONSUMER_VISIBILITY_WAIT_SECONDS_TOTAL: &str = "consumer_visibility_wait_seconds_total";
 /// Errors the Kafka client reported to the consumer (broker down, topic unknown);
 /// the client recovers from them by itself.
 pub const CONSUMER_KAFKA_ERRORS_TOTAL: &str = "consumer_kafka_errors_total";
@@ -34,6 +37,7 @@ pub struct Metrics {
     pub kafka_errors: IntCounter,
     pub batch_events: Histogram,
     pub batch_duration: Histogram,
+    pub visibility_wait: Counter,
 }
 
 impl Metrics {
@@ -84,6 +88,11 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let visibility_wait = Counter::new(
+            CONSUMER_VISIBILITY_WAIT_SECONDS_TOTAL,
+            "Time batches waited for announced transaction rows to become visible.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events_processed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_failed.clone()),
@@ -91,6 +100,7 @@ impl Metrics {
             Box::new(kafka_errors.clone()),
             Box::new(batch_events.clone()),
             Box::new(batch_duration.clone()),
+            Box::new(visibility_wait.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -103,6 +113,7 @@ impl Metrics {
             kafka_errors,
             batch_events,
             batch_duration,
+            visibility_wait,
         }
     }
 

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use service_http::{BindError, Listener, Shutdown};
+use service_postgres::DatabaseSettings;
+use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::config::{Settings, APPLICATION_NAME};
+use crate::config::{Settings, APPLICATION_NAME, CONSUMER_APPLICATION_NAME, CONSUMER_CONNECTIONS};
 use crate::consumer::{self, Topics};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -35,6 +37,9 @@ pub enum StartupError {
 pub struct Application {
     listener: Listener,
     state: AppState,
+    /// The event consumer's own connections: settlement never queues behind HTTP
+    /// requests for a connection of the request pool, nor requests behind it.
+    consumer_pool: PgPool,
     topics: Topics,
 }
 
@@ -47,6 +52,11 @@ impl Application {
         let migrator = &store::MIGRATOR;
         let pool = service_postgres::migrated_pool(&settings.database, APPLICATION_NAME, migrator);
         let pool = pool.await?;
+        let consumer_pool = DatabaseSettings {
+            max_connections: CONSUMER_CONNECTIONS,
+            ..settings.database.clone()
+        }
+        .lazy_pool(CONSUMER_APPLICATION_NAME);
         let listener = Listener::bind(APPLICATION_NAME, settings.server.addr()).await?;
         Ok(Self {
             listener,
@@ -55,6 +65,7 @@ impl Application {
                 metrics: Metrics::new(),
                 consumer,
             },
+            consumer_pool,
             topics: Topics {
                 user_events: settings.kafka.user_events_topic.clone(),
                 transaction_events: settings.kafka.transaction_events_topic.clone(),
@@ -77,7 +88,7 @@ impl Application {
         let kafka = self.state.consumer.clone();
         let consumer = tokio::spawn(consumer::run(
             self.state.consumer.clone(),
-            self.state.pool.clone(),
+            self.consumer_pool,
             self.state.metrics.clone(),
             self.topics,
             stopped.clone(),

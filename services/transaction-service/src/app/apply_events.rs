@@ -7,8 +7,9 @@
 //! (redelivered, or twice in one batch) changes nothing.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::open_account::{self, Opened};
@@ -64,8 +65,18 @@ pub enum Outcome {
     Duplicate,
 }
 
-/// Applies `events` in order in one database transaction and returns each one's
-/// outcome, in the same order.
+/// What [`execute`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// One per event, in order.
+    pub outcomes: Vec<Outcome>,
+    /// How long the batch waited for transaction rows to become visible (see
+    /// [`settle_transaction::VISIBILITY_GRACE`]).
+    pub visibility_wait: Duration,
+}
+
+/// Applies `events` in order in one database transaction on `conn` and returns each
+/// one's outcome, in the same order.
 ///
 /// Accounts are opened before any transfer settles: a transaction row can only exist
 /// once its accounts do (foreign keys), so no settlement waits for an account opened
@@ -73,12 +84,15 @@ pub enum Outcome {
 /// [`settle_transaction::settle_all`]). Locks are taken in one global order, inbox ids,
 /// then transaction rows, then accounts, each ascending, so batches of concurrent
 /// consumers cannot deadlock.
-pub async fn execute(pool: &PgPool, events: &[Consumed]) -> Result<Vec<Outcome>, StoreError> {
+pub async fn execute(conn: &mut PgConnection, events: &[Consumed]) -> Result<Applied, StoreError> {
     let mut outcomes = vec![Outcome::Duplicate; events.len()];
     if events.is_empty() {
-        return Ok(outcomes);
+        return Ok(Applied {
+            outcomes,
+            visibility_wait: Duration::ZERO,
+        });
     }
-    let mut tx = pool.begin().await.map_err(StoreError::unavailable)?;
+    let mut tx = conn.begin().await.map_err(StoreError::unavailable)?;
 
     let mut first_seen = HashSet::new();
     let firsts: Vec<usize> = (0..events.len())
@@ -111,7 +125,7 @@ pub async fn execute(pool: &PgPool, events: &[Consumed]) -> Result<Vec<Outcome>,
     }
     let to_settle: Vec<Settle> = settles.iter().map(|(_, s)| s.clone()).collect();
     let settled = settle_transaction::settle_all(&mut tx, &to_settle).await?;
-    for ((i, _), settled) in settles.iter().zip(settled) {
+    for ((i, _), settled) in settles.iter().zip(settled.outcomes) {
         outcomes[*i] = match settled {
             Settled::Completed => Outcome::Completed,
             Settled::Failed(reason) => Outcome::Failed(reason),
@@ -121,5 +135,8 @@ pub async fn execute(pool: &PgPool, events: &[Consumed]) -> Result<Vec<Outcome>,
     }
 
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(Applied {
+        outcomes,
+        visibility_wait: settled.visibility_wait,
+    })
 }

@@ -88,24 +88,20 @@ pub async fn execute(
         }
     }
 
-    let parties: Vec<(Party, Uuid)> = new
-        .from_user_id
-        .map(|id| (Party::From, id))
-        .into_iter()
-        .chain([(Party::To, new.to_user_id)])
-        .collect();
-    let ids: Vec<Uuid> = parties.iter().map(|(_, id)| *id).collect();
-    let existing = accounts::existing(&mut tx, &ids).await?;
-    let missing: Vec<Party> = parties
-        .iter()
-        .filter(|(_, id)| !existing.contains(id))
-        .map(|(party, _)| *party)
-        .collect();
-    if !missing.is_empty() {
-        return Err(CreateTransactionError::UnknownAccounts(missing));
-    }
-
-    let row = transactions::insert(&mut tx, Uuid::now_v7(), new).await?;
+    // The foreign keys check the accounts; only a refused insert pays for finding out
+    // which ones are missing.
+    let row = match transactions::insert(&mut tx, Uuid::now_v7(), new).await {
+        Ok(row) => row,
+        Err(error) => match unknown_party(&error) {
+            Some(named) => {
+                tx.rollback().await?;
+                return Err(CreateTransactionError::UnknownAccounts(
+                    missing_parties(pool, new, named).await?,
+                ));
+            }
+            None => return Err(error.into()),
+        },
+    };
     let event = TransactionCreated {
         transaction_id: row.id,
         amount: row.amount,
@@ -142,6 +138,48 @@ pub async fn execute(
         purge_expired_keys(pool).await;
     }
     Ok(Created::Accepted(accepted))
+}
+
+/// The party a foreign key violation of the `transactions` insert names.
+fn unknown_party(error: &sqlx::Error) -> Option<Party> {
+    let db = error.as_database_error()?;
+    if db.code().as_deref() != Some("23503") {
+        return None;
+    }
+    match db.constraint()? {
+        "transactions_from_user_id_fkey" => Some(Party::From),
+        "transactions_to_user_id_fkey" => Some(Party::To),
+        _ => None,
+    }
+}
+
+/// Every party of `new` without an account, on a connection of its own (the refused
+/// transaction is gone). `named` (the party the refusal named) when an account opened
+/// in between.
+async fn missing_parties(
+    pool: &PgPool,
+    new: &NewTransaction,
+    named: Party,
+) -> Result<Vec<Party>, CreateTransactionError> {
+    let parties: Vec<(Party, Uuid)> = new
+        .from_user_id
+        .map(|id| (Party::From, id))
+        .into_iter()
+        .chain([(Party::To, new.to_user_id)])
+        .collect();
+    let ids: Vec<Uuid> = parties.iter().map(|(_, id)| *id).collect();
+    let mut conn = pool.acquire().await.map_err(StoreError::unavailable)?;
+    let existing = accounts::existing(&mut conn, &ids).await?;
+    let missing: Vec<Party> = parties
+        .iter()
+        .filter(|(_, id)| !existing.contains(id))
+        .map(|(party, _)| *party)
+        .collect();
+    Ok(if missing.is_empty() {
+        vec![named]
+    } else {
+        missing
+    })
 }
 
 fn replay(stored: idempotency::Stored) -> Result<Created, CreateTransactionError> {

@@ -11,7 +11,7 @@ use crate::domain::events::{
     TransactionSettled, TRANSACTION_AGGREGATE, TRANSACTION_COMPLETED, TRANSACTION_FAILED,
 };
 use crate::domain::{FailureReason, Ledger, Settlement, TransactionStatus};
-use crate::store::{accounts, transactions, StoreError};
+use crate::store::{accounts, settlements, transactions, StoreError};
 
 /// One `TransactionCreated` to settle.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,33 +45,66 @@ pub enum Settled {
 /// transaction takes a fresh snapshot, so looking again shortly after finds the row.
 pub const VISIBILITY_GRACE: Duration = Duration::from_secs(5);
 
-/// Pause between two looks for rows not yet visible.
-const VISIBILITY_POLL: Duration = Duration::from_millis(20);
+/// First and longest pause between two looks for rows not yet visible. The gap between
+/// a commit's WAL flush and its visibility is usually well under a millisecond, so the
+/// first look again comes soon; a batch waiting is a batch every record of it waits for.
+const VISIBILITY_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(20));
+
+/// What [`settle_all`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SettledAll {
+    /// One per settle, in order.
+    pub outcomes: Vec<Settled>,
+    /// How long the batch waited for announced rows to become visible.
+    pub visibility_wait: Duration,
+}
 
 /// Settles the transactions `settles` announce, in order.
 ///
-/// Waits (up to [`VISIBILITY_GRACE`]) until every announced row is visible, then locks
-/// the transaction rows in ascending id order and the accounts of the pending ones in
-/// ascending user id order (every batch takes its locks in that order, so concurrent
-/// batches cannot deadlock), applies each transfer to the locked balances in event
-/// order ([`Ledger`]: a transfer the balance cannot cover fails and moves nothing),
-/// writes the balances and final statuses, and writes one `TransactionCompleted` or
-/// `TransactionFailed` per settlement to the outbox, in event order. Amounts and
-/// parties come from the stored rows, not from the events.
+/// Locks the announced transaction rows in ascending id order (waiting, up to
+/// [`VISIBILITY_GRACE`], for rows not yet visible, then locking those too), then the
+/// accounts of the pending ones in ascending user id order; applies each transfer to the
+/// locked balances in event order ([`Ledger`]: a transfer the balance cannot cover fails
+/// and moves nothing); writes the balances and final statuses in one statement and one
+/// `TransactionCompleted` or `TransactionFailed` per settlement to the outbox, in event
+/// order. Amounts and parties come from the stored rows, not from the events.
+///
+/// Every batch takes its locks in that order, so concurrent batches cannot deadlock,
+/// with one exception: a row that became visible only after the first look is locked
+/// after the others. Two consumers hold the same rows only while a rebalance hands the
+/// same events to both; if that ever closes a cycle, PostgreSQL aborts one batch after
+/// `deadlock_timeout` and it is retried.
 pub async fn settle_all(
     conn: &mut PgConnection,
     settles: &[Settle],
-) -> Result<Vec<Settled>, StoreError> {
+) -> Result<SettledAll, StoreError> {
     if settles.is_empty() {
-        return Ok(Vec::new());
+        return Ok(SettledAll::default());
     }
     let ids: BTreeSet<Uuid> = settles.iter().map(|s| s.transaction_id).collect();
-    let visible = wait_visible(conn, &ids).await?;
-    let mut rows: HashMap<Uuid, transactions::Transaction> = transactions::lock_all(conn, &visible)
+    let all: Vec<Uuid> = ids.iter().copied().collect();
+    let mut rows: HashMap<Uuid, transactions::Transaction> = transactions::lock_all(conn, &all)
         .await?
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
+    let mut visibility_wait = Duration::ZERO;
+    if rows.len() < ids.len() {
+        let missing: BTreeSet<Uuid> = ids
+            .into_iter()
+            .filter(|id| !rows.contains_key(id))
+            .collect();
+        let (late, waited) = wait_visible(conn, &missing).await?;
+        visibility_wait = waited;
+        if !late.is_empty() {
+            rows.extend(
+                transactions::lock_all(conn, &late)
+                    .await?
+                    .into_iter()
+                    .map(|t| (t.id, t)),
+            );
+        }
+    }
 
     let parties: BTreeSet<Uuid> = rows
         .values()
@@ -105,13 +138,16 @@ pub async fn settle_all(
         outcomes.push(outcome);
         finals.push((row.id, status, reason, settle.trace.clone()));
     }
+    let done = SettledAll {
+        outcomes,
+        visibility_wait,
+    };
     if finals.is_empty() {
-        return Ok(outcomes);
+        return Ok(done);
     }
 
-    accounts::set_balances(conn, &ledger.changed()).await?;
     let statuses: Vec<_> = finals.iter().map(|(id, s, r, _)| (*id, *s, *r)).collect();
-    let settled_at = transactions::settle_all(conn, &statuses).await?;
+    let settled_at = settlements::record(conn, &statuses, &ledger.changed()).await?;
     let events = finals
         .into_iter()
         .map(|(id, status, reason, trace)| {
@@ -135,17 +171,18 @@ pub async fn settle_all(
         })
         .collect::<Vec<_>>();
     outbox::insert_all(conn, &events).await?;
-    Ok(outcomes)
+    Ok(done)
 }
 
 /// The ids among `ids` whose rows are visible, in ascending order, once all are or
-/// [`VISIBILITY_GRACE`] has passed.
+/// [`VISIBILITY_GRACE`] has passed; and how long that took beyond the first look.
 async fn wait_visible(
     conn: &mut PgConnection,
     ids: &BTreeSet<Uuid>,
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<(Vec<Uuid>, Duration), StoreError> {
     let mut missing = ids.clone();
     let mut waited = Duration::ZERO;
+    let mut pause = VISIBILITY_POLL.0;
     loop {
         let looked: Vec<Uuid> = missing.iter().copied().collect();
         for id in transactions::visible(conn, &looked).await? {
@@ -154,8 +191,9 @@ async fn wait_visible(
         if missing.is_empty() || waited >= VISIBILITY_GRACE {
             break;
         }
-        tokio::time::sleep(VISIBILITY_POLL).await;
-        waited += VISIBILITY_POLL;
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause = (pause * 2).min(VISIBILITY_POLL.1);
     }
-    Ok(ids.difference(&missing).copied().collect())
+    Ok((ids.difference(&missing).copied().collect(), waited))
 }

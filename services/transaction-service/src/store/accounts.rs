@@ -72,22 +72,3 @@ pub async fn lock_balances(
     .fetch_all(conn)
     .await
 }
-
-/// Sets each account's balance, for accounts locked by [`lock_balances`] in this
-/// transaction. The table's check constraint refuses a negative balance.
-pub async fn set_balances(
-    conn: &mut PgConnection,
-    balances: &[(Uuid, Decimal)],
-) -> Result<(), sqlx::Error> {
-    let (ids, amounts): (Vec<Uuid>, Vec<Decimal>) = balances.iter().copied().unzip();
-    sqlx::query(
-        "update accounts a set balance = v.balance, updated_at = now() \
-         from unnest($1::uuid[], $2::numeric[]) as v (user_id, balance) \
-         where a.user_id = v.user_id",
-    )
-    .bind(&ids)
-    .bind(&amounts)
-    .execute(conn)
-    .await?;
-    Ok(())
-}

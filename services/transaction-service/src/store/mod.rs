@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod idempotency;
 pub mod inbox;
+pub mod settlements;
 pub mod transactions;
 
 pub use service_postgres::StoreError;

@@ -1,14 +1,12 @@
 //! The `transactions` table.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, Row};
 use uuid::Uuid;
 
-use crate::domain::{Amount, FailureReason, NewTransaction, TransactionStatus};
+use crate::domain::{Amount, NewTransaction, TransactionStatus};
 
 /// A transaction as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,30 +99,4 @@ pub async fn lock_all(
     .bind(ids)
     .fetch_all(conn)
     .await
-}
-
-/// Moves each transaction to its final status (with its failure reason) and returns
-/// the time it did, per id.
-pub async fn settle_all(
-    conn: &mut PgConnection,
-    settled: &[(Uuid, TransactionStatus, Option<FailureReason>)],
-) -> Result<HashMap<Uuid, DateTime<Utc>>, sqlx::Error> {
-    let ids: Vec<Uuid> = settled.iter().map(|(id, _, _)| *id).collect();
-    let statuses: Vec<&str> = settled.iter().map(|(_, s, _)| s.as_str()).collect();
-    let reasons: Vec<Option<&str>> = settled
-        .iter()
-        .map(|(_, _, r)| r.map(FailureReason::as_str))
-        .collect();
-    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "update transactions t set status = v.status, failure_reason = v.reason, \
-         updated_at = now() \
-         from unnest($1::uuid[], $2::text[], $3::text[]) as v (id, status, reason) \
-         where t.id = v.id returning t.id, t.updated_at",
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&reasons)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().collect())
 }

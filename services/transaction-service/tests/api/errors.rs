@@ -170,6 +170,19 @@ async fn unknown_accounts_are_rejected_with_422_naming_them() {
         body["errors"]["toUserId"],
         "no account exists for this user"
     );
+    // Both unknown: both named.
+    let response = app
+        .post_transaction(&json!({"amount": 1, "fromUserId": stranger, "toUserId": Uuid::now_v7()}))
+        .await;
+    let body = expect_error(response, 422).await;
+    assert_eq!(
+        body["errors"]["fromUserId"],
+        "no account exists for this user"
+    );
+    assert_eq!(
+        body["errors"]["toUserId"],
+        "no account exists for this user"
+    );
     assert_eq!(transaction_rows(&app).await, (0, 0));
 }
 

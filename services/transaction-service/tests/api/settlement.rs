@@ -386,7 +386,7 @@ async fn a_transaction_not_yet_visible_when_its_event_arrives_is_settled_once_it
         || async {
             let waiting: i64 = sqlx::query_scalar(
                 "select count(*) from pg_stat_activity where datname = current_database() \
-             and application_name = 'transaction-service' and state = 'idle in transaction' \
+             and application_name = 'transaction-service-consumer' and state = 'idle in transaction' \
              and query like 'select id from transactions where id = any%'",
             )
             .fetch_one(&app.pool)
