@@ -99,6 +99,10 @@ pub struct Options {
     /// `--only settle`: seconds of load per phase.
     #[arg(long, default_value_t = 20)]
     pub settle_seconds: u64,
+    /// `--only settle`: transfers POSTed with the relay stopped, then settled once it
+    /// restarts (settlement's own rate, not bounded by the POST rate); 0 skips the phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub settle_backlog: usize,
     /// Extra librdkafka producer settings for experiments, e.g. `--kafka-set linger.ms=20`:
     /// applied to the Kafka ingest producer and to relay-cdc (its `kafka.properties`), so
     /// both sides of that comparison change together; repeatable.
@@ -377,6 +381,7 @@ impl Options {
             rates: self.settle_rates.clone(),
             clients: self.settle_clients,
             duration: Duration::from_secs(self.settle_seconds.max(1)),
+            backlog: self.settle_backlog,
         })
     }
 }

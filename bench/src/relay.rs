@@ -171,7 +171,7 @@ impl RelayProcess {
     }
 
     /// SIGTERM, then waits for the exit; a graceful stop exits 0.
-    pub async fn terminate(mut self) -> anyhow::Result<()> {
+    pub async fn terminate(&mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid.to_string())

@@ -717,7 +717,7 @@ impl Running {
 
     async fn stop(self) -> anyhow::Result<()> {
         match self {
-            Running::Relay(r) => r.terminate().await,
+            Running::Relay(mut r) => r.terminate().await,
             Running::Polling(p) => p.stop().await.map(|_| ()),
             Running::Debezium(c) => c.terminate().await,
         }

@@ -4,7 +4,9 @@
 //! topics of the run's own, accounts opened from `UserCreated` records the bench
 //! publishes and funded by deposits; then transfers between random accounts, first
 //! paced at each `--settle-rates` rate, then as fast as `--settle-clients` closed-loop
-//! clients get answers (the highest rate the service sustains).
+//! clients get answers (the highest rate the service sustains), then a backlog of
+//! `--settle-backlog` transfers POSTed while the relay is stopped and settled once it
+//! starts again (how fast settlement goes when the POST rate does not bound it).
 //!
 //! COMPLETED is when the settlement's `TransactionCompleted` (or `TransactionFailed`)
 //! record is in Kafka, read by the bench on the transaction topic: what a downstream
@@ -15,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,28 +54,53 @@ pub struct SettlePlan {
     pub rates: Vec<u32>,
     pub clients: usize,
     pub duration: Duration,
+    /// Transfers of the backlog phase (0: no such phase).
+    pub backlog: usize,
+}
+
+/// How a phase loads the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// POSTs paced at this rate per second.
+    Rate(u32),
+    /// As fast as the closed-loop clients get answers.
+    ClosedLoop,
+    /// This many transfers POSTed with the relay stopped, settled after it restarts.
+    Backlog(usize),
 }
 
 /// One load phase of one binary.
 #[derive(Debug, Clone)]
 pub struct Phase {
-    /// `None`: closed loop, as fast as the clients get answers.
-    pub offered: Option<u32>,
+    pub offered: Offered,
     pub posted: usize,
     pub post_rate: f64,
-    /// Settlements per second from the first POST to the last settlement.
+    /// Settlements per second from the first POST (backlog: from the relay's restart)
+    /// to the last settlement.
     pub settled_rate: f64,
     /// Transfers not yet settled when the load stopped.
     pub backlog_at_end: usize,
-    /// From the end of the load until the last settlement.
+    /// From the end of the load (backlog: the relay's restart) until the last settlement.
     pub drain_s: f64,
     pub latency: Latency,
+    /// From each POST's send to its answer.
+    pub post_latency: Latency,
+    /// From each POST's answer to its `TransactionCreated` read from Kafka (relay-cdc's
+    /// hop); `None` when none was read.
+    pub relayed: Option<Latency>,
+    /// From `TransactionCreated` read to `TransactionCompleted` read (the consumer's
+    /// settlement and relay-cdc's second hop).
+    pub applied: Option<Latency>,
     /// CPU of every backend of the service's database (its sessions, the relay's,
     /// the walsender) per 1,000 settlements.
     pub db_cpu_per_1k: f64,
     /// The service process's CPU per 1,000 settlements.
     pub service_cpu_per_1k: f64,
     pub failed: usize,
+    /// Records per database transaction of the consumer over the phase, the mean ms one
+    /// took, and of that the mean ms spent waiting for rows to become visible (`None`:
+    /// the binary does not report batches).
+    pub mean_batch: Option<(f64, f64, f64)>,
 }
 
 pub struct SettleRow {
@@ -104,8 +131,8 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
         kafka::create_topic(&brokers, t, PARTITIONS, false).await?;
     }
     let mut service = Service::start(ctx, bin, &db, &brokers, &prefix).await?;
-    let mut relay =
-        RelayProcess::spawn(&ctx.relay_spec(&db, &prefix, &brokers, Delivery::AtLeastOnce))?;
+    let relay_spec = ctx.relay_spec(&db, &prefix, &brokers, Delivery::AtLeastOnce);
+    let mut relay = RelayProcess::spawn(&relay_spec)?;
     relay.wait_ready(READY_TIMEOUT).await?;
     let settled = Settlements::watch(&brokers, &tx_topic)?;
     let http = reqwest::Client::builder()
@@ -117,55 +144,93 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
     let mut funding = Vec::new();
     for a in &accounts {
         let body = serde_json::json!({"amount": "1000000.00", "toUserId": a});
-        funding.push(post(&http, &service.url, &body).await?.0);
+        funding.push(post(&http, &service.url, &body).await?.id);
     }
     settled.wait_all(&funding, DRAIN_TIMEOUT).await?;
 
     let admin = db::connect(&ctx.stack.database_url("postgres"), "relay-bench").await?;
     let mut phases = Vec::new();
-    let mut offered: Vec<Option<u32>> = plan.rates.iter().map(|r| Some(*r)).collect();
-    offered.push(None);
-    for rate in offered {
-        progress(format!(
-            "settle: {} for {} s",
-            rate.map_or(
-                format!("{} closed-loop clients", plan.clients),
-                |r| format!("{r} transfers/s")
-            ),
-            plan.duration.as_secs()
-        ));
-        let backends = db::system_backends(&admin, &db.name).await?;
-        let db_cpu0 = proc_stats::cpu_by_pid(&backends);
-        let svc_cpu0 = proc_stats::cpu_seconds(service.pid)?;
+    let mut offered: Vec<Offered> = plan.rates.iter().map(|r| Offered::Rate(*r)).collect();
+    offered.push(Offered::ClosedLoop);
+    if plan.backlog > 0 {
+        offered.push(Offered::Backlog(plan.backlog));
+    }
+    for phase in offered {
+        // CPU is counted over the whole phase, or, for a backlog, from the relay's restart.
+        let mut cpu0 = cpu_now(&admin, &db.name, service.pid).await?;
+        let batches0 = service.batches(&http).await?;
         let load = Load {
             http: http.clone(),
             url: service.url.clone(),
             accounts: accounts.clone(),
             duration: plan.duration,
         };
-        let sent = match rate {
-            Some(r) => load.paced(r).await?,
-            None => load.closed_loop(plan.clients).await?,
+        let (sent, post_s) = match phase {
+            Offered::Rate(r) => {
+                progress(format!(
+                    "settle: {r} transfers/s for {} s",
+                    plan.duration.as_secs()
+                ));
+                (load.paced(r).await?, plan.duration.as_secs_f64())
+            }
+            Offered::ClosedLoop => {
+                progress(format!(
+                    "settle: {} closed-loop clients for {} s",
+                    plan.clients,
+                    plan.duration.as_secs()
+                ));
+                (
+                    load.closed_loop(plan.clients, Until::Elapsed(plan.duration))
+                        .await?,
+                    plan.duration.as_secs_f64(),
+                )
+            }
+            Offered::Backlog(n) => {
+                progress(format!(
+                    "settle: {n} transfers POSTed with the relay stopped"
+                ));
+                relay.terminate().await?;
+                let started = Instant::now();
+                let sent = load.closed_loop(plan.clients, Until::Posted(n)).await?;
+                (sent, started.elapsed().as_secs_f64())
+            }
         };
         let ended = chrono::Utc::now().timestamp_micros();
-        let ids: Vec<Uuid> = sent.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
+        if let Offered::Backlog(_) = phase {
+            cpu0 = cpu_now(&admin, &db.name, service.pid).await?;
+            relay = RelayProcess::spawn(&relay_spec)?;
+            progress("settle: relay restarted; draining the backlog".to_string());
+        }
         let backlog_at_end = ids.len() - settled.count_of(&ids);
         settled.wait_all(&ids, DRAIN_TIMEOUT).await?;
         service.check_alive()?;
         relay.check_alive()?;
-        let backends1 = db::system_backends(&admin, &db.name).await?;
-        let db_cpu = proc_stats::cpu_used(&db_cpu0, &proc_stats::cpu_by_pid(&backends1));
-        let svc_cpu = proc_stats::cpu_seconds(service.pid)? - svc_cpu0;
-        phases.push(settle_phase(
-            rate,
+        let cpu1 = cpu_now(&admin, &db.name, service.pid).await?;
+        let db_cpu = proc_stats::cpu_used(&cpu0.0, &cpu1.0);
+        let svc_cpu = cpu1.1 - cpu0.1;
+        let batches1 = service.batches(&http).await?;
+        let mean_batch = batches0.zip(batches1).and_then(|(a, z)| {
+            let batches = z[1] - a[1];
+            (batches > 0.0).then(|| {
+                (
+                    (z[0] - a[0]) / batches,
+                    (z[2] - a[2]) * 1e3 / batches,
+                    (z[3] - a[3]) * 1e3 / batches,
+                )
+            })
+        });
+        let mut p = settle_phase(
+            phase,
             &sent,
             &settled,
             ended,
             backlog_at_end,
-            db_cpu,
-            svc_cpu,
-            plan.duration,
-        )?);
+            (db_cpu, svc_cpu),
+            post_s,
+        )?;
+        p.mean_batch = mean_batch;
+        phases.push(p);
     }
     settled.stop();
     relay.terminate().await?;
@@ -175,42 +240,70 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
     Ok(phases)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// CPU seconds so far of each backend of database `db` and of process `service`.
+async fn cpu_now(
+    admin: &tokio_postgres::Client,
+    db: &str,
+    service: u32,
+) -> anyhow::Result<(HashMap<u32, f64>, f64)> {
+    let backends = db::system_backends(admin, db).await?;
+    Ok((
+        proc_stats::cpu_by_pid(&backends),
+        proc_stats::cpu_seconds(service)?,
+    ))
+}
+
+/// What one phase measured. `cpu` is (database, service) seconds over the phase (for a
+/// backlog from the relay's restart: settlement's own work, the relay's publish included).
 fn settle_phase(
-    offered: Option<u32>,
-    sent: &[(Uuid, i64)],
+    offered: Offered,
+    sent: &[Sent],
     settled: &Settlements,
     ended_micros: i64,
     backlog_at_end: usize,
-    db_cpu: f64,
-    service_cpu: f64,
-    duration: Duration,
+    cpu: (f64, f64),
+    post_s: f64,
 ) -> anyhow::Result<Phase> {
     let seen = settled.seen.lock().expect("not poisoned");
+    let created = settled.created.lock().expect("not poisoned");
+    let (mut relayed, mut applied) = (Vec::new(), Vec::new());
     let mut micros = Vec::with_capacity(sent.len());
     let mut failed = 0;
     let mut last = i64::MIN;
-    for (id, at) in sent {
+    let mut post_micros = Vec::with_capacity(sent.len());
+    for Sent { id, at, answered } in sent {
         let s = seen.get(id).context("a transfer was never settled")?;
         micros.push(s.read_micros - at);
+        post_micros.push(answered - at);
+        if let Some(c) = created.get(id) {
+            relayed.push(c - answered);
+            applied.push(s.read_micros - c);
+        }
         last = last.max(s.read_micros);
         failed += usize::from(!s.completed);
     }
-    let first = sent.iter().map(|(_, at)| *at).min().unwrap_or(0);
+    let first = match offered {
+        Offered::Backlog(_) => ended_micros,
+        _ => sent.iter().map(|s| s.at).min().unwrap_or(0),
+    };
     let span_s = (last - first).max(1) as f64 / 1e6;
     let drain_s = (last - ended_micros).max(0) as f64 / 1e6;
     let n = sent.len().max(1) as f64;
     Ok(Phase {
         offered,
         posted: sent.len(),
-        post_rate: sent.len() as f64 / duration.as_secs_f64(),
+        post_rate: sent.len() as f64 / post_s.max(1e-3),
         settled_rate: sent.len() as f64 / span_s,
         backlog_at_end,
         drain_s,
         latency: Latency::from_micros(micros).context("no transfer was posted")?,
-        db_cpu_per_1k: db_cpu * 1000.0 / n,
-        service_cpu_per_1k: service_cpu * 1000.0 / n,
+        post_latency: Latency::from_micros(post_micros).context("no transfer was posted")?,
+        relayed: Latency::from_micros(relayed),
+        applied: Latency::from_micros(applied),
+        db_cpu_per_1k: cpu.0 * 1000.0 / n,
+        service_cpu_per_1k: cpu.1 * 1000.0 / n,
         failed,
+        mean_batch: None,
     })
 }
 
@@ -272,12 +365,18 @@ async fn open_accounts(
     Ok(users)
 }
 
-/// POSTs one transaction; returns its id and the send time (Unix µs).
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<(Uuid, i64)> {
+/// One accepted POST.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    id: Uuid,
+    /// When the request was sent, Unix µs.
+    at: i64,
+    /// When its answer was read, Unix µs.
+    answered: i64,
+}
+
+/// POSTs one transaction; returns its id, send and answer times.
+async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> anyhow::Result<Sent> {
     let at = chrono::Utc::now().timestamp_micros();
     let r = http
         .post(format!("{url}/api/v1/transactions"))
@@ -293,7 +392,8 @@ async fn post(
         .as_str()
         .and_then(|s| Uuid::parse_str(s).ok())
         .with_context(|| format!("no transactionId in {text}"))?;
-    Ok((id, at))
+    let answered = chrono::Utc::now().timestamp_micros();
+    Ok(Sent { id, at, answered })
 }
 
 /// Transfers of 0.01 between random pairs of funded accounts.
@@ -320,7 +420,7 @@ impl Load {
     }
 
     /// `rate` POSTs per second for the duration, each on its own task.
-    async fn paced(&self, rate: u32) -> anyhow::Result<Vec<(Uuid, i64)>> {
+    async fn paced(&self, rate: u32) -> anyhow::Result<Vec<Sent>> {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::<String>::new()));
         let permits = Arc::new(tokio::sync::Semaphore::new(PACED_IN_FLIGHT));
@@ -351,23 +451,30 @@ impl Load {
         Ok(sent)
     }
 
-    /// `clients` loops, each POSTing as soon as its previous answer came.
-    async fn closed_loop(&self, clients: usize) -> anyhow::Result<Vec<(Uuid, i64)>> {
-        let end = Instant::now() + self.duration;
+    /// `clients` loops, each POSTing as soon as its previous answer came, until `until`.
+    async fn closed_loop(&self, clients: usize, until: Until) -> anyhow::Result<Vec<Sent>> {
+        let (end, limit) = match until {
+            Until::Elapsed(d) => (Some(Instant::now() + d), usize::MAX),
+            Until::Posted(n) => (None, n),
+        };
+        let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..clients {
+        for _ in 0..clients {
             let me = Load {
                 http: self.http.clone(),
                 url: self.url.clone(),
                 accounts: self.accounts.clone(),
                 duration: self.duration,
             };
+            let next = next.clone();
             tasks.spawn(async move {
                 let mut out = Vec::new();
-                let mut n = c as u64;
-                while Instant::now() < end {
-                    out.push(post(&me.http, &me.url, &me.transfer(n)).await?);
-                    n += clients as u64;
+                while end.is_none_or(|e| Instant::now() < e) {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= limit {
+                        break;
+                    }
+                    out.push(post(&me.http, &me.url, &me.transfer(k as u64)).await?);
                 }
                 anyhow::Ok(out)
             });
@@ -378,6 +485,13 @@ impl Load {
         }
         Ok(sent)
     }
+}
+
+/// When closed-loop clients stop.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    Elapsed(Duration),
+    Posted(usize),
 }
 
 fn check_errors(errors: &Mutex<Vec<String>>) -> anyhow::Result<()> {
@@ -399,6 +513,8 @@ struct Settled {
 /// (the record key), when its settlement record arrived.
 struct Settlements {
     seen: Arc<Mutex<HashMap<Uuid, Settled>>>,
+    /// When each transaction's `TransactionCreated` was read (Unix µs).
+    created: Arc<Mutex<HashMap<Uuid, i64>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -416,9 +532,10 @@ impl Settlements {
             .create()?;
         consumer.subscribe(&[topic])?;
         let seen = Arc::new(Mutex::new(HashMap::new()));
+        let created = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::spawn({
-            let (seen, stop) = (seen.clone(), stop.clone());
+            let (seen, created, stop) = (seen.clone(), created.clone(), stop.clone());
             move || {
                 while !stop.load(Ordering::Relaxed) {
                     let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
@@ -434,13 +551,18 @@ impl Settlements {
                                 .and_then(|h| h.value)
                         })
                         .unwrap_or_default();
+                    let Some(id) = m.key().and_then(|k| Uuid::try_parse_ascii(k).ok()) else {
+                        continue;
+                    };
                     let completed = match event_type {
                         b"TransactionCompleted" => true,
                         b"TransactionFailed" => false,
+                        b"TransactionCreated" => {
+                            let mut created = created.lock().expect("not poisoned");
+                            created.entry(id).or_insert(read_micros);
+                            continue;
+                        }
                         _ => continue,
-                    };
-                    let Some(id) = m.key().and_then(|k| Uuid::try_parse_ascii(k).ok()) else {
-                        continue;
                     };
                     seen.lock()
                         .expect("not poisoned")
@@ -452,7 +574,11 @@ impl Settlements {
                 }
             }
         });
-        Ok(Self { seen, stop })
+        Ok(Self {
+            seen,
+            created,
+            stop,
+        })
     }
 
     fn count_of(&self, ids: &[Uuid]) -> usize {
@@ -545,6 +671,26 @@ impl Service {
         }
     }
 
+    /// (records, batches, seconds applying them, seconds waiting for rows to become
+    /// visible) of the consumer so far; `None` from a binary that does not batch (no
+    /// `consumer_batch_events` histogram).
+    async fn batches(&self, http: &reqwest::Client) -> anyhow::Result<Option<[f64; 4]>> {
+        let text = http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let sum = crate::relay::sum_metric(&text, "consumer_batch_events_sum");
+        let count = crate::relay::sum_metric(&text, "consumer_batch_events_count");
+        let secs = crate::relay::sum_metric(&text, "consumer_batch_duration_seconds_sum");
+        let wait = crate::relay::sum_metric(&text, "consumer_visibility_wait_seconds_total");
+        Ok(sum
+            .zip(count)
+            .zip(secs)
+            .map(|((r, b), t)| [r, b, t, wait.unwrap_or(0.0)]))
+    }
+
     fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
@@ -579,29 +725,48 @@ pub fn table(rows: &[SettleRow]) -> String {
         "settled/s",
         "unsettled at load end",
         "drained after s",
+        "POST answered p50 / p99 ms",
+        "answer → Created in Kafka p50 / p99 ms",
+        "Created → Completed in Kafka p50 / p99 ms",
         "POST → COMPLETED p50 ms",
         "p99 ms",
         "max ms",
         "DB CPU s/1k",
         "service CPU s/1k",
+        "records per DB txn",
+        "ms per DB txn (visibility wait)",
         "failed (funds)",
     ]);
     for r in rows {
         for p in &r.phases {
             t.row(vec![
                 r.label.clone(),
-                p.offered
-                    .map_or("max (closed loop)".into(), |o| format!("{o}/s")),
+                match p.offered {
+                    Offered::Rate(r) => format!("{r}/s"),
+                    Offered::ClosedLoop => "max (closed loop)".into(),
+                    Offered::Backlog(n) => format!("backlog of {}", crate::report::count(n as f64)),
+                },
                 crate::report::count(p.posted as f64),
                 crate::report::count(p.post_rate),
                 crate::report::count(p.settled_rate),
                 p.backlog_at_end.to_string(),
                 crate::report::secs(p.drain_s),
-                crate::report::ms(p.latency.p50),
-                crate::report::ms(p.latency.p99),
-                crate::report::ms(p.latency.max),
+                format!(
+                    "{} / {}",
+                    crate::report::ms(p.post_latency.p50),
+                    crate::report::ms(p.post_latency.p99)
+                ),
+                hop(p, p.relayed.as_ref()),
+                hop(p, p.applied.as_ref()),
+                latency(p, p.latency.p50),
+                latency(p, p.latency.p99),
+                latency(p, p.latency.max),
                 crate::report::secs(p.db_cpu_per_1k),
                 crate::report::secs(p.service_cpu_per_1k),
+                p.mean_batch
+                    .map_or("1 (no batches)".into(), |(b, _, _)| format!("{b:.1}")),
+                p.mean_batch
+                    .map_or("—".into(), |(_, ms, wait)| format!("{ms:.1} ({wait:.1})")),
                 p.failed.to_string(),
             ]);
         }
@@ -611,10 +776,35 @@ pub fn table(rows: &[SettleRow]) -> String {
          Each binary on a fresh database it migrates itself, relay-cdc on it, 0.01 transfers between random funded \
          accounts. COMPLETED: the settlement's TransactionCompleted/Failed record read from Kafka by the bench (the \
          relay's publish included). settled/s: transfers / (first POST → last settlement). DB CPU: every backend of \
-         the service's database (its sessions, the relay's, the walsender) per 1,000 transfers; service CPU: its \
-         process.\n\n",
+         the service's database (its sessions, the relay's, the walsender) per 1,000 transfers, from the start of the \
+         load to the last settlement; service CPU: its process, the same span. Backlog: the transfers POSTed with \
+         the relay stopped (POST/s is that phase's), then the relay restarted: settled/s, the drain and the CPU \
+         are from the restart to the last settlement, settlement alone (no POSTs), the relay's publish included. \
+         records (and ms) per DB txn: the consumer's mean batch over the phase and the mean time to apply one \
+         (its consumer_batch_events and consumer_batch_duration_seconds histograms), in brackets the part spent \
+         waiting for a transaction row to become visible (consumer_visibility_wait_seconds_total).\n\n",
         t.render()
     )
+}
+
+/// A "p50 / p99" cell of one hop; none for a backlog (the relay was down).
+fn hop(p: &Phase, l: Option<&Latency>) -> String {
+    match (p.offered, l) {
+        (Offered::Backlog(_), _) | (_, None) => "—".into(),
+        (_, Some(l)) => format!(
+            "{} / {}",
+            crate::report::ms(l.p50),
+            crate::report::ms(l.p99)
+        ),
+    }
+}
+
+/// A latency cell; a backlog's POST → COMPLETED is mostly the time the relay was down.
+fn latency(p: &Phase, ms: f64) -> String {
+    match p.offered {
+        Offered::Backlog(_) => "—".into(),
+        _ => crate::report::ms(ms),
+    }
 }
 
 #[cfg(test)]
@@ -644,6 +834,7 @@ mod tests {
     fn a_phase_measures_from_each_post_to_its_settlement() {
         let settled = Settlements {
             seen: Arc::default(),
+            created: Arc::default(),
             stop: Arc::default(),
         };
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
@@ -663,35 +854,65 @@ mod tests {
                 },
             ),
         ]);
-        let sent = [(a, 1_000_000), (b, 1_500_000)];
+        settled.created.lock().unwrap().insert(a, 1_030_000);
+        let sent = [
+            Sent {
+                id: a,
+                at: 1_000_000,
+                answered: 1_010_000,
+            },
+            Sent {
+                id: b,
+                at: 1_500_000,
+                answered: 1_520_000,
+            },
+        ];
         let p = settle_phase(
-            Some(2),
+            Offered::Rate(2),
             &sent,
             &settled,
             2_000_000,
             1,
-            0.5,
-            0.2,
-            Duration::from_secs(1),
+            (0.5, 0.2),
+            1.0,
         )
         .unwrap();
         assert_eq!((p.posted, p.failed, p.backlog_at_end), (2, 1, 1));
         assert_eq!((p.latency.p50, p.latency.max), (50.0, 1500.0));
+        assert_eq!(p.post_latency.max, 20.0);
+        // Only `a`'s TransactionCreated was read: the hops are measured over `a` alone.
+        assert_eq!(p.relayed.map(|l| l.max), Some(20.0));
+        assert_eq!(p.applied.map(|l| l.max), Some(20.0));
         assert_eq!(p.drain_s, 1.0);
         assert_eq!(p.settled_rate, 1.0); // 2 transfers over 1 s .. 3 s
         assert_eq!((p.db_cpu_per_1k, p.service_cpu_per_1k), (250.0, 100.0));
         // A transfer never settled is an error, not a silent gap.
-        let missing = [(Uuid::now_v7(), 0)];
+        let missing = [Sent {
+            id: Uuid::now_v7(),
+            at: 0,
+            answered: 0,
+        }];
         assert!(settle_phase(
-            None,
+            Offered::ClosedLoop,
             &missing,
             &settled,
             0,
             0,
-            0.0,
-            0.0,
-            Duration::from_secs(1)
+            (0.0, 0.0),
+            1.0
         )
         .is_err());
+        // A backlog's rate runs from the relay's restart, not from the first POST.
+        let p = settle_phase(
+            Offered::Backlog(2),
+            &sent,
+            &settled,
+            2_000_000,
+            2,
+            (1.0, 1.0),
+            0.5,
+        )
+        .unwrap();
+        assert_eq!((p.settled_rate, p.drain_s, p.post_rate), (2.0, 1.0, 4.0));
     }
 }
