@@ -220,7 +220,13 @@ mod store {
         events: &[NewEvent],
     ) -> Result<Vec<Uuid>, sqlx::Error> {
         let ids: Vec<Uuid> = events.iter().map(|_| new_event_id()).collect();
-        let column = |f: fn(&NewEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+        let text = |f: fn(&NewEvent) -> &str| events.iter().map(f).collect::<Vec<_>>();
+        let traces = events.iter().map(|e| e.trace.as_ref());
+        let traceparents: Vec<Option<&str>> = traces
+            .clone()
+            .map(|t| Some(t?.traceparent.as_str()))
+            .collect();
+        let tracestates: Vec<Option<&str>> = traces.map(|t| t?.tracestate.as_deref()).collect();
         let headers: Vec<Option<serde_json::Value>> = events
             .iter()
             .map(|e| {
@@ -241,14 +247,12 @@ mod store {
              order by n",
         )
         .bind(&ids)
-        .bind(column(|e| Some(e.aggregate_type.clone())))
-        .bind(column(|e| Some(e.aggregate_id.clone())))
-        .bind(column(|e| Some(e.event_type.clone())))
+        .bind(text(|e| &e.aggregate_type))
+        .bind(text(|e| &e.aggregate_id))
+        .bind(text(|e| &e.event_type))
         .bind(&payloads)
-        .bind(column(|e| e.trace.as_ref().map(|t| t.traceparent.clone())))
-        .bind(column(|e| {
-            e.trace.as_ref().and_then(|t| t.tracestate.clone())
-        }))
+        .bind(&traceparents)
+        .bind(&tracestates)
         .bind(&headers)
         .execute(conn)
         .await?;

@@ -377,11 +377,7 @@ async fn handle_batch(
         .visibility_wait
         .inc_by(applied.visibility_wait.as_secs_f64());
 
-    let mut outcomes = applied_at
-        .into_iter()
-        .zip(&consumed)
-        .zip(applied.outcomes)
-        .peekable();
+    let mut outcomes = applied_at.into_iter().zip(&consumed).zip(applied.outcomes);
     for (i, (received, span)) in batch.iter().zip(&spans).enumerate() {
         match &received.event {
             Err(_) => metrics

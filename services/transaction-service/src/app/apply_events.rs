@@ -83,7 +83,8 @@ pub struct Applied {
 /// by the same batch. Settlements apply in event order (see
 /// [`settle_transaction::settle_all`]). Locks are taken in one global order, inbox ids,
 /// then transaction rows, then accounts, each ascending, so batches of concurrent
-/// consumers cannot deadlock.
+/// consumers do not deadlock (the one exception, a row that became visible late, is
+/// described at [`settle_transaction::settle_all`]).
 pub async fn execute(conn: &mut PgConnection, events: &[Consumed]) -> Result<Applied, StoreError> {
     let mut outcomes = vec![Outcome::Duplicate; events.len()];
     if events.is_empty() {
@@ -108,25 +109,31 @@ pub async fn execute(conn: &mut PgConnection, events: &[Consumed]) -> Result<App
         .filter(|&i| recorded.contains(&events[i].event_id))
         .collect();
 
-    let (mut opens, mut settles) = (Vec::new(), Vec::new());
+    // Each kind's events in batch order, with their index in the batch.
+    let (mut open_at, mut user_ids) = (Vec::new(), Vec::new());
+    let (mut settle_at, mut settles) = (Vec::new(), Vec::new());
     for &i in &fresh {
         match &events[i].command {
-            Command::OpenAccount { user_id } => opens.push((i, *user_id)),
-            Command::Settle(settle) => settles.push((i, settle.clone())),
+            Command::OpenAccount { user_id } => {
+                open_at.push(i);
+                user_ids.push(*user_id);
+            }
+            Command::Settle(settle) => {
+                settle_at.push(i);
+                settles.push(settle.clone());
+            }
         }
     }
-    let user_ids: Vec<Uuid> = opens.iter().map(|(_, u)| *u).collect();
     let opened = open_account::open_all(&mut tx, &user_ids).await?;
-    for ((i, _), opened) in opens.iter().zip(opened) {
-        outcomes[*i] = match opened {
+    for (i, opened) in open_at.into_iter().zip(opened) {
+        outcomes[i] = match opened {
             Opened::Now => Outcome::Opened,
             Opened::Already => Outcome::AlreadyOpen,
         };
     }
-    let to_settle: Vec<Settle> = settles.iter().map(|(_, s)| s.clone()).collect();
-    let settled = settle_transaction::settle_all(&mut tx, &to_settle).await?;
-    for ((i, _), settled) in settles.iter().zip(settled.outcomes) {
-        outcomes[*i] = match settled {
+    let settled = settle_transaction::settle_all(&mut tx, &settles).await?;
+    for (i, settled) in settle_at.into_iter().zip(settled.outcomes) {
+        outcomes[i] = match settled {
             Settled::Completed => Outcome::Completed,
             Settled::Failed(reason) => Outcome::Failed(reason),
             Settled::Already => Outcome::AlreadySettled,

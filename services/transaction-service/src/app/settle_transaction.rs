@@ -174,8 +174,9 @@ pub async fn settle_all(
     Ok(done)
 }
 
-/// The ids among `ids` whose rows are visible, in ascending order, once all are or
-/// [`VISIBILITY_GRACE`] has passed; and how long that took beyond the first look.
+/// The ids among `ids` (rows the lock just did not find) whose rows become visible, in
+/// ascending order, once all are or [`VISIBILITY_GRACE`] has passed; and how long that
+/// took. Pauses before each look: the lock was the first one.
 async fn wait_visible(
     conn: &mut PgConnection,
     ids: &BTreeSet<Uuid>,
@@ -183,17 +184,14 @@ async fn wait_visible(
     let mut missing = ids.clone();
     let mut waited = Duration::ZERO;
     let mut pause = VISIBILITY_POLL.0;
-    loop {
+    while !missing.is_empty() && waited < VISIBILITY_GRACE {
+        tokio::time::sleep(pause).await;
+        waited += pause;
+        pause = (pause * 2).min(VISIBILITY_POLL.1);
         let looked: Vec<Uuid> = missing.iter().copied().collect();
         for id in transactions::visible(conn, &looked).await? {
             missing.remove(&id);
         }
-        if missing.is_empty() || waited >= VISIBILITY_GRACE {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-        waited += pause;
-        pause = (pause * 2).min(VISIBILITY_POLL.1);
     }
     Ok((ids.difference(&missing).copied().collect(), waited))
 }
