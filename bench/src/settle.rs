@@ -211,12 +211,12 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
         let svc_cpu = cpu1.1 - cpu0.1;
         let batches1 = service.batches(&http).await?;
         let mean_batch = batches0.zip(batches1).and_then(|(a, z)| {
-            let batches = z[1] - a[1];
+            let batches = z.batches - a.batches;
             (batches > 0.0).then(|| {
                 (
-                    (z[0] - a[0]) / batches,
-                    (z[2] - a[2]) * 1e3 / batches,
-                    (z[3] - a[3]) * 1e3 / batches,
+                    (z.records - a.records) / batches,
+                    (z.seconds - a.seconds) * 1e3 / batches,
+                    (z.waited - a.waited) * 1e3 / batches,
                 )
             })
         });
@@ -605,6 +605,16 @@ impl Drop for Settlements {
     }
 }
 
+/// The consumer's batch counters as its `/metrics` says them.
+#[derive(Debug, Clone, Copy)]
+struct Batches {
+    records: f64,
+    batches: f64,
+    seconds: f64,
+    /// Seconds spent waiting for transaction rows to become visible.
+    waited: f64,
+}
+
 /// transaction-service as a child process on the run's database and topics.
 struct Service {
     child: Child,
@@ -671,10 +681,9 @@ impl Service {
         }
     }
 
-    /// (records, batches, seconds applying them, seconds waiting for rows to become
-    /// visible) of the consumer so far; `None` from a binary that does not batch (no
-    /// `consumer_batch_events` histogram).
-    async fn batches(&self, http: &reqwest::Client) -> anyhow::Result<Option<[f64; 4]>> {
+    /// The consumer's batch counters so far; `None` from a binary that does not batch
+    /// (no `consumer_batch_events` histogram).
+    async fn batches(&self, http: &reqwest::Client) -> anyhow::Result<Option<Batches>> {
         let text = http
             .get(format!("{}/metrics", self.url))
             .send()
@@ -688,7 +697,12 @@ impl Service {
         Ok(sum
             .zip(count)
             .zip(secs)
-            .map(|((r, b), t)| [r, b, t, wait.unwrap_or(0.0)]))
+            .map(|((records, batches), seconds)| Batches {
+                records,
+                batches,
+                seconds,
+                waited: wait.unwrap_or(0.0),
+            }))
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
