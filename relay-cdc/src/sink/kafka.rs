@@ -42,6 +42,10 @@ use crate::metrics::Metrics;
 use crate::pgoutput::OutboxRow;
 use outbox::headers;
 
+/// How long a client may fail to get metadata from any broker it knows before it
+/// bootstraps again from `bootstrap.servers` (librdkafka's default is 5 min).
+pub const REBOOTSTRAP_AFTER_MS: u32 = 10_000;
+
 /// The producer configuration; the safety properties are set last so nothing overrides them.
 pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -52,6 +56,15 @@ pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "262144")
+        // librdkafka drops brokers a metadata answer leaves out; a broker answering while
+        // it starts up can leave out every one, and the client then knows no broker until
+        // it bootstraps again, 5 min later by default: records wait, acks never come
+        // (seen in the short drill's broker restart: one source stalled on "kafka acks"
+        // with 0 brokers known while the other, bootstrapped alike, resumed). 10 s.
+        .set(
+            "metadata.recovery.rebootstrap.trigger.ms",
+            REBOOTSTRAP_AFTER_MS.to_string(),
+        )
         // What the cluster does to the producer (retries, brokers down): see `cluster`.
         .set(
             "statistics.interval.ms",
@@ -728,6 +741,11 @@ mod tests {
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("message.timeout.ms"), Some("0"));
         assert_eq!(c.get("linger.ms"), Some("20"));
+        // A client that lost every broker bootstraps again within seconds, not minutes.
+        assert_eq!(
+            c.get("metadata.recovery.rebootstrap.trigger.ms"),
+            Some("10000")
+        );
     }
 
     #[test]

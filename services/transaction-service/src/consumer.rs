@@ -104,6 +104,9 @@ pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         // Notice topics the relay creates after start-up within seconds, not minutes.
         .set("topic.metadata.refresh.interval.ms", "10000")
+        // A metadata answer from a broker that is starting up can leave out every broker,
+        // and librdkafka then knows none until it bootstraps again (5 min by default).
+        .set("metadata.recovery.rebootstrap.trigger.ms", "10000")
         .create()?;
     consumer.subscribe(&[
         &settings.user_events_topic,
