@@ -10,5 +10,6 @@ mod helpers;
 mod idempotency;
 mod openapi;
 mod outage;
+mod outbox_schema;
 mod settlement;
 mod trace;
