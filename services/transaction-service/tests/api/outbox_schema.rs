@@ -75,7 +75,7 @@ async fn a_pending_row_the_relay_could_not_publish_is_refused_by_its_check() {
 }
 
 #[tokio::test]
-async fn rows_with_a_trace_context_are_marked_processed_and_dead_lettered() {
+async fn settled_rows_are_not_held_to_the_writer_checks_pending_ones_are() {
     let app = spawn_app().await;
     let headers = Some(json!({"tenant": "t1"}));
     let a = insert(
@@ -106,4 +106,28 @@ async fn rows_with_a_trace_context_are_marked_processed_and_dead_lettered() {
             .await
             .unwrap();
     assert_eq!(statuses, ["PROCESSED", "DEAD_LETTERED"]);
+
+    // The guard itself (what spares the marking the regexes): a settled row's writer
+    // columns are not checked again, a pending one's still are. Against the checks of
+    // 0005 the first update is refused too.
+    let bad = TRACEPARENT.replacen("00-", "ff-", 1);
+    let set_traceparent = |id: Uuid| {
+        sqlx::query("update outbox set traceparent = $2 where id = $1")
+            .bind(id)
+            .bind(bad.clone())
+            .execute(&app.pool)
+    };
+    set_traceparent(a)
+        .await
+        .expect("a settled row is not held to the writer's checks");
+    let pending = insert(&app, "transaction", (Some(TRACEPARENT), None), None)
+        .await
+        .unwrap();
+    let refused = set_traceparent(pending)
+        .await
+        .expect_err("a pending row is");
+    assert_eq!(
+        refused.as_database_error().and_then(|e| e.constraint()),
+        Some("outbox_traceparent_check")
+    );
 }
