@@ -8,6 +8,8 @@
 //! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] |
 //! | `KAFKA_*`, `*_EVENTS_TOPIC`, `CONSUMER_MAX_BATCH` | the broker, group, topics and batch bound, see [`KafkaSettings`] |
 
+use std::time::Duration;
+
 use service_config::{ConfigError, FromEnv, ServerSettings, Vars};
 use service_postgres::DatabaseSettings;
 
@@ -34,6 +36,10 @@ pub struct KafkaSettings {
     /// `CONSUMER_MAX_BATCH`, default [`DEFAULT_MAX_BATCH`]: at most this many records are
     /// applied in one database transaction.
     pub max_batch: usize,
+    /// `CONSUMER_STALL_TIMEOUT_SECS`, default [`DEFAULT_STALL_TIMEOUT`]: how long the consumer may
+    /// stay out of its group while a broker is reachable before its client is replaced
+    /// (see [`crate::consumer::stall`]).
+    pub stall_timeout: Duration,
 }
 
 /// Records applied in one database transaction at most, unless `CONSUMER_MAX_BATCH`
@@ -41,6 +47,13 @@ pub struct KafkaSettings {
 pub const DEFAULT_MAX_BATCH: usize = 500;
 /// The largest `CONSUMER_MAX_BATCH` accepted.
 pub const MAX_BATCH_LIMIT: usize = 10_000;
+/// How long the consumer may stay out of its group while a broker is up, unless
+/// `CONSUMER_STALL_TIMEOUT_SECS` says otherwise: three session timeouts, far above a
+/// rebalance of a healthy group.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `CONSUMER_STALL_TIMEOUT_SECS` accepted: at least two statistics intervals, at
+/// most an hour.
+const STALL_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 10..=3600;
 
 /// The service's configuration.
 #[derive(Debug, Clone)]
@@ -74,7 +87,18 @@ impl KafkaSettings {
                 DEFAULT_MAX_BATCH,
                 "expected a whole number from 1 to 10000",
             )?,
+            stall_timeout: Duration::from_secs(vars.parse_or(
+                "CONSUMER_STALL_TIMEOUT_SECS",
+                DEFAULT_STALL_TIMEOUT.as_secs(),
+                "expected a whole number of seconds from 10 to 3600",
+            )?),
         };
+        if !STALL_TIMEOUT_SECS.contains(&kafka.stall_timeout.as_secs()) {
+            return Err(ConfigError::Invalid {
+                variable: "CONSUMER_STALL_TIMEOUT_SECS",
+                reason: "expected a whole number of seconds from 10 to 3600",
+            });
+        }
         if !(1..=MAX_BATCH_LIMIT).contains(&kafka.max_batch) {
             return Err(ConfigError::Invalid {
                 variable: "CONSUMER_MAX_BATCH",
@@ -146,6 +170,7 @@ mod tests {
         assert_eq!(s.kafka.transaction_events_topic, "outbox.event.transaction");
         assert_eq!(s.kafka.group_id, "transaction-service");
         assert_eq!(s.kafka.max_batch, DEFAULT_MAX_BATCH);
+        assert_eq!(s.kafka.stall_timeout, DEFAULT_STALL_TIMEOUT);
         let opts = s.database.connect_options(APPLICATION_NAME);
         assert_eq!(opts.get_host(), "db");
         assert_eq!(opts.get_port(), 5432);
@@ -171,6 +196,9 @@ mod tests {
             ("CONSUMER_MAX_BATCH", "0"),
             ("CONSUMER_MAX_BATCH", "10001"),
             ("CONSUMER_MAX_BATCH", "lots"),
+            ("CONSUMER_STALL_TIMEOUT_SECS", "9"),
+            ("CONSUMER_STALL_TIMEOUT_SECS", "3601"),
+            ("CONSUMER_STALL_TIMEOUT_SECS", "1m"),
             ("DATABASE_URL", "mysql://nope"),
         ] {
             let err = settings(&with(&[(var, value)])).unwrap_err();

@@ -44,6 +44,13 @@
 //! A retry that outlasts `max.poll.interval.ms` (5 min) costs the consumer its group
 //! membership: storing the offsets after the eventual success fails (logged), the
 //! group rebalances, and the events come back once more, where the inbox absorbs them.
+//!
+//! A client that stays out of its group while the cluster is reachable is replaced
+//! by a new one ([`stall`] decides when; between batches, like shutdown). Nothing is
+//! lost: offsets are stored only for applied batches, what the old client had not
+//! committed is redelivered to the new one and absorbed by the inbox.
+
+pub mod stall;
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -69,6 +76,7 @@ use crate::config::KafkaSettings;
 use crate::domain::events::{self, TRANSACTION_CREATED, USER_CREATED};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
+use stall::{GroupContext, StallWatch, Verdict, STATS_INTERVAL};
 
 /// First and longest pause between attempts to apply an event whose database
 /// transaction failed.
@@ -81,10 +89,13 @@ const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
 /// Client errors are logged at most this often (with how many came since).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The event consumer's client: its context keeps what the statistics say about the group.
+pub type EventConsumer = StreamConsumer<GroupContext>;
+
 /// Creates the consumer and subscribes it to both topics. Nothing is read until
 /// [`run`] polls it.
-pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+pub fn create(settings: &KafkaSettings) -> Result<EventConsumer, KafkaError> {
+    let consumer: EventConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
         .set("client.id", "transaction-service")
@@ -107,7 +118,12 @@ pub fn create(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
         // A metadata answer from a broker that is starting up can leave out every broker,
         // and librdkafka then knows none until it bootstraps again (5 min by default).
         .set("metadata.recovery.rebootstrap.trigger.ms", "10000")
-        .create()?;
+        // The group's state, for the stall watch (served when `run` polls).
+        .set(
+            "statistics.interval.ms",
+            STATS_INTERVAL.as_millis().to_string(),
+        )
+        .create_with_context(GroupContext::default())?;
     consumer.subscribe(&[
         &settings.user_events_topic,
         &settings.transaction_events_topic,
@@ -121,6 +137,16 @@ pub struct Topics {
     pub user_events: String,
     pub transaction_events: String,
     pub max_batch: usize,
+}
+
+impl Topics {
+    fn of(settings: &KafkaSettings) -> Self {
+        Self {
+            user_events: settings.user_events_topic.clone(),
+            transaction_events: settings.transaction_events_topic.clone(),
+            max_batch: settings.max_batch,
+        }
+    }
 }
 
 /// What a record asks for.
@@ -246,21 +272,28 @@ impl Received {
 
 /// Consumes until `shutdown` turns `true` (or its sender goes away). Shutdown is
 /// honoured between batches; a batch whose database transaction keeps failing is
-/// abandoned uncommitted, to be redelivered after a restart. Stored offsets are
-/// committed by [`close`].
+/// abandoned uncommitted, to be redelivered after a restart. Between batches the stall
+/// watch may replace the client with a new one made from `settings`. Returns the
+/// client it ended with: [`close`] commits its stored offsets.
 pub async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<EventConsumer>,
+    settings: KafkaSettings,
     pool: PgPool,
     metrics: Metrics,
-    topics: Topics,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Arc<EventConsumer> {
+    let topics = Topics::of(&settings);
+    let mut consumer = consumer;
     let mut errors = ErrorLog::default();
     let mut store = Store { pool, conn: None };
+    let mut stall = StallWatch::new(settings.stall_timeout);
+    let mut check = tokio::time::interval(STATS_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         user_events = %topics.user_events,
         transaction_events = %topics.transaction_events,
         max_batch = topics.max_batch,
+        stall_timeout_s = settings.stall_timeout.as_secs(),
         "event consumer started"
     );
     loop {
@@ -268,9 +301,11 @@ pub async fn run(
             biased;
             // 1. Shutdown first: stop between batches, never in the middle of one.
             _ = stop_requested(&mut shutdown) => break,
-            // 2. Then wait for the next record.
+            // 2. Then the stall watch, also between batches.
+            _ = check.tick() => None,
+            // 3. Then wait for the next record.
             message = consumer.recv() => match message {
-                Ok(message) => Received::new(&topics, &message),
+                Ok(message) => Some(Received::new(&topics, &message)),
                 Err(error) => {
                     metrics.kafka_errors.inc();
                     errors.record(&error, Instant::now());
@@ -279,6 +314,10 @@ pub async fn run(
                     continue;
                 }
             },
+        };
+        let Some(first) = first else {
+            consumer = watch_group(consumer, &settings, &metrics, &mut stall);
+            continue;
         };
         let batch = take_ready(&consumer, &topics, &metrics, &mut errors, first);
         if handle_batch(&consumer, &mut store, &metrics, &batch, &mut shutdown)
@@ -290,12 +329,55 @@ pub async fn run(
     }
 
     tracing::info!("event consumer stopped");
+    consumer
+}
+
+/// Looks at the group's latest statistics; replaces a stalled client with a new one
+/// (the old one closes on a blocking thread: its close may wait on the coordinator it
+/// could not reach). Keeps the old client when a new one cannot be made.
+fn watch_group(
+    consumer: Arc<EventConsumer>,
+    settings: &KafkaSettings,
+    metrics: &Metrics,
+    stall: &mut StallWatch,
+) -> Arc<EventConsumer> {
+    let snapshot = consumer.context().snapshot();
+    metrics
+        .group_joined
+        .set(i64::from(snapshot.as_ref().is_some_and(|s| s.joined())));
+    let Verdict::Stalled(out_for) = stall.observe(snapshot.as_ref(), Instant::now()) else {
+        return consumer;
+    };
+    let snapshot = snapshot.expect("a stall is seen in statistics");
+    let fresh = match create(settings) {
+        Ok(fresh) => Arc::new(fresh),
+        Err(error) => {
+            tracing::error!(error = %error, "cannot create a kafka consumer to replace the stalled one");
+            return consumer;
+        }
+    };
+    stall.rebuilt();
+    metrics.consumer_rebuilds.inc();
+    tracing::warn!(
+        group = %settings.group_id,
+        out_of_group_s = out_for.as_secs(),
+        group_state = %snapshot.state,
+        join_state = %snapshot.join_state,
+        brokers_up = snapshot.brokers_up,
+        next_rebuild_after_s = stall.timeout().as_secs(),
+        "the kafka consumer stayed out of its group while a broker was up; replacing it with a new client"
+    );
+    tokio::task::spawn_blocking(move || {
+        drop(consumer);
+        tracing::info!("the replaced kafka consumer closed");
+    });
+    fresh
 }
 
 /// `first`, then every record the client already holds, up to `max_batch` in all;
 /// never waits. Client errors met on the way are counted and logged as in [`run`].
 fn take_ready(
-    consumer: &StreamConsumer,
+    consumer: &EventConsumer,
     topics: &Topics,
     metrics: &Metrics,
     errors: &mut ErrorLog,
@@ -322,7 +404,7 @@ fn take_ready(
 /// Applies one batch and stores its offsets; `Break` when shutdown came first and the
 /// batch stays unapplied.
 async fn handle_batch(
-    consumer: &StreamConsumer,
+    consumer: &EventConsumer,
     store: &mut Store,
     metrics: &Metrics,
     batch: &[Received],
@@ -465,7 +547,7 @@ fn report(metrics: &Metrics, event: &Consumed, outcome: Outcome) {
 /// abandoned at the deadline: whatever was not committed is redelivered after the
 /// restart and absorbed by the inbox. `consumer` should be the last handle, or the
 /// close happens wherever the last one is dropped.
-pub async fn close(consumer: Arc<StreamConsumer>, timeout: Duration) {
+pub async fn close(consumer: Arc<EventConsumer>, timeout: Duration) {
     let handles = Arc::strong_count(&consumer);
     if handles > 1 {
         tracing::warn!(

@@ -4,7 +4,9 @@
 //! names are [`service_http::HTTP_REQUESTS_TOTAL`] and
 //! [`service_http::HTTP_REQUEST_DURATION_SECONDS`].
 
-use prometheus::{Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use service_http::HttpMetrics;
 
 /// Consumed events handled, by event type and outcome (`applied`, `duplicate`,
@@ -26,6 +28,13 @@ pub const CONSUMER_VISIBILITY_WAIT_SECONDS_TOTAL: &str = "consumer_visibility_wa
 /// the client recovers from them by itself.
 pub const CONSUMER_KAFKA_ERRORS_TOTAL: &str = "consumer_kafka_errors_total";
 
+/// Kafka clients of the consumer replaced because they stayed out of their group while
+/// a broker was reachable (see `consumer::stall`).
+pub const CONSUMER_REBUILDS_TOTAL: &str = "consumer_rebuilds_total";
+/// 1 while the consumer is in its group with its assignment (librdkafka's statistics,
+/// every 5 s), 0 otherwise.
+pub const CONSUMER_GROUP_JOINED: &str = "consumer_group_joined";
+
 /// The service's collectors and the registry that exposes them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -38,6 +47,8 @@ pub struct Metrics {
     pub batch_events: Histogram,
     pub batch_duration: Histogram,
     pub visibility_wait: Counter,
+    pub consumer_rebuilds: IntCounter,
+    pub group_joined: IntGauge,
 }
 
 impl Metrics {
@@ -93,6 +104,16 @@ impl Metrics {
             "Time batches waited for announced transaction rows to become visible.",
         )
         .expect("valid metric");
+        let consumer_rebuilds = IntCounter::new(
+            CONSUMER_REBUILDS_TOTAL,
+            "Kafka clients of the consumer replaced because they stayed out of their group.",
+        )
+        .expect("valid metric");
+        let group_joined = IntGauge::new(
+            CONSUMER_GROUP_JOINED,
+            "1 while the consumer is in its group with its assignment.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events_processed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_failed.clone()),
@@ -101,6 +122,8 @@ impl Metrics {
             Box::new(batch_events.clone()),
             Box::new(batch_duration.clone()),
             Box::new(visibility_wait.clone()),
+            Box::new(consumer_rebuilds.clone()),
+            Box::new(group_joined.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -114,6 +137,8 @@ impl Metrics {
             batch_events,
             batch_duration,
             visibility_wait,
+            consumer_rebuilds,
+            group_joined,
         }
     }
 

@@ -11,8 +11,9 @@ use service_postgres::DatabaseSettings;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::config::KafkaSettings;
 use crate::config::{Settings, APPLICATION_NAME, CONSUMER_APPLICATION_NAME, CONSUMER_CONNECTIONS};
-use crate::consumer::{self, Topics};
+use crate::consumer;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::store;
@@ -40,15 +41,21 @@ pub struct Application {
     /// The event consumer's own connections: settlement never queues behind HTTP
     /// requests for a connection of the request pool, nor requests behind it.
     consumer_pool: PgPool,
-    topics: Topics,
+    /// The event consumer's client; [`consumer::run`] owns it from the start and may
+    /// replace it.
+    consumer: Arc<consumer::EventConsumer>,
+    kafka: KafkaSettings,
 }
 
 impl Application {
-    /// Creates the Kafka consumer (it connects in the background), connects the pool
+    /// Creates the Kafka consumer and the client `/readyz` asks for metadata (both
+    /// connect in the background), connects the pool
     /// (lazily, so an outage later is a 503, not a crash), applies the migrations and
     /// binds the HTTP port (port 0 picks a free one; see [`Application::local_addr`]).
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let consumer = Arc::new(consumer::create(&settings.kafka).map_err(StartupError::Kafka)?);
+        let kafka_probe =
+            Arc::new(http::kafka_probe(&settings.kafka.brokers).map_err(StartupError::Kafka)?);
         let migrator = &store::MIGRATOR;
         let pool = service_postgres::migrated_pool(&settings.database, APPLICATION_NAME, migrator);
         let pool = pool.await?;
@@ -73,14 +80,11 @@ impl Application {
             state: AppState {
                 pool,
                 metrics: Metrics::new(),
-                consumer,
+                kafka_probe,
             },
             consumer_pool,
-            topics: Topics {
-                user_events: settings.kafka.user_events_topic.clone(),
-                transaction_events: settings.kafka.transaction_events_topic.clone(),
-                max_batch: settings.kafka.max_batch,
-            },
+            consumer,
+            kafka: settings.kafka.clone(),
         })
     }
 
@@ -95,12 +99,11 @@ impl Application {
     /// [`CONSUMER_CLOSE_TIMEOUT`]. This returns when all of that is done.
     pub async fn run_until_stopped(self, shutdown: impl Shutdown) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
-        let kafka = self.state.consumer.clone();
         let consumer = tokio::spawn(consumer::run(
-            self.state.consumer.clone(),
+            self.consumer,
+            self.kafka,
             self.consumer_pool,
             self.state.metrics.clone(),
-            self.topics,
             stopped.clone(),
         ));
 
@@ -113,10 +116,10 @@ impl Application {
                 let _ = stop.send(true);
             })
             .await;
-        if let Err(error) = consumer.await {
-            tracing::error!(error = %error, "event consumer task failed");
+        match consumer.await {
+            Ok(client) => consumer::close(client, CONSUMER_CLOSE_TIMEOUT).await,
+            Err(error) => tracing::error!(error = %error, "event consumer task failed"),
         }
-        consumer::close(kafka, CONSUMER_CLOSE_TIMEOUT).await;
         served
     }
 }

@@ -4,11 +4,25 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
-use rdkafka::consumer::Consumer;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 
 use service_http::docs::Readiness;
 
 use super::{AppState, FieldErrors};
+
+/// The client `/readyz` asks for metadata. A producer that never sends: its own thread
+/// serves its events, so nothing piles up between checks.
+pub type KafkaProbe = ThreadedProducer<DefaultProducerContext>;
+
+/// Creates the readiness probe's client for `brokers`; it connects in the background.
+pub fn kafka_probe(brokers: &str) -> Result<KafkaProbe, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "transaction-service-readyz")
+        .create()
+}
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,10 +48,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn kafka_ready(state: &AppState) -> Result<(), &'static str> {
-    let consumer = state.consumer.clone();
+    let probe = state.kafka_probe.clone();
     // fetch_metadata blocks its thread for up to the timeout.
     let check = tokio::task::spawn_blocking(move || {
-        consumer
+        probe
+            .client()
             .fetch_metadata(None, CHECK_TIMEOUT)
             .map(|metadata| metadata.brokers().len())
     });

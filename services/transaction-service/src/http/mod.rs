@@ -10,12 +10,12 @@ mod transactions;
 use std::sync::Arc;
 
 use axum::Router;
-use rdkafka::consumer::StreamConsumer;
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use health::{kafka_probe, KafkaProbe};
 pub use service_http::{ApiError, ErrorBody, FieldErrors, BODY_LIMIT_BYTES};
 pub use transactions::{CreateTransactionRequest, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 
@@ -26,8 +26,9 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Metrics,
-    /// The event consumer's client, asked for cluster metadata by `/readyz`.
-    pub consumer: Arc<StreamConsumer>,
+    /// A Kafka client of its own for `/readyz`'s metadata request: the event consumer's
+    /// client belongs to the consumer, which may replace it.
+    pub kafka_probe: Arc<KafkaProbe>,
 }
 
 /// The service's own routes, each registered for the router and the OpenAPI document

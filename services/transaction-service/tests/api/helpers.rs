@@ -99,6 +99,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
             user_events_topic: user_topic.clone(),
             transaction_events_topic: transaction_topic.clone(),
             max_batch: transaction_service::config::DEFAULT_MAX_BATCH,
+            stall_timeout: transaction_service::config::DEFAULT_STALL_TIMEOUT,
         },
     };
     adjust(&mut settings);

@@ -12,4 +12,5 @@ mod openapi;
 mod outage;
 mod outbox_schema;
 mod settlement;
+mod stall;
 mod trace;
