@@ -78,6 +78,42 @@ pub fn busiest_leader(brokers: &str, topics: &[String]) -> anyhow::Result<u32> {
         .context("no partition has a leader")
 }
 
+/// Partitions of every topic of the cluster (internal ones included) whose in-sync
+/// replicas are fewer than their replicas, as a broker's metadata says.
+pub fn under_replicated(brokers: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("cluster metadata")?;
+    Ok(md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter(|p| p.isr().len() < p.replicas().len())
+        .count())
+}
+
+/// Waits until no partition is under-replicated, as an operator's rolling restart waits
+/// before it stops the next broker; at most `bound`. `Ok(waited)` once fully
+/// replicated, `Err(partitions)` still under-replicated at the bound.
+pub async fn wait_fully_replicated(brokers: &str, bound: Duration) -> Result<Duration, usize> {
+    let start = Instant::now();
+    let mut last = usize::MAX;
+    while start.elapsed() < bound {
+        let b = brokers.to_string();
+        match tokio::task::spawn_blocking(move || under_replicated(&b)).await {
+            Ok(Ok(0)) => return Ok(start.elapsed()),
+            Ok(Ok(n)) => last = n,
+            // A broker that is still starting may not answer: ask again.
+            Ok(Err(_)) | Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last)
+}
+
 /// What one write with `acks=all` and no retries got from the cluster: accepted (`None`)
 /// or the error code the partition leader answered. Shows what a fault does to writes,
 /// without the relay's retries in between.
