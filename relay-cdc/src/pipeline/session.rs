@@ -26,7 +26,7 @@ use crate::config::{Delivery as DeliveryMode, Endpoint, PoisonPolicy};
 use crate::marker::{Confirmed, MarkItem, Marker};
 use crate::sink::checkpoint;
 use crate::sink::kafka::{KafkaSink, TxnError};
-use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink};
+use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink, StuckCheck};
 use crate::source::{self, SourceError, HEARTBEAT_PREFIX};
 use crate::status::{SourceStatus, State};
 
@@ -215,6 +215,8 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     barrier: Option<Barrier>,
     /// The probe's delivery.
     probe: Option<Delivery>,
+    /// The sink's check of a client that reaches no broker (see [`Sink::check_stuck`]).
+    stuck: Option<StuckCheck>,
     /// WAL arrived since the last tick (the watchdog's replication stage).
     received: bool,
     /// The open transaction is covered by the checkpoint: not sent again.
@@ -255,6 +257,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             suspects,
             barrier: None,
             probe: None,
+            stuck: None,
             received: false,
             skipping: false,
             skipped: 0,
@@ -318,6 +321,14 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 })),
                 // 4. The watchdog's view and the gauges, twice a second.
                 _ = tick.tick() => self.on_tick(),
+                // 4b. A stuck sink client: end the session, a new sink resumes from the
+                // confirmed LSN (what was in flight is sent again, same event ids).
+                r = async { self.stuck.as_mut().expect("guarded").await }, if self.stuck.is_some() => {
+                    self.stuck = None;
+                    if let Some(why) = r {
+                        return Err(PipelineError::Kafka(why));
+                    }
+                }
                 // 5. A topic being prepared for the parked event.
                 r = async { self.preparing.as_mut().expect("guarded").await }, if self.preparing.is_some() => {
                     self.preparing = None;
@@ -353,6 +364,9 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     }
 
     fn on_tick(&mut self) {
+        if self.stuck.is_none() && self.state.oldest_unacked().is_some() {
+            self.stuck = self.sink.check_stuck();
+        }
         let p = self.state.progress();
         self.status.observe(
             self.state.oldest_unacked(),
@@ -1676,6 +1690,80 @@ mod tests {
             .publish_failures
             .with_label_values(&["src", "delivery"]);
         assert_eq!(failures.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_sink_client_ends_the_session_with_nothing_confirmed_past_the_acks() {
+        let mut sink = MemorySink::holding();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        h.txn(&["{}", "{}"]);
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        // Records wait for acks that never come: the loop asks the sink, which finds
+        // nothing the first times, then a stuck client.
+        let r = {
+            let run = s.run(shutdown, &notify);
+            tokio::pin!(run);
+            tokio::select! {
+                r = &mut run => panic!("the session ended before the sink was stuck: {r:?}"),
+                _ = until("the loop to ask the sink", || probe.stuck_checks() >= 2) => {}
+            }
+            probe.stuck("no broker for 31 s");
+            tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .expect("the session ends once the sink is stuck")
+        };
+        let Err(e @ PipelineError::Kafka(_)) = r else {
+            panic!("expected a kafka error, got {r:?}")
+        };
+        assert!(e.to_string().contains("no broker for 31 s"), "{e}");
+        assert_eq!(super::super::next_step(&e), super::super::Next::Retry);
+        assert_eq!(
+            s.confirmed(),
+            None,
+            "nothing was acked, nothing is confirmed"
+        );
+        assert!(h.marked_ids().0.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_session_never_asks_whether_the_sink_is_stuck() {
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let (ids, _) = h.txn(&["{}"]);
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        probe.stuck("would end the session");
+        let run = s.run(shutdown, &notify);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => panic!("the session ended: {r:?}"),
+            _ = until("the transaction to be marked", || h.marked_ids().0 == ids) => {}
+        }
+        // Ticks go by with nothing waiting for an ack.
+        tokio::select! {
+            r = &mut run => panic!("the session ended: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
+        }
+        assert_eq!(probe.stuck_checks(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,11 +13,18 @@
 //! flight; transmissions that were neither acked nor are in flight failed, and each
 //! new one is counted as `resent`.
 //!
+//! It also remembers since when the producer has had no broker connection up
+//! ([`Reachability`]): once in eight short drills of a broker restart
+//! the producer came back knowing no broker at all and never bootstrapped again, though
+//! `metadata.recovery.rebootstrap.trigger.ms` says it should; the session asks a new
+//! client then (see [`super::kafka`]).
+//!
 //! Invariant: this only observes. What happens to a record is decided by its delivery
 //! report (see [`super::kafka`]): a transient error never becomes a refusal here.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -140,6 +147,31 @@ pub struct ClusterContext {
     brokers_down: prometheus::IntGauge,
     resent: prometheus::IntCounter,
     last: Mutex<(HashMap<String, BrokerCounters>, FailedSends)>,
+    reachability: Reachability,
+}
+
+/// Since when the producer has had no broker connection (bootstrap ones included) up,
+/// as of its latest statistics; shared by the context and whoever holds a clone.
+#[derive(Debug, Clone, Default)]
+pub struct Reachability(Arc<Mutex<Option<Instant>>>);
+
+impl Reachability {
+    /// How long the producer has had no broker connection up, if it has none now.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .map(|since| since.elapsed())
+    }
+
+    fn observe(&self, any_up: bool) {
+        let mut since = self.0.lock().expect("not poisoned");
+        match (any_up, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
 }
 
 impl ClusterContext {
@@ -160,12 +192,20 @@ impl ClusterContext {
             brokers_up: brokers("up"),
             brokers_down: brokers("down"),
             last: Mutex::default(),
+            reachability: Reachability::default(),
         }
+    }
+
+    /// A handle on this producer's [`Reachability`].
+    pub fn reachability(&self) -> Reachability {
+        self.reachability.clone()
     }
 }
 
 impl ClientContext for ClusterContext {
     fn stats(&self, stats: Statistics) {
+        self.reachability
+            .observe(stats.brokers.values().any(|b| b.state == "UP"));
         let (now, failed) = (brokers(&stats), failed_sends(&stats));
         let c = {
             let mut last = self.last.lock().expect("not poisoned");
@@ -220,6 +260,22 @@ mod tests {
             timeouts,
             up,
         }
+    }
+
+    #[test]
+    fn reachability_counts_from_the_first_report_without_a_connection_up() {
+        let r = Reachability::default();
+        assert_eq!(r.unreachable_for(), None);
+        r.observe(false);
+        let first = r.unreachable_for().expect("unreachable since this report");
+        std::thread::sleep(Duration::from_millis(20));
+        r.observe(false);
+        assert!(
+            r.unreachable_for().unwrap() > first,
+            "the clock kept its start"
+        );
+        r.observe(true);
+        assert_eq!(r.unreachable_for(), None);
     }
 
     #[test]

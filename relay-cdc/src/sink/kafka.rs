@@ -46,6 +46,13 @@ use outbox::headers;
 /// bootstraps again from `bootstrap.servers` (librdkafka's default is 5 min).
 pub const REBOOTSTRAP_AFTER_MS: u32 = 10_000;
 
+/// How long the producer may have no broker connection up, while records wait for
+/// acks, before the sink asks a new client whether the cluster answers it; and how long
+/// between two such checks. Three rebootstrap periods: librdkafka had its chance.
+pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How long the new client's metadata request may take.
+const STUCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The producer configuration; the safety properties are set last so nothing overrides them.
 pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -139,6 +146,28 @@ pub fn is_permanent_refusal(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// A client that only asks for metadata: the user's properties and the brokers.
+fn probe_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("client.id", format!("relay-cdc-{source}-probe"));
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers);
+    c
+}
+
+/// Whether a new client gets the cluster's metadata with at least one broker in it.
+fn cluster_answers(config: &ClientConfig) -> bool {
+    let Ok(client) = config.create::<rdkafka::producer::BaseProducer>() else {
+        return false;
+    };
+    client
+        .client()
+        .fetch_metadata(None, STUCK_CHECK_TIMEOUT)
+        .is_ok_and(|m| !m.brokers().is_empty())
+}
+
 fn error_code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
     match e {
         KafkaError::MessageProduction(c) => Some(*c),
@@ -160,6 +189,12 @@ pub struct KafkaSink {
     dead_letter_topic: String,
     /// Exactly-once only: the open Kafka transaction.
     txn: Option<Txn>,
+    /// What a new client for [`Sink::check_stuck`] is made from (brokers and the
+    /// user's properties, e.g. security), and when the last check began.
+    probe_config: ClientConfig,
+    last_stuck_check: Option<Instant>,
+    /// The producer's view of its connections (from its client context).
+    reachability: cluster::Reachability,
 }
 
 /// The transactional state of an exactly-once sink.
@@ -199,9 +234,10 @@ impl KafkaSink {
         admin
             .set("bootstrap.servers", &kafka.brokers)
             .set("client.id", format!("relay-cdc-{source}-admin"));
+        let context = ClusterContext::new(metrics, source);
+        let reachability = context.reachability();
         Ok(Self {
-            producer: producer_config(kafka, source)
-                .create_with_context(ClusterContext::new(metrics, source))?,
+            producer: producer_config(kafka, source).create_with_context(context)?,
             admin: Arc::new(admin.create()?),
             source: source.to_string(),
             topic_template: kafka.topic_template.clone(),
@@ -212,6 +248,9 @@ impl KafkaSink {
             replication_factor: kafka.topic_replication_factor,
             dead_letter_topic: kafka.dead_letter_topic.clone(),
             txn: None,
+            probe_config: probe_config(kafka, source),
+            last_stuck_check: None,
+            reachability,
         })
     }
 
@@ -225,8 +264,10 @@ impl KafkaSink {
     ) -> Result<Self, TxnError> {
         let mut sink =
             Self::new(kafka, source, metrics).map_err(|e| TxnError::Other(e.to_string()))?;
+        let context = ClusterContext::new(metrics, source);
+        sink.reachability = context.reachability();
         sink.producer = transactional_config(kafka, source)
-            .create_with_context(ClusterContext::new(metrics, source))
+            .create_with_context(context)
             .map_err(|e| TxnError::Other(e.to_string()))?;
         let producer = sink.producer.clone();
         let timeout =
@@ -568,6 +609,30 @@ impl Sink for KafkaSink {
             }
             busy.store(false, Ordering::Release);
         });
+    }
+
+    fn check_stuck(&mut self) -> Option<super::StuckCheck> {
+        let unreachable = self.reachability.unreachable_for()?;
+        if unreachable < STUCK_AFTER
+            || self
+                .last_stuck_check
+                .is_some_and(|at| at.elapsed() < STUCK_AFTER)
+        {
+            return None;
+        }
+        self.last_stuck_check = Some(Instant::now());
+        let config = self.probe_config.clone();
+        Some(Box::pin(async move {
+            let answers = tokio::task::spawn_blocking(move || cluster_answers(&config))
+                .await
+                .unwrap_or(false);
+            answers.then(|| {
+                format!(
+                    "the producer has had no broker connection for {} s while a new client reaches the cluster (librdkafka lost its brokers and did not bootstrap again)",
+                    unreachable.as_secs()
+                )
+            })
+        }))
     }
 
     fn transactional(&self) -> bool {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Delivery, Event, Preparing, Refusal, SendError, Sink};
+use super::{Delivery, Event, Preparing, Refusal, SendError, Sink, StuckCheck};
 
 /// One record the sink took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,10 @@ struct Inner {
     refuse_on_send: HashMap<String, String>,
     /// How many sends answer "queue full" before one goes through.
     full: usize,
+    /// What the next [`Sink::check_stuck`] answers (once).
+    stuck: Option<String>,
+    /// How often the loop asked.
+    stuck_checks: usize,
     /// Transactional mode: what the open transaction holds, and what was committed.
     txn: Option<MemTxn>,
 }
@@ -111,6 +115,16 @@ impl MemorySink {
     /// record (librdkafka's `_FATAL`): not a refusal of the record, the producer is gone.
     pub fn fail(&self, event_id: &str, reason: &str) {
         self.lock().fail.insert(event_id.into(), reason.into());
+    }
+
+    /// Makes the next stuck check find the client stuck, for `why`.
+    pub fn stuck(&self, why: &str) {
+        self.lock().stuck = Some(why.into());
+    }
+
+    /// How often the loop asked whether the client is stuck.
+    pub fn stuck_checks(&self) -> usize {
+        self.lock().stuck_checks
     }
 
     /// Refuses `event_id` when it is sent, before any delivery.
@@ -195,6 +209,13 @@ fn outcome(inner: &mut Inner, event: Event) -> Result<(), Refusal> {
 impl Sink for MemorySink {
     fn prepare(&mut self, _event: &Event) -> Option<Preparing> {
         None
+    }
+
+    fn check_stuck(&mut self) -> Option<StuckCheck> {
+        let mut inner = self.lock();
+        inner.stuck_checks += 1;
+        let why = inner.stuck.take()?;
+        Some(Box::pin(std::future::ready(Some(why))))
     }
 
     fn prepare_dead_letter(&mut self) -> Option<Preparing> {

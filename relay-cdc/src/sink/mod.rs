@@ -135,6 +135,10 @@ pub enum PrepareError {
 /// Resolves when a destination exists (bounded in time); see [`Sink::prepare`].
 pub type Preparing = Pin<Box<dyn Future<Output = Result<(), PrepareError>> + Send>>;
 
+/// Resolves to why the sink's client is stuck (`Some`), or `None` when the check found
+/// nothing to act on; see [`Sink::check_stuck`].
+pub type StuckCheck = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
 /// A destination for outbox events.
 pub trait Sink: Send {
     /// Makes sure the destination of `event` exists (e.g. creates its topic): `None` when
@@ -175,6 +179,14 @@ pub trait Sink: Send {
     /// sent with it can never be committed, so the session must end and resend.
     fn transactional(&self) -> bool {
         false
+    }
+    /// Whether the sink's client is stuck while its destination is reachable: `None`
+    /// when nothing is suspect (or a check ran recently); else a check that resolves to
+    /// why when a new client reaches the destination this one has not reached for long.
+    /// The session then ends and the next one, with a new sink, resumes from the
+    /// confirmed LSN. Asked only while records wait for acks.
+    fn check_stuck(&mut self) -> Option<StuckCheck> {
+        None
     }
     /// Transactional sinks: commits a transaction whose checkpoint is `lsn` at once
     /// (after a slot was created: a checkpoint of a former slot must not make the new
