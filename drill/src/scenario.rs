@@ -902,11 +902,13 @@ impl World<'_> {
                 let survivor = 1 + (leader % 3);
                 let down: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
                 // Both at once, as one failure takes them; started again together too.
-                let (stop_a, stop_b) = (
-                    format!("kafka-node stop {}", down[0]),
-                    format!("kafka-node stop {}", down[1]),
-                );
-                tokio::try_join!(stack.run(&stop_a), stack.run(&stop_b))?;
+                let on_both = |verb: &str| {
+                    down.iter()
+                        .map(|n| format!("kafka-node {verb} {n}"))
+                        .collect::<Vec<_>>()
+                };
+                let stop = on_both("stop");
+                tokio::try_join!(stack.run(&stop[0]), stack.run(&stop[1]))?;
                 let probe = {
                     let (brokers, topic) = (brokers.clone(), probe_topic.clone());
                     let until = Instant::now() + plan.kafka_outage;
@@ -954,11 +956,8 @@ impl World<'_> {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 let (refused, probes) = probe.await.unwrap_or_default();
-                let (start_a, start_b) = (
-                    format!("kafka-node start {}", down[0]),
-                    format!("kafka-node start {}", down[1]),
-                );
-                tokio::try_join!(stack.run(&start_a), stack.run(&start_b))?;
+                let start_again = on_both("start");
+                tokio::try_join!(stack.run(&start_again[0]), stack.run(&start_again[1]))?;
                 kafka::delete_topics(&brokers, &[probe_topic]).await;
                 out.checks.push(Check {
                     name: "writes were refused for too few in-sync replicas".into(),

@@ -64,18 +64,22 @@ async fn leave(member: BaseConsumer<Assigned>) {
         .expect("the member leaves");
 }
 
+/// Waits until the service's gauge says its consumer is in its group.
+async fn group_joined(app: &TestApp, what: &str) {
+    wait_for(what, EVENT_TIMEOUT, || async {
+        Ok((app.metric(JOINED).await == 1.0).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+const JOINED: &str = "consumer_group_joined";
+
 #[tokio::test]
 async fn a_consumer_out_of_its_group_while_the_broker_is_up_gets_a_new_client_and_loses_nothing() {
     let app = spawn_app_with(|s| s.kafka.stall_timeout = STALL_TIMEOUT).await;
     app.open_accounts(1).await;
-    let joined = "consumer_group_joined";
-    wait_for(
-        "the consumer to report its group joined",
-        EVENT_TIMEOUT,
-        || async { Ok((app.metric(joined).await == 1.0).then_some(())) },
-    )
-    .await
-    .unwrap();
+    group_joined(&app, "the consumer to report its group joined").await;
     assert_eq!(app.metric("consumer_rebuilds_total").await, 0.0);
 
     // The silent member: polled until it has joined, then never again.
@@ -99,7 +103,7 @@ async fn a_consumer_out_of_its_group_while_the_broker_is_up_gets_a_new_client_an
     )
     .await
     .unwrap();
-    assert_eq!(app.metric(joined).await, 0.0, "the gauge shows the stall");
+    assert_eq!(app.metric(JOINED).await, 0.0, "the gauge shows the stall");
     // An account announced during the stall: no member holds a partition until the
     // silent one is gone.
     let user = Uuid::now_v7();
@@ -135,11 +139,5 @@ async fn a_consumer_out_of_its_group_while_the_broker_is_up_gets_a_new_client_an
     .await
     .map(|balance| assert_eq!(balance, "0.00"))
     .unwrap();
-    wait_for(
-        "the gauge to show the group joined",
-        EVENT_TIMEOUT,
-        || async { Ok((app.metric(joined).await == 1.0).then_some(())) },
-    )
-    .await
-    .unwrap();
+    group_joined(&app, "the gauge to show the group joined again").await;
 }
