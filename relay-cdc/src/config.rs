@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::tls::PgTls;
+pub use crate::tls::SslMode;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -148,10 +151,16 @@ pub struct KafkaSettings {
     /// most the broker's `transaction.max.timeout.ms`, 15 min by default).
     #[serde(default = "default_transaction_timeout_ms")]
     pub transaction_timeout_ms: u64,
-    /// Extra librdkafka properties, e.g. `"linger.ms" = "5"`. The safety settings
-    /// (idempotence, acks, message timeout) cannot be overridden here.
+    /// Extra librdkafka properties, e.g. `"linger.ms" = "5"`, or the security ones
+    /// (`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`, ...), which every Kafka client of the relay gets. The safety
+    /// settings (idempotence, acks, message timeout) cannot be overridden here.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// A file holding `sasl.password` (Docker and Kubernetes secrets); read once at
+    /// start, a trailing newline dropped. Not together with `properties."sasl.password"`.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
 }
 
 fn default_topic_template() -> String {
@@ -343,6 +352,23 @@ pub struct SourceSettings {
     /// server supports it; `true` on an older server fails the prerequisite check.
     #[serde(default)]
     pub failover_slot: Option<bool>,
+    /// TLS to the servers, in libpq's words (see [`crate::tls`]): `disable`, `prefer`
+    /// (default), `require`, `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) the server's certificate must lead to (`verify-ca`,
+    /// `verify-full`); unset: Mozilla's public roots.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that ask for one.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
+    /// A file holding the password (Docker and Kubernetes secrets); read once at start,
+    /// a trailing newline dropped. Not together with `password`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SourceSettings {
@@ -355,6 +381,7 @@ impl std::fmt::Debug for SourceSettings {
             .field("database", &self.database)
             .field("slot", &self.slot_name())
             .field("publication", &self.publication)
+            .field("sslmode", &self.sslmode)
             .finish_non_exhaustive()
     }
 }
@@ -467,8 +494,19 @@ impl SourceSettings {
             .password(&self.password)
             .dbname(&self.database)
             .application_name(format!("relay-cdc/{}", self.name))
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .ssl_mode(self.tls().tokio_mode());
         c
+    }
+
+    /// The TLS settings of this source's connections.
+    pub fn tls(&self) -> PgTls {
+        PgTls {
+            mode: self.sslmode,
+            root_cert: self.sslrootcert.clone(),
+            cert: self.sslcert.clone(),
+            key: self.sslkey.clone(),
+        }
     }
 }
 
@@ -513,11 +551,53 @@ impl Settings {
                 }
             }
         }
-        let settings: Settings = toml::Value::Table(root)
+        if let Some(sources) = root.get("sources").and_then(|s| s.as_array()) {
+            for (i, source) in sources.iter().enumerate() {
+                if let Some(v) = source.get("sslmode") {
+                    if !v.as_str().is_some_and(|v| SslMode::NAMES.contains(&v)) {
+                        return Err(key_err(
+                            format!("sources[{i}].sslmode"),
+                            format!("must be one of {:?} (got {v})", SslMode::NAMES),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut settings: Settings = toml::Value::Table(root)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().trim().to_string()))?;
+        settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Reads `password_file` and `kafka.sasl_password_file` into the settings they stand
+    /// for. Errors name the key and the file, never the content.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let Some(path) = &s.password_file else {
+                continue;
+            };
+            let key = format!("sources[{i}].password_file");
+            if !s.password.is_empty() {
+                return Err(key_err(key, "set password or password_file, not both"));
+            }
+            s.password = read_secret(path).map_err(|m| key_err(key, m))?;
+        }
+        if let Some(path) = &self.kafka.sasl_password_file {
+            let key = "kafka.sasl_password_file";
+            if self.kafka.properties.contains_key("sasl.password") {
+                return Err(key_err(
+                    key,
+                    "set kafka.properties.\"sasl.password\" or kafka.sasl_password_file, not both",
+                ));
+            }
+            let password = read_secret(path).map_err(|m| key_err(key, m))?;
+            self.kafka
+                .properties
+                .insert("sasl.password".into(), password);
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -648,6 +728,13 @@ impl Settings {
                     format!("slot {slot:?} is used by two sources"),
                 ));
             }
+            if let Err(why) = s.tls().client_config() {
+                let field = ["sslrootcert", "sslcert", "sslkey"]
+                    .into_iter()
+                    .find(|f| why.starts_with(f))
+                    .unwrap_or("sslmode");
+                return Err(key_err(key(field), why));
+            }
             for (field, v) in [
                 ("user", &s.user),
                 ("database", &s.database),
@@ -669,6 +756,65 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// librdkafka properties about reaching and authenticating to the cluster, as opposed
+/// to producing: every client the relay makes (producer, admin, metadata probes,
+/// checkpoint readers) gets these from `kafka.properties`, so a secured cluster is
+/// configured once.
+const CONNECTION_PROPERTY_PREFIXES: [&str; 12] = [
+    "security.",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl.",
+    "https.",
+    "socket.",
+    "broker.address.",
+    "client.dns.lookup",
+    "client.rack",
+    "connections.max.idle.ms",
+    "enable.sasl.",
+];
+
+impl KafkaSettings {
+    /// The properties every Kafka client of the relay gets (see
+    /// [`CONNECTION_PROPERTY_PREFIXES`]).
+    pub fn connection_properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| {
+                CONNECTION_PROPERTY_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// A client configuration with the brokers, a client id and the connection
+    /// properties: what the admin and checkpoint clients start from.
+    pub fn client_config(&self, client_id: &str) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("client.id", client_id);
+        for (k, v) in self.connection_properties() {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+}
+
+/// A secret file's content without its trailing newline (what `echo` or an editor
+/// leaves); the error names the file, never what is in it.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret.to_string())
 }
 
 /// Producer properties the relay sets itself: changing them could skip or reorder records.
@@ -734,7 +880,17 @@ fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigE
             // Strings stay strings for fields that are strings (a numeric password is still a password).
             let value = if matches!(
                 field.as_str(),
-                "password" | "user" | "database" | "host" | "name" | "slot"
+                "password"
+                    | "user"
+                    | "database"
+                    | "host"
+                    | "name"
+                    | "slot"
+                    | "sslmode"
+                    | "sslrootcert"
+                    | "sslcert"
+                    | "sslkey"
+                    | "password_file"
             ) {
                 toml::Value::String(raw.to_string())
             } else if field == "hosts" {

@@ -4,7 +4,7 @@
 
 use pgwire_replication::Lsn;
 use thiserror::Error;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Endpoint, SourceSettings};
 
@@ -19,6 +19,9 @@ pub enum SourceError {
         /// SQLSTATE 57P03 (cannot_connect_now): the server is shutting down (or
         /// starting up, or recovering).
         going_away: bool,
+        /// The server refused the relay itself (password, `pg_hba.conf`, the right to
+        /// connect) or TLS failed: see [`SourceError::access_refused`].
+        refused: bool,
     },
     #[error("{0}")]
     Prerequisite(String),
@@ -29,6 +32,12 @@ pub enum SourceError {
 impl SourceError {
     /// The server refuses new connections because it is going away (a shutdown is under
     /// way): see [`crate::pipeline`] for why the replication session must then end.
+    /// Every server refused the relay itself or the TLS handshake failed: retrying with
+    /// the same settings cannot help.
+    pub fn access_refused(&self) -> bool {
+        matches!(self, SourceError::Connect { refused: true, .. })
+    }
+
     pub fn server_going_away(&self) -> bool {
         matches!(
             self,
@@ -66,9 +75,10 @@ async fn connect_with(
     s: &SourceSettings,
     config: tokio_postgres::Config,
 ) -> Result<Client, SourceError> {
+    let tls = s.tls().connector().map_err(SourceError::Prerequisite)?;
     let (client, conn) = config
         .clone()
-        .connect(NoTls)
+        .connect(tls)
         .await
         .map_err(|e| SourceError::Connect {
             servers: config
@@ -85,6 +95,7 @@ async fn connect_with(
             database: s.database.clone(),
             reason: pg_reason(&e),
             going_away: e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            refused: connect_refused(&e),
         })?;
     let name = s.name.clone();
     tokio::spawn(async move {
@@ -136,12 +147,17 @@ pub async fn find_primary(s: &SourceSettings) -> Result<Endpoint, SourceError> {
     let roles = server_roles(s).await;
     let mut why = Vec::new();
     let mut going_away = false;
+    let mut refused = true;
     for (e, r) in roles {
         match r {
             Ok(role) if !role.standby => return Ok(e),
-            Ok(_) => why.push(format!("{e} is a standby (in recovery)")),
+            Ok(_) => {
+                refused = false;
+                why.push(format!("{e} is a standby (in recovery)"))
+            }
             Err(err) => {
                 going_away |= err.server_going_away();
+                refused &= err.access_refused();
                 why.push(match err {
                     SourceError::Connect { reason, .. } => format!("{e}: {reason}"),
                     other => format!("{e}: {other}"),
@@ -154,14 +170,39 @@ pub async fn find_primary(s: &SourceSettings) -> Result<Endpoint, SourceError> {
         database: s.database.clone(),
         reason: format!("no writable primary ({})", why.join("; ")),
         going_away,
+        refused,
     })
 }
 
-/// The server's message for an error (tokio-postgres' Display hides it behind "db error").
+/// The server's message for an error (tokio-postgres' Display hides it behind "db error"),
+/// or the error with its causes (a TLS failure says why only in its source).
 pub fn pg_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            let mut out = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                out.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            out
+        }
+    }
+}
+
+/// SQLSTATEs of a server refusing who connects: 28P01 invalid_password, 28000
+/// invalid_authorization_specification (`pg_hba.conf` rejects, e.g. "no encryption"),
+/// 42501 insufficient_privilege (no CONNECT on the database, no REPLICATION).
+pub const REFUSED_SQLSTATES: [&str; 3] = ["28P01", "28000", "42501"];
+
+/// Whether a failed connection attempt was refused for who connected, or failed in TLS.
+fn connect_refused(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => REFUSED_SQLSTATES.contains(&code.code()),
+        // tokio-postgres says so only in its text: "error performing TLS handshake",
+        // "server does not support TLS".
+        None => e.to_string().contains("TLS"),
     }
 }
 

@@ -69,6 +69,10 @@ pub enum PipelineError {
     Fenced(String),
     #[error("{0}")]
     CheckpointAhead(String),
+    /// PostgreSQL or Kafka refused the relay itself: wrong password, a certificate that
+    /// does not verify, plaintext where TLS is required, a missing grant or ACL.
+    #[error("access refused: {0}")]
+    AccessRefused(String),
 }
 
 impl PipelineError {
@@ -87,8 +91,40 @@ impl PipelineError {
             Self::ServerGoingAway => "server_going_away",
             Self::Fenced(_) => "fenced",
             Self::CheckpointAhead(_) => "checkpoint_ahead",
+            Self::AccessRefused(_) => "access_refused",
         }
     }
+
+    /// Why the servers refused the relay itself, if they did: retrying with the same
+    /// credentials, certificates and grants cannot help.
+    pub fn access_refused(&self) -> Option<String> {
+        match self {
+            Self::AccessRefused(why) => Some(why.clone()),
+            Self::Source(e) => e.access_refused().then(|| e.to_string()),
+            Self::Replication(e) => replication_refused(e).then(|| format!("replication: {e}")),
+            Self::TopicRefused(why) if kafka_not_authorized(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A replication connection the server refused for who the relay is, or a TLS handshake
+/// that failed (a certificate that does not verify, no TLS where it is required).
+pub fn replication_refused(e: &pgwire_replication::PgWireError) -> bool {
+    use pgwire_replication::PgWireError as E;
+    match e {
+        E::Auth(_) | E::Tls(_) => true,
+        E::Server(m) => crate::source::REFUSED_SQLSTATES
+            .iter()
+            .any(|code| m.contains(code)),
+        _ => false,
+    }
+}
+
+/// Kafka's answer means the relay's principal lacks an ACL.
+pub fn kafka_not_authorized(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("authorization failed") || r.contains("not authorized")
 }
 
 /// What the supervisor does after a session ended with an error.
@@ -107,6 +143,11 @@ pub enum Next {
 
 /// The restart policy, as data.
 pub fn next_step(e: &PipelineError) -> Next {
+    if let Some(why) = e.access_refused() {
+        return Next::Halt {
+            reason: format!("{why}; fix the credentials, certificates or grants named here (relay-cdc check tells which), then restart"),
+        };
+    }
     match e {
         PipelineError::Poison { event_id, reason } => Next::Halt {
             reason: format!("poison record {event_id}: {reason} (kafka.poison = \"stop\"); publish the row elsewhere or set kafka.poison = \"dead-letter\", then restart"),
@@ -248,6 +289,56 @@ mod tests {
             reason.contains("delete the source's checkpoint"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn refused_credentials_certificates_and_acls_halt_naming_what_was_refused() {
+        for (e, want) in [
+            (
+                PipelineError::Source(SourceError::Connect {
+                    servers: "db:5432".into(),
+                    database: "users_db".into(),
+                    reason: "password authentication failed for user \"relay_cdc\" (28P01)"
+                        .into(),
+                    going_away: false,
+                    refused: true,
+                }),
+                "password authentication failed",
+            ),
+            (
+                PipelineError::Replication(pgwire_replication::PgWireError::Tls(
+                    "TLS handshake failed: invalid peer certificate: UnknownIssuer".into(),
+                )),
+                "UnknownIssuer",
+            ),
+            (
+                PipelineError::AccessRefused(
+                    "kafka: SASL authentication error: invalid credentials".into(),
+                ),
+                "SASL authentication",
+            ),
+            (
+                PipelineError::TopicRefused(
+                    "the cluster refused to create topic outbox.event.user: Broker: Topic authorization failed"
+                        .into(),
+                ),
+                "authorization failed",
+            ),
+        ] {
+            let Next::Halt { reason } = next_step(&e) else {
+                panic!("{e} must halt")
+            };
+            assert!(reason.contains(want) && reason.contains("restart"), "{reason}");
+        }
+        // A server that is down or going away is not a refusal.
+        let down = PipelineError::Source(SourceError::Connect {
+            servers: "db:5432".into(),
+            database: "users_db".into(),
+            reason: "connection refused".into(),
+            going_away: false,
+            refused: false,
+        });
+        assert_eq!(next_step(&down), Next::Retry);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -25,7 +25,7 @@ use super::{housekeeping, reconcile, AbortOnDrop, Pipeline, PipelineError};
 use crate::config::{Delivery as DeliveryMode, Endpoint, PoisonPolicy};
 use crate::marker::{Confirmed, MarkItem, Marker};
 use crate::sink::checkpoint;
-use crate::sink::kafka::{KafkaSink, TxnError};
+use crate::sink::kafka::{KafkaSink, TxnError, ACCESS_CHECK_TIMEOUT};
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink, StuckCheck};
 use crate::source::{self, SourceError, HEARTBEAT_PREFIX};
 use crate::status::{SourceStatus, State};
@@ -603,6 +603,15 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         reason: String,
         origin: Origin,
     ) -> Result<(), PipelineError> {
+        if crate::pipeline::kafka_not_authorized(&reason) {
+            // A missing ACL is the relay's configuration, not the record's fault: halt
+            // whatever the poison policy (dead-lettering would send every record away).
+            self.finish(true).await;
+            return Err(PipelineError::AccessRefused(format!(
+                "kafka: not authorized to publish event {}: {reason}",
+                event.row.id
+            )));
+        }
         self.meters.poison.inc();
         let (with_payload, unit) = match (self.cfg.poison, origin) {
             (PoisonPolicy::Stop, _) => {
@@ -888,13 +897,22 @@ pub async fn run(p: &Pipeline) -> Result<(), PipelineError> {
     }
 
     let mut sink = match p.settings.kafka.delivery {
-        DeliveryMode::AtLeastOnce => KafkaSink::new(&p.settings.kafka, &name, &p.metrics)
-            .map_err(|e| PipelineError::Kafka(e.to_string()))?,
+        DeliveryMode::AtLeastOnce => {
+            let sink = KafkaSink::new(&p.settings.kafka, &name, &p.metrics)
+                .map_err(|e| PipelineError::Kafka(e.to_string()))?;
+            // Brokers that refuse the relay (TLS, SASL) halt it by name, before it
+            // streams records that could only wait.
+            if let Some(why) = sink.access_refused(ACCESS_CHECK_TIMEOUT).await {
+                return Err(PipelineError::AccessRefused(why));
+            }
+            sink
+        }
         DeliveryMode::ExactlyOnce => {
             KafkaSink::transactional(&p.settings.kafka, &name, &p.source.database, &p.metrics)
                 .await
                 .map_err(|e| match e {
                     TxnError::Fenced(why) => PipelineError::Fenced(why),
+                    TxnError::Refused(why) => PipelineError::AccessRefused(why),
                     TxnError::Other(why) => PipelineError::Kafka(why),
                 })?
         }
@@ -1118,7 +1136,7 @@ pub(super) fn replication_config(p: &Pipeline, primary: &Endpoint) -> Replicatio
         s.publication.clone(),
     )
     .with_port(primary.port)
-    .with_tls(TlsConfig::disabled())
+    .with_tls(s.tls().replication(&primary.host))
     .with_status_interval(p.settings.pipeline.status_interval())
     .with_wakeup_interval(Duration::from_secs(5))
     .with_application_name(format!("relay-cdc/{}", s.name))

@@ -13,7 +13,7 @@ use pgwire_replication::Lsn;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::config::KafkaSettings;
@@ -62,10 +62,9 @@ pub fn read_last(
     let deadline = std::time::Instant::now() + timeout;
     let topic = kafka.checkpoint_topic.as_str();
     let client = |isolation: &str| -> Result<BaseConsumer, KafkaError> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
+        kafka
+            .client_config(&format!("relay-cdc-{source}-checkpoint"))
             .set("group.id", format!("relay-cdc-checkpoint-{source}"))
-            .set("client.id", format!("relay-cdc-{source}-checkpoint"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", isolation)

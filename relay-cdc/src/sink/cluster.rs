@@ -148,28 +148,103 @@ pub struct ClusterContext {
     resent: prometheus::IntCounter,
     last: Mutex<(HashMap<String, BrokerCounters>, FailedSends)>,
     reachability: Reachability,
+    log_limit: LogLimit,
 }
 
 /// Since when the producer has had no broker connection (bootstrap ones included) up,
-/// as of its latest statistics; shared by the context and whoever holds a clone.
+/// as of its latest statistics, and the last time the brokers refused the client itself
+/// (TLS or SASL); shared by the context and whoever holds a clone.
 #[derive(Debug, Clone, Default)]
-pub struct Reachability(Arc<Mutex<Option<Instant>>>);
+pub struct Reachability(Arc<Mutex<Seen>>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    unreachable_since: Option<Instant>,
+    refused: Option<String>,
+}
 
 impl Reachability {
     /// How long the producer has had no broker connection up, if it has none now.
     pub fn unreachable_for(&self) -> Option<Duration> {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .map(|since| since.elapsed())
+        self.lock().unreachable_since.map(|since| since.elapsed())
+    }
+
+    /// Why the brokers refused this client (a certificate that does not verify, SASL
+    /// credentials they reject, plaintext to a TLS listener), if they did since a broker
+    /// connection was last up.
+    pub fn refused(&self) -> Option<String> {
+        self.lock().refused.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().expect("not poisoned")
     }
 
     fn observe(&self, any_up: bool) {
-        let mut since = self.0.lock().expect("not poisoned");
-        match (any_up, *since) {
-            (true, _) => *since = None,
-            (false, None) => *since = Some(Instant::now()),
+        let mut seen = self.lock();
+        match (any_up, seen.unreachable_since) {
+            (true, _) => {
+                seen.unreachable_since = None;
+                seen.refused = None;
+            }
+            (false, None) => seen.unreachable_since = Some(Instant::now()),
             (false, Some(_)) => {}
+        }
+    }
+
+    fn refuse(&self, why: String) {
+        self.lock().refused = Some(why);
+    }
+}
+
+/// Whether an error the client reported means the brokers refuse the client itself
+/// rather than being away: TLS (`SSL`), SASL (`Authentication`), or a transport error
+/// librdkafka explains as a security mismatch. Returns how to say it.
+pub fn refusal(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
+    let what = match code {
+        // Only what the handshake decided: a broker going away mid-handshake is an outage.
+        Some(RDKafkaErrorCode::SSL)
+            if ["certificate", "verify", "alert"]
+                .iter()
+                .any(|w| reason.contains(w)) =>
+        {
+            "TLS handshake failed"
+        }
+        Some(RDKafkaErrorCode::Authentication)
+        | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => "SASL authentication failed",
+        _ if reason.contains("security.protocol") => "wrong security.protocol",
+        _ => return None,
+    };
+    Some(format!("kafka: {what}: {reason}"))
+}
+
+/// Logs one kind of error at most once per [`LOG_EVERY`], saying how many were not logged.
+#[derive(Debug, Default)]
+struct LogLimit(Mutex<HashMap<String, (Instant, u64)>>);
+
+/// How often one kind of cluster error is logged at most (each is still counted).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl LogLimit {
+    /// `Some(suppressed since the last line)` when `kind` may be logged now.
+    fn allow(&self, kind: &str) -> Option<u64> {
+        let mut seen = self.0.lock().expect("not poisoned");
+        let now = Instant::now();
+        match seen.get_mut(kind) {
+            Some((at, skipped)) if now.duration_since(*at) < LOG_EVERY => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                let n = *skipped;
+                *at = now;
+                *skipped = 0;
+                Some(n)
+            }
+            None => {
+                seen.insert(kind.to_string(), (now, 0));
+                Some(0)
+            }
         }
     }
 }
@@ -193,6 +268,7 @@ impl ClusterContext {
             brokers_down: brokers("down"),
             last: Mutex::default(),
             reachability: Reachability::default(),
+            log_limit: LogLimit::default(),
         }
     }
 
@@ -237,14 +313,23 @@ impl ClientContext for ClusterContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        match classify(error.rdkafka_error_code()) {
+        let code = error.rdkafka_error_code();
+        if let Some(why) = refusal(code, reason) {
+            self.reachability.refuse(why);
+        }
+        match classify(code) {
             ErrorClass::Fatal => {
                 self.fatal.inc();
                 tracing::error!(source = %self.source, class = "fatal", error = %error, reason, "kafka producer in a fatal state: its records fail, the session ends and a new producer resumes from the confirmed LSN");
             }
             ErrorClass::Transient => {
                 self.broker_errors.inc();
-                tracing::warn!(source = %self.source, class = "transient", error = %error, reason, "kafka cluster error; the producer retries, records wait");
+                // A broker that refuses the client is retried every few ms: say it once in
+                // a while, with how often it happened meanwhile.
+                let kind = code.map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+                if let Some(suppressed) = self.log_limit.allow(&kind) {
+                    tracing::warn!(source = %self.source, class = "transient", error = %error, reason, suppressed, "kafka cluster error; the producer retries, records wait");
+                }
             }
         }
     }
@@ -276,6 +361,57 @@ mod tests {
         );
         r.observe(true);
         assert_eq!(r.unreachable_for(), None);
+    }
+
+    #[test]
+    fn tls_and_sasl_failures_are_refusals_and_outages_are_not() {
+        let bad_ca = refusal(
+            Some(RDKafkaErrorCode::SSL),
+            "SSL handshake failed: certificate verify failed",
+        );
+        assert!(bad_ca.unwrap().contains("TLS handshake failed"));
+        let password = refusal(
+            Some(RDKafkaErrorCode::Authentication),
+            "SASL authentication error: Authentication failed due to invalid credentials",
+        );
+        assert!(password.unwrap().contains("SASL authentication failed"));
+        let plaintext = refusal(
+            Some(RDKafkaErrorCode::BrokerTransportFailure),
+            "Disconnected while requesting ApiVersion: might be caused by incorrect security.protocol configuration",
+        );
+        assert!(plaintext.unwrap().contains("wrong security.protocol"));
+        assert_eq!(
+            refusal(
+                Some(RDKafkaErrorCode::AllBrokersDown),
+                "1/1 brokers are down"
+            ),
+            None
+        );
+        assert_eq!(
+            refusal(
+                Some(RDKafkaErrorCode::SSL),
+                "SSL handshake failed: Disconnected: connection reset by peer"
+            ),
+            None,
+            "a broker stopping mid-handshake is an outage"
+        );
+        let r = Reachability::default();
+        r.refuse("kafka: SASL authentication failed".into());
+        r.observe(false);
+        assert!(r.refused().is_some(), "kept while no broker is up");
+        r.observe(true);
+        assert_eq!(r.refused(), None, "a connection up clears it");
+    }
+
+    #[test]
+    fn a_repeated_error_is_logged_once_per_period_with_what_was_skipped() {
+        let l = LogLimit::default();
+        assert_eq!(l.allow("SSL"), Some(0));
+        assert_eq!(l.allow("SSL"), None);
+        assert_eq!(l.allow("SSL"), None);
+        assert_eq!(l.allow("Authentication"), Some(0), "each kind on its own");
+        l.0.lock().unwrap().get_mut("SSL").unwrap().0 -= LOG_EVERY;
+        assert_eq!(l.allow("SSL"), Some(2));
     }
 
     #[test]

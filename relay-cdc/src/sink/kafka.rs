@@ -50,6 +50,9 @@ pub const REBOOTSTRAP_AFTER_MS: u32 = 10_000;
 /// acks, before the sink asks a new client whether the cluster answers it; and how long
 /// between two such checks. Three rebootstrap periods: librdkafka had its chance.
 pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How long a new session's producer may take to get metadata before the relay asks
+/// whether the brokers refused it (TLS, SASL) rather than being away.
+pub const ACCESS_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the new client's metadata request may take.
 const STUCK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -111,6 +114,9 @@ pub enum TxnError {
     /// Another producer with the same transactional id took over.
     #[error("fenced by a newer producer with the same transactional id: {0}")]
     Fenced(String),
+    /// The brokers refuse the producer itself (TLS, SASL, ACLs).
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }
@@ -119,6 +125,16 @@ impl TxnError {
     fn from_kafka(what: &str, e: &KafkaError) -> Self {
         if error_code(e).is_some_and(is_fenced) {
             Self::Fenced(format!("{what}: {e}"))
+        } else if error_code(e).is_some_and(|c| {
+            matches!(
+                c,
+                RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+            )
+        }) {
+            Self::Refused(format!("kafka: not authorized: {what}: {e}"))
         } else {
             Self::Other(format!("{what}: {e}"))
         }
@@ -146,15 +162,9 @@ pub fn is_permanent_refusal(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// A client that only asks for metadata: the user's properties and the brokers.
+/// A client that only asks for metadata: the brokers and the connection properties.
 fn probe_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("client.id", format!("relay-cdc-{source}-probe"));
-    for (k, v) in &kafka.properties {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers);
-    c
+    kafka.client_config(&format!("relay-cdc-{source}-probe"))
 }
 
 /// Whether a new client gets the cluster's metadata with at least one broker in it.
@@ -230,10 +240,7 @@ struct TxnMeters {
 impl KafkaSink {
     /// An idempotent sink; the producer's cluster errors are counted in `metrics`.
     pub fn new(kafka: &KafkaSettings, source: &str, metrics: &Metrics) -> Result<Self, KafkaError> {
-        let mut admin = ClientConfig::new();
-        admin
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("client.id", format!("relay-cdc-{source}-admin"));
+        let admin = kafka.client_config(&format!("relay-cdc-{source}-admin"));
         let context = ClusterContext::new(metrics, source);
         let reachability = context.reachability();
         Ok(Self {
@@ -269,6 +276,10 @@ impl KafkaSink {
         sink.producer = transactional_config(kafka, source)
             .create_with_context(context)
             .map_err(|e| TxnError::Other(e.to_string()))?;
+        // init_transactions would wait out its timeout against brokers that refuse us.
+        if let Some(why) = sink.access_refused(ACCESS_CHECK_TIMEOUT).await {
+            return Err(TxnError::Refused(why));
+        }
         let producer = sink.producer.clone();
         let timeout =
             Duration::from_millis(kafka.transaction_timeout_ms).max(Duration::from_secs(30));
@@ -418,14 +429,31 @@ impl KafkaSink {
         }
     }
 
-    /// Asks the cluster for metadata: proves the brokers answer.
-    pub fn probe(&self, timeout: Duration) -> Result<usize, KafkaError> {
-        Ok(self
-            .producer
-            .client()
-            .fetch_metadata(None, timeout)?
-            .brokers()
-            .len())
+    /// Asks the cluster for metadata: proves the brokers answer. A failure names what
+    /// the brokers refused (TLS, SASL) when they did, not only that they did not answer.
+    pub fn probe(&self, timeout: Duration) -> Result<usize, String> {
+        match self.producer.client().fetch_metadata(None, timeout) {
+            Ok(m) => Ok(m.brokers().len()),
+            Err(e) => Err(self.reachability.refused().unwrap_or_else(|| e.to_string())),
+        }
+    }
+
+    /// Whether the brokers refuse this producer itself (a certificate that does not
+    /// verify, SASL credentials they reject, plaintext to a TLS listener): asks for
+    /// metadata for up to `timeout`. `None` when they answered, or are only unreachable
+    /// (records then wait, as in any outage).
+    pub async fn access_refused(&self, timeout: Duration) -> Option<String> {
+        let producer = self.producer.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if answered {
+            None
+        } else {
+            self.reachability.refused()
+        }
     }
 }
 
@@ -568,7 +596,7 @@ impl Sink for KafkaSink {
                     }
                     Err(match err {
                         TxnError::Fenced(m) => Refusal::Fenced(m),
-                        TxnError::Other(m) => {
+                        TxnError::Other(m) | TxnError::Refused(m) => {
                             Refusal::Fatal(format!("kafka transaction not committed: {m}"))
                         }
                     })

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::ClientConfig;
 use testkit::{read_until_ids, read_until_quiet, Record};
 
 use crate::helpers::{insert_txn, Relay, RelayConfig, Source};
@@ -53,8 +52,7 @@ fn checkpoint_topic(cfg: &RelayConfig) -> String {
 
 /// A consumer that also sees records of open and aborted transactions.
 fn uncommitted(brokers: &str, topics: &[&str]) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let c: StreamConsumer = testkit::kafka_config(brokers)
         .set(
             "group.id",
             format!("eos-uncommitted-{}", uuid::Uuid::new_v4()),
@@ -339,7 +337,9 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
     // Frozen with its transaction open; its walsender is ended as wal_sender_timeout would.
     let pid = zombie.pid();
     signal(pid, "-STOP");
-    let mut admin = src.conn().await;
+    // Behind the relay's back: as the admin (on the secured stack the tables' owner may
+    // not end another role's session).
+    let mut admin = src.db.connect_admin().await.unwrap();
     sqlx::query(
         "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1",
     )

@@ -29,17 +29,25 @@ impl Source {
         self.db.connect().await.unwrap()
     }
 
+    /// The relay's settings for this source: as the relay's own role, with the stack's
+    /// TLS (libpq's `PGSSLMODE`/`PGSSLROOTCERT` on the secured stack).
     pub fn env(&self) -> Vec<(String, String)> {
         let s = self.db.stack();
         let p = format!("RELAY_SOURCES__{}__", self.name.to_uppercase());
-        vec![
+        let mut env = vec![
             (format!("{p}HOST"), s.pg_host.clone()),
             (format!("{p}PORT"), s.pg_port.to_string()),
-            (format!("{p}USER"), s.pg_user.clone()),
-            (format!("{p}PASSWORD"), s.pg_password.clone()),
+            (format!("{p}USER"), s.relay_user.clone()),
+            (format!("{p}PASSWORD"), s.relay_password.clone()),
             (format!("{p}DATABASE"), self.db.name.clone()),
             (format!("{p}SLOT"), self.slot.clone()),
-        ]
+        ];
+        for (var, key) in [("PGSSLMODE", "SSLMODE"), ("PGSSLROOTCERT", "SSLROOTCERT")] {
+            if let Ok(v) = std::env::var(var) {
+                env.push((format!("{p}{key}"), v));
+            }
+        }
+        env
     }
 
     /// The slot's confirmed_flush_lsn as a number (0 when the slot does not exist).
@@ -151,6 +159,23 @@ async fn probe(url: &str) -> Option<Health> {
     })
 }
 
+/// The stack's Kafka security as the relay's settings, with the relay's own principal
+/// (`KAFKA_RELAY_USERNAME`/`_PASSWORD` on the secured stack) in place of the admin.
+pub fn kafka_security_env() -> Vec<(String, String)> {
+    testkit::kafka_security()
+        .into_iter()
+        .map(|(prop, value)| {
+            let value = match prop {
+                "sasl.username" => std::env::var("KAFKA_RELAY_USERNAME").unwrap_or(value),
+                "sasl.password" => std::env::var("KAFKA_RELAY_PASSWORD").unwrap_or(value),
+                _ => value,
+            };
+            let key = prop.replace('.', "_").to_uppercase();
+            (format!("RELAY_KAFKA__PROPERTIES__{key}"), value)
+        })
+        .collect()
+}
+
 pub struct Relay {
     child: Child,
     pub admin: String,
@@ -199,6 +224,7 @@ impl Relay {
         for s in sources {
             cmd.envs(s.env());
         }
+        cmd.envs(kafka_security_env());
         cmd.envs(cfg.extra.iter().cloned());
         let child = cmd.spawn().expect("relay binary starts");
         Relay {

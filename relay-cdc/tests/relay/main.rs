@@ -548,6 +548,7 @@ fn relay_cli(args: &[&str], env: &[(String, String)]) -> std::process::Output {
             "RELAY_KAFKA__BROKERS",
             testkit::Stack::from_env().kafka_brokers,
         )
+        .envs(helpers::kafka_security_env())
         .envs(env.iter().cloned())
         .output()
         .unwrap()
