@@ -23,13 +23,22 @@ pub enum ConfigError {
         variable: &'static str,
         reason: &'static str,
     },
+    /// A `*_FILE` variable names a file that cannot be read; the reason names the file
+    /// and the system's error, never the content.
+    #[error("{variable}: {reason}")]
+    Unreadable {
+        variable: &'static str,
+        reason: String,
+    },
 }
 
 impl ConfigError {
     /// The variable at fault.
     pub fn variable(&self) -> &'static str {
         match self {
-            Self::Missing(variable) | Self::Invalid { variable, .. } => variable,
+            Self::Missing(variable)
+            | Self::Invalid { variable, .. }
+            | Self::Unreadable { variable, .. } => variable,
         }
     }
 }
@@ -103,6 +112,35 @@ impl<L: Fn(&str) -> Option<String>> Vars<L> {
     /// The value, or `default` when unset.
     pub fn or(&self, name: &str, default: &str) -> String {
         self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A secret from `name` or from the file `file_name` names (the Docker and
+    /// Kubernetes secrets convention, e.g. `DB_PASSWORD_FILE`): one trailing newline of
+    /// the file is dropped. `None` when neither is set; both set is an error. The value
+    /// is taken as it is (not trimmed): a password may end in a space.
+    pub fn secret(
+        &self,
+        name: &'static str,
+        file_name: &'static str,
+    ) -> Result<Option<String>, ConfigError> {
+        let direct = (self.lookup)(name).filter(|v| !v.is_empty());
+        match (direct, self.get(file_name)) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                variable: file_name,
+                reason: "set the variable or its _FILE form, not both",
+            }),
+            (Some(v), None) => Ok(Some(v)),
+            (None, None) => Ok(None),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Unreadable {
+                    variable: file_name,
+                    reason: format!("cannot read {path}: {e}"),
+                })?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                Ok(Some(text.to_string()))
+            }
+        }
     }
 
     /// The value parsed, `default` when unset, [`ConfigError::Invalid`] with `reason`

@@ -8,9 +8,18 @@
 //! | `DATABASE_URL` | a `postgres://` URL; when set, the `DB_*` address variables are not read |
 //! | `DB_HOST`, `DB_USER`, `DB_NAME` | the address in parts (required without `DATABASE_URL`) |
 //! | `DB_PORT` | default 5432 |
-//! | `DB_PASSWORD` | required without `DATABASE_URL`; may be empty (trust authentication) |
+//! | `DB_PASSWORD` | required without `DATABASE_URL` (or `DB_PASSWORD_FILE`); may be empty (trust authentication) |
+//! | `DB_PASSWORD_FILE` | a file holding the password (Docker and Kubernetes secrets); not with `DB_PASSWORD` |
+//! | `DB_SSLMODE` | libpq's `sslmode`: `disable`, `allow`, `prefer` (default), `require`, `verify-ca`, `verify-full`; over `DATABASE_URL`'s too |
+//! | `DB_SSLROOTCERT` | CA certificates (PEM) the server's certificate must lead to (`verify-ca`, `verify-full`; default: Mozilla's public roots) |
+//! | `DB_SSLCERT`, `DB_SSLKEY` | a client certificate and its key (PEM) |
 //! | `DB_MAX_CONNECTIONS` | pool size, default 10 |
 //! | `DB_ACQUIRE_TIMEOUT_MS` | how long a request waits for a connection before the service answers 503, default 3000 |
+//!
+//! A `DATABASE_URL` takes libpq's parameters as users paste them
+//! (`?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem`), and libpq's variables
+//! (`PGSSLMODE`, `PGSSLROOTCERT`, ...) are defaults under both forms. TLS is rustls with
+//! the aws-lc-rs provider, as in relay-cdc.
 //!
 //! Passwords stay in [`SecretString`]s: `Debug` output of the settings is safe to log,
 //! and errors name the variable without repeating its value.
@@ -19,7 +28,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 
 const PORT_REASON: &str = "expected a port number from 1 to 65535";
@@ -39,6 +48,75 @@ pub struct DatabaseSettings {
     /// How long a request waits for a connection before it is answered 503. Short, so
     /// an outage shows quickly; the pool retries on every later request.
     pub acquire_timeout: Duration,
+    /// `DB_SSL*`: TLS settings applied over the target's.
+    pub tls: TlsSettings,
+}
+
+/// `DB_SSLMODE`, `DB_SSLROOTCERT`, `DB_SSLCERT`, `DB_SSLKEY`; unset ones leave the URL's
+/// (or libpq's `PGSSL*` variables') alone.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    pub mode: Option<PgSslMode>,
+    pub root_cert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl TlsSettings {
+    fn from_vars<L: Fn(&str) -> Option<String>>(vars: &Vars<L>) -> Result<Self, ConfigError> {
+        let mode = match vars.get("DB_SSLMODE") {
+            None => None,
+            Some(m) => Some(m.parse::<PgSslMode>().map_err(|_| ConfigError::Invalid {
+                variable: "DB_SSLMODE",
+                reason: "expected disable, allow, prefer, require, verify-ca or verify-full",
+            })?),
+        };
+        let tls = Self {
+            mode,
+            root_cert: vars.get("DB_SSLROOTCERT"),
+            cert: vars.get("DB_SSLCERT"),
+            key: vars.get("DB_SSLKEY"),
+        };
+        for (variable, path) in [
+            ("DB_SSLROOTCERT", &tls.root_cert),
+            ("DB_SSLCERT", &tls.cert),
+            ("DB_SSLKEY", &tls.key),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|e| ConfigError::Unreadable {
+                    variable,
+                    reason: format!("cannot read {path}: {e}"),
+                })?;
+            }
+        }
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError::Invalid {
+                variable: if tls.cert.is_some() {
+                    "DB_SSLKEY"
+                } else {
+                    "DB_SSLCERT"
+                },
+                reason: "DB_SSLCERT and DB_SSLKEY go together",
+            });
+        }
+        Ok(tls)
+    }
+
+    fn apply(&self, mut options: PgConnectOptions) -> PgConnectOptions {
+        if let Some(mode) = self.mode {
+            options = options.ssl_mode(mode);
+        }
+        if let Some(path) = &self.root_cert {
+            options = options.ssl_root_cert(path.as_str());
+        }
+        if let Some(path) = &self.cert {
+            options = options.ssl_client_cert(path.as_str());
+        }
+        if let Some(path) = &self.key {
+            options = options.ssl_client_key(path.as_str());
+        }
+        options
+    }
 }
 
 /// The database address: a whole URL or its parts.
@@ -81,7 +159,12 @@ impl DatabaseSettings {
                     })?,
                 user: vars.required("DB_USER")?,
                 password: SecretString::from(
-                    vars.lookup()("DB_PASSWORD").ok_or(ConfigError::Missing("DB_PASSWORD"))?,
+                    match vars.secret("DB_PASSWORD", "DB_PASSWORD_FILE")? {
+                        Some(p) => p,
+                        // Set but empty: trust authentication.
+                        None => vars.lookup()("DB_PASSWORD")
+                            .ok_or(ConfigError::Missing("DB_PASSWORD"))?,
+                    },
                 ),
                 name: vars.required("DB_NAME")?,
             },
@@ -106,6 +189,7 @@ impl DatabaseSettings {
             target,
             max_connections,
             acquire_timeout,
+            tls: TlsSettings::from_vars(vars)?,
         })
     }
 
@@ -115,13 +199,14 @@ impl DatabaseSettings {
             target,
             max_connections: 10,
             acquire_timeout,
+            tls: TlsSettings::default(),
         }
     }
 
     /// The connection options, sessions named `application_name` in
     /// `pg_stat_activity`.
     pub fn connect_options(&self, application_name: &str) -> PgConnectOptions {
-        match &self.target {
+        let options = match &self.target {
             DatabaseTarget::Url(url) => PgConnectOptions::from_str(url.expose_secret())
                 .expect("DATABASE_URL is validated when it is read"),
             DatabaseTarget::Parts {
@@ -136,8 +221,8 @@ impl DatabaseSettings {
                 .username(user)
                 .password(password.expose_secret())
                 .database(name),
-        }
-        .application_name(application_name)
+        };
+        self.tls.apply(options).application_name(application_name)
     }
 
     /// The pool's options (size, acquire timeout, a ping before each connection is
@@ -285,6 +370,70 @@ mod tests {
             assert_eq!(err, ConfigError::Missing(var));
             assert!(err.to_string().contains(var));
         }
+    }
+
+    #[test]
+    fn tls_variables_apply_over_the_url_and_name_themselves_when_wrong() {
+        let ca = std::env::temp_dir().join(format!("ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ca_path: &'static str = Box::leak(ca.to_str().unwrap().to_owned().into_boxed_str());
+        let url = [
+            (
+                "DATABASE_URL",
+                "postgres://u:p@db.example.com/app?sslmode=require",
+            ),
+            ("DB_SSLMODE", "verify-full"),
+            ("DB_SSLROOTCERT", ca_path),
+        ];
+        let opts = read(&url).unwrap().connect_options("svc");
+        assert!(matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull));
+        // As users paste it: the URL alone carries the mode.
+        let pasted = read(&[(
+            "DATABASE_URL",
+            "postgres://u:p@db.example.com/app?sslmode=verify-ca&sslrootcert=/etc/ssl/rds.pem",
+        )])
+        .unwrap();
+        assert!(matches!(
+            pasted.connect_options("svc").get_ssl_mode(),
+            PgSslMode::VerifyCa
+        ));
+        let err = read(&with("DB_SSLMODE", "verify_full")).unwrap_err();
+        assert_eq!(err.variable(), "DB_SSLMODE");
+        let err = read(&with("DB_SSLROOTCERT", "/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let err = read(&with("DB_SSLCERT", ca_path)).unwrap_err();
+        assert_eq!(err.variable(), "DB_SSLKEY");
+        std::fs::remove_file(ca).unwrap();
+    }
+
+    #[test]
+    fn the_password_may_come_from_a_file_but_not_from_both() {
+        let file = std::env::temp_dir().join(format!("pw-{}", std::process::id()));
+        std::fs::write(&file, "s3cret with space \n").unwrap();
+        let file_path: &'static str = Box::leak(file.to_str().unwrap().to_owned().into_boxed_str());
+        let mut vars: Vec<_> = PARTS
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "DB_PASSWORD")
+            .collect();
+        vars.push(("DB_PASSWORD_FILE", file_path));
+        let s = read(&vars).unwrap();
+        let DatabaseTarget::Parts { password, .. } = &s.target else {
+            panic!("parts")
+        };
+        assert_eq!(password.expose_secret(), "s3cret with space ");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let err = read(&with("DB_PASSWORD_FILE", file_path)).unwrap_err();
+        assert_eq!(err.variable(), "DB_PASSWORD_FILE");
+        std::fs::remove_file(&file).unwrap();
+        vars.retain(|(k, _)| *k != "DB_PASSWORD_FILE");
+        vars.push(("DB_PASSWORD_FILE", "/nonexistent/pw"));
+        let err = read(&vars).unwrap_err();
+        assert!(
+            err.to_string().contains("DB_PASSWORD_FILE")
+                && err.to_string().contains("/nonexistent/pw"),
+            "{err}"
+        );
     }
 
     #[test]

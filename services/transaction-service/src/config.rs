@@ -7,6 +7,7 @@
 //! | `SERVER_HOST`, `SERVER_PORT` | where to listen, see [`service_config`] (default `0.0.0.0:8080`) |
 //! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] |
 //! | `KAFKA_*`, `*_EVENTS_TOPIC`, `CONSUMER_MAX_BATCH` | the broker, group, topics and batch bound, see [`KafkaSettings`] |
+//! | `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*` | TLS and SASL to Kafka, librdkafka's properties in upper snake case, see [`KafkaSecurity`] |
 
 use std::time::Duration;
 
@@ -40,6 +41,109 @@ pub struct KafkaSettings {
     /// stay out of its group while a broker is reachable before its client is replaced
     /// (see [`crate::consumer::stall`]).
     pub stall_timeout: Duration,
+    /// TLS and SASL: what every Kafka client of the service gets.
+    pub security: KafkaSecurity,
+}
+
+/// librdkafka's security properties, each from the variable named like it in upper
+/// snake case with `KAFKA_` in front (`KAFKA_SASL_USERNAME` → `sasl.username`), the
+/// names `scripts/stack env` exports. `KAFKA_SASL_PASSWORD_FILE` reads the password from
+/// a file (Docker and Kubernetes secrets). `Debug` hides the passwords.
+#[derive(Clone, Default)]
+pub struct KafkaSecurity {
+    properties: Vec<(&'static str, String)>,
+}
+
+/// (variable, property) of the settings [`KafkaSecurity`] reads besides the password.
+const SECURITY_VARIABLES: [(&str, &str); 7] = [
+    ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+    ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+    ("KAFKA_SASL_USERNAME", "sasl.username"),
+    ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+    ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+    ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+    (
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        "ssl.endpoint.identification.algorithm",
+    ),
+];
+
+impl KafkaSecurity {
+    /// Reads the variables in [`KafkaSecurity`]'s table through `vars`.
+    pub fn from_vars<L: Fn(&str) -> Option<String>>(vars: &Vars<L>) -> Result<Self, ConfigError> {
+        let mut properties = Vec::new();
+        for (variable, property) in SECURITY_VARIABLES {
+            if let Some(value) = vars.get(variable) {
+                properties.push((property, value));
+            }
+        }
+        if let Some(password) = vars.secret("KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE")? {
+            properties.push(("sasl.password", password));
+        }
+        if let Some(key_password) = vars.get("KAFKA_SSL_KEY_PASSWORD") {
+            properties.push(("ssl.key.password", key_password));
+        }
+        let security = Self { properties };
+        if let Some(p) = security.get("security.protocol") {
+            if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                .contains(&p.to_ascii_lowercase().as_str())
+            {
+                return Err(ConfigError::Invalid {
+                    variable: "KAFKA_SECURITY_PROTOCOL",
+                    reason: "expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+                });
+            }
+        }
+        if let Some(m) = security.get("sasl.mechanism") {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m) {
+                return Err(ConfigError::Invalid {
+                    variable: "KAFKA_SASL_MECHANISM",
+                    reason: "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                });
+            }
+        }
+        for (variable, property) in [
+            ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+            ("KAFKA_SSL_CERTIFICATE_LOCATION", "ssl.certificate.location"),
+            ("KAFKA_SSL_KEY_LOCATION", "ssl.key.location"),
+        ] {
+            if let Some(path) = security.get(property) {
+                std::fs::metadata(path).map_err(|e| ConfigError::Unreadable {
+                    variable,
+                    reason: format!("cannot read {path}: {e}"),
+                })?;
+            }
+        }
+        Ok(security)
+    }
+
+    fn get(&self, property: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(p, _)| *p == property)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets these properties on a client's configuration.
+    pub fn apply(&self, config: &mut rdkafka::ClientConfig) {
+        for (property, value) in &self.properties {
+            config.set(*property, value);
+        }
+    }
+}
+
+impl std::fmt::Debug for KafkaSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (property, value) in &self.properties {
+            if property.ends_with("password") {
+                m.entry(property, &"<redacted>");
+            } else {
+                m.entry(property, value);
+            }
+        }
+        m.finish()
+    }
 }
 
 /// Records applied in one database transaction at most, unless `CONSUMER_MAX_BATCH`
@@ -92,6 +196,7 @@ impl KafkaSettings {
                 DEFAULT_STALL_TIMEOUT.as_secs(),
                 "expected a whole number of seconds from 10 to 3600",
             )?),
+            security: KafkaSecurity::from_vars(vars)?,
         };
         if !STALL_TIMEOUT_SECS.contains(&kafka.stall_timeout.as_secs()) {
             return Err(ConfigError::Invalid {
@@ -175,6 +280,31 @@ mod tests {
         assert_eq!(opts.get_host(), "db");
         assert_eq!(opts.get_port(), 5432);
         assert_eq!(opts.get_database(), Some("transaction_db"));
+    }
+
+    #[test]
+    fn kafka_security_comes_from_librdkafkas_names_and_never_shows_the_password() {
+        let s = settings(&with(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME", "transaction_service"),
+            ("KAFKA_SASL_PASSWORD", "hunter22"),
+        ]))
+        .unwrap();
+        let sec = &s.kafka.security;
+        assert_eq!(sec.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(sec.get("sasl.username"), Some("transaction_service"));
+        assert_eq!(sec.get("sasl.password"), Some("hunter22"));
+        assert!(!format!("{s:?}").contains("hunter22"));
+        for (var, value) in [
+            ("KAFKA_SECURITY_PROTOCOL", "tls"),
+            ("KAFKA_SASL_MECHANISM", "GSSAPI"),
+            ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+            ("KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw"),
+        ] {
+            let err = settings(&with(&[(var, value)])).unwrap_err();
+            assert_eq!(err.variable(), var, "{err}");
+        }
     }
 
     #[test]

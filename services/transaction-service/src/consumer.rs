@@ -95,7 +95,9 @@ pub type EventConsumer = StreamConsumer<GroupContext>;
 /// Creates the consumer and subscribes it to both topics. Nothing is read until
 /// [`run`] polls it.
 pub fn create(settings: &KafkaSettings) -> Result<EventConsumer, KafkaError> {
-    let consumer: EventConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    settings.security.apply(&mut config);
+    let consumer: EventConsumer = config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
         .set("client.id", "transaction-service")

@@ -55,7 +55,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let consumer = Arc::new(consumer::create(&settings.kafka).map_err(StartupError::Kafka)?);
         let kafka_probe =
-            Arc::new(http::kafka_probe(&settings.kafka.brokers).map_err(StartupError::Kafka)?);
+            Arc::new(http::kafka_probe(&settings.kafka).map_err(StartupError::Kafka)?);
         let migrator = &store::MIGRATOR;
         let pool = service_postgres::migrated_pool(&settings.database, APPLICATION_NAME, migrator);
         let pool = pool.await?;

@@ -16,10 +16,13 @@ use super::{AppState, FieldErrors};
 /// serves its events, so nothing piles up between checks.
 pub type KafkaProbe = ThreadedProducer<DefaultProducerContext>;
 
-/// Creates the readiness probe's client for `brokers`; it connects in the background.
-pub fn kafka_probe(brokers: &str) -> Result<KafkaProbe, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+/// Creates the readiness probe's client (the consumer's brokers and security); it
+/// connects in the background.
+pub fn kafka_probe(kafka: &crate::config::KafkaSettings) -> Result<KafkaProbe, KafkaError> {
+    let mut config = ClientConfig::new();
+    kafka.security.apply(&mut config);
+    config
+        .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", "transaction-service-readyz")
         .create()
 }
