@@ -29,6 +29,10 @@ pub struct Stack {
     pub pg_user: String,
     pub pg_password: String,
     pub kafka_brokers: String,
+    /// The role relay-cdc logs in as: `relay_cdc` on the secured stack (`PG_RELAY_USER`),
+    /// else the admin.
+    pub relay_user: String,
+    pub relay_password: String,
 }
 
 impl Stack {
@@ -42,6 +46,8 @@ impl Stack {
         let pg_password = var("PG_PASSWORD", "outbox");
         Self {
             pg_base_url: format!("postgres://{pg_user}:{pg_password}@{pg_host}:{pg_port}"),
+            relay_user: var("PG_RELAY_USER", &pg_user),
+            relay_password: var("PG_RELAY_PASSWORD", &pg_password),
             pg_host,
             pg_port,
             pg_user,
@@ -52,6 +58,28 @@ impl Stack {
 
     pub fn database_url(&self, db: &str) -> String {
         format!("{}/{db}", self.pg_base_url)
+    }
+
+    /// The role that owns a database migrated with `sql/<migrations>`: its service's
+    /// least-privilege role on the secured stack (`PG_USERS_SERVICE_USER`, ...), `None`
+    /// on the plain stack (the admin owns everything there).
+    pub fn owner_for(&self, migrations: &str) -> Option<(String, String)> {
+        let role = match migrations {
+            "users_db" => "USERS_SERVICE",
+            "transaction_db" => "TRANSACTION_SERVICE",
+            _ => return None,
+        };
+        let user = std::env::var(format!("PG_{role}_USER")).ok()?;
+        let password = std::env::var(format!("PG_{role}_PASSWORD")).ok()?;
+        Some((user, password))
+    }
+
+    /// The URL of database `db` for `user`.
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@{}:{}/{db}",
+            self.pg_host, self.pg_port
+        )
     }
 }
 
@@ -84,9 +112,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates `t_<prefix>_<unique>` and applies `sql/<migrations>` to it.
+    /// Creates `t_<prefix>_<unique>` and applies `sql/<migrations>` to it. On the secured
+    /// stack the database belongs to the service's least-privilege role, which migrates
+    /// it and is who [`TestDb::url`] logs in as, and relay-cdc's role gets its rights on
+    /// the outbox (`sql/grants.sql`), as in production.
     pub async fn create(prefix: &str, migrations: &str) -> anyhow::Result<Self> {
-        let db = Self::create_empty(prefix).await?;
+        let stack = Stack::from_env();
+        let owner = stack.owner_for(migrations);
+        let mut db = Self::create_owned(prefix, owner.as_ref().map(|(u, _)| u.as_str())).await?;
+        if let Some((user, password)) = &owner {
+            db.url = stack.url_as(user, password, &db.name);
+        }
         let dir = repo_root().join("sql").join(migrations);
         let migrator = Migrator::new(dir.as_path())
             .await
@@ -97,11 +133,18 @@ impl TestDb {
             .await
             .context("applying migrations")?;
         conn.close().await?;
+        if owner.is_some() {
+            db.grant_relay().await?;
+        }
         Ok(db)
     }
 
     /// Creates `t_<prefix>_<unique>` with no schema.
     pub async fn create_empty(prefix: &str) -> anyhow::Result<Self> {
+        Self::create_owned(prefix, None).await
+    }
+
+    async fn create_owned(prefix: &str, owner: Option<&str>) -> anyhow::Result<Self> {
         let stack = Stack::from_env();
         let name = format!("t_{prefix}_{}", unique_suffix());
         let mut admin = PgConnection::connect(&stack.database_url("postgres"))
@@ -109,7 +152,8 @@ impl TestDb {
             .context(
                 "connecting to the local stack's PostgreSQL (is `scripts/stack up` running?)",
             )?;
-        sqlx::query(&format!("create database \"{name}\""))
+        let owner = owner.map(|o| format!(" owner \"{o}\"")).unwrap_or_default();
+        sqlx::query(&format!("create database \"{name}\"{owner}"))
             .execute(&mut admin)
             .await?;
         admin.close().await?;
@@ -118,6 +162,32 @@ impl TestDb {
             name,
             stack,
         })
+    }
+
+    /// relay-cdc's role's rights on this database's outbox: what `sql/grants.sql` gives
+    /// (that file is a psql script; these are its statements).
+    async fn grant_relay(&self) -> anyhow::Result<()> {
+        let relay = &self.stack.relay_user;
+        let mut admin = PgConnection::connect(&self.stack.database_url(&self.name)).await?;
+        for statement in [
+            format!("grant connect on database \"{}\" to \"{relay}\"", self.name),
+            format!("grant usage on schema public to \"{relay}\""),
+            format!("grant select, delete on table public.outbox to \"{relay}\""),
+            format!("grant update (status, processed_at) on table public.outbox to \"{relay}\""),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut admin)
+                .await
+                .with_context(|| statement.clone())?;
+        }
+        admin.close().await?;
+        Ok(())
+    }
+
+    /// A connection as the admin (superuser): for what a test does behind the
+    /// components' backs (moving a slot, terminating a backend).
+    pub async fn connect_admin(&self) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&self.stack.database_url(&self.name)).await?)
     }
 
     pub async fn connect(&self) -> anyhow::Result<PgConnection> {
@@ -183,11 +253,50 @@ pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// librdkafka's security properties a test client gets from the environment, under the
+/// names `scripts/stack env` exports on the secured stack (`KAFKA_SECURITY_PROTOCOL`,
+/// `KAFKA_SASL_MECHANISM`, `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`,
+/// `KAFKA_SSL_CA_LOCATION`): nothing on the plain stack.
+pub const KAFKA_SECURITY_VARIABLES: [(&str, &str); 5] = [
+    ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+    ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+    ("KAFKA_SASL_USERNAME", "sasl.username"),
+    ("KAFKA_SASL_PASSWORD", "sasl.password"),
+    ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+];
+
+/// The security properties from the environment as (property, value) pairs.
+pub fn kafka_security() -> Vec<(&'static str, String)> {
+    KAFKA_SECURITY_VARIABLES
+        .iter()
+        .filter_map(|(var, prop)| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (*prop, v))
+        })
+        .collect()
+}
+
+/// A client configuration for `brokers` with the stack's security (the admin principal
+/// on the secured stack): what every test's Kafka client starts from.
+pub fn kafka_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (prop, value) in kafka_security() {
+        c.set(prop, value);
+    }
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+/// Whether the tests run against the secured stack (`STACK_SECURITY=tls`).
+pub fn secured() -> bool {
+    std::env::var("STACK_SECURITY").is_ok_and(|v| v == "tls")
+}
+
 /// An admin client on the local broker.
 pub fn kafka_admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?)
+    Ok(kafka_config(brokers).create()?)
 }
 
 /// Creates `topic` with `partitions` partitions (replication factor 1).
@@ -292,8 +401,7 @@ impl Record {
 
 /// A consumer in a group of its own, reading `topics` from the beginning.
 pub fn consumer(brokers: &str, topics: &[&str]) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: StreamConsumer = kafka_config(brokers)
         .set("group.id", format!("testkit-{}", unique_suffix()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

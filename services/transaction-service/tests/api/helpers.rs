@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use service_config::ServerSettings;
+use service_config::{ServerSettings, Vars};
 use service_postgres::{DatabaseSettings, DatabaseTarget};
 use service_telemetry::LogBuffer;
 use sqlx::postgres::PgPoolOptions;
@@ -19,7 +18,7 @@ use sqlx::PgPool;
 use testkit::{unique_suffix, unique_topic, wait_for, Stack, TestDb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use transaction_service::config::{KafkaSettings, Settings};
+use transaction_service::config::{KafkaSecurity, KafkaSettings, Settings};
 use transaction_service::Application;
 use uuid::Uuid;
 
@@ -73,6 +72,21 @@ pub async fn spawn_app_on(brokers: String, adjust: impl FnOnce(&mut Settings)) -
     spawn(brokers, 1, adjust).await
 }
 
+/// The stack's Kafka security as the service reads it, with the consumer's own
+/// principal (`KAFKA_CONSUMER_USERNAME`/`_PASSWORD` on the secured stack) in place of the
+/// admin.
+pub fn consumer_security() -> KafkaSecurity {
+    let lookup = |name: &str| {
+        let own = match name {
+            "KAFKA_SASL_USERNAME" => std::env::var("KAFKA_CONSUMER_USERNAME").ok(),
+            "KAFKA_SASL_PASSWORD" => std::env::var("KAFKA_CONSUMER_PASSWORD").ok(),
+            _ => None,
+        };
+        own.or_else(|| std::env::var(name).ok())
+    };
+    KafkaSecurity::from_vars(&Vars::new(lookup)).expect("the stack's Kafka security settings")
+}
+
 async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     logs();
     let db = TestDb::create("tx", "transaction_db")
@@ -92,6 +106,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
             target: DatabaseTarget::Url(db.url.clone().into()),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
+            tls: Default::default(),
         },
         kafka: KafkaSettings {
             brokers: brokers.clone(),
@@ -100,6 +115,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
             transaction_events_topic: transaction_topic.clone(),
             max_batch: transaction_service::config::DEFAULT_MAX_BATCH,
             stall_timeout: transaction_service::config::DEFAULT_STALL_TIMEOUT,
+            security: consumer_security(),
         },
     };
     adjust(&mut settings);
@@ -115,8 +131,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
         .connect(&db.url)
         .await
         .expect("test pool");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+    let producer: FutureProducer = testkit::kafka_config(&brokers)
         .set("message.timeout.ms", "10000")
         .create()
         .expect("test producer");
@@ -539,8 +554,7 @@ impl TestApp {
         let group = self.group_id.clone();
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
+            let consumer: BaseConsumer = testkit::kafka_config(&brokers)
                 .set("group.id", &group)
                 .set("enable.auto.commit", "false")
                 .create()?;

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 use testkit::wait_for;
@@ -41,8 +40,7 @@ impl ConsumerContext for Assigned {
 
 /// A member of the service's group on its topics.
 fn member(app: &TestApp, name: &str) -> BaseConsumer<Assigned> {
-    let consumer: BaseConsumer<Assigned> = ClientConfig::new()
-        .set("bootstrap.servers", &app.brokers)
+    let consumer: BaseConsumer<Assigned> = testkit::kafka_config(&app.brokers)
         .set("group.id", &app.group_id)
         .set("client.id", name)
         .set("enable.auto.commit", "false")
