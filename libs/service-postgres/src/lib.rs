@@ -284,6 +284,9 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
+        // TLS negotiation on a connection the network cut: no byte, or a wrong one,
+        // where the server's answer to SSLRequest belongs.
+        sqlx::Error::Protocol(m) if m.contains("SSLRequest") => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Class 08: connection exception; class 53: insufficient resources (53300
             // too many connections); 57P01-57P03: admin/crash shutdown, cannot connect

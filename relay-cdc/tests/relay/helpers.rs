@@ -226,6 +226,10 @@ impl Relay {
         }
         cmd.envs(kafka_security_env());
         cmd.envs(cfg.extra.iter().cloned());
+        // An empty value in `extra` unsets what the lines above set.
+        for (k, _) in cfg.extra.iter().filter(|(_, v)| v.is_empty()) {
+            cmd.env_remove(k);
+        }
         let child = cmd.spawn().expect("relay binary starts");
         Relay {
             child,

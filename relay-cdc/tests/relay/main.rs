@@ -4,6 +4,7 @@ mod exactly_once;
 mod failover;
 mod faults;
 mod helpers;
+mod secured;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -549,9 +550,12 @@ fn relay_cli(args: &[&str], env: &[(String, String)]) -> std::process::Output {
             testkit::Stack::from_env().kafka_brokers,
         )
         .envs(helpers::kafka_security_env())
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap()
+        .envs(env.iter().cloned());
+    // An empty value unsets what the lines above set.
+    for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
+        cmd.env_remove(k);
+    }
+    cmd.output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,8 +51,11 @@ async fn a_database_that_cannot_be_reached_is_503_with_a_clear_message() {
 async fn the_service_recovers_by_itself_when_the_database_returns() {
     let db = TestDb::create("users", "users_db").await.unwrap();
     let stack = db.stack();
-    let postgres: SocketAddr = format!("{}:{}", stack.pg_host, stack.pg_port)
-        .parse()
+    // The stack's host may be a name (`localhost` on the secured stack).
+    let postgres: SocketAddr = tokio::net::lookup_host((stack.pg_host.as_str(), stack.pg_port))
+        .await
+        .unwrap()
+        .find(SocketAddr::is_ipv4)
         .unwrap();
     let proxy = DbProxy::start(postgres).await;
     let app = spawn_app_with_pool(pool_to_port(proxy.port, &db, Duration::from_secs(2))).await;
