@@ -255,12 +255,16 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
     });
 
     let shape = table_shape(client, s).await?;
+    let table_exists = shape.is_ok();
     out.push(Check {
         what: format!("table {}.{} has the outbox columns", s.schema, s.table),
         warn: false,
         ok: shape.is_ok(),
         detail: shape.err().unwrap_or_else(|| "ok".into()),
     });
+    if table_exists {
+        out.extend(privileges(client, s).await?);
+    }
 
     let publication = publication_state(client, s).await?;
     out.push(Check {
@@ -530,6 +534,59 @@ pub async fn require(client: &Client, s: &SourceSettings) -> Result<(), SourceEr
     } else {
         Err(SourceError::Prerequisite(failed.join("; ")))
     }
+}
+
+/// The relay's rights on the outbox table (sql/grants.sql gives them): reading it
+/// (reconciliation), marking rows (`UPDATE` of `status` and `processed_at`), and deleting
+/// them (retention only, so a warning). Each missing one is named.
+async fn privileges(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, SourceError> {
+    let table = format!("\"{}\".\"{}\"", s.schema, s.table);
+    let row = client
+        .query_one(
+            "select has_schema_privilege($1, 'USAGE'), has_table_privilege($2, 'SELECT'), \
+                    has_column_privilege($2, 'status', 'UPDATE'), \
+                    has_column_privilege($2, 'processed_at', 'UPDATE'), \
+                    has_table_privilege($2, 'DELETE')",
+            &[&s.schema, &table],
+        )
+        .await?;
+    let mut missing = Vec::new();
+    for (i, what) in [
+        (0, format!("USAGE on schema {}", s.schema)),
+        (1, "SELECT".to_string()),
+        (2, "UPDATE (status)".to_string()),
+        (3, "UPDATE (processed_at)".to_string()),
+    ] {
+        if !row.get::<_, bool>(i) {
+            missing.push(what);
+        }
+    }
+    let what = format!("privileges of {} on {}.{}", s.user, s.schema, s.table);
+    let mut out = vec![Check {
+        what: what.clone(),
+        warn: false,
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "ok".into()
+        } else {
+            format!(
+                "missing {}: grant them as in sql/grants.sql",
+                missing.join(", ")
+            )
+        },
+    }];
+    if !row.get::<_, bool>(4) {
+        out.push(Check {
+            what: format!("DELETE on {}.{}", s.schema, s.table),
+            warn: true,
+            ok: true,
+            detail: format!(
+                "{} may not delete rows: needed only for retention (pipeline.retention_seconds)",
+                s.user
+            ),
+        });
+    }
+    Ok(out)
 }
 
 async fn table_shape(

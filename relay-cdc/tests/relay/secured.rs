@@ -270,3 +270,30 @@ async fn secrets_from_files_never_appear_in_logs_probes_or_command_output() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the secured stack: STACK_SECURITY=tls (scripts/test runs it there)"]
+async fn check_names_each_privilege_the_relays_role_lacks() {
+    assert!(testkit::secured(), "{NEEDS}");
+    let src = Source::new("grants").await;
+    let mut admin = src.db.connect_admin().await.unwrap();
+    let relay = src.db.stack().relay_user.clone();
+    sqlx::query(&format!(
+        "revoke update, delete on table public.outbox from \"{relay}\""
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let out = relay_cli(&["check"], &src.env());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("missing UPDATE (status), UPDATE (processed_at)")
+            && text.contains("sql/grants.sql"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[WARN] DELETE on public.outbox"),
+        "retention's right is a warning: {text}"
+    );
+}
