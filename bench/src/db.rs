@@ -34,18 +34,48 @@ pub async fn create_slot(c: &Client, prefix: &str) -> anyhow::Result<String> {
     Ok(slot)
 }
 
-/// An ordinary connection; its task ends when the client is dropped.
+/// An ordinary connection; its task ends when the client is dropped. On the secured stack
+/// (libpq's `PGSSLMODE` and `PGSSLROOTCERT` set) it is TLS, verified against that CA.
 pub async fn connect(url: &str, application_name: &str) -> anyhow::Result<Client> {
     let mut cfg: tokio_postgres::Config = url.parse()?;
     cfg.application_name(application_name);
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    let connected = match stack_tls()? {
+        None => cfg.connect(NoTls).await.map(|(c, conn)| {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            c
+        }),
+        Some(tls) => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            cfg.connect(tls).await.map(|(c, conn)| {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                c
+            })
+        }
+    };
+    connected.with_context(|| format!("connecting to {}", redact(url)))
+}
+
+/// TLS for the bench's own connections when the stack asks for it: verified against
+/// `PGSSLROOTCERT` (the relay's TLS is the relay's, set through its settings).
+fn stack_tls() -> anyhow::Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+    let (Ok(_), Ok(root)) = (std::env::var("PGSSLMODE"), std::env::var("PGSSLROOTCERT")) else {
+        return Ok(None);
+    };
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&root).with_context(|| root.clone())? {
+        roots.add(cert.with_context(|| root.clone())?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
 }
 
 fn redact(url: &str) -> String {

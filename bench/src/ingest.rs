@@ -27,7 +27,8 @@ const POOL_BYTES: usize = 1 << 20;
 /// relay-cdc's producer configuration, copied from `relay-cdc/src/sink/kafka.rs`
 /// (`producer_config`), not imported: the bench measures the relay as a black box.
 pub fn relay_producer_config(brokers: &str, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    // The stack's security (SASL_SSL on the secured stack), as the relay gets it.
+    let mut c = testkit::kafka_config(brokers);
     c.set("client.id", client_id)
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")

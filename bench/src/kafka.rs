@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 /// Creates `topic`. With `log_append_time` the broker stamps each record with the time
@@ -48,8 +48,7 @@ pub async fn create_topic(
 /// The polling baseline's producer: the same delivery settings as relay-cdc's
 /// (idempotent, acks=all, never time a record out, linger 5 ms, lz4).
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    Ok(testkit::kafka_config(brokers)
         .set("client.id", "relay-bench-poller")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
@@ -77,8 +76,7 @@ impl EndOffsets {
         partitions: i32,
         every: Duration,
     ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = testkit::kafka_config(brokers)
             .set(
                 "group.id",
                 format!("relay-bench-offsets-{}", testkit::unique_suffix()),
@@ -177,8 +175,7 @@ impl Reader {
         mut want: watch::Receiver<Option<usize>>,
         idle: Duration,
     ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = testkit::kafka_config(brokers)
             .set(
                 "group.id",
                 format!("relay-bench-{}", testkit::unique_suffix()),

@@ -87,6 +87,9 @@ impl RelayProcess {
                     ),
                 ],
             })
+            // The stack's TLS and Kafka security (the secured stack's; none on the plain one).
+            .envs(testkit::relay_source_tls_env("bench"))
+            .envs(testkit::relay_kafka_env())
             .envs(spec.extra_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

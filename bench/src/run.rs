@@ -153,8 +153,9 @@ impl Ctx {
             topic_template: format!("{prefix}.{{aggregate_type}}"),
             pg_host: self.stack.pg_host.clone(),
             pg_port: self.stack.pg_port,
-            pg_user: self.stack.pg_user.clone(),
-            pg_password: self.stack.pg_password.clone(),
+            // The relay's own role on the secured stack (the admin on the plain one).
+            pg_user: self.stack.relay_user.clone(),
+            pg_password: self.stack.relay_password.clone(),
             database: db.name.clone(),
             slot: format!("bench_relay_{}", testkit::unique_suffix()),
             delivery,
@@ -324,7 +325,8 @@ impl ThroughputRow {
 /// pg_recvlogical over a slot created before the load, up to the load's end LSN.
 async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
     let db = db::fresh().await?;
-    let c = db::connect(&db.url, "relay-bench").await?;
+    // As the admin: on the secured stack the database's owner may not replicate.
+    let c = db::connect(&ctx.stack.database_url(&db.name), "relay-bench").await?;
     let slot = db::create_slot(&c, "bench_ceiling").await?;
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let s = &ctx.stack;

@@ -25,7 +25,6 @@ use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use testkit::TestDb;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -316,8 +315,7 @@ async fn open_accounts(
     n: usize,
 ) -> anyhow::Result<Vec<Uuid>> {
     progress(format!("settle: opening {n} accounts"));
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let producer: FutureProducer = testkit::kafka_config(brokers)
         .set("enable.idempotence", "true")
         .create()?;
     let users: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
@@ -520,8 +518,7 @@ struct Settlements {
 
 impl Settlements {
     fn watch(brokers: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = testkit::kafka_config(brokers)
             .set(
                 "group.id",
                 format!("relay-bench-settle-{}", testkit::unique_suffix()),

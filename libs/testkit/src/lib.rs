@@ -289,6 +289,34 @@ pub fn kafka_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// The stack's Kafka security as relay-cdc settings (`RELAY_KAFKA__PROPERTIES__*`), with
+/// the relay's own principal (`KAFKA_RELAY_USERNAME`/`_PASSWORD` on the secured stack) in
+/// place of the admin; nothing on the plain stack.
+pub fn relay_kafka_env() -> Vec<(String, String)> {
+    kafka_security()
+        .into_iter()
+        .map(|(prop, value)| {
+            let value = match prop {
+                "sasl.username" => std::env::var("KAFKA_RELAY_USERNAME").unwrap_or(value),
+                "sasl.password" => std::env::var("KAFKA_RELAY_PASSWORD").unwrap_or(value),
+                _ => value,
+            };
+            let key = prop.replace('.', "_").to_uppercase();
+            (format!("RELAY_KAFKA__PROPERTIES__{key}"), value)
+        })
+        .collect()
+}
+
+/// The stack's PostgreSQL TLS (libpq's `PGSSLMODE`, `PGSSLROOTCERT`) as settings of the
+/// relay's source `name`; nothing on the plain stack.
+pub fn relay_source_tls_env(name: &str) -> Vec<(String, String)> {
+    let p = format!("RELAY_SOURCES__{}__", name.to_uppercase());
+    [("PGSSLMODE", "SSLMODE"), ("PGSSLROOTCERT", "SSLROOTCERT")]
+        .into_iter()
+        .filter_map(|(var, key)| std::env::var(var).ok().map(|v| (format!("{p}{key}"), v)))
+        .collect()
+}
+
 /// Whether the tests run against the secured stack (`STACK_SECURITY=tls`).
 pub fn secured() -> bool {
     std::env::var("STACK_SECURITY").is_ok_and(|v| v == "tls")

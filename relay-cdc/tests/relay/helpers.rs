@@ -42,11 +42,7 @@ impl Source {
             (format!("{p}DATABASE"), self.db.name.clone()),
             (format!("{p}SLOT"), self.slot.clone()),
         ];
-        for (var, key) in [("PGSSLMODE", "SSLMODE"), ("PGSSLROOTCERT", "SSLROOTCERT")] {
-            if let Ok(v) = std::env::var(var) {
-                env.push((format!("{p}{key}"), v));
-            }
-        }
+        env.extend(testkit::relay_source_tls_env(&self.name));
         env
     }
 
@@ -159,23 +155,6 @@ async fn probe(url: &str) -> Option<Health> {
     })
 }
 
-/// The stack's Kafka security as the relay's settings, with the relay's own principal
-/// (`KAFKA_RELAY_USERNAME`/`_PASSWORD` on the secured stack) in place of the admin.
-pub fn kafka_security_env() -> Vec<(String, String)> {
-    testkit::kafka_security()
-        .into_iter()
-        .map(|(prop, value)| {
-            let value = match prop {
-                "sasl.username" => std::env::var("KAFKA_RELAY_USERNAME").unwrap_or(value),
-                "sasl.password" => std::env::var("KAFKA_RELAY_PASSWORD").unwrap_or(value),
-                _ => value,
-            };
-            let key = prop.replace('.', "_").to_uppercase();
-            (format!("RELAY_KAFKA__PROPERTIES__{key}"), value)
-        })
-        .collect()
-}
-
 pub struct Relay {
     child: Child,
     pub admin: String,
@@ -224,7 +203,7 @@ impl Relay {
         for s in sources {
             cmd.envs(s.env());
         }
-        cmd.envs(kafka_security_env());
+        cmd.envs(testkit::relay_kafka_env());
         cmd.envs(cfg.extra.iter().cloned());
         // An empty value in `extra` unsets what the lines above set.
         for (k, _) in cfg.extra.iter().filter(|(_, v)| v.is_empty()) {

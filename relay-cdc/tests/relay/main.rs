@@ -549,7 +549,7 @@ fn relay_cli(args: &[&str], env: &[(String, String)]) -> std::process::Output {
             "RELAY_KAFKA__BROKERS",
             testkit::Stack::from_env().kafka_brokers,
         )
-        .envs(helpers::kafka_security_env())
+        .envs(testkit::relay_kafka_env())
         .envs(env.iter().cloned());
     // An empty value unsets what the lines above set.
     for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
