@@ -29,12 +29,29 @@ use outbox::headers;
 /// Partitions per scenario topic (the broker's default, made explicit).
 pub const PARTITIONS: i32 = 3;
 
+/// The drill's own Kafka clients' security (the admin principal on the secured stack),
+/// set once when the private stack is up, before any client is made.
+static SECURITY: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+
+/// Sets the security every client of the drill gets; the first call wins.
+pub fn set_security(properties: Vec<(&'static str, String)>) {
+    let _ = SECURITY.set(properties);
+}
+
+/// A client configuration for `brokers` with the drill's security.
+fn client_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in SECURITY.get().into_iter().flatten() {
+        c.set(*k, v);
+    }
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
 /// Creates `topics` before anything produces or subscribes, so consumers find them at
 /// once instead of after a metadata refresh.
 pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         // The broker's default replication: 1 on one broker, 3 on a KAFKA_NODES=3 cluster.
@@ -57,9 +74,7 @@ pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<(
 
 /// The broker (node id) leading the most partitions of `topics`.
 pub fn busiest_leader(brokers: &str, topics: &[String]) -> anyhow::Result<u32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = client_config(brokers).create()?;
     let mut led: HashMap<i32, usize> = HashMap::new();
     for t in topics {
         let md = consumer
@@ -81,9 +96,7 @@ pub fn busiest_leader(brokers: &str, topics: &[String]) -> anyhow::Result<u32> {
 /// Partitions of every topic of the cluster (internal ones included) whose in-sync
 /// replicas are fewer than their replicas, as a broker's metadata says.
 pub fn under_replicated(brokers: &str) -> anyhow::Result<usize> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = client_config(brokers).create()?;
     let md = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .context("cluster metadata")?;
@@ -118,8 +131,7 @@ pub async fn wait_fully_replicated(brokers: &str, bound: Duration) -> Result<Dur
 /// or the error code the partition leader answered. Shows what a fault does to writes,
 /// without the relay's retries in between.
 pub async fn probe_write(brokers: &str, topic: &str) -> anyhow::Result<Option<RDKafkaErrorCode>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let producer: FutureProducer = client_config(brokers)
         .set("acks", "all")
         .set("enable.idempotence", "false")
         .set("retries", "0")
@@ -144,10 +156,7 @@ pub async fn probe_write(brokers: &str, topic: &str) -> anyhow::Result<Option<RD
 
 /// Deletes topics (best effort).
 pub async fn delete_topics(brokers: &str, topics: &[String]) {
-    if let Ok(admin) = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create::<AdminClient<DefaultClientContext>>()
-    {
+    if let Ok(admin) = client_config(brokers).create::<AdminClient<DefaultClientContext>>() {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
     }
@@ -315,8 +324,7 @@ fn consumer_at(
     isolation: Isolation,
     state: &Mutex<Collected>,
 ) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: StreamConsumer = client_config(brokers)
         .set(
             "group.id",
             format!("drill-collector-{}", uuid::Uuid::new_v4()),
@@ -436,8 +444,7 @@ fn high_watermarks(
     topics: &[String],
     isolation: Isolation,
 ) -> anyhow::Result<HashMap<(String, i32), i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let c: BaseConsumer = client_config(brokers)
         .set(
             "group.id",
             format!("drill-watermarks-{}", uuid::Uuid::new_v4()),

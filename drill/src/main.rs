@@ -66,6 +66,10 @@ struct Cli {
     /// Seed of the random fault times and load mix (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// The private stack: `plain`, or `tls` (TLS-only PostgreSQL with least-privilege
+    /// roles, SASL_SSL-only Kafka with ACLs; each component as its own principal).
+    #[arg(long, value_enum, default_value_t = Security::Plain)]
+    security: Security,
     /// The private stack's folder (default: <repo>/.stack/drill).
     #[arg(long)]
     stack_dir: Option<PathBuf>,
@@ -88,6 +92,12 @@ struct Cli {
     /// Also write the report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Security {
+    Plain,
+    Tls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,8 +164,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         pg_port: cli.pg_port,
         kafka_port: cli.kafka_port,
         kafka_controller_port: cli.kafka_controller_port,
+        secured: cli.security == Security::Tls,
     };
     stack.validate()?;
+    anyhow::ensure!(
+        !stack.secured || stack.kafka_nodes() == 1,
+        "--security tls runs one broker (KAFKA_NODES=1)"
+    );
     let bins = find_bins(cli.bin_dir.clone())?;
     let scenarios: Vec<Scenario> = if cli.scenarios.is_empty() {
         Scenario::ALL.to_vec()
@@ -208,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         keep: cli.keep_stack,
     };
     stack.run("up").await?;
+    kafka::set_security(stack.kafka_security("admin")?);
 
     let mut ctx = Ctx {
         stack,
@@ -254,8 +270,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 
     let preface = format!(
-        "`{command}` — run {run_id}, seed {seed}, delivery {}, {} s of load per scenario, broker outage {} s; logs in {}",
+        "`{command}` — run {run_id}, seed {seed}, delivery {}, {}, {} s of load per scenario, broker outage {} s; logs in {}",
         cli.delivery.as_str(),
+        match cli.security {
+            Security::Plain => "plain stack",
+            Security::Tls => "secured stack (TLS verify-full to PostgreSQL, SASL_SSL/SCRAM to Kafka, each component as its least-privilege principal)",
+        },
         duration.as_secs_f64(),
         kafka_outage.as_secs_f64(),
         log_dir.display()

@@ -24,7 +24,7 @@ use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
 use crate::procs::{self, free_port, wait_ready, Proc};
 use crate::proxy::Proxy;
-use crate::stack::{StackConfig, PG_PASSWORD, PG_USER};
+use crate::stack::{Service, StackConfig};
 use crate::verify::{self, Committed, Tally};
 
 /// The drills.
@@ -330,7 +330,10 @@ async fn run_inner(
     let ctx: &Ctx = ctx;
     let stack = &ctx.stack;
     stack
-        .fresh_databases(&[&names.users_db, &names.tx_db])
+        .fresh_databases(&[
+            (&names.users_db, Service::Users),
+            (&names.tx_db, Service::Transactions),
+        ])
         .await
         .context("creating the scenario's databases")?;
     let mut proxy = None;
@@ -386,7 +389,7 @@ async fn run_inner(
         tx_url: String::new(),
         relays: [None, None],
         relay_ports: [free_port()?, free_port()?],
-        relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync)),
+        relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync))?,
         recoveries: Vec::new(),
         pg_port,
         proxy,
@@ -470,7 +473,7 @@ fn relay_env(
     sc: Scenario,
     delivery: Delivery,
     (pg_port, slot_sync): (u16, bool),
-) -> Vec<(String, String)> {
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = vec![
         ("RELAY_KAFKA__BROKERS".to_string(), stack.brokers()),
         (
@@ -479,19 +482,28 @@ fn relay_env(
         ),
         ("RUST_LOG".to_string(), "info,rdkafka=warn".to_string()),
     ];
+    // On the secured stack: its own principal, over SASL_SSL.
+    for (k, v) in stack.kafka_security("relay_cdc")? {
+        let key = k.replace('.', "_").to_uppercase();
+        env.push((format!("RELAY_KAFKA__PROPERTIES__{key}"), v));
+    }
+    let (user, password) = stack.relay_role()?;
     for (source, db) in [
         ("USERS_DB", &names.users_db),
         ("TRANSACTION_DB", &names.tx_db),
     ] {
         let p = format!("RELAY_SOURCES__{source}__");
         env.extend([
-            (format!("{p}HOST"), "127.0.0.1".to_string()),
+            (format!("{p}HOST"), stack.host().to_string()),
             (format!("{p}PORT"), pg_port.to_string()),
-            (format!("{p}USER"), PG_USER.to_string()),
-            (format!("{p}PASSWORD"), PG_PASSWORD.to_string()),
+            (format!("{p}USER"), user.clone()),
+            (format!("{p}PASSWORD"), password.clone()),
             (format!("{p}DATABASE"), db.clone()),
             (format!("{p}SLOT"), db.clone()),
         ]);
+        for (k, v) in stack.pg_tls() {
+            env.push((format!("{p}{}", k.to_uppercase()), v));
+        }
     }
     if sc == Scenario::PrimaryFailover && !slot_sync {
         for source in ["USERS_DB", "TRANSACTION_DB"] {
@@ -522,7 +534,7 @@ fn relay_env(
             ),
         ]);
     }
-    env
+    Ok(env)
 }
 
 impl World<'_> {
@@ -534,18 +546,25 @@ impl World<'_> {
 
     async fn start_services(&mut self) -> anyhow::Result<()> {
         let stack = &self.ctx.stack;
-        let db = |name: &str| {
-            vec![
-                ("DB_HOST".to_string(), "127.0.0.1".to_string()),
+        // Each service as its own role (the admin on the plain stack), over TLS on the
+        // secured one.
+        let db = |name: &str, service: Service| -> anyhow::Result<Vec<(String, String)>> {
+            let (user, password) = stack.service_role(service)?;
+            let mut env = vec![
+                ("DB_HOST".to_string(), stack.host().to_string()),
                 ("DB_PORT".to_string(), self.pg_port.to_string()),
-                ("DB_USER".to_string(), PG_USER.to_string()),
-                ("DB_PASSWORD".to_string(), PG_PASSWORD.to_string()),
+                ("DB_USER".to_string(), user),
+                ("DB_PASSWORD".to_string(), password),
                 ("DB_NAME".to_string(), name.to_string()),
                 ("RUST_LOG".to_string(), "info,tower_http=warn".to_string()),
-            ]
+            ];
+            for (k, v) in stack.pg_tls() {
+                env.push((format!("DB_{}", k.to_uppercase()), v));
+            }
+            Ok(env)
         };
         let user_port = free_port()?;
-        let mut env = db(&self.names.users_db);
+        let mut env = db(&self.names.users_db, Service::Users)?;
         env.push(("SERVER_PORT".into(), user_port.to_string()));
         let mut user = Proc::spawn(
             "user-service",
@@ -555,7 +574,10 @@ impl World<'_> {
             self.log("user-service"),
         )?;
         let tx_port = free_port()?;
-        let mut env = db(&self.names.tx_db);
+        let mut env = db(&self.names.tx_db, Service::Transactions)?;
+        for (k, v) in stack.kafka_security("transaction_service")? {
+            env.push((format!("KAFKA_{}", k.replace('.', "_").to_uppercase()), v));
+        }
         env.extend([
             ("SERVER_HOST".to_string(), "127.0.0.1".to_string()),
             ("SERVER_PORT".to_string(), tx_port.to_string()),
@@ -596,6 +618,11 @@ impl World<'_> {
         .await?;
         self.user_svc = Some(user);
         self.tx_svc = Some(tx);
+        // The services have created their outbox tables: the relay's role may read them.
+        stack
+            .grant_relay(&[&self.names.users_db, &self.names.tx_db])
+            .await
+            .context("granting the relay its rights")?;
         Ok(())
     }
 
@@ -1466,6 +1493,7 @@ mod tests {
             pg_port: 55532,
             kafka_port: 59192,
             kafka_controller_port: 59193,
+            secured: false,
         }
     }
 
@@ -1482,7 +1510,8 @@ mod tests {
             Scenario::Standby,
             Delivery::ExactlyOnce,
             (55532, true),
-        );
+        )
+        .unwrap();
         assert_eq!(var(&env, "RELAY_KAFKA__DELIVERY"), Some("exactly-once"));
         assert_eq!(
             var(&env, "RELAY_KAFKA__CHECKPOINT_TOPIC"),
@@ -1506,7 +1535,8 @@ mod tests {
             Scenario::RelayKill,
             Delivery::AtLeastOnce,
             (55532, true),
-        );
+        )
+        .unwrap();
         for key in [
             "RELAY_KAFKA__DELIVERY",
             "RELAY_KAFKA__CHECKPOINT_TOPIC",
@@ -1525,7 +1555,8 @@ mod tests {
             Scenario::PrimaryFailover,
             Delivery::AtLeastOnce,
             (40001, false),
-        );
+        )
+        .unwrap();
         assert_eq!(var(&env, "RELAY_SOURCES__USERS_DB__PORT"), Some("40001"));
         assert_eq!(
             var(&env, "RELAY_SOURCES__TRANSACTION_DB__FAILOVER_SLOT"),
@@ -1537,7 +1568,8 @@ mod tests {
             Scenario::PrimaryFailover,
             Delivery::AtLeastOnce,
             (40001, true),
-        );
+        )
+        .unwrap();
         assert_eq!(var(&synced, "RELAY_SOURCES__USERS_DB__FAILOVER_SLOT"), None);
         assert_eq!(
             Scenario::from_number(7),

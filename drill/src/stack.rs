@@ -25,7 +25,14 @@ pub struct StackConfig {
     pub pg_port: u16,
     pub kafka_port: u16,
     pub kafka_controller_port: u16,
+    /// `tls`: the secured stack (`STACK_SECURITY=tls`): TLS-only PostgreSQL with the
+    /// least-privilege roles, SASL_SSL-only Kafka with ACLs; every component runs as its
+    /// own principal.
+    pub secured: bool,
 }
+
+/// The host name clients use on the secured stack (its certificate names it).
+const TLS_HOST: &str = "localhost";
 
 impl StackConfig {
     /// Refuses the shared stack's folder and ports: the drill restarts and stops what it uses.
@@ -74,9 +81,80 @@ impl StackConfig {
     /// Bootstrap list: node i listens on `kafka_port` + 2(i-1), as scripts/stack places it.
     pub fn brokers(&self) -> String {
         (0..self.kafka_nodes())
-            .map(|i| format!("127.0.0.1:{}", self.kafka_port + 2 * i))
+            .map(|i| format!("{}:{}", self.host(), self.kafka_port + 2 * i))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Where clients connect: the name the secured stack's certificate carries.
+    pub fn host(&self) -> &'static str {
+        if self.secured {
+            TLS_HOST
+        } else {
+            "127.0.0.1"
+        }
+    }
+
+    /// A secret of the secured stack (`scripts/stack` makes them under `secrets/`).
+    pub fn secret(&self, name: &str) -> anyhow::Result<String> {
+        let path = self.dir.join("secrets").join(name);
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
+    }
+
+    /// The secured stack's CA certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
+    }
+
+    /// The role that owns a database a service migrates, and its password: the service's
+    /// own on the secured stack, the admin on the plain one.
+    pub fn service_role(&self, service: Service) -> anyhow::Result<(String, String)> {
+        if !self.secured {
+            return Ok((PG_USER.into(), PG_PASSWORD.into()));
+        }
+        let role = match service {
+            Service::Users => "users_service",
+            Service::Transactions => "transaction_service",
+        };
+        Ok((role.into(), self.secret(&format!("pg-{role}"))?))
+    }
+
+    /// relay-cdc's role and password (the admin on the plain stack).
+    pub fn relay_role(&self) -> anyhow::Result<(String, String)> {
+        if !self.secured {
+            return Ok((PG_USER.into(), PG_PASSWORD.into()));
+        }
+        Ok(("relay_cdc".into(), self.secret("pg-relay_cdc")?))
+    }
+
+    /// A component's PostgreSQL TLS as libpq-style (`sslmode`, `sslrootcert`) pairs;
+    /// none on the plain stack.
+    pub fn pg_tls(&self) -> Vec<(&'static str, String)> {
+        if !self.secured {
+            return Vec::new();
+        }
+        vec![
+            ("sslmode", "verify-full".into()),
+            ("sslrootcert", self.ca().display().to_string()),
+        ]
+    }
+
+    /// librdkafka's security properties for `principal` (`admin`, `relay_cdc`,
+    /// `transaction_service`); none on the plain stack.
+    pub fn kafka_security(&self, principal: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+        if !self.secured {
+            return Ok(Vec::new());
+        }
+        Ok(vec![
+            ("security.protocol", "SASL_SSL".into()),
+            ("sasl.mechanism", "SCRAM-SHA-512".into()),
+            ("sasl.username", principal.into()),
+            ("sasl.password", self.secret(&format!("kafka-{principal}"))?),
+            ("ssl.ca.location", self.ca().display().to_string()),
+        ])
     }
 
     /// The standby scenario 7 promotes: the next port after PostgreSQL's.
@@ -88,9 +166,20 @@ impl StackConfig {
         self.database_url_at(db, self.pg_port)
     }
 
-    /// `db` through another port (the failover proxy, the standby).
+    /// `db` through another port (the failover proxy, the standby), as the admin.
     pub fn database_url_at(&self, db: &str, port: u16) -> String {
-        format!("postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{db}")
+        let host = self.host();
+        let tls: Vec<String> = self
+            .pg_tls()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let query = if tls.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", tls.join("&"))
+        };
+        format!("postgres://{PG_USER}:{PG_PASSWORD}@{host}:{port}/{db}{query}")
     }
 
     /// Runs `scripts/stack <verb>` (words, e.g. `kafka-node kill 2`) against this stack only.
@@ -135,6 +224,10 @@ impl StackConfig {
                 std::env::var("PG_VERSION").unwrap_or_default(),
             ),
             ("KAFKA_NODES", self.kafka_nodes().to_string()),
+            (
+                "STACK_SECURITY",
+                if self.secured { "tls" } else { "plain" }.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -185,17 +278,45 @@ impl StackConfig {
             .connect_lazy_with(opts))
     }
 
-    /// Drops `dbs` (and every replication slot on them), then creates them empty.
-    pub async fn fresh_databases(&self, dbs: &[&str]) -> anyhow::Result<()> {
+    /// Drops each database (and every replication slot on it), then creates it empty,
+    /// owned by the role of the service that migrates it.
+    pub async fn fresh_databases(&self, dbs: &[(&str, Service)]) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
-        for db in dbs {
+        for (db, service) in dbs {
             drop_slots_of(&mut admin, db).await?;
             sqlx::query(&format!("drop database if exists \"{db}\" with (force)"))
                 .execute(&mut admin)
                 .await?;
-            sqlx::query(&format!("create database \"{db}\""))
+            let (owner, _) = self.service_role(*service)?;
+            sqlx::query(&format!("create database \"{db}\" owner \"{owner}\""))
                 .execute(&mut admin)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// relay-cdc's rights on the outbox of `dbs` once their services created it: what
+    /// `sql/grants.sql` gives. Nothing to do on the plain stack (the admin streams).
+    pub async fn grant_relay(&self, dbs: &[&str]) -> anyhow::Result<()> {
+        if !self.secured {
+            return Ok(());
+        }
+        let (relay, _) = self.relay_role()?;
+        for db in dbs {
+            let mut c = PgConnection::connect(&self.database_url(db)).await?;
+            for statement in [
+                format!("grant connect on database \"{db}\" to \"{relay}\""),
+                format!("grant usage on schema public to \"{relay}\""),
+                format!("grant select, delete on table public.outbox to \"{relay}\""),
+                format!(
+                    "grant update (status, processed_at) on table public.outbox to \"{relay}\""
+                ),
+            ] {
+                sqlx::query(&statement)
+                    .execute(&mut c)
+                    .await
+                    .with_context(|| statement.clone())?;
+            }
         }
         Ok(())
     }
@@ -237,6 +358,13 @@ async fn drop_slots_of(admin: &mut PgConnection, db: &str) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("could not drop the replication slots of {db}")
+}
+
+/// The services whose databases the drill makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Users,
+    Transactions,
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -286,7 +414,29 @@ mod tests {
             pg_port: 55532,
             kafka_port: 59192,
             kafka_controller_port: 59193,
+            secured: false,
         }
+    }
+
+    #[test]
+    fn the_secured_stack_is_reached_by_name_with_tls_and_each_principal_its_own() {
+        let mut c = config();
+        assert_eq!(c.brokers(), "127.0.0.1:59192");
+        assert!(!c.database_url("db").contains("sslmode"));
+        assert!(c.kafka_security("admin").unwrap().is_empty());
+        c.secured = true;
+        assert_eq!(c.brokers(), "localhost:59192");
+        let url = c.database_url("db");
+        assert!(
+            url.contains(
+                "@localhost:55532/db?sslmode=verify-full&sslrootcert=/repo/.stack/drill/tls/ca.pem"
+            ),
+            "{url}"
+        );
+        assert!(c
+            .env()
+            .iter()
+            .any(|(k, v)| k == "STACK_SECURITY" && v == "tls"));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The short drill, as the test suite runs it: the real binaries, a private stack of
 //! each test's own (a temporary folder, free ports), and the report's table read back.
-//! Four times: at-least-once with scenarios 1–6, exactly-once with scenarios 1–5,
+//! Five times: at-least-once with scenarios 1–6, exactly-once with scenarios 1–5,
 //! where a `read_committed` consumer must also read no event twice, the primary
-//! failover (scenario 7) on PostgreSQL 17, and the Kafka cluster faults (scenario 8) on
-//! three brokers. The runs take turns (one stack at a time on
+//! failover (scenario 7) on PostgreSQL 17, the Kafka cluster faults (scenario 8) on
+//! three brokers, and scenario 1 (kill -9 of the relay) on the secured stack. The runs take turns (one stack at a time on
 //! the 2-core machine). Whatever happens, the drill's
 //! process group is killed and the private stack stopped.
 
@@ -244,6 +244,19 @@ fn the_exactly_once_short_drill_delivers_every_row_once_to_read_committed() {
         );
     }
     assert!(text.contains("delivery exactly-once"), "{text}");
+    eprintln!("{text}");
+    cleanup.passed = true;
+}
+
+#[test]
+fn the_short_drill_on_the_secured_stack_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (text, mut cleanup) = run_short_drill(
+        &["--security", "tls", "--scenarios", "1"],
+        &[("STACK_SECURITY", "tls")],
+    );
+    assert_nothing_lost(&text, 1);
+    assert!(text.contains("secured stack (TLS verify-full"), "{text}");
     eprintln!("{text}");
     cleanup.passed = true;
 }
