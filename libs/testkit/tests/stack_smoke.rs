@@ -162,4 +162,17 @@ fn docker_compose_file_is_valid() {
     ] {
         assert!(cluster.contains(want), "{want}:\n{cluster}");
     }
+    // The TLS override: SASL_SSL-only client listeners, verify-full everywhere, one CA.
+    let tls = config(&["-f", "docker-compose.tls.yml"]);
+    for want in [
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP: INTERNAL:SASL_SSL,CONTROLLER:PLAINTEXT,EXTERNAL:SASL_SSL",
+        "RELAY_KAFKA__PROPERTIES__SECURITY_PROTOCOL: SASL_SSL",
+        "RELAY_SOURCES__USERS_DB__SSLMODE: verify-full",
+        "KAFKA_SECURITY_PROTOCOL: SASL_SSL",
+        "DB_SSLMODE: verify-full",
+        "ssl_cert_file=/certs/server.pem",
+        "condition: service_completed_successfully",
+    ] {
+        assert!(tls.contains(want), "{want}:\n{tls}");
+    }
 }
