@@ -224,7 +224,7 @@ pub struct Plan {
     pub debezium: bool,
     pub outage: Option<Duration>,
     /// What `--only settle` measures; `None` when it is not in the run.
-    pub settle: Option<crate::settle::SettlePlan>,
+    pub settle: Option<SettlePlan>,
 }
 
 impl Plan {
@@ -234,6 +234,19 @@ impl Plan {
     pub fn compares_delivery(&self) -> bool {
         self.deliveries.contains(&Delivery::ExactlyOnce)
     }
+}
+
+/// What the settle part measures, from the options.
+#[derive(Debug, Clone)]
+pub struct SettlePlan {
+    /// (label, transaction-service binary): this build first, then baselines.
+    pub services: Vec<(String, PathBuf)>,
+    pub accounts: usize,
+    pub rates: Vec<u32>,
+    pub clients: usize,
+    pub duration: Duration,
+    /// Transfers of the backlog phase (0: no such phase).
+    pub backlog: usize,
 }
 
 impl Options {
@@ -344,7 +357,7 @@ impl Options {
 }
 
 impl Options {
-    fn settle_plan(&self) -> anyhow::Result<crate::settle::SettlePlan> {
+    fn settle_plan(&self) -> anyhow::Result<SettlePlan> {
         let this = match &self.transaction_service_bin {
             Some(p) => p.clone(),
             None => std::env::current_exe()?
@@ -375,7 +388,7 @@ impl Options {
             self.settle_rates.iter().all(|r| *r > 0),
             "--settle-rates must be positive"
         );
-        Ok(crate::settle::SettlePlan {
+        Ok(SettlePlan {
             services,
             accounts: self.settle_accounts,
             rates: self.settle_rates.clone(),

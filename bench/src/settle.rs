@@ -29,7 +29,7 @@ use testkit::TestDb;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::options::Delivery;
+use crate::options::{Delivery, SettlePlan};
 use crate::proc_stats;
 use crate::relay::RelayProcess;
 use crate::run::{progress, Ctx};
@@ -43,19 +43,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Requests in flight at most in a paced run: beyond it a tick is not sent (the
 /// service is not keeping up, and the achieved rate says so).
 const PACED_IN_FLIGHT: usize = 512;
-
-/// What the settle part measures, from the options.
-#[derive(Debug, Clone)]
-pub struct SettlePlan {
-    /// (label, transaction-service binary): this build first, then baselines.
-    pub services: Vec<(String, PathBuf)>,
-    pub accounts: usize,
-    pub rates: Vec<u32>,
-    pub clients: usize,
-    pub duration: Duration,
-    /// Transfers of the backlog phase (0: no such phase).
-    pub backlog: usize,
-}
 
 /// How a phase loads the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
