@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
 use crate::proc_stats;
+use crate::progress::progress;
 
 /// The Debezium release the pom fetches.
 pub const VERSION: &str = "3.6.1.Final";
@@ -120,7 +121,7 @@ async fn fetch(dir: &Path) -> Result<(), String> {
         let log_file = std::fs::File::create(&log)
             .map_err(|e| format!("cannot write {}: {e}", log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-        crate::run::progress(format!(
+        progress(format!(
             "fetching Debezium {VERSION} and Kafka Connect with Maven into {} (first run only)",
             dir.display()
         ));
@@ -361,7 +362,7 @@ impl ConnectProcess {
             .await
             .is_err()
         {
-            crate::run::progress(format!(
+            progress(format!(
                 "Kafka Connect did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it"
             ));
             self.child.kill().await?;

@@ -11,6 +11,7 @@ mod load;
 mod options;
 mod polling;
 mod proc_stats;
+mod progress;
 mod relay;
 mod report;
 mod run;

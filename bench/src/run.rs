@@ -19,6 +19,7 @@ use crate::load::{self, Rate};
 use crate::options::{Delivery, Options, Part, Plan, Workload};
 use crate::polling::{Poller, PollerSpec};
 use crate::proc_stats;
+use crate::progress::progress;
 use crate::relay::{self, KafkaTransactions, RelayProcess, RelaySpec};
 use crate::report::{self, Table};
 use crate::stats::{self, Latency};
@@ -258,10 +259,6 @@ fn check_delivery(
         log.display()
     );
     Ok(())
-}
-
-pub(crate) fn progress(msg: impl std::fmt::Display) {
-    eprintln!("relay-bench: {msg}");
 }
 
 /// How long a throughput run may take before it counts as stuck (≥ 500 rows/s).

@@ -31,8 +31,9 @@ use uuid::Uuid;
 
 use crate::options::{Delivery, SettlePlan};
 use crate::proc_stats;
+use crate::progress::progress;
 use crate::relay::RelayProcess;
-use crate::run::{progress, Ctx};
+use crate::run::Ctx;
 use crate::stats::Latency;
 use crate::{db, kafka};
 
