@@ -3,6 +3,7 @@
 //! markdown tables. `scripts/bench` builds and runs it; see bench/README.md.
 
 mod ceiling;
+mod ctx;
 mod db;
 mod debezium;
 mod ingest;

@@ -2,264 +2,35 @@
 //! systems one after another on the same stack (relay-cdc once per delivery mode of
 //! the plan, Debezium when asked), then the tables.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use testkit::{Stack, TestDb};
+use testkit::TestDb;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use crate::ceiling::{self, Recv};
+use crate::ctx::{
+    check_delivery, delete_topics, failed, probe_topic, topics_of, Ctx, System,
+    DEBEZIUM_START_TIMEOUT, PARTITIONS, READY_TIMEOUT, READ_IDLE,
+};
 use crate::db::{self, Backend};
-use crate::debezium::{self, ConnectProcess, ConnectSpec};
+use crate::debezium::{self, ConnectProcess};
 use crate::ingest;
 use crate::kafka;
 use crate::load::{self, Rate};
 use crate::options::{Delivery, Options, Part, Plan, Workload};
-use crate::polling::{Poller, PollerSpec};
+use crate::polling::Poller;
 use crate::proc_stats;
 use crate::progress::progress;
-use crate::relay::{self, KafkaTransactions, RelayProcess, RelaySpec};
+use crate::relay::{self, KafkaTransactions, RelayProcess};
 use crate::report::{self, Table};
 use crate::stats::{self, Latency};
 
-/// Partitions of throughput and latency topics (order runs use one, for a total order).
-const PARTITIONS: i32 = 3;
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// A reader gives up after this long without a record.
-const READ_IDLE: Duration = Duration::from_secs(60);
-/// Debezium's JVM starts in ~10 s on an idle machine; a loaded one gets more.
-const DEBEZIUM_START_TIMEOUT: Duration = Duration::from_secs(180);
 /// How often the PostgreSQL backends of a throughput run are sampled for CPU time.
 const BACKEND_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const EVENTS_PUBLISHED: &str = "relay_events_published_total";
 const RECORDS_IN_FLIGHT: &str = "relay_records_in_flight";
-
-/// What every measurement shares.
-pub struct Ctx {
-    pub stack: Stack,
-    pub relay_bin: PathBuf,
-    pub recvlogical: PathBuf,
-    pub admin: Client,
-    pub log_dir: PathBuf,
-    /// Debezium's jars when the plan runs it, or why it cannot run here.
-    pub debezium: Option<Result<debezium::Libs, String>>,
-    relay_env: Vec<(String, String)>,
-    debezium_set: Vec<(String, String)>,
-    /// `--kafka-set`: librdkafka properties of both the ingest producer and the relay.
-    kafka_set: Vec<(String, String)>,
-    /// Set when a comparison system failed: the log folder stays for a look.
-    keep_logs: std::sync::atomic::AtomicBool,
-    run_id: String,
-    topics: std::sync::atomic::AtomicU32,
-}
-
-/// A system under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum System {
-    Relay(Delivery),
-    Polling(Duration),
-    Debezium,
-}
-
-impl std::fmt::Display for System {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            System::Relay(Delivery::AtLeastOnce) => f.write_str("relay-cdc"),
-            System::Relay(d) => write!(f, "relay-cdc ({d})"),
-            System::Polling(d) if d.as_millis() >= 1000 && d.as_millis() % 1000 == 0 => {
-                write!(f, "polling {} s", d.as_secs())
-            }
-            System::Polling(d) => write!(f, "polling {} ms", d.as_millis()),
-            System::Debezium => f.write_str("debezium"),
-        }
-    }
-}
-
-impl Ctx {
-    pub async fn new(opts: &Options) -> anyhow::Result<Self> {
-        let stack = Stack::from_env();
-        let relay_bin = match &opts.relay_bin {
-            Some(p) => p.clone(),
-            None => relay::default_bin()?,
-        };
-        ensure!(
-            relay_bin.exists(),
-            "no relay binary at {} (build it: cargo build --release -p relay-cdc, or pass --relay-bin)",
-            relay_bin.display()
-        );
-        let recvlogical = opts
-            .pg_recvlogical
-            .clone()
-            .unwrap_or_else(ceiling::find_pg_recvlogical);
-        let admin = db::connect(&stack.database_url("postgres"), "relay-bench")
-            .await
-            .context("is the local stack up (scripts/stack up)?")?;
-        let run_id = testkit::unique_suffix()[..8].to_string();
-        let log_dir = std::env::temp_dir().join(format!("relay-bench-{run_id}"));
-        std::fs::create_dir_all(&log_dir)?;
-        let debezium = if opts.debezium {
-            let libs = debezium::libs().await;
-            if let Err(reason) = &libs {
-                progress(format!("debezium is skipped: {reason}"));
-            }
-            Some(libs)
-        } else {
-            None
-        };
-        Ok(Self {
-            stack,
-            relay_bin,
-            recvlogical,
-            admin,
-            log_dir,
-            debezium,
-            relay_env: opts
-                .kafka_set
-                .iter()
-                .map(|(k, v)| (relay_property_env(k), v.clone()))
-                .chain(opts.relay_env.iter().cloned())
-                .collect(),
-            debezium_set: opts.debezium_set.clone(),
-            kafka_set: opts.kafka_set.clone(),
-            keep_logs: Default::default(),
-            run_id,
-            topics: Default::default(),
-        })
-    }
-
-    /// A topic prefix no other measurement uses; records go to `<prefix>.bench`.
-    pub(crate) fn topic_prefix(&self) -> (String, String) {
-        let n = self
-            .topics
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let prefix = format!("bench.{}.{n}", self.run_id);
-        let topic = format!("{prefix}.bench");
-        (prefix, topic)
-    }
-
-    /// The relay of one measurement; in exactly-once mode its checkpoint topic
-    /// ([`checkpoint_topic`]) and `transactional.id` are that measurement's alone.
-    pub(crate) fn relay_spec(
-        &self,
-        db: &TestDb,
-        prefix: &str,
-        brokers: &str,
-        delivery: Delivery,
-    ) -> RelaySpec {
-        RelaySpec {
-            bin: self.relay_bin.clone(),
-            brokers: brokers.to_string(),
-            topic_template: format!("{prefix}.{{aggregate_type}}"),
-            pg_host: self.stack.pg_host.clone(),
-            pg_port: self.stack.pg_port,
-            // The relay's own role on the secured stack (the admin on the plain one).
-            pg_user: self.stack.relay_user.clone(),
-            pg_password: self.stack.relay_password.clone(),
-            database: db.name.clone(),
-            slot: format!("bench_relay_{}", testkit::unique_suffix()),
-            delivery,
-            checkpoint_topic: checkpoint_topic(prefix),
-            transactional_id_prefix: format!("{prefix}."),
-            log_dir: self.log_dir.clone(),
-            extra_env: self.relay_env.clone(),
-        }
-    }
-
-    /// Debezium on `db`, reading `slot`, writing `<prefix>.<aggregate_type>`.
-    fn debezium_spec(
-        &self,
-        libs: &debezium::Libs,
-        db: &TestDb,
-        slot: &str,
-        prefix: &str,
-        brokers: &str,
-    ) -> ConnectSpec {
-        ConnectSpec {
-            libs: libs.clone(),
-            brokers: brokers.to_string(),
-            pg_host: self.stack.pg_host.clone(),
-            pg_port: self.stack.pg_port,
-            pg_user: self.stack.pg_user.clone(),
-            pg_password: self.stack.pg_password.clone(),
-            database: db.name.clone(),
-            slot: slot.to_string(),
-            topic_prefix: prefix.to_string(),
-            dir: self
-                .log_dir
-                .join(format!("debezium-{}", testkit::unique_suffix())),
-            extra: self.debezium_set.clone(),
-        }
-    }
-
-    fn poller_spec(
-        &self,
-        db: &TestDb,
-        topic: &str,
-        brokers: &str,
-        interval: Duration,
-        batch: i64,
-    ) -> PollerSpec {
-        PollerSpec {
-            url: db.url.clone(),
-            brokers: brokers.to_string(),
-            topic: topic.to_string(),
-            interval,
-            batch,
-        }
-    }
-}
-
-/// The checkpoint topic of the measurement whose topics start with `prefix`.
-fn checkpoint_topic(prefix: &str) -> String {
-    format!("{prefix}.checkpoints")
-}
-
-/// The topic of Debezium's warm-up record (aggregate type `probe`).
-fn probe_topic(prefix: &str) -> String {
-    format!("{prefix}.probe")
-}
-
-/// The topics a measurement leaves behind: its records' and, for an exactly-once
-/// relay, its checkpoint topic, for Debezium its warm-up topic.
-fn topics_of(system: System, prefix: &str, topic: &str) -> Vec<String> {
-    match system {
-        System::Relay(Delivery::ExactlyOnce) => vec![topic.to_string(), checkpoint_topic(prefix)],
-        System::Debezium => vec![topic.to_string(), probe_topic(prefix)],
-        _ => vec![topic.to_string()],
-    }
-}
-
-async fn delete_topics(brokers: &str, topics: &[String]) {
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    testkit::delete_topics(brokers, &names).await;
-}
-
-/// The relay ran in the mode it was given: an exactly-once relay committed Kafka
-/// transactions, an at-least-once one none. Aborted transactions (their records are
-/// sent again) are reported, not failed.
-fn check_delivery(
-    delivery: Delivery,
-    txns: &KafkaTransactions,
-    log: &std::path::Path,
-) -> anyhow::Result<()> {
-    if txns.aborted > 0 {
-        progress(format!(
-            "warning: relay-cdc aborted {} kafka transactions; log: {}",
-            txns.aborted,
-            log.display()
-        ));
-    }
-    let transactional = txns.committed > 0;
-    ensure!(
-        transactional == (delivery == Delivery::ExactlyOnce),
-        "relay-cdc ran {delivery} but committed {} kafka transactions; log: {}",
-        txns.committed,
-        log.display()
-    );
-    Ok(())
-}
 
 /// How long a throughput run may take before it counts as stuck (≥ 500 rows/s).
 fn stuck_after(rows: u64) -> Duration {
@@ -465,15 +236,6 @@ async fn ingest_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<ingest::In
     Ok(measured)
 }
 
-/// The relay's variable for librdkafka property `key` (`linger.ms` →
-/// `RELAY_KAFKA__PROPERTIES__LINGER_MS`; the relay turns `_` back into `.`).
-fn relay_property_env(key: &str) -> String {
-    format!(
-        "RELAY_KAFKA__PROPERTIES__{}",
-        key.replace('.', "_").to_uppercase()
-    )
-}
-
 /// Debezium drains a backlog: its slot is created before the load (with no stored
 /// offset it streams from there), the JVM is started once the load is flushed, and it
 /// is timed until the routed topic's end offsets cover every row.
@@ -615,15 +377,6 @@ async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<Thro
         polling,
         debezium,
     })
-}
-
-/// A comparison system's measurement failed: the run goes on, the table says so, and
-/// the run's logs are kept.
-fn failed(ctx: &Ctx, system: System, e: &anyhow::Error) -> String {
-    progress(format!("{system} failed: {e:#}"));
-    ctx.keep_logs
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    format!("failed: {e:#}")
 }
 
 // --- systems under load ---------------------------------------------------------------
@@ -1623,42 +1376,6 @@ fn targets(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kafka_set_reaches_the_relay_as_its_property_variables() {
-        assert_eq!(
-            relay_property_env("linger.ms"),
-            "RELAY_KAFKA__PROPERTIES__LINGER_MS"
-        );
-        assert_eq!(
-            relay_property_env("batch.num.messages"),
-            "RELAY_KAFKA__PROPERTIES__BATCH_NUM_MESSAGES"
-        );
-    }
-
-    #[test]
-    fn systems_are_named_for_their_interval() {
-        assert_eq!(
-            System::Relay(Delivery::AtLeastOnce).to_string(),
-            "relay-cdc"
-        );
-        assert_eq!(
-            System::Relay(Delivery::ExactlyOnce).to_string(),
-            "relay-cdc (exactly-once)"
-        );
-        assert_eq!(
-            System::Polling(Duration::from_secs(1)).to_string(),
-            "polling 1 s"
-        );
-        assert_eq!(
-            System::Polling(Duration::from_millis(10)).to_string(),
-            "polling 10 ms"
-        );
-        assert_eq!(
-            System::Polling(Duration::from_millis(1500)).to_string(),
-            "polling 1500 ms"
-        );
-    }
 
     #[test]
     fn stuck_runs_get_a_generous_bound() {

@@ -29,11 +29,11 @@ use testkit::TestDb;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::ctx::Ctx;
 use crate::options::{Delivery, SettlePlan};
 use crate::proc_stats;
 use crate::progress::progress;
 use crate::relay::RelayProcess;
-use crate::run::Ctx;
 use crate::stats::Latency;
 use crate::{db, kafka};
 
