@@ -14,10 +14,10 @@ mod polling;
 mod proc_stats;
 mod progress;
 mod relay;
-mod report;
 mod run;
 mod settle;
 mod stats;
+mod table;
 
 use std::process::ExitCode;
 

@@ -201,7 +201,7 @@ impl Workload {
         format!(
             "{} rows/txn, {}",
             self.rows_per_txn,
-            crate::report::bytes(self.payload)
+            crate::table::bytes(self.payload)
         )
     }
 }

@@ -24,8 +24,8 @@ use crate::polling::Poller;
 use crate::proc_stats;
 use crate::progress::progress;
 use crate::relay::{self, KafkaTransactions, RelayProcess};
-use crate::report::{self, Table};
 use crate::stats::{self, Latency};
+use crate::table::{self, Table};
 
 /// How often the PostgreSQL backends of a throughput run are sampled for CPU time.
 const BACKEND_SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -833,14 +833,14 @@ fn cluster_tables(c: &ClusterComparison) -> String {
         t.row(vec![
             w.label(),
             one.delivery.to_string(),
-            report::count(w.rows as f64),
-            report::count(one.rows_per_s),
-            report::count(three.rows_per_s),
-            report::ratio(three.rows_per_s, one.rows_per_s),
-            report::count(one.acked_rows_per_s),
-            report::count(three.acked_rows_per_s),
-            report::secs(one.cpu_per_100k),
-            report::secs(three.cpu_per_100k),
+            table::count(w.rows as f64),
+            table::count(one.rows_per_s),
+            table::count(three.rows_per_s),
+            table::ratio(three.rows_per_s, one.rows_per_s),
+            table::count(one.acked_rows_per_s),
+            table::count(three.acked_rows_per_s),
+            table::secs(one.cpu_per_100k),
+            table::secs(three.cpu_per_100k),
         ]);
     }
     let mut l = Table::new(&[
@@ -855,12 +855,12 @@ fn cluster_tables(c: &ClusterComparison) -> String {
     for (one, three) in &c.latency {
         l.row(vec![
             format!("{} @ {}", one.system, one.rate),
-            report::ms(one.latency.p50),
-            report::ms(one.latency.p99),
-            report::ms(three.latency.p50),
-            report::ms(three.latency.p99),
-            report::ms(one.read_latency.p99),
-            report::ms(three.read_latency.p99),
+            table::ms(one.latency.p50),
+            table::ms(one.latency.p99),
+            table::ms(three.latency.p50),
+            table::ms(three.latency.p99),
+            table::ms(one.read_latency.p99),
+            table::ms(three.read_latency.p99),
         ]);
     }
     format!(
@@ -1104,12 +1104,12 @@ fn render(
             "all delivered after restart, s",
         ]);
         t.row(vec![
-            report::count(o.events as f64),
-            report::mib(o.steady_peak_rss),
-            report::mib(o.outage_max_rss),
-            report::count(o.in_flight_at_end),
-            report::mib(o.after_rss),
-            report::secs(o.recovery_s),
+            table::count(o.events as f64),
+            table::mib(o.steady_peak_rss),
+            table::mib(o.outage_max_rss),
+            table::count(o.in_flight_at_end),
+            table::mib(o.after_rss),
+            table::secs(o.recovery_s),
         ]);
         out.push_str(&t.render());
         out.push('\n');
@@ -1161,29 +1161,27 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                 cells.push(relay.delivery.to_string());
             }
             cells.extend([
-                report::count(r.workload.rows as f64),
-                report::count(r.ceiling),
-                report::count(r.ingest),
-                report::secs(r.ingest_cpu_per_100k),
-                report::count(relay.rows_per_s),
-                report::ratio(relay.rows_per_s, r.ceiling),
-                report::count(r.polling),
-                report::ratio(relay.rows_per_s, r.polling),
-                report::count(relay.acked_rows_per_s),
-                report::secs(relay.startup_s),
-                report::secs(relay.cpu_per_100k),
-                report::secs(relay.pg_marking_cpu_per_100k),
-                report::secs(relay.walsender_cpu_per_100k),
-                report::mib(relay.peak_rss),
+                table::count(r.workload.rows as f64),
+                table::count(r.ceiling),
+                table::count(r.ingest),
+                table::secs(r.ingest_cpu_per_100k),
+                table::count(relay.rows_per_s),
+                table::ratio(relay.rows_per_s, r.ceiling),
+                table::count(r.polling),
+                table::ratio(relay.rows_per_s, r.polling),
+                table::count(relay.acked_rows_per_s),
+                table::secs(relay.startup_s),
+                table::secs(relay.cpu_per_100k),
+                table::secs(relay.pg_marking_cpu_per_100k),
+                table::secs(relay.walsender_cpu_per_100k),
+                table::mib(relay.peak_rss),
             ]);
             if compare {
                 let baseline = r
                     .relay(Delivery::AtLeastOnce)
                     .filter(|_| relay.delivery != Delivery::AtLeastOnce);
                 cells.extend([
-                    baseline.map_or("-".into(), |b| {
-                        report::ratio(relay.rows_per_s, b.rows_per_s)
-                    }),
+                    baseline.map_or("-".into(), |b| table::ratio(relay.rows_per_s, b.rows_per_s)),
                     relay
                         .transactions
                         .mean_records
@@ -1191,7 +1189,7 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                     relay
                         .transactions
                         .mean_commit_s
-                        .map_or("-".into(), |s| report::ms(s * 1000.0)),
+                        .map_or("-".into(), |s| table::ms(s * 1000.0)),
                 ]);
             }
             t.row(cells);
@@ -1220,21 +1218,21 @@ fn debezium_table(rows: &[ThroughputRow]) -> Table {
         // The relay's default mode when it ran, else the first one.
         let relay = r.relay(Delivery::AtLeastOnce).or(r.relays.first());
         let acked = relay.map(|x| x.acked_rows_per_s);
-        let mut cells = vec![r.workload.label(), report::count(r.workload.rows as f64)];
+        let mut cells = vec![r.workload.label(), table::count(r.workload.rows as f64)];
         match result {
             Ok(d) => cells.extend([
-                report::count(d.rows_per_s),
-                acked.map_or("-".into(), report::count),
-                acked.map_or("-".into(), |a| report::ratio(a, d.rows_per_s)),
-                report::count(d.streaming_rows_per_s),
-                report::secs(d.first_record_s),
-                report::secs(d.cpu_per_100k),
-                report::secs(d.walsender_cpu_per_100k),
-                report::mib(d.peak_rss),
+                table::count(d.rows_per_s),
+                acked.map_or("-".into(), table::count),
+                acked.map_or("-".into(), |a| table::ratio(a, d.rows_per_s)),
+                table::count(d.streaming_rows_per_s),
+                table::secs(d.first_record_s),
+                table::secs(d.cpu_per_100k),
+                table::secs(d.walsender_cpu_per_100k),
+                table::mib(d.peak_rss),
             ]),
             Err(reason) => {
                 cells.push(reason.clone());
-                cells.push(acked.map_or("-".into(), report::count));
+                cells.push(acked.map_or("-".into(), table::count));
                 cells.extend(std::iter::repeat_n("-".to_string(), 6));
             }
         }
@@ -1271,26 +1269,23 @@ fn latency_table(plan: &Plan, rows: &[LatencyRow], skipped: &[SkippedRow]) -> Ta
     for r in rows {
         let mut cells = vec![
             format!("{} @ {}", r.system, r.rate),
-            report::count(r.achieved),
-            report::count(r.events as f64),
-            report::ms(r.latency.p50),
-            report::ms(r.latency.p95),
-            report::ms(r.latency.p99),
-            report::ms(r.latency.max),
+            table::count(r.achieved),
+            table::count(r.events as f64),
+            table::ms(r.latency.p50),
+            table::ms(r.latency.p95),
+            table::ms(r.latency.p99),
+            table::ms(r.latency.max),
         ];
         if compare {
-            cells.extend([
-                report::ms(r.read_latency.p50),
-                report::ms(r.read_latency.p99),
-            ]);
+            cells.extend([table::ms(r.read_latency.p50), table::ms(r.read_latency.p99)]);
         }
         cells.extend([
-            r.process_cpu_per_100k.map_or("-".into(), report::secs),
-            r.process_peak_rss.map_or("-".into(), report::mib),
-            report::count(r.db.xacts_per_s),
-            report::count(r.db.rows_read_per_s),
-            report::count(r.db.blks_hit_per_s),
-            report::secs(r.db.cpu_per_100k),
+            r.process_cpu_per_100k.map_or("-".into(), table::secs),
+            r.process_peak_rss.map_or("-".into(), table::mib),
+            table::count(r.db.xacts_per_s),
+            table::count(r.db.rows_read_per_s),
+            table::count(r.db.blks_hit_per_s),
+            table::secs(r.db.cpu_per_100k),
         ]);
         t.row(cells);
     }
@@ -1340,7 +1335,7 @@ fn targets(
             lines.push(format!(
                 "- p99 commit → Kafka ≤ 50 ms at 1k events/s{name}{what}: {} (p99 {} ms)",
                 mark(p99 <= 50.0),
-                report::ms(p99)
+                table::ms(p99)
             ));
         }
     }
@@ -1358,15 +1353,15 @@ fn targets(
         lines.push(format!(
             "- peak RSS ≤ 64 MiB in steady state: {} (highest {} MiB)",
             mark(*max <= 64 * 1024 * 1024),
-            report::mib(*max)
+            table::mib(*max)
         ));
     }
     lines.push(match outage {
         Some(o) => format!(
             "- RSS during a {} s broker outage: max {} MiB (from {} MiB before it)",
             o.outage.as_secs(),
-            report::mib(o.outage_max_rss),
-            report::mib(o.steady_peak_rss)
+            table::mib(o.outage_max_rss),
+            table::mib(o.steady_peak_rss)
         ),
         None => "- RSS during a broker outage: not measured in this run (--outage)".into(),
     });

@@ -716,7 +716,7 @@ impl Service {
 /// The settle table: every binary's phases, one row each, the binaries one under the
 /// other (before/after in one table).
 pub fn table(rows: &[SettleRow]) -> String {
-    let mut t = crate::report::Table::new(&[
+    let mut t = crate::table::Table::new(&[
         "transaction-service",
         "load",
         "transfers",
@@ -743,25 +743,25 @@ pub fn table(rows: &[SettleRow]) -> String {
                 match p.offered {
                     Offered::Rate(r) => format!("{r}/s"),
                     Offered::ClosedLoop => "max (closed loop)".into(),
-                    Offered::Backlog(n) => format!("backlog of {}", crate::report::count(n as f64)),
+                    Offered::Backlog(n) => format!("backlog of {}", crate::table::count(n as f64)),
                 },
-                crate::report::count(p.posted as f64),
-                crate::report::count(p.post_rate),
-                crate::report::count(p.settled_rate),
+                crate::table::count(p.posted as f64),
+                crate::table::count(p.post_rate),
+                crate::table::count(p.settled_rate),
                 p.backlog_at_end.to_string(),
-                crate::report::secs(p.drain_s),
+                crate::table::secs(p.drain_s),
                 format!(
                     "{} / {}",
-                    crate::report::ms(p.post_latency.p50),
-                    crate::report::ms(p.post_latency.p99)
+                    crate::table::ms(p.post_latency.p50),
+                    crate::table::ms(p.post_latency.p99)
                 ),
                 hop(p, p.relayed.as_ref()),
                 hop(p, p.applied.as_ref()),
                 latency(p, p.latency.p50),
                 latency(p, p.latency.p99),
                 latency(p, p.latency.max),
-                crate::report::secs(p.db_cpu_per_1k),
-                crate::report::secs(p.service_cpu_per_1k),
+                crate::table::secs(p.db_cpu_per_1k),
+                crate::table::secs(p.service_cpu_per_1k),
                 p.mean_batch
                     .map_or("1 (no batches)".into(), |(b, _, _)| format!("{b:.1}")),
                 p.mean_batch
@@ -790,11 +790,7 @@ pub fn table(rows: &[SettleRow]) -> String {
 fn hop(p: &Phase, l: Option<&Latency>) -> String {
     match (p.offered, l) {
         (Offered::Backlog(_), _) | (_, None) => "—".into(),
-        (_, Some(l)) => format!(
-            "{} / {}",
-            crate::report::ms(l.p50),
-            crate::report::ms(l.p99)
-        ),
+        (_, Some(l)) => format!("{} / {}", crate::table::ms(l.p50), crate::table::ms(l.p99)),
     }
 }
 
@@ -802,7 +798,7 @@ fn hop(p: &Phase, l: Option<&Latency>) -> String {
 fn latency(p: &Phase, ms: f64) -> String {
     match p.offered {
         Offered::Backlog(_) => "—".into(),
-        _ => crate::report::ms(ms),
+        _ => crate::table::ms(ms),
     }
 }
 
