@@ -3,21 +3,27 @@
 //! markdown tables. `scripts/bench` builds and runs it; see bench/README.md.
 
 mod ceiling;
+mod cluster;
 mod ctx;
 mod db;
 mod debezium;
 mod ingest;
 mod kafka;
+mod latency;
 mod load;
 mod options;
+mod order;
+mod outage;
 mod polling;
 mod proc_stats;
 mod progress;
 mod relay;
 mod run;
+mod running;
 mod settle;
 mod stats;
 mod table;
+mod throughput;
 
 use std::process::ExitCode;
 
