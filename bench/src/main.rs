@@ -18,6 +18,7 @@ mod polling;
 mod proc_stats;
 mod progress;
 mod relay;
+mod report;
 mod run;
 mod running;
 mod settle;
