@@ -24,12 +24,16 @@
 //! Passwords stay in [`SecretString`]s: `Debug` output of the settings is safe to log,
 //! and errors name the variable without repeating its value.
 
+mod migrations;
+
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
+
+pub use migrations::{migrate, with_outbox, LEGACY_OUTBOX_0001, OUTBOX};
 
 const PORT_REASON: &str = "expected a port number from 1 to 65535";
 
@@ -299,16 +303,18 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-/// A lazy pool (see [`DatabaseSettings::lazy_pool`]) over a schema `migrator` brought
-/// up to date. Migrations are idempotent: applied ones are skipped, and sqlx
+/// A lazy pool (see [`DatabaseSettings::lazy_pool`]) over a schema brought up to date:
+/// the outbox's migrations ([`OUTBOX`]) and the service's `own`, by version (see
+/// [`with_outbox`]). Migrations are idempotent: applied ones are skipped, and sqlx
 /// serialises concurrent runs with an advisory lock.
 pub async fn migrated_pool(
     settings: &DatabaseSettings,
     application_name: &str,
-    migrator: &sqlx::migrate::Migrator,
+    own: &sqlx::migrate::Migrator,
 ) -> Result<PgPool, sqlx::migrate::MigrateError> {
     let pool = settings.lazy_pool(application_name);
-    migrator.run(&pool).await?;
+    let migrator = with_outbox(own).await?;
+    migrate(&pool, &migrator).await?;
     tracing::info!("database migrations applied");
     Ok(pool)
 }

@@ -112,7 +112,8 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates `t_<prefix>_<unique>` and applies `sql/<migrations>` to it. On the secured
+    /// Creates `t_<prefix>_<unique>` and applies `sql/outbox` and `sql/<migrations>` to it
+    /// (as the services do: `service_postgres::with_outbox`). On the secured
     /// stack the database belongs to the service's least-privilege role, which migrates
     /// it and is who [`TestDb::url`] logs in as, and relay-cdc's role gets its rights on
     /// the outbox (`sql/grants.sql`), as in production.
@@ -124,9 +125,10 @@ impl TestDb {
             db.url = stack.url_as(user, password, &db.name);
         }
         let dir = repo_root().join("sql").join(migrations);
-        let migrator = Migrator::new(dir.as_path())
+        let own = Migrator::new(dir.as_path())
             .await
             .with_context(|| format!("reading migrations in {}", dir.display()))?;
+        let migrator = service_postgres::with_outbox(&own).await?;
         let mut conn = db.connect().await?;
         migrator
             .run(&mut conn)

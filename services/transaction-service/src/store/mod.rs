@@ -11,5 +11,6 @@ pub mod transactions;
 
 pub use service_postgres::StoreError;
 
-/// The embedded migrations of `sql/transaction_db`.
+/// The embedded migrations of `sql/transaction_db`: the service's own schema. The outbox's
+/// (`sql/outbox`) come with `service_postgres::migrated_pool`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/transaction_db");

@@ -7,5 +7,6 @@ pub mod users;
 
 pub use service_postgres::StoreError;
 
-/// The embedded migrations of `sql/users_db`.
+/// The embedded migrations of `sql/users_db`: the service's own schema. The outbox's
+/// (`sql/outbox`) come with `service_postgres::migrated_pool`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/users_db");

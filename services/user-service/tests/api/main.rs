@@ -8,5 +8,6 @@ mod errors;
 mod get_user;
 mod health;
 mod helpers;
+mod migrations;
 mod openapi;
 mod trace;

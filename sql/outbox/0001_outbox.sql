@@ -1,4 +1,4 @@
--- The transactional outbox of users_db. A service writes one row here in the same
+-- The transactional outbox of each service's database. A service writes one row here in the same
 -- transaction as the state change it describes; relay-cdc reads the inserts from the
 -- logical replication slot and publishes them to Kafka, then marks them PROCESSED.
 create table outbox (
