@@ -44,7 +44,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use pgwire_replication::Lsn;
 use tokio::sync::watch;
 
-pub use error::{kafka_not_authorized, replication_refused, PipelineError};
+pub use error::PipelineError;
 
 use crate::config::{Settings, SourceSettings};
 use crate::metrics::Metrics;

@@ -19,6 +19,7 @@ use super::poison::{self, BeforeSending, Finding, Suspects, Verdict};
 use super::stream::{Limits, StreamState};
 use crate::config::PoisonPolicy;
 use crate::marker::{Confirmed, MarkerLink};
+use crate::metrics::StreamMeters;
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink, StuckCheck};
 use crate::source::HEARTBEAT_PREFIX;
 use crate::status::{now_unix_micros, SourceStatus};
@@ -80,38 +81,6 @@ enum PendingKind {
 /// Resolves when every delivery of the open transaction so far is settled.
 type Barrier = Pin<Box<dyn Future<Output = Vec<Result<(), Refusal>>> + Send>>;
 
-/// Per-source metric handles used on the hot path.
-struct Meters {
-    published: prometheus::IntCounter,
-    dead_lettered: prometheus::IntCounter,
-    poison: prometheus::IntCounter,
-    delivery_failures: prometheus::IntCounter,
-    in_flight: prometheus::IntGauge,
-    in_flight_bytes: prometheus::IntGauge,
-    confirmed_lsn: prometheus::IntGauge,
-    commit_to_ack: prometheus::Histogram,
-    backlog: prometheus::IntGauge,
-    skipped: prometheus::IntCounter,
-}
-
-impl Meters {
-    fn new(m: &crate::metrics::Metrics, source: &str) -> Self {
-        let l = [source];
-        Self {
-            published: m.events_published.with_label_values(&l),
-            dead_lettered: m.dead_lettered.with_label_values(&l),
-            poison: m.publish_failures.with_label_values(&[source, "poison"]),
-            delivery_failures: m.publish_failures.with_label_values(&[source, "delivery"]),
-            in_flight: m.records_in_flight.with_label_values(&l),
-            in_flight_bytes: m.bytes_in_flight.with_label_values(&l),
-            confirmed_lsn: m.confirmed_lsn.with_label_values(&l),
-            commit_to_ack: m.commit_to_ack.with_label_values(&l),
-            backlog: m.mark_backlog.with_label_values(&l),
-            skipped: m.skipped.with_label_values(&l),
-        }
-    }
-}
-
 /// The stream loop's state and its handlers, one per `select!` arm.
 pub struct Streamer<'a, W: Wal, S: Sink> {
     cfg: StreamConfig,
@@ -119,7 +88,7 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     sink: &'a mut S,
     marker: MarkerLink,
     status: Arc<SourceStatus>,
-    meters: Meters,
+    meters: StreamMeters,
     state: StreamState,
     acks: Acks,
     pending: Option<Pending>,
@@ -152,7 +121,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         metrics: &crate::metrics::Metrics,
         suspects: Suspects,
     ) -> Self {
-        let meters = Meters::new(metrics, &cfg.source);
+        let meters = StreamMeters::new(metrics, &cfg.source);
         meters.backlog.set(0);
         meters.in_flight.set(0);
         meters.in_flight_bytes.set(0);
@@ -219,60 +188,67 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             tokio::select! {
                 biased;
                 // 1. Shutdown first: stop reading, drain what was sent, confirm.
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        self.finish(true).await;
-                        return Ok(());
-                    }
-                }
+                _ = shutdown.changed() => if *shutdown.borrow() {
+                    return self.shut_down().await;
+                },
                 // 2. The server is going away: end the session so it can stop (see `pipeline`).
                 _ = going_away.notified() => return Err(PipelineError::ServerGoingAway),
                 // 3. The marker ended: nothing would be confirmed any more.
-                r = &mut self.marker.task => return Err(PipelineError::MarkerStopped(match r {
-                    Ok(()) => "it returned".into(),
-                    Err(e) => e.to_string(),
-                })),
+                r = &mut self.marker.task => return Err(marker_ended(r)),
                 // 4. The watchdog's view and the gauges, twice a second.
                 _ = tick.tick() => self.on_tick(),
                 // 4b. A stuck sink client: end the session, a new sink resumes from the
                 // confirmed LSN (what was in flight is sent again, same event ids).
-                r = async { self.stuck.as_mut().expect("guarded").await }, if self.stuck.is_some() => {
-                    self.stuck = None;
-                    if let Some(why) = r {
-                        return Err(PipelineError::Kafka(why));
-                    }
-                }
+                r = async { self.stuck.as_mut().expect("guarded").await }, if self.stuck.is_some() => self.on_stuck(r)?,
                 // 5. A topic being prepared for the parked event.
-                r = async { self.preparing.as_mut().expect("guarded").await }, if self.preparing.is_some() => {
-                    self.preparing = None;
-                    self.on_prepared(r)?;
-                }
+                r = async { self.preparing.as_mut().expect("guarded").await }, if self.preparing.is_some() => self.on_prepared(r)?,
                 // 6. The parked event's retry (back-pressure).
-                _ = tokio::time::sleep_until(retry_at.unwrap_or(self.never)), if retry_at.is_some() && self.preparing.is_none() => {
-                    self.try_pending().await?;
-                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or(self.never)), if retry_at.is_some() && self.preparing.is_none() => self.try_pending().await?,
                 // 6b. Before a probe: the open transaction's deliveries settled.
-                r = async { self.barrier.as_mut().expect("guarded").await }, if self.barrier.is_some() => {
-                    self.barrier = None;
-                    self.acks.restore_open(r);
-                }
+                r = async { self.barrier.as_mut().expect("guarded").await }, if self.barrier.is_some() => self.on_settled(r),
                 // 6c. The probe's answer.
-                r = async { self.probe.as_mut().expect("guarded").await }, if self.probe.is_some() => {
-                    self.probe = None;
-                    self.on_probed(r).await?;
-                }
+                r = async { self.probe.as_mut().expect("guarded").await }, if self.probe.is_some() => self.on_probed(r).await?,
                 // 6d. Exactly-once: the open Kafka transaction is old enough to commit.
                 _ = tokio::time::sleep_until(commit_due.unwrap_or(self.never)), if commit_due.is_some() => self.sink.commit(),
                 // 7. Acks, in commit order: hand units to the marker.
                 Some((seq, r)) = self.acks.next(), if acks_open => self.on_unit(seq, r).await?,
                 // 8. Marked batches: confirm their position to PostgreSQL.
-                c = self.marker.rx.recv() => match c {
-                    Some(c) => self.on_confirmed(c),
-                    None => return Err(PipelineError::MarkerStopped("its channel closed".into())),
-                },
+                c = self.marker.rx.recv() => self.on_marked(c)?,
                 // 9. New WAL, while nothing is parked and the in-flight bounds allow.
                 ev = self.wal.recv(), if reading => self.on_wal(ev?).await?,
             }
+        }
+    }
+
+    /// Shutdown: stop reading, drain what was sent, confirm.
+    async fn shut_down(&mut self) -> Result<(), PipelineError> {
+        self.finish(true).await;
+        Ok(())
+    }
+
+    /// The sink's answer on a client that reaches no broker.
+    fn on_stuck(&mut self, r: Option<String>) -> Result<(), PipelineError> {
+        self.stuck = None;
+        match r {
+            Some(why) => Err(PipelineError::Kafka(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Before a probe: the open transaction's deliveries settled.
+    fn on_settled(&mut self, answers: Vec<Result<(), Refusal>>) {
+        self.barrier = None;
+        self.acks.restore_open(answers);
+    }
+
+    /// A batch the marker marked, or its end.
+    fn on_marked(&mut self, c: Option<Confirmed>) -> Result<(), PipelineError> {
+        match c {
+            Some(c) => {
+                self.on_confirmed(c);
+                Ok(())
+            }
+            None => Err(PipelineError::MarkerStopped("its channel closed".into())),
         }
     }
 
@@ -470,6 +446,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     }
 
     fn on_prepared(&mut self, r: Result<(), PrepareError>) -> Result<(), PipelineError> {
+        self.preparing = None;
         match r {
             Ok(()) => {
                 if let Some(p) = self.pending.as_mut() {
@@ -544,6 +521,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
 
     /// The probe's answer: accepted (it was refused only for a batch-mate) or poison.
     async fn on_probed(&mut self, r: Result<(), Refusal>) -> Result<(), PipelineError> {
+        self.probe = None;
         let p = self.pending.take().expect("a probe is pending");
         self.suspects.answered(&p.event.row.id);
         match r {
@@ -692,6 +670,14 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             tracing::warn!(source = %name, "the marker did not finish in time; its last batch will be replayed");
         }
     }
+}
+
+/// The marker's task ended: nothing would be confirmed any more.
+fn marker_ended(r: Result<(), tokio::task::JoinError>) -> PipelineError {
+    PipelineError::MarkerStopped(match r {
+        Ok(()) => "it returned".into(),
+        Err(e) => e.to_string(),
+    })
 }
 
 #[cfg(test)]
