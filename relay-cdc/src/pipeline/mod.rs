@@ -100,6 +100,14 @@ pub struct Pipeline {
     pub suspects: poison::Suspects,
 }
 
+/// The delays between restarts: 250 ms doubling up to `max`; retries never run out.
+fn restart_delays(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max)
+        .without_max_times()
+}
+
 /// A session that ran this long was no failure loop: the backoff starts over.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
@@ -113,11 +121,7 @@ impl Pipeline {
         let name = self.source.name.clone();
         let _watch =
             housekeeping::beside_source(&self.status, self.settings.pipeline.stall_timeout());
-        // 250 ms doubling up to `pipeline.max_backoff_ms`; retries never run out.
-        let delays = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(self.settings.pipeline.max_backoff())
-            .without_max_times();
+        let delays = restart_delays(self.settings.pipeline.max_backoff());
         let mut backoffs = delays.build();
         let mut backoff = backoffs.next().expect("a backoff without a limit of tries");
         let mut confirmed = Lsn::from_u64(0);
@@ -260,6 +264,16 @@ mod tests {
             refused: false,
         });
         assert_eq!(next_step(&down), Next::Retry);
+    }
+
+    #[test]
+    fn restarts_back_off_from_a_quarter_second_doubling_up_to_the_maximum() {
+        let ms: Vec<u128> = restart_delays(Duration::from_secs(5))
+            .build()
+            .take(8)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
     }
 
     #[test]
