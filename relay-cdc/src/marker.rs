@@ -17,9 +17,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::stream::{FuturesOrdered, StreamExt};
 use pgwire_replication::Lsn;
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -52,6 +54,14 @@ pub struct Confirmed {
     pub bytes: usize,
 }
 
+/// The marker task as the stream loop sees it: items in, confirmations out, and its
+/// handle (its end, for any reason, ends the session: confirmations would stop).
+pub struct MarkerLink {
+    pub tx: Option<mpsc::UnboundedSender<MarkItem>>,
+    pub rx: mpsc::UnboundedReceiver<Confirmed>,
+    pub task: JoinHandle<()>,
+}
+
 /// A batch being marked: resolves to its connection (for reuse) and what it confirms.
 type MarkingBatch<'a> = Pin<Box<dyn Future<Output = (Option<MarkConn>, Confirmed)> + Send + 'a>>;
 
@@ -72,6 +82,17 @@ pub struct Marker {
 }
 
 impl Marker {
+    /// Runs the marker as a task of its own, linked to the stream loop.
+    pub fn spawn(self) -> MarkerLink {
+        let (tx, items) = mpsc::unbounded_channel();
+        let (confirmed, rx) = mpsc::unbounded_channel();
+        MarkerLink {
+            tx: Some(tx),
+            rx,
+            task: tokio::spawn(self.run(items, confirmed)),
+        }
+    }
+
     /// Runs until `items` closes, then flushes what it holds and returns.
     ///
     /// Up to `pipeline.mark_connections` batches are marked at once, each on a
@@ -86,11 +107,7 @@ impl Marker {
             .map(|_| None)
             .collect();
         let mut marking: FuturesOrdered<MarkingBatch<'_>> = FuturesOrdered::new();
-        let mut retention_client: Option<Client> = None;
         let this = &self;
-        let every = Duration::from_secs(self.pipeline.retention_seconds.clamp(1, 30));
-        let mut retention = tokio::time::interval(every);
-        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         while open || !marking.is_empty() {
             tokio::select! {
@@ -101,11 +118,7 @@ impl Marker {
                         return;
                     }
                 }
-                // 2. Retention when it is due (also under constant load).
-                _ = retention.tick(), if self.pipeline.retention_seconds > 0 => {
-                    self.retention(&mut retention_client).await;
-                }
-                // 3. A new batch while a connection is free: gather until it is full or
+                // 2. A new batch while a connection is free: gather until it is full or
                 //    the interval passed.
                 item = items.recv(), if open && !idle.is_empty() => {
                     let Some(first) = item else {
@@ -196,7 +209,12 @@ impl Marker {
         );
         let mut ids = ids.to_vec();
         let mut unseen_since: Option<std::time::Instant> = None;
-        let mut backoff = Duration::from_millis(100);
+        // 100 ms doubling up to `pipeline.max_backoff_ms`, for connecting and marking alike.
+        let mut backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(self.pipeline.max_backoff())
+            .without_max_times()
+            .build();
         loop {
             if client.as_ref().is_none_or(|c| c.client.is_closed()) {
                 let connected = async {
@@ -215,8 +233,10 @@ impl Marker {
                         }
                         tracing::warn!(source = %name, error = %e, "marker cannot connect; retrying");
                         self.metrics.mark_failures.with_label_values(&[name]).inc();
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.pipeline.max_backoff());
+                        tokio::time::sleep(
+                            backoff.next().expect("a backoff without a limit of tries"),
+                        )
+                        .await;
                         continue;
                     }
                 }
@@ -258,45 +278,8 @@ impl Marker {
                     tracing::warn!(source = %name, rows = ids.len(), error = %source::pg_reason(&e), "marking PROCESSED failed; retrying");
                     self.metrics.mark_failures.with_label_values(&[name]).inc();
                     client = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.pipeline.max_backoff());
-                }
-            }
-        }
-    }
-
-    /// Deletes PROCESSED rows older than the retention, 1000 at a time.
-    async fn retention(&self, client: &mut Option<Client>) {
-        let name = &self.source.name;
-        if client.as_ref().is_none_or(Client::is_closed) {
-            match source::connect(&self.source).await {
-                Ok(c) => *client = Some(c),
-                Err(_) => return,
-            }
-        }
-        let c = client.as_ref().expect("connected above");
-        let sql = format!(
-            "delete from \"{s}\".\"{t}\" where id in (select id from \"{s}\".\"{t}\" \
-             where status = 'PROCESSED' and processed_at < now() - make_interval(secs => $1) limit 1000)",
-            s = self.source.schema,
-            t = self.source.table
-        );
-        let age = self.pipeline.retention_seconds as f64;
-        loop {
-            match c.execute(&sql, &[&age]).await {
-                Ok(n) => {
-                    self.metrics
-                        .retention_deleted
-                        .with_label_values(&[name])
-                        .inc_by(n);
-                    if n < 1000 {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(source = %name, error = %source::pg_reason(&e), "retention delete failed");
-                    *client = None;
-                    return;
+                    tokio::time::sleep(backoff.next().expect("a backoff without a limit of tries"))
+                        .await;
                 }
             }
         }

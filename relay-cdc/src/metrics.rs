@@ -281,3 +281,35 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// One source's handles on the stream loop's hot path (looked up once per session).
+pub struct StreamMeters {
+    pub published: prometheus::IntCounter,
+    pub dead_lettered: prometheus::IntCounter,
+    pub poison: prometheus::IntCounter,
+    pub delivery_failures: prometheus::IntCounter,
+    pub in_flight: prometheus::IntGauge,
+    pub in_flight_bytes: prometheus::IntGauge,
+    pub confirmed_lsn: prometheus::IntGauge,
+    pub commit_to_ack: prometheus::Histogram,
+    pub backlog: prometheus::IntGauge,
+    pub skipped: prometheus::IntCounter,
+}
+
+impl StreamMeters {
+    pub fn new(m: &Metrics, source: &str) -> Self {
+        let l = [source];
+        Self {
+            published: m.events_published.with_label_values(&l),
+            dead_lettered: m.dead_lettered.with_label_values(&l),
+            poison: m.publish_failures.with_label_values(&[source, "poison"]),
+            delivery_failures: m.publish_failures.with_label_values(&[source, "delivery"]),
+            in_flight: m.records_in_flight.with_label_values(&l),
+            in_flight_bytes: m.bytes_in_flight.with_label_values(&l),
+            confirmed_lsn: m.confirmed_lsn.with_label_values(&l),
+            commit_to_ack: m.commit_to_ack.with_label_values(&l),
+            backlog: m.mark_backlog.with_label_values(&l),
+            skipped: m.skipped.with_label_values(&l),
+        }
+    }
+}

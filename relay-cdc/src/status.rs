@@ -1,7 +1,15 @@
 //! What each source is doing, shared by its pipeline, its housekeeping task and the
-//! admin port: the lifecycle state, the watchdog's stamps, and the newest source time
-//! fully handled. Gauges derived from it (lag in seconds, the oldest unacked record,
-//! stalled) are computed when they are read, so they never freeze with a stuck task.
+//! admin port: the lifecycle state, the watchdog's stamps and its rule, and the newest
+//! source time fully handled. Gauges derived from it (lag in seconds, the oldest unacked
+//! record, stalled) are computed when they are read, so they never freeze with a stuck
+//! task.
+//!
+//! The pipeline writes here and the admin port reads; nothing here reads the pipeline.
+//!
+//! Invariant: a source is *stalled* when the oldest thing it waits for (an ack, a
+//! marking, a heartbeat coming back through the slot) is older than
+//! `pipeline.stall_timeout_ms`. Every way the stream loop can stop making progress ends
+//! in one of these three waits.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +17,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::metrics::Metrics;
-use crate::pipeline::progress::{Stage, Watchdog};
+
+/// The wall clock in Unix microseconds (source times are compared with it).
+pub fn now_unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
 
 /// A source's lifecycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +57,68 @@ impl State {
             State::Halted { .. } => "halted",
             State::Stopped => "stopped",
         }
+    }
+}
+
+/// The stage a stalled source waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Records were sent and Kafka has not acked the oldest of them.
+    KafkaAcks,
+    /// Kafka acked, and the PROCESSED update has not finished.
+    Marking,
+    /// Heartbeats were written to the source and none came back through the slot
+    /// (walsender, network, or the relay's own loop).
+    Replication,
+    /// The pipeline keeps failing and restarting without streaming.
+    Restarting,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::KafkaAcks => "kafka acks",
+            Stage::Marking => "marking",
+            Stage::Replication => "replication",
+            Stage::Restarting => "restarting",
+        })
+    }
+}
+
+/// What the watchdog knows: when each oldest wait began.
+#[derive(Debug, Clone, Default)]
+pub struct Watchdog {
+    pub oldest_unacked: Option<Instant>,
+    pub oldest_unmarked: Option<Instant>,
+    /// The oldest heartbeat written since the stream last delivered anything.
+    pub unseen_heartbeat: Option<Instant>,
+    /// Since when the pipeline has failed to stream (restarting), if it does.
+    pub not_streaming_since: Option<Instant>,
+}
+
+impl Watchdog {
+    pub fn heartbeat_written(&mut self, at: Instant) {
+        self.unseen_heartbeat.get_or_insert(at);
+    }
+
+    /// The stream delivered WAL: every heartbeat written before now has been read or
+    /// will be right behind it.
+    pub fn received(&mut self) {
+        self.unseen_heartbeat = None;
+    }
+
+    /// The stalled stage and for how long, if any wait is older than `timeout`.
+    /// The earliest stage in the pipeline wins: marking waits behind Kafka, never ahead.
+    pub fn stall(&self, now: Instant, timeout: Duration) -> Option<(Stage, Duration)> {
+        [
+            (Stage::Restarting, self.not_streaming_since),
+            (Stage::KafkaAcks, self.oldest_unacked),
+            (Stage::Marking, self.oldest_unmarked),
+            (Stage::Replication, self.unseen_heartbeat),
+        ]
+        .into_iter()
+        .filter_map(|(stage, since)| Some((stage, now.saturating_duration_since(since?))))
+        .find(|(_, age)| *age >= timeout)
     }
 }
 
@@ -160,7 +237,7 @@ pub struct Health {
 
 impl Health {
     pub fn new(names: &[String], stall_timeout: Duration) -> Self {
-        let now = crate::pipeline::now_unix_micros();
+        let now = now_unix_micros();
         Self {
             sources: names
                 .iter()
@@ -175,13 +252,11 @@ impl Health {
             .iter()
             .find(|s| s.name == name)
             .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(SourceStatus::new(name, crate::pipeline::now_unix_micros()))
-            })
+            .unwrap_or_else(|| Arc::new(SourceStatus::new(name, now_unix_micros())))
     }
 
     pub fn snapshots(&self) -> Vec<(String, Snapshot)> {
-        let (now, micros) = (Instant::now(), crate::pipeline::now_unix_micros());
+        let (now, micros) = (Instant::now(), now_unix_micros());
         self.sources
             .iter()
             .map(|s| (s.name.clone(), s.snapshot(now, micros, self.stall_timeout)))
@@ -316,5 +391,64 @@ mod tests {
         let a = s.snapshot(Instant::now(), 3_000_000, Duration::from_secs(60));
         let b = s.snapshot(Instant::now(), 5_000_000, Duration::from_secs(60));
         assert_eq!((a.lag_seconds, b.lag_seconds), (2.0, 4.0));
+    }
+
+    #[test]
+    fn an_ack_that_never_comes_trips_the_watchdog_naming_kafka() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(60);
+        let w = Watchdog {
+            oldest_unacked: Some(t0),
+            // Marking waits behind Kafka: an older unmarked unit still names Kafka first.
+            oldest_unmarked: Some(t0),
+            ..Watchdog::default()
+        };
+        assert_eq!(w.stall(t0 + Duration::from_secs(59), timeout), None);
+        assert_eq!(
+            w.stall(t0 + Duration::from_secs(61), timeout),
+            Some((Stage::KafkaAcks, Duration::from_secs(61)))
+        );
+    }
+
+    #[test]
+    fn a_marking_wait_past_the_timeout_names_marking() {
+        let t0 = Instant::now();
+        let w = Watchdog {
+            oldest_unacked: Some(t0 + Duration::from_secs(50)),
+            oldest_unmarked: Some(t0),
+            ..Watchdog::default()
+        };
+        let (stage, _) = w
+            .stall(t0 + Duration::from_secs(70), Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(stage, Stage::Marking);
+    }
+
+    #[test]
+    fn heartbeats_that_never_come_back_name_replication_until_wal_arrives() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut w = Watchdog::default();
+        w.heartbeat_written(t0);
+        w.heartbeat_written(t0 + Duration::from_secs(5));
+        assert_eq!(
+            w.stall(t0 + Duration::from_secs(11), timeout).map(|s| s.0),
+            Some(Stage::Replication),
+            "the oldest unseen heartbeat counts"
+        );
+        w.received();
+        assert_eq!(w.stall(t0 + Duration::from_secs(11), timeout), None);
+    }
+
+    #[test]
+    fn an_idle_source_is_never_stalled() {
+        let w = Watchdog::default();
+        assert_eq!(
+            w.stall(
+                Instant::now() + Duration::from_secs(3600),
+                Duration::from_secs(1)
+            ),
+            None
+        );
     }
 }

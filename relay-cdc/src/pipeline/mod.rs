@@ -4,12 +4,17 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `mod.rs` (this) | the supervisor: what each error leads to ([`next_step`]: halt, stand by, retry with backoff) |
-//! | [`session`] | one session: preflight, slot, the `select!` loop, teardown |
+//! | `mod.rs` (this) | the supervisor: what each error leads to ([`next_step`]: halt, stand by, retry with backoff); carries the confirmed position between sessions |
+//! | [`session`] | one session: preflight, start, teardown |
+//! | [`streamer`] | the `select!` loop: each arm one call on a state value |
 //! | [`stream`] | the stream's rules as a pure state machine |
-//! | [`progress`] | in-flight counts, the confirmed position, the watchdog, the final slot advance |
+//! | [`acks`] | the deliveries of each unit, answered in commit order |
+//! | [`progress`] | in-flight counts, the units waiting for the marker, the confirmed position |
+//! | [`poison`] | the poison rule and its suspects, for streaming and reconciliation |
+//! | [`slot`] | slot lookup, creation, failover flag, the final position |
 //! | [`reconcile`] | slot creation with an exported snapshot and PENDING rows, crash-safe |
-//! | [`housekeeping`] | heartbeats, lag in bytes, the stall and halt warnings |
+//! | [`housekeeping`] | heartbeats, lag in bytes, retention, the stall and halt warnings |
+//! | [`error`] | why a session ended |
 //!
 //! Invariants (details where they are kept):
 //! - Records are enqueued in commit order, rows of one transaction in insert order.
@@ -21,111 +26,29 @@
 //!   everything it was sent, and rows acked but not yet marked cannot be marked any
 //!   more (marking needs a new connection). The unconfirmed tail is replayed after.
 
+pub mod acks;
+pub mod error;
 pub mod housekeeping;
+pub mod poison;
 pub mod progress;
 pub mod reconcile;
 pub mod session;
+pub mod slot;
 pub mod stream;
+pub mod streamer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use pgwire_replication::Lsn;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+pub use error::PipelineError;
 
 use crate::config::{Settings, SourceSettings};
 use crate::metrics::Metrics;
-use crate::source::SourceError;
 use crate::status::{SourceStatus, State};
-
-#[derive(Debug, Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("replication: {0}")]
-    Replication(#[from] pgwire_replication::PgWireError),
-    #[error("kafka: {0}")]
-    Kafka(String),
-    #[error(transparent)]
-    Stream(#[from] stream::StreamError),
-    #[error("kafka refused a record: {0}")]
-    Delivery(String),
-    #[error("poison record, event {event_id}: {reason}")]
-    Poison { event_id: String, reason: String },
-    #[error("{0}")]
-    TopicRefused(String),
-    #[error("the marker stopped ({0}); confirmations would stop with it")]
-    MarkerStopped(String),
-    #[error("the replication stream ended")]
-    StreamEnded,
-    #[error("kafka refused {0} record(s) for good; replaying to try each alone")]
-    Replay(usize),
-    #[error("slot {0} is held by another session (standby: waiting)")]
-    SlotBusy(String),
-    #[error("the server is shutting down; ending the replication session so it can stop")]
-    ServerGoingAway,
-    #[error("{0}")]
-    Fenced(String),
-    #[error("{0}")]
-    CheckpointAhead(String),
-    /// PostgreSQL or Kafka refused the relay itself: wrong password, a certificate that
-    /// does not verify, plaintext where TLS is required, a missing grant or ACL.
-    #[error("access refused: {0}")]
-    AccessRefused(String),
-}
-
-impl PipelineError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Source(_) => "source",
-            Self::Replication(_) => "replication",
-            Self::Kafka(_) | Self::Delivery(_) => "kafka",
-            Self::Stream(_) => "decode",
-            Self::Poison { .. } => "poison",
-            Self::TopicRefused(_) => "topic_refused",
-            Self::MarkerStopped(_) => "marker",
-            Self::StreamEnded => "stream_ended",
-            Self::SlotBusy(_) => "slot_busy",
-            Self::Replay(_) => "replay",
-            Self::ServerGoingAway => "server_going_away",
-            Self::Fenced(_) => "fenced",
-            Self::CheckpointAhead(_) => "checkpoint_ahead",
-            Self::AccessRefused(_) => "access_refused",
-        }
-    }
-
-    /// Why the servers refused the relay itself, if they did: retrying with the same
-    /// credentials, certificates and grants cannot help.
-    pub fn access_refused(&self) -> Option<String> {
-        match self {
-            Self::AccessRefused(why) => Some(why.clone()),
-            Self::Source(e) => e.access_refused().then(|| e.to_string()),
-            Self::Replication(e) => replication_refused(e).then(|| format!("replication: {e}")),
-            Self::TopicRefused(why) if kafka_not_authorized(why) => Some(why.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// A replication connection the server refused for who the relay is, or a TLS handshake
-/// that failed (a certificate that does not verify, no TLS where it is required).
-pub fn replication_refused(e: &pgwire_replication::PgWireError) -> bool {
-    use pgwire_replication::PgWireError as E;
-    match e {
-        E::Auth(_) | E::Tls(_) => true,
-        E::Server(m) => crate::source::REFUSED_SQLSTATES
-            .iter()
-            .any(|code| m.contains(code)),
-        _ => false,
-    }
-}
-
-/// Kafka's answer means the relay's principal lacks an ACL.
-pub fn kafka_not_authorized(reason: &str) -> bool {
-    let r = reason.to_ascii_lowercase();
-    r.contains("authorization failed") || r.contains("not authorized")
-}
 
 /// What the supervisor does after a session ended with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,22 +96,38 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub status: Arc<SourceStatus>,
     pub shutdown: watch::Receiver<bool>,
-    /// Records Kafka refused for good, to be tried alone (see `session`).
-    pub suspects: session::Suspects,
+    /// Records Kafka refused for good, to be tried alone (see [`poison`]).
+    pub suspects: poison::Suspects,
 }
+
+/// The delays between restarts: 250 ms doubling up to `max`; retries never run out.
+fn restart_delays(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max)
+        .without_max_times()
+}
+
+/// A session that ran this long was no failure loop: the backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 impl Pipeline {
     /// Runs the source until shutdown, or until it halts.
+    ///
+    /// The supervisor carries the position its sessions confirmed from one session to
+    /// the next (0/0: nothing yet): a session tells by it whether the slot it finds is
+    /// the one it left (see [`slot::look_up`]).
     pub async fn run(mut self) {
         let name = self.source.name.clone();
-        let _watch = AbortOnDrop(tokio::spawn(housekeeping::watch(
-            self.status.clone(),
-            self.settings.pipeline.stall_timeout(),
-        )));
-        let mut backoff = Duration::from_millis(250);
+        let _watch =
+            housekeeping::beside_source(&self.status, self.settings.pipeline.stall_timeout());
+        let delays = restart_delays(self.settings.pipeline.max_backoff());
+        let mut backoffs = delays.build();
+        let mut backoff = backoffs.next().expect("a backoff without a limit of tries");
+        let mut confirmed = Lsn::from_u64(0);
         loop {
             let started = Instant::now();
-            let result = session::run(&self).await;
+            let result = session::run(&self, &mut confirmed).await;
             let error = match result {
                 Ok(()) => {
                     self.status.set_state(State::Stopped);
@@ -226,8 +165,9 @@ impl Pipeline {
                     });
                 }
             }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(250);
+            if started.elapsed() > HEALTHY_SESSION {
+                backoffs = delays.build();
+                backoff = backoffs.next().expect("a backoff without a limit of tries");
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -237,30 +177,15 @@ impl Pipeline {
                 self.status.set_state(State::Stopped);
                 return;
             }
-            backoff = (backoff * 2).min(self.settings.pipeline.max_backoff());
+            backoff = backoffs.next().expect("a backoff without a limit of tries");
         }
-    }
-}
-
-pub fn now_unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// Aborts a spawned task when dropped, so a failed session leaves nothing running.
-pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceError;
 
     #[test]
     fn poison_and_refused_topics_halt_instead_of_looping() {
@@ -339,6 +264,16 @@ mod tests {
             refused: false,
         });
         assert_eq!(next_step(&down), Next::Retry);
+    }
+
+    #[test]
+    fn restarts_back_off_from_a_quarter_second_doubling_up_to_the_maximum() {
+        let ms: Vec<u128> = restart_delays(Duration::from_secs(5))
+            .build()
+            .take(8)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(ms, [250, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
     }
 
     #[test]

@@ -1,21 +1,17 @@
-//! Progress of one source: the in-flight counts that bound reading, the confirmed
-//! position, the watchdog that names a stuck stage, and the final slot advance.
+//! Progress of one session: the in-flight counts that bound reading, the units waiting
+//! for the marker, and the confirmed position, its one owner in a session (the
+//! supervisor carries it to the next one).
 //!
-//! Invariants:
-//! - The confirmed LSN only moves forward, and only to the end of a unit (transaction
-//!   or heartbeat) that Kafka acked and the marker marked, with every unit before it.
-//! - A source is *stalled* when the oldest thing it waits for (an ack, a marking, a
-//!   heartbeat coming back through the slot) is older than `pipeline.stall_timeout_ms`.
-//!   Every way the loop can stop making progress ends in one of these three waits.
+//! Invariant: the confirmed LSN only moves forward, and only to the end of a unit
+//! (transaction or heartbeat) that Kafka acked and the marker marked, with every unit
+//! before it.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pgwire_replication::Lsn;
 
-use crate::config::SourceSettings;
 use crate::marker::Confirmed;
-use crate::source;
 
 /// Records and bytes sent and not yet confirmed, and what was confirmed.
 #[derive(Debug, Default)]
@@ -78,102 +74,10 @@ impl Progress {
     }
 }
 
-/// The stage a stalled source waits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Records were sent and Kafka has not acked the oldest of them.
-    KafkaAcks,
-    /// Kafka acked, and the PROCESSED update has not finished.
-    Marking,
-    /// Heartbeats were written to the source and none came back through the slot
-    /// (walsender, network, or the relay's own loop).
-    Replication,
-    /// The pipeline keeps failing and restarting without streaming.
-    Restarting,
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Stage::KafkaAcks => "kafka acks",
-            Stage::Marking => "marking",
-            Stage::Replication => "replication",
-            Stage::Restarting => "restarting",
-        })
-    }
-}
-
-/// What the watchdog knows: when each oldest wait began.
-#[derive(Debug, Clone, Default)]
-pub struct Watchdog {
-    pub oldest_unacked: Option<Instant>,
-    pub oldest_unmarked: Option<Instant>,
-    /// The oldest heartbeat written since the stream last delivered anything.
-    pub unseen_heartbeat: Option<Instant>,
-    /// Since when the pipeline has failed to stream (restarting), if it does.
-    pub not_streaming_since: Option<Instant>,
-}
-
-impl Watchdog {
-    pub fn heartbeat_written(&mut self, at: Instant) {
-        self.unseen_heartbeat.get_or_insert(at);
-    }
-
-    /// The stream delivered WAL: every heartbeat written before now has been read or
-    /// will be right behind it.
-    pub fn received(&mut self) {
-        self.unseen_heartbeat = None;
-    }
-
-    /// The stalled stage and for how long, if any wait is older than `timeout`.
-    /// The earliest stage in the pipeline wins: marking waits behind Kafka, never ahead.
-    pub fn stall(&self, now: Instant, timeout: Duration) -> Option<(Stage, Duration)> {
-        [
-            (Stage::Restarting, self.not_streaming_since),
-            (Stage::KafkaAcks, self.oldest_unacked),
-            (Stage::Marking, self.oldest_unmarked),
-            (Stage::Replication, self.unseen_heartbeat),
-        ]
-        .into_iter()
-        .filter_map(|(stage, since)| Some((stage, now.saturating_duration_since(since?))))
-        .find(|(_, age)| *age >= timeout)
-    }
-}
-
-/// Makes the final confirmed position reach the server once the session ended:
-/// pgwire-replication 0.5 ends a session with CopyDone but without a last status
-/// update, so without this the final acks would be replayed after every restart.
-pub async fn persist_final_position(source: &SourceSettings, slot: &str, lsn: Lsn) -> bool {
-    let name = &source.name;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let attempt = async {
-            let c = source::connect(source).await?;
-            match source::slot_state(&c, slot).await? {
-                Some(st) if st.active => Ok(false),
-                _ => source::advance_slot(&c, slot, lsn).await.map(|_| true),
-            }
-        };
-        match attempt.await {
-            Ok(true) => {
-                tracing::info!(source = %name, lsn = %lsn, "final position confirmed");
-                return true;
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(source = %name, error = %e, "could not persist the final position")
-            }
-        }
-        if Instant::now() > deadline {
-            tracing::warn!(source = %name, lsn = %lsn, "gave up persisting the final position; it will be replayed");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn confirmed(lsn: u64, records: usize) -> Confirmed {
@@ -211,64 +115,5 @@ mod tests {
         assert_eq!(p.oldest_unmarked(), Some(t0 + Duration::from_secs(1)));
         p.on_confirmed(&confirmed(0x200, 0));
         assert_eq!(p.oldest_unmarked(), None);
-    }
-
-    #[test]
-    fn an_ack_that_never_comes_trips_the_watchdog_naming_kafka() {
-        let t0 = Instant::now();
-        let timeout = Duration::from_secs(60);
-        let w = Watchdog {
-            oldest_unacked: Some(t0),
-            // Marking waits behind Kafka: an older unmarked unit still names Kafka first.
-            oldest_unmarked: Some(t0),
-            ..Watchdog::default()
-        };
-        assert_eq!(w.stall(t0 + Duration::from_secs(59), timeout), None);
-        assert_eq!(
-            w.stall(t0 + Duration::from_secs(61), timeout),
-            Some((Stage::KafkaAcks, Duration::from_secs(61)))
-        );
-    }
-
-    #[test]
-    fn a_marking_wait_past_the_timeout_names_marking() {
-        let t0 = Instant::now();
-        let w = Watchdog {
-            oldest_unacked: Some(t0 + Duration::from_secs(50)),
-            oldest_unmarked: Some(t0),
-            ..Watchdog::default()
-        };
-        let (stage, _) = w
-            .stall(t0 + Duration::from_secs(70), Duration::from_secs(60))
-            .unwrap();
-        assert_eq!(stage, Stage::Marking);
-    }
-
-    #[test]
-    fn heartbeats_that_never_come_back_name_replication_until_wal_arrives() {
-        let t0 = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let mut w = Watchdog::default();
-        w.heartbeat_written(t0);
-        w.heartbeat_written(t0 + Duration::from_secs(5));
-        assert_eq!(
-            w.stall(t0 + Duration::from_secs(11), timeout).map(|s| s.0),
-            Some(Stage::Replication),
-            "the oldest unseen heartbeat counts"
-        );
-        w.received();
-        assert_eq!(w.stall(t0 + Duration::from_secs(11), timeout), None);
-    }
-
-    #[test]
-    fn an_idle_source_is_never_stalled() {
-        let w = Watchdog::default();
-        assert_eq!(
-            w.stall(
-                Instant::now() + Duration::from_secs(3600),
-                Duration::from_secs(1)
-            ),
-            None
-        );
     }
 }

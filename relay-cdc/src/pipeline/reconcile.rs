@@ -21,9 +21,10 @@ use std::time::Instant;
 use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use uuid::Uuid;
 
-use super::session::{make_failover_slot, slot_busy_or};
-use super::{Pipeline, PipelineError};
-use crate::config::PoisonPolicy;
+use super::error::PipelineError;
+use super::poison::{self, BeforeSending, Finding, Verdict};
+use super::slot::{self, SlotOptions};
+use super::Pipeline;
 use crate::marker::Marker;
 use crate::pgoutput::OutboxRow;
 use crate::sink::{CommitMeta, Delivery, Event, Refusal, SendError, Sink};
@@ -32,33 +33,8 @@ use crate::source::SourceError;
 /// Rows read and published per page of the snapshot.
 const PAGE_ROWS: i64 = 2000;
 
-/// The temporary slot's name: the permanent one's, marked (and within 63 characters).
-pub fn temporary_slot_name(slot: &str) -> String {
-    let base: String = slot.chars().take(58).collect();
-    format!("{base}_init")
-}
-
 /// Creates the slot (through a temporary one), publishing the rows left PENDING
 /// before it, then starts streaming from the slot's consistent point.
-/// How to create the slot on this server.
-#[derive(Debug, Clone, Copy)]
-pub struct SlotOptions {
-    /// `server_version_num`: the replication command's syntax depends on it.
-    pub version: i32,
-    /// Make it a failover slot (PostgreSQL 17+).
-    pub failover: bool,
-}
-
-/// `CREATE_REPLICATION_SLOT` of the temporary slot with an exported snapshot: the
-/// parenthesised options came with PostgreSQL 15; 14 knows only the older keywords.
-pub fn create_temporary_slot_command(temp: &str, version: i32) -> String {
-    if version < 150_000 {
-        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
-    } else {
-        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
-    }
-}
-
 pub async fn create_slot_and_reconcile<S: Sink>(
     p: &Pipeline,
     config: ReplicationConfig,
@@ -75,30 +51,10 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         ))
         .into());
     }
-    let temp = temporary_slot_name(&slot);
-    let mut repl = ReplicationClient::connect_gated(config).await?;
-    let rows = repl
-        .simple_query(&create_temporary_slot_command(&temp, options.version))
-        .await
-        .map_err(|e| slot_busy_or(e, &slot))?;
-    let text = |i: usize| {
-        rows.first()
-            .and_then(|r| r.get(i).cloned().flatten())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
-    let (consistent_point, snapshot) = (text(1), text(2));
-    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(
-            SourceError::Prerequisite(format!("unexpected snapshot name {snapshot:?}")).into(),
-        );
-    }
-    let start = pgwire_replication::Lsn::parse(&consistent_point).map_err(|e| {
-        SourceError::Prerequisite(format!(
-            "unexpected consistent point {consistent_point:?}: {e}"
-        ))
-    })?;
-    tracing::info!(source = %name, slot = %temp, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
+    let temp = slot::create_temporary(config, &slot, options.version).await?;
+    let (start, snapshot) = (temp.consistent_point, temp.snapshot.clone());
+    let consistent_point = start.to_string();
+    tracing::info!(source = %name, slot = %temp.name, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
 
     let sql = format!(
         // The trace context and headers columns are optional (migration 0005): read
@@ -207,10 +163,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
             // the next one reconciles again, trying each refused record alone.
             tracing::warn!(source = %name, records = page.refused.len(), "kafka refused records for good during reconciliation; redoing it, each of them alone");
             let n = page.refused.len();
-            p.suspects
-                .lock()
-                .expect("not poisoned")
-                .extend(page.refused.into_iter().map(|id| (id, None)));
+            p.suspects.suspect(page.refused);
             return Err(PipelineError::Replay(n));
         }
         total += events.len();
@@ -224,32 +177,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         tracing::info!(source = %name, events = total, "published rows left PENDING before the slot existed");
     }
     // Reconciliation is complete: only now does the permanent slot exist.
-    client
-        .execute(
-            "select pg_copy_logical_replication_slot($1, $2, false)",
-            &[&temp, &slot],
-        )
-        .await
-        .map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                PipelineError::SlotBusy(slot.clone())
-            } else {
-                SourceError::from(e).into()
-            }
-        })?;
-    repl.simple_query(&format!("DROP_REPLICATION_SLOT \"{temp}\""))
-        .await?;
-    // pg_copy_logical_replication_slot never copies the failover flag: set it now. A
-    // failure here leaves a plain slot, which the next session turns into a failover one.
-    if options.failover {
-        make_failover_slot(&mut repl, &slot).await?;
-    }
-    tracing::info!(source = %name, slot = %slot, consistent_point = %consistent_point, failover = options.failover, "created slot");
-    repl.start().await?;
-    repl.wait_started()
-        .await
-        .map_err(|e| slot_busy_or(e, &slot))?;
-    Ok(repl)
+    slot::make_permanent(client, temp, &slot, options, name).await
 }
 
 /// Waits for a transactional sink's commit (nothing to wait for otherwise).
@@ -276,78 +204,70 @@ struct Page {
 /// letter (and carries the payload).
 type InFlight = (usize, Delivery, Option<bool>);
 
-/// Publishes one page and waits for its acks. Poison follows `kafka.poison` as in the
-/// stream; a record Kafka refused in an earlier attempt is sent alone, after
-/// everything before it was answered, so its refusal is its own.
+/// Publishes one page and waits for its acks. Poison follows the one rule of
+/// [`poison`], as in the stream; a record Kafka refused in an earlier attempt is sent
+/// alone, after everything before it was answered, so its refusal is its own.
 async fn publish_page<S: Sink>(
     p: &Pipeline,
     sink: &mut S,
     events: &[Event],
     page: &mut Page,
 ) -> Result<(), PipelineError> {
-    let policy = p.settings.kafka.poison;
     let max = p.settings.kafka.max_record_bytes;
     let mut in_flight: Vec<InFlight> = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        if let Some(reason) = e.unsendable(max) {
-            if policy == PoisonPolicy::Stop {
-                // Halting: what was sent before it is answered (and marked) first.
-                settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
+        let alone = match poison::before_sending(e.unsendable(max), p.suspects.of(&e.row.id)) {
+            BeforeSending::Poison(reason) => {
+                // Known poison is dead-lettered now: no longer a suspect.
+                p.suspects.answered(&e.row.id);
+                let found = Finding::BeforeSending;
+                if let Some(d) =
+                    poisoned(p, sink, events, i, found, reason, &mut in_flight, page).await?
+                {
+                    in_flight.push(d);
+                }
+                continue;
             }
-            let d = dead_letter(p, sink, e, &reason, false, policy).await?;
-            in_flight.push((i, d, Some(false)));
-            continue;
-        }
+            BeforeSending::SendAlone => {
+                p.suspects.answered(&e.row.id);
+                true
+            }
+            BeforeSending::Send => false,
+        };
         if let Some(f) = sink.prepare(e) {
             f.await
                 .map_err(|e| PipelineError::TopicRefused(e.to_string()))?;
         }
-        let suspect = p.suspects.lock().expect("not poisoned").remove(&e.row.id);
-        if let Some(Some(reason)) = suspect {
-            // Known poison (refused alone in a transaction that was aborted for it).
-            if policy == PoisonPolicy::Stop {
-                settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
-            }
-            let d = dead_letter(p, sink, e, &reason, false, policy).await?;
-            in_flight.push((i, d, Some(false)));
-            continue;
-        }
-        let suspect = suspect.is_some();
-        if suspect {
+        if alone {
             settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
         }
         let d = match send_with_backoff(sink, |s| s.send(e)).await {
             Ok(d) => d,
             Err(SendError::Poison(reason)) => {
-                if policy == PoisonPolicy::Stop {
-                    settle(p, sink, events, std::mem::take(&mut in_flight), page).await?;
+                let found = Finding::BeforeSending;
+                if let Some(d) =
+                    poisoned(p, sink, events, i, found, reason, &mut in_flight, page).await?
+                {
+                    in_flight.push(d);
                 }
-                let d = dead_letter(p, sink, e, &reason, false, policy).await?;
-                in_flight.push((i, d, Some(false)));
                 continue;
             }
             Err(other) => return Err(PipelineError::Kafka(other.to_string())),
         };
-        if !suspect {
+        if !alone {
             in_flight.push((i, d, None));
             continue;
         }
         // Alone in flight: a refusal now is this record's own.
         match d.await {
             Ok(()) => page.acked.push(uuid_of(e)),
-            Err(Refusal::Poison { reason, .. })
-                if sink.transactional() && policy == PoisonPolicy::DeadLetter =>
-            {
-                // The refusal doomed the Kafka transaction: dead-letter it next time.
-                p.suspects
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(e.row.id.clone(), Some(reason));
-                return Err(PipelineError::Replay(1));
-            }
             Err(Refusal::Poison { reason, .. }) => {
-                let d = dead_letter(p, sink, e, &reason, true, policy).await?;
-                settle(p, sink, events, vec![(i, d, Some(true))], page).await?;
+                let found = Finding::Alone;
+                if let Some(d) =
+                    poisoned(p, sink, events, i, found, reason, &mut in_flight, page).await?
+                {
+                    settle(p, sink, events, vec![d], page).await?;
+                }
             }
             Err(Refusal::Fatal(why)) => return Err(PipelineError::Delivery(why)),
             Err(Refusal::Fenced(why)) => return Err(PipelineError::Fenced(why)),
@@ -364,23 +284,24 @@ async fn settle<S: Sink>(
     in_flight: Vec<InFlight>,
     page: &mut Page,
 ) -> Result<(), PipelineError> {
-    let policy = p.settings.kafka.poison;
     for (i, d, dead) in in_flight {
         let e = &events[i];
         match (d.await, dead) {
             (Ok(()), None) => page.acked.push(uuid_of(e)),
             (Ok(()), Some(_)) => page.dead.push(uuid_of(e)),
-            (Err(Refusal::Poison { .. }), None) => page.refused.push(e.row.id.clone()),
-            (Err(Refusal::Poison { reason, .. }), Some(true)) => {
-                // The dead-letter topic refused the payload: send it without.
-                dead_letter(p, sink, e, &reason, false, policy)
-                    .await?
-                    .await
-                    .map_err(|r| poison_error(e, &r.to_string()))?;
-                page.dead.push(uuid_of(e));
-            }
-            (Err(r @ Refusal::Poison { .. }), Some(false)) => {
-                return Err(poison_error(e, &r.to_string()))
+            (Err(Refusal::Poison { reason, .. }), found) => {
+                let found = match found {
+                    None => Finding::InBatch,
+                    Some(with_payload) => Finding::DeadLetterRefused {
+                        with_payload,
+                        by_kafka: true,
+                    },
+                };
+                let mut none = Vec::new();
+                let again = Box::pin(poisoned(p, sink, events, i, found, reason, &mut none, page));
+                if let Some(d) = again.await? {
+                    Box::pin(settle(p, sink, events, vec![d], page)).await?;
+                }
             }
             (Err(Refusal::Fatal(why)), _) => return Err(PipelineError::Delivery(why)),
             (Err(Refusal::Fenced(why)), _) => return Err(PipelineError::Fenced(why)),
@@ -393,36 +314,69 @@ fn uuid_of(e: &Event) -> Uuid {
     Uuid::parse_str(&e.row.id).expect("the outbox id column is a uuid")
 }
 
-async fn dead_letter<S: Sink>(
+/// Acts on what the poison rule says of record `i`, found as `finding`: its dead
+/// letter, sent (to be settled), or nothing more to wait for (a suspect, filed in
+/// `page`), or the error that ends reconciliation. A halt under `stop` (or for a
+/// missing ACL) first settles what was sent before the record.
+#[allow(clippy::too_many_arguments)]
+async fn poisoned<S: Sink>(
     p: &Pipeline,
     sink: &mut S,
-    e: &Event,
-    reason: &str,
-    with_payload: bool,
-    policy: PoisonPolicy,
-) -> Result<Delivery, PipelineError> {
-    p.metrics
-        .publish_failures
-        .with_label_values(&[&p.source.name, "poison"])
-        .inc();
-    if policy == PoisonPolicy::Stop {
-        return Err(poison_error(e, reason));
+    events: &[Event],
+    i: usize,
+    finding: Finding,
+    reason: String,
+    in_flight: &mut Vec<InFlight>,
+    page: &mut Page,
+) -> Result<Option<InFlight>, PipelineError> {
+    let e = &events[i];
+    let verdict = poison::judge(
+        p.settings.kafka.poison,
+        sink.transactional(),
+        finding,
+        &reason,
+    );
+    if verdict.counts() {
+        p.metrics
+            .publish_failures
+            .with_label_values(&[&p.source.name, "poison"])
+            .inc();
     }
-    tracing::warn!(source = %p.source.name, event_id = %e.row.id, reason = %reason, "poison record: sending it to the dead-letter topic");
-    send_with_backoff(sink, |s| s.dead_letter(e, reason, with_payload))
-        .await
-        .map_err(|err| {
-            poison_error(
-                e,
-                &format!("{reason}; the dead-letter topic refused it: {err}"),
-            )
-        })
-}
-
-fn poison_error(e: &Event, reason: &str) -> PipelineError {
-    PipelineError::Poison {
-        event_id: e.row.id.clone(),
-        reason: reason.to_string(),
+    if let Some(halt) = verdict.halts(&e.row.id, &reason) {
+        if verdict != Verdict::Halt {
+            // Halting: what was sent before it is answered (and marked) first.
+            Box::pin(settle(p, sink, events, std::mem::take(in_flight), page)).await?;
+        }
+        return Err(halt);
+    }
+    match verdict {
+        Verdict::DeadLetter { .. } | Verdict::ShrinkDeadLetter => {
+            let with_payload = verdict == Verdict::DeadLetter { with_payload: true };
+            tracing::warn!(source = %p.source.name, event_id = %e.row.id, reason = %reason, with_payload, "poison record: sending it to the dead-letter topic");
+            match send_with_backoff(sink, |s| s.dead_letter(e, &reason, with_payload)).await {
+                Ok(d) => Ok(Some((i, d, Some(with_payload)))),
+                Err(SendError::Poison(why)) => {
+                    let found = Finding::DeadLetterRefused {
+                        with_payload,
+                        by_kafka: false,
+                    };
+                    Box::pin(poisoned(p, sink, events, i, found, why, in_flight, page)).await
+                }
+                Err(other) => Err(PipelineError::Kafka(other.to_string())),
+            }
+        }
+        Verdict::TryAlone => {
+            page.refused.push(e.row.id.clone());
+            Ok(None)
+        }
+        Verdict::RememberAndReplay => {
+            // The refusal doomed the Kafka transaction: dead-letter it next time.
+            p.suspects.know(&e.row.id, &reason);
+            Err(PipelineError::Replay(1))
+        }
+        Verdict::AccessRefused | Verdict::Stop | Verdict::Halt => {
+            unreachable!("halting verdicts returned above")
+        }
     }
 }
 
@@ -436,31 +390,5 @@ async fn send_with_backoff<S: Sink>(
             Err(SendError::Full) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
             other => return other,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_temporary_slot_is_created_in_the_servers_own_syntax() {
-        assert_eq!(
-            create_temporary_slot_command("s_init", 140_023),
-            "CREATE_REPLICATION_SLOT \"s_init\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
-        );
-        for v in [150_019, 170_011, 180_006] {
-            assert!(
-                create_temporary_slot_command("s_init", v).ends_with("(SNAPSHOT 'export')"),
-                "{v}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_temporary_slot_name_is_marked_and_fits_postgres_limit() {
-        assert_eq!(temporary_slot_name("relay_users_db"), "relay_users_db_init");
-        let long = "s".repeat(63);
-        assert_eq!(temporary_slot_name(&long).len(), 63);
     }
 }

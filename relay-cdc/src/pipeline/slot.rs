@@ -1,0 +1,355 @@
+//! The source's replication slot: found at a session's start and held against what the
+//! supervisor confirmed before, streamed from, created through a temporary slot (for
+//! [`super::reconcile`]), made a failover slot, and advanced to the final position after
+//! a session ended.
+
+use std::time::{Duration, Instant};
+
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig};
+
+use super::error::PipelineError;
+use crate::config::{Endpoint, SourceSettings};
+use crate::metrics::Metrics;
+use crate::source::{self, SlotState, SourceError};
+
+/// The slot found at a session's start against what this process confirmed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotFinding {
+    /// Where this process left it, or a first start.
+    AsLeft,
+    /// Gone although progress was confirmed on it: a failover to a server without it.
+    Missing,
+    /// Behind the confirmed position (a synced copy): the gap is sent again.
+    Behind(Lsn),
+}
+
+/// `confirmed_before` is 0/0 when this process confirmed nothing yet.
+pub(super) fn slot_finding(state: Option<&SlotState>, confirmed_before: Lsn) -> SlotFinding {
+    match state {
+        None if confirmed_before.as_u64() > 0 => SlotFinding::Missing,
+        Some(st) => match st.confirmed_flush {
+            Some(c) if c < confirmed_before => SlotFinding::Behind(c),
+            _ => SlotFinding::AsLeft,
+        },
+        None => SlotFinding::AsLeft,
+    }
+}
+
+/// The slot's state at a session's start (`None`: there is none, or the server had
+/// invalidated it and it was dropped), told apart from what this process confirmed
+/// before. A slot another session streams is [`PipelineError::SlotBusy`].
+pub async fn look_up(
+    client: &tokio_postgres::Client,
+    source: &SourceSettings,
+    primary: &Endpoint,
+    confirmed_before: Lsn,
+    metrics: &Metrics,
+) -> Result<Option<SlotState>, PipelineError> {
+    let name = &source.name;
+    let slot = source.slot_name();
+    let mut state = source::slot_state(client, &slot).await?;
+    if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
+        tracing::warn!(source = %name, slot = %slot, reason = %reason, "slot was invalidated by the server; recreating it");
+        source::drop_slot(client, &slot).await?;
+        state = None;
+    }
+    match slot_finding(state.as_ref(), confirmed_before) {
+        SlotFinding::Missing => {
+            metrics.slot_recreated.with_label_values(&[name]).inc();
+            tracing::error!(
+                source = %name, slot = %slot, server = %primary, confirmed_before = %confirmed_before,
+                "the slot this relay streamed from is missing on the primary (a failover to a server without a synced slot, or a dropped slot): creating it and publishing every row still PENDING; rows the old slot had not confirmed are sent again, possibly out of commit order across the gap"
+            );
+        }
+        SlotFinding::Behind(slot_confirmed) => {
+            tracing::warn!(
+                source = %name, slot = %slot, server = %primary,
+                slot_confirmed = %slot_confirmed,
+                confirmed_before = %confirmed_before,
+                "the slot is behind what this relay already confirmed (a synced slot after a failover): the transactions between are sent again, with the same event ids"
+            );
+        }
+        SlotFinding::AsLeft => {}
+    }
+    if state.as_ref().is_some_and(|st| st.active) {
+        return Err(PipelineError::SlotBusy(slot));
+    }
+    Ok(state)
+}
+
+/// The replication connection of a session, to the primary found at its start.
+pub fn replication_config(
+    source: &SourceSettings,
+    primary: &Endpoint,
+    status_interval: Duration,
+) -> ReplicationConfig {
+    ReplicationConfig::new(
+        primary.host.clone(),
+        source.user.clone(),
+        source.password.clone(),
+        source.database.clone(),
+        source.slot_name(),
+        source.publication.clone(),
+    )
+    .with_port(primary.port)
+    .with_tls(source.tls().replication(&primary.host))
+    .with_status_interval(status_interval)
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_application_name(format!("relay-cdc/{}", source.name))
+}
+
+/// Starts streaming from the slot that exists, from its confirmed position; a slot made
+/// before failover slots were on (or on an older server) becomes one first.
+pub async fn stream_from(
+    config: ReplicationConfig,
+    state: &SlotState,
+    failover: bool,
+    source: &str,
+) -> Result<ReplicationClient, PipelineError> {
+    let slot = config.slot.clone();
+    if failover && state.failover == Some(false) {
+        let mut r = ReplicationClient::connect_gated(config).await?;
+        make_failover_slot(&mut r, &slot).await?;
+        tracing::info!(source = %source, slot = %slot, "the slot is now a failover slot");
+        r.start().await?;
+        r.wait_started().await.map_err(|e| slot_busy_or(e, &slot))?;
+        return Ok(r);
+    }
+    let mut r = ReplicationClient::connect(config).await?;
+    r.wait_started().await.map_err(|e| slot_busy_or(e, &slot))?;
+    Ok(r)
+}
+
+/// `ALTER_REPLICATION_SLOT … (FAILOVER true)` on a gated replication connection (the
+/// slot must not be in use): standbys with `sync_replication_slots` then keep a copy.
+pub async fn make_failover_slot(
+    repl: &mut ReplicationClient,
+    slot: &str,
+) -> Result<(), PipelineError> {
+    repl.simple_query(&format!(
+        "ALTER_REPLICATION_SLOT \"{slot}\" (FAILOVER true)"
+    ))
+    .await
+    .map_err(|e| slot_busy_or(e, slot))?;
+    Ok(())
+}
+
+/// A replication error that says another session holds (or just made) the slot is
+/// [`PipelineError::SlotBusy`]: the standby's wait, not a failure.
+pub fn slot_busy_or(e: PgWireError, slot: &str) -> PipelineError {
+    let text = e.to_string();
+    if text.contains("55006")
+        || text.contains("is active for PID")
+        || text.contains("42710")
+        || text.contains("already exists")
+    {
+        PipelineError::SlotBusy(slot.to_string())
+    } else {
+        e.into()
+    }
+}
+
+/// How to create the slot on this server.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotOptions {
+    /// `server_version_num`: the replication command's syntax depends on it.
+    pub version: i32,
+    /// Make it a failover slot (PostgreSQL 17+).
+    pub failover: bool,
+}
+
+/// The temporary slot's name: the permanent one's, marked (and within 63 characters).
+pub fn temporary_slot_name(slot: &str) -> String {
+    let base: String = slot.chars().take(58).collect();
+    format!("{base}_init")
+}
+
+/// `CREATE_REPLICATION_SLOT` of the temporary slot with an exported snapshot: the
+/// parenthesised options came with PostgreSQL 15; 14 knows only the older keywords.
+pub fn create_temporary_slot_command(temp: &str, version: i32) -> String {
+    if version < 150_000 {
+        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+    } else {
+        format!("CREATE_REPLICATION_SLOT \"{temp}\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')")
+    }
+}
+
+/// A temporary slot and the snapshot it exported, held by the gated replication
+/// connection that made it: the server drops the slot when that connection ends, for
+/// any reason.
+pub struct TemporarySlot {
+    pub repl: ReplicationClient,
+    pub name: String,
+    /// Where the slot's stream starts: everything committed before is in the snapshot.
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+/// Creates the temporary slot of `slot`, with an exported snapshot.
+pub async fn create_temporary(
+    config: ReplicationConfig,
+    slot: &str,
+    version: i32,
+) -> Result<TemporarySlot, PipelineError> {
+    let name = temporary_slot_name(slot);
+    let mut repl = ReplicationClient::connect_gated(config).await?;
+    let rows = repl
+        .simple_query(&create_temporary_slot_command(&name, version))
+        .await
+        .map_err(|e| slot_busy_or(e, slot))?;
+    let text = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let (consistent_point, snapshot) = (text(1), text(2));
+    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(
+            SourceError::Prerequisite(format!("unexpected snapshot name {snapshot:?}")).into(),
+        );
+    }
+    let consistent_point = Lsn::parse(&consistent_point).map_err(|e| {
+        SourceError::Prerequisite(format!(
+            "unexpected consistent point {consistent_point:?}: {e}"
+        ))
+    })?;
+    Ok(TemporarySlot {
+        repl,
+        name,
+        consistent_point,
+        snapshot,
+    })
+}
+
+/// Copies the temporary slot to the permanent `slot` (same consistent point), drops the
+/// temporary one, sets the failover flag, and starts streaming from the new slot.
+pub async fn make_permanent(
+    client: &tokio_postgres::Client,
+    temp: TemporarySlot,
+    slot: &str,
+    options: SlotOptions,
+    source: &str,
+) -> Result<ReplicationClient, PipelineError> {
+    let TemporarySlot {
+        mut repl,
+        name,
+        consistent_point,
+        ..
+    } = temp;
+    client
+        .execute(
+            "select pg_copy_logical_replication_slot($1, $2, false)",
+            &[&name, &slot],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                PipelineError::SlotBusy(slot.to_string())
+            } else {
+                SourceError::from(e).into()
+            }
+        })?;
+    repl.simple_query(&format!("DROP_REPLICATION_SLOT \"{name}\""))
+        .await?;
+    // pg_copy_logical_replication_slot never copies the failover flag: set it now. A
+    // failure here leaves a plain slot, which the next session turns into a failover one.
+    if options.failover {
+        make_failover_slot(&mut repl, slot).await?;
+    }
+    tracing::info!(source = %source, slot = %slot, consistent_point = %consistent_point, failover = options.failover, "created slot");
+    repl.start().await?;
+    repl.wait_started()
+        .await
+        .map_err(|e| slot_busy_or(e, slot))?;
+    Ok(repl)
+}
+
+/// Makes the final confirmed position reach the server once the session ended:
+/// pgwire-replication 0.5 ends a session with CopyDone but without a last status
+/// update, so without this the final acks would be replayed after every restart.
+pub async fn persist_final_position(source: &SourceSettings, slot: &str, lsn: Lsn) -> bool {
+    let name = &source.name;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let c = source::connect(source).await?;
+            match source::slot_state(&c, slot).await? {
+                Some(st) if st.active => Ok(false),
+                _ => source::advance_slot(&c, slot, lsn).await.map(|_| true),
+            }
+        };
+        match attempt.await {
+            Ok(true) => {
+                tracing::info!(source = %name, lsn = %lsn, "final position confirmed");
+                return true;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "could not persist the final position")
+            }
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(source = %name, lsn = %lsn, "gave up persisting the final position; it will be replayed");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_lagging_slot_is_told_apart_from_a_first_start() {
+        let at = |lsn: Option<u64>| SlotState {
+            plugin: "pgoutput".into(),
+            active: false,
+            confirmed_flush: lsn.map(Lsn::from_u64),
+            wal_status: None,
+            failover: None,
+            synced: None,
+            temporary: false,
+            invalidation_reason: None,
+        };
+        let zero = Lsn::from_u64(0);
+        let before = Lsn::from_u64(0x5000);
+        assert_eq!(slot_finding(None, zero), SlotFinding::AsLeft, "first start");
+        assert_eq!(slot_finding(None, before), SlotFinding::Missing);
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x4000))), before),
+            SlotFinding::Behind(Lsn::from_u64(0x4000))
+        );
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x5000))), before),
+            SlotFinding::AsLeft
+        );
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x4000))), zero),
+            SlotFinding::AsLeft
+        );
+    }
+
+    #[test]
+    fn the_temporary_slot_is_created_in_the_servers_own_syntax() {
+        assert_eq!(
+            create_temporary_slot_command("s_init", 140_023),
+            "CREATE_REPLICATION_SLOT \"s_init\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        for v in [150_019, 170_011, 180_006] {
+            assert!(
+                create_temporary_slot_command("s_init", v).ends_with("(SNAPSHOT 'export')"),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_temporary_slot_name_is_marked_and_fits_postgres_limit() {
+        assert_eq!(temporary_slot_name("relay_users_db"), "relay_users_db_init");
+        let long = "s".repeat(63);
+        assert_eq!(temporary_slot_name(&long).len(), 63);
+    }
+}
