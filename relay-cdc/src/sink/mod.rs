@@ -12,10 +12,10 @@
 //! transaction holding it committed, so a unit is never confirmed before that. It
 //! commits only at such a boundary; a PostgreSQL transaction is never split.
 
-pub mod checkpoint;
-pub mod cluster;
 pub mod kafka;
 pub mod memory;
+
+pub use kafka::{checkpoint, cluster};
 
 use std::future::Future;
 use std::pin::Pin;
