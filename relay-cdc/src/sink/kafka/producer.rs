@@ -62,6 +62,9 @@ pub fn producer_config(kafka: &KafkaSettings, source: &str) -> ClientConfig {
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
+    if let Some((k, v)) = kafka.sasl_password_property() {
+        c.set(k, v);
+    }
     c.set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
