@@ -249,6 +249,20 @@ mod tests {
     }
 
     #[test]
+    fn every_client_gets_the_sasl_password_held_apart_from_the_properties() {
+        let mut kafka: KafkaSettings = toml::from_str("brokers = \"b:1\"").unwrap();
+        kafka
+            .properties
+            .insert("sasl.username".into(), "relay".into());
+        kafka.sasl_password = Some(String::from("hunter2").into());
+        for c in [producer_config(&kafka, "s"), probe_config(&kafka, "s")] {
+            assert_eq!(c.get("sasl.username"), Some("relay"));
+            assert_eq!(c.get("sasl.password"), Some("hunter2"));
+        }
+        assert!(!format!("{kafka:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn size_and_authorization_refusals_are_poison_and_outages_are_not() {
         for code in [
             RDKafkaErrorCode::MessageSizeTooLarge,
