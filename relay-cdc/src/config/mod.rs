@@ -634,6 +634,51 @@ database = "users_db"
     }
 
     #[test]
+    fn passwords_come_from_files_without_their_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("relay-secrets-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let pg = dir.join("pg");
+        let sasl = dir.join("sasl");
+        let empty = dir.join("empty");
+        std::fs::write(&pg, "s3cret\n").unwrap();
+        std::fs::write(&sasl, "k4fka\r\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        let pg_var = (
+            "RELAY_SOURCES__USERS_DB__PASSWORD_FILE",
+            pg.to_str().unwrap(),
+        );
+        let sasl_var = ("RELAY_KAFKA__SASL_PASSWORD_FILE", sasl.to_str().unwrap());
+
+        let s = load_str(BASE, &[pg_var, sasl_var]).unwrap();
+        assert_eq!(s.sources[0].password.expose_secret(), "s3cret");
+        let sasl_password = s.kafka.sasl_password.as_ref().unwrap();
+        assert_eq!(sasl_password.expose_secret(), "k4fka");
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("k4fka"),
+            "{debug}"
+        );
+
+        let e = load_str(BASE, &[pg_var, ("RELAY_SOURCES__USERS_DB__PASSWORD", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`sources[0].password_file`") && e.contains("not both"),
+            "{e}"
+        );
+        let both = ("RELAY_KAFKA__PROPERTIES__SASL_PASSWORD", "x");
+        let e = load_str(BASE, &[sasl_var, both]).unwrap_err().to_string();
+        assert!(e.contains("`kafka.sasl_password_file`"), "{e}");
+        let empty_var = ("RELAY_KAFKA__SASL_PASSWORD_FILE", empty.to_str().unwrap());
+        let e = load_str(BASE, &[empty_var]).unwrap_err().to_string();
+        assert!(
+            e.contains("is empty") && e.contains(empty.to_str().unwrap()),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn exactly_once_is_chosen_by_name_and_its_bounds_are_checked() {
         let s = load_str(BASE, &[]).unwrap();
         assert_eq!(s.kafka.delivery, Delivery::AtLeastOnce);
