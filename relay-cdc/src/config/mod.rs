@@ -1,5 +1,5 @@
 //! Configuration: typed [`Settings`] from a TOML file plus `RELAY_`-prefixed environment
-//! overrides (layered in [`load`]), validated once at start ([`validate`]) with errors
+//! overrides (layered in `load.rs`), validated once at start (`validate.rs`) with errors
 //! that name the offending key.
 //!
 //! Environment keys use `__` for nesting: `RELAY_KAFKA__BROKERS`, `RELAY_ADMIN__LISTEN`,
@@ -57,7 +57,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     #[serde(default)]
     pub pipeline: PipelineSettings,
-    /// In the file a list (`[[sources]]`); see [`load`] for how the environment adds to it.
+    /// In the file a list (`[[sources]]`); see `load.rs` for how the environment adds to it.
     #[serde(default, deserialize_with = "load::sources_in_order")]
     pub sources: Vec<SourceSettings>,
 }
@@ -377,7 +377,7 @@ impl KafkaSettings {
     }
 
     /// The properties every Kafka client of the relay gets (see
-    /// [`CONNECTION_PROPERTY_PREFIXES`]), the SASL password last when there is one.
+    /// `CONNECTION_PROPERTY_PREFIXES`), the SASL password last when there is one.
     pub fn connection_properties(&self) -> impl Iterator<Item = (&str, &str)> {
         self.properties
             .iter()
