@@ -238,24 +238,7 @@ impl OutboxRow {
         tracestate: Option<String>,
         headers: Option<&[u8]>,
     ) -> Self {
-        let checked = (|| -> Result<Vec<(String, String)>, String> {
-            let mut out = Vec::new();
-            match (&traceparent, &tracestate) {
-                (Some(tp), ts) => {
-                    outbox::TraceContext::parse(tp, ts.as_deref())?;
-                }
-                (None, Some(ts)) => outbox::check_tracestate(ts)?,
-                (None, None) => {}
-            }
-            out.extend(traceparent.map(|v| (outbox::headers::TRACEPARENT.to_string(), v)));
-            out.extend(tracestate.map(|v| (outbox::headers::TRACESTATE.to_string(), v)));
-            if let Some(json) = headers {
-                let value: serde_json::Value = serde_json::from_slice(json)
-                    .map_err(|e| format!("headers is not JSON: {e}"))?;
-                out.extend(outbox::check_headers(&value)?);
-            }
-            Ok(out)
-        })();
+        let checked = outbox::record::own_headers(traceparent, tracestate, headers);
         match checked {
             Ok(h) => self.headers = h,
             Err(why) => {

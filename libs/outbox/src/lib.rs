@@ -10,11 +10,16 @@
 //! stores them in nullable columns (`traceparent`, `tracestate`, `headers`) and the
 //! relay copies them to the record. [`check_headers`] and [`TraceContext::parse`] are
 //! the rules both the database's checks and the relay apply.
+//!
+//! [`record`] is the row → record mapping itself, as plain data: relay-cdc's Kafka sink
+//! and the services' tests that publish the way the relay does share it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub mod record;
 
 /// Kafka header names carried by every record relay-cdc publishes.
 pub mod headers {

@@ -86,7 +86,7 @@ pub fn replication_config(
     ReplicationConfig::new(
         primary.host.clone(),
         source.user.clone(),
-        source.password.clone(),
+        source.password.expose_secret().to_string(),
         source.database.clone(),
         source.slot_name(),
         source.publication.clone(),

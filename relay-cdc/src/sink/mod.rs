@@ -1,5 +1,5 @@
-//! Where events go: the [`Sink`] trait, with Kafka ([`kafka`]) and an in-memory sink
-//! for tests ([`memory`]).
+//! Where events go: the [`Sink`] trait, with Kafka ([`kafka`]) and, in unit tests
+//! only, an in-memory sink (`memory`).
 //!
 //! Invariant: an event counts as published only when its [`Delivery`] resolved `Ok`.
 //! A refusal says whether Kafka can *never* take the record ([`Refusal::Poison`],
@@ -12,10 +12,11 @@
 //! transaction holding it committed, so a unit is never confirmed before that. It
 //! commits only at such a boundary; a PostgreSQL transaction is never split.
 
-pub mod checkpoint;
-pub mod cluster;
 pub mod kafka;
+#[cfg(test)]
 pub mod memory;
+
+pub use kafka::{checkpoint, cluster};
 
 use std::future::Future;
 use std::pin::Pin;

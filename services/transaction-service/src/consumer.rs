@@ -57,6 +57,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -628,12 +629,13 @@ async fn apply_until_done(
     events: &[Consumed],
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<Applied> {
-    let mut backoff = RETRY_BACKOFF.0;
+    let mut delays = retry_delays();
     let mut attempt: u32 = 1;
     loop {
-        match store.apply(events).await {
+        let backoff = match store.apply(events).await {
             Ok(applied) => return Some(applied),
             Err(error) => {
+                let backoff = delays.next().expect("retries without a limit");
                 metrics.consumer_retries.inc();
                 let cause = std::error::Error::source(&error)
                     .map(ToString::to_string)
@@ -646,16 +648,27 @@ async fn apply_until_done(
                     retry_in_ms = backoff.as_millis() as u64,
                     "applying a batch of events failed; retrying"
                 );
+                backoff
             }
-        }
+        };
         tokio::select! {
             biased;
             _ = stop_requested(shutdown) => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(RETRY_BACKOFF.1);
         attempt += 1;
     }
+}
+
+/// The pauses between attempts: [`RETRY_BACKOFF`]'s first, doubled each time up to its
+/// longest, without end.
+fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_factor(2.0)
+        .with_min_delay(RETRY_BACKOFF.0)
+        .with_max_delay(RETRY_BACKOFF.1)
+        .without_max_times()
+        .build()
 }
 
 /// Resolves once shutdown is requested or the sender is gone.
@@ -666,6 +679,12 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_batches_are_retried_after_pauses_doubling_from_100_ms_to_5_s() {
+        let ms: Vec<u128> = retry_delays().take(9).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
 
     fn topics() -> Topics {
         Topics {

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -174,6 +175,17 @@ pub async fn settle_all(
     Ok(done)
 }
 
+/// The pauses between two looks: [`VISIBILITY_POLL`]'s first, doubled each time up to
+/// its longest, without end ([`wait_visible`] bounds the total).
+fn visibility_pauses() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_factor(2.0)
+        .with_min_delay(VISIBILITY_POLL.0)
+        .with_max_delay(VISIBILITY_POLL.1)
+        .without_max_times()
+        .build()
+}
+
 /// The ids among `ids` (rows the lock just did not find) whose rows become visible, in
 /// ascending order, once all are or [`VISIBILITY_GRACE`] has passed; and how long that
 /// took. Pauses before each look: the lock was the first one.
@@ -183,15 +195,26 @@ async fn wait_visible(
 ) -> Result<(Vec<Uuid>, Duration), StoreError> {
     let mut missing = ids.clone();
     let mut waited = Duration::ZERO;
-    let mut pause = VISIBILITY_POLL.0;
+    let mut pauses = visibility_pauses();
     while !missing.is_empty() && waited < VISIBILITY_GRACE {
+        let pause = pauses.next().expect("pauses without a limit");
         tokio::time::sleep(pause).await;
         waited += pause;
-        pause = (pause * 2).min(VISIBILITY_POLL.1);
         let looked: Vec<Uuid> = missing.iter().copied().collect();
         for id in transactions::visible(conn, &looked).await? {
             missing.remove(&id);
         }
     }
     Ok((ids.difference(&missing).copied().collect(), waited))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_for_invisible_rows_pause_doubling_from_1_ms_to_20_ms() {
+        let ms: Vec<u128> = visibility_pauses().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [1, 2, 4, 8, 16, 20, 20]);
+    }
 }

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::ClientContext;
 use serde::Deserialize;
@@ -127,6 +128,9 @@ pub enum Verdict {
 pub struct StallWatch {
     base: Duration,
     timeout: Duration,
+    /// The timeouts after each rebuild: `base` doubled, up to [`MAX_STALL_TIMEOUT`]
+    /// (or `base` when that is longer); started again once the group is back.
+    after_rebuilds: ExponentialBackoff,
     /// Since when the group has been out while a broker was up.
     out_since: Option<Instant>,
 }
@@ -136,8 +140,22 @@ impl StallWatch {
         Self {
             base: timeout,
             timeout,
+            after_rebuilds: Self::doubling(timeout),
             out_since: None,
         }
+    }
+
+    /// `base` doubled at each step, up to [`MAX_STALL_TIMEOUT`] or `base` if longer.
+    fn doubling(base: Duration) -> ExponentialBackoff {
+        let mut timeouts = ExponentialBuilder::default()
+            .with_factor(2.0)
+            .with_min_delay(base)
+            .with_max_delay(MAX_STALL_TIMEOUT.max(base))
+            .without_max_times()
+            .build();
+        // The first is `base` itself, the timeout before any rebuild.
+        timeouts.next();
+        timeouts
     }
 
     /// How long the group may stay out before the next rebuild.
@@ -152,7 +170,10 @@ impl StallWatch {
         };
         if snapshot.joined() {
             self.out_since = None;
-            self.timeout = self.base;
+            if self.timeout != self.base {
+                self.timeout = self.base;
+                self.after_rebuilds = Self::doubling(self.base);
+            }
             return Verdict::Fine;
         }
         if snapshot.brokers_up == 0 {
@@ -170,7 +191,10 @@ impl StallWatch {
     /// The client was replaced: the new one gets twice the time before the next rebuild.
     pub fn rebuilt(&mut self) {
         self.out_since = None;
-        self.timeout = (self.timeout * 2).min(MAX_STALL_TIMEOUT.max(self.base));
+        self.timeout = self
+            .after_rebuilds
+            .next()
+            .expect("timeouts without a limit");
     }
 }
 

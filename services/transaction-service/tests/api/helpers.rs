@@ -2,6 +2,7 @@
 //! users on Kafka, relay its outbox rows to Kafka the way relay-cdc does, and read what
 //! it logged.
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,7 +16,7 @@ use service_postgres::{DatabaseSettings, DatabaseTarget};
 use service_telemetry::LogBuffer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use testkit::{unique_suffix, unique_topic, wait_for, Stack, TestDb};
+use testkit::{unique_suffix, wait_for, Stack, TestDb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use transaction_service::config::{KafkaSecurity, KafkaSettings, Settings};
@@ -24,6 +25,9 @@ use uuid::Uuid;
 
 /// How long tests wait for an event to take effect.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The relay's name for the service's database in the records tests publish.
+pub const SOURCE: &str = "transaction_db";
 
 /// The log lines of every service this test binary runs, as the binary logs them
 /// (JSON lines, `service_telemetry::init_in_memory`).
@@ -38,6 +42,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// A pool of the test's own on the service's database.
     pub pool: PgPool,
+    /// The test's `kafka.topic_template`: `user_topic` and `transaction_topic` follow it.
+    pub topic_template: String,
     pub user_topic: String,
     pub transaction_topic: String,
     pub group_id: String,
@@ -92,8 +98,9 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
     let db = TestDb::create("tx", "transaction_db")
         .await
         .expect("test database");
-    let user_topic = unique_topic("user");
-    let transaction_topic = unique_topic("transaction");
+    let topic_template = format!("t.{{aggregate_type}}.{}", unique_suffix());
+    let user_topic = outbox::record::topic(&topic_template, "user", SOURCE);
+    let transaction_topic = outbox::record::topic(&topic_template, "transaction", SOURCE);
     for topic in [&user_topic, &transaction_topic] {
         testkit::create_topic(&brokers, topic, partitions)
             .await
@@ -140,6 +147,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
         address,
         client: reqwest::Client::new(),
         pool,
+        topic_template,
         user_topic,
         transaction_topic,
         group_id,
@@ -428,61 +436,47 @@ impl TestApp {
         self.publish(&self.record_of(outbox_id).await).await;
     }
 
-    /// The record relay-cdc makes of outbox row `outbox_id`: topic from the aggregate
-    /// type, key = aggregate id, value = payload; headers: event id and type, aggregate
-    /// type and id, then `traceparent`/`tracestate` and the row's own `headers` when it
-    /// has them.
+    /// The record relay-cdc makes of outbox row `outbox_id` ([`outbox::record`], the
+    /// relay's own mapping), with the test's topic template and, standing in for the
+    /// replication slot's, commit LSN `0/0` and the current time.
     pub async fn record_of(&self, outbox_id: Uuid) -> OutboxRecord {
-        type Row = (
+        type Columns = (
             String,
             String,
             String,
             String,
             Option<String>,
             Option<String>,
-            Option<Value>,
+            Option<String>,
         );
-        let (aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, own): Row =
+        let (aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, own): Columns =
             sqlx::query_as(
                 "select aggregate_type, aggregate_id, event_type, payload::text, traceparent, \
-                 tracestate, headers from outbox where id = $1",
+                 tracestate, headers::text from outbox where id = $1",
             )
             .bind(outbox_id)
             .fetch_one(&self.pool)
             .await
             .expect("outbox row");
-        let topic = match aggregate_type.as_str() {
-            "transaction" => self.transaction_topic.clone(),
-            "user" => self.user_topic.clone(),
-            other => panic!("no test topic for aggregate type {other}"),
+        let own =
+            outbox::record::own_headers(traceparent, tracestate, own.as_deref().map(str::as_bytes))
+                .expect("the row's own headers");
+        let id = outbox_id.to_string();
+        let row = outbox::record::Row {
+            id: &id,
+            aggregate_type: &aggregate_type,
+            aggregate_id: &aggregate_id,
+            event_type: &event_type,
+            payload: payload.as_bytes(),
+            headers: &own,
         };
-        let mut headers = vec![
-            (outbox::headers::EVENT_ID.to_string(), outbox_id.to_string()),
-            (outbox::headers::EVENT_TYPE.to_string(), event_type),
-            (outbox::headers::AGGREGATE_TYPE.to_string(), aggregate_type),
-            (
-                outbox::headers::AGGREGATE_ID.to_string(),
-                aggregate_id.clone(),
-            ),
-        ];
-        let trace = [
-            (outbox::headers::TRACEPARENT, traceparent),
-            (outbox::headers::TRACESTATE, tracestate),
-        ];
-        headers.extend(
-            trace
-                .into_iter()
-                .filter_map(|(n, v)| Some((n.to_string(), v?))),
-        );
-        if let Some(own) = own {
-            headers.extend(outbox::check_headers(&own).expect("the row's own headers"));
-        }
-        OutboxRecord {
-            topic,
-            key: aggregate_id,
-            payload,
-            headers,
-        }
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let commit = outbox::record::Commit {
+            source: SOURCE,
+            lsn: "0/0",
+            time: &time,
+        };
+        OutboxRecord(row.record(&self.topic_template, &commit))
     }
 
     /// Produces `record`.
@@ -492,13 +486,8 @@ impl TestApp {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        self.produce(
-            &record.topic,
-            &record.key,
-            record.payload.as_bytes(),
-            &headers,
-        )
-        .await;
+        self.produce(&record.topic, &record.key, &record.value, &headers)
+            .await;
     }
 
     /// `(traceparent, tracestate)` of outbox row `outbox_id`.
@@ -576,21 +565,25 @@ impl TestApp {
 
 /// A record as [`TestApp::record_of`] makes it.
 #[derive(Debug, Clone)]
-pub struct OutboxRecord {
-    pub topic: String,
-    pub key: String,
-    pub payload: String,
-    pub headers: Vec<(String, String)>,
+pub struct OutboxRecord(pub outbox::record::Record);
+
+impl Deref for OutboxRecord {
+    type Target = outbox::record::Record;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl OutboxRecord {
     /// The record without its trace headers, and with `traceparent` instead when given.
     pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
-        self.headers.retain(|(name, _)| {
+        self.0.headers.retain(|(name, _)| {
             name != outbox::headers::TRACEPARENT && name != outbox::headers::TRACESTATE
         });
         if let Some(value) = traceparent {
-            self.headers
+            self.0
+                .headers
                 .push((outbox::headers::TRACEPARENT.to_string(), value.to_string()));
         }
         self

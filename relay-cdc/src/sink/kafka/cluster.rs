@@ -17,10 +17,10 @@
 //! ([`Reachability`]): once in eight short drills of a broker restart
 //! the producer came back knowing no broker at all and never bootstrapped again, though
 //! `metadata.recovery.rebootstrap.trigger.ms` says it should; the session asks a new
-//! client then (see [`super::kafka`]).
+//! client then (see [`super::producer`]).
 //!
 //! Invariant: this only observes. What happens to a record is decided by its delivery
-//! report (see [`super::kafka`]): a transient error never becomes a refusal here.
+//! report (see [`super::producer`]): a transient error never becomes a refusal here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
