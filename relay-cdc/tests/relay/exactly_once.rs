@@ -286,12 +286,6 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
     // One committed Kafka transaction holds all 20,000 records (+ its checkpoint): the
     // histogram's only transaction above 16,384 records.
     let m = relay.metrics().await.unwrap();
-    let key = |le: &str| {
-        format!(
-            "relay_kafka_transaction_records_bucket{{source=\"{}\",le=\"{le}\"}}",
-            src.name
-        )
-    };
     let count = m
         .get(&format!(
             "relay_kafka_transaction_records_count{{source=\"{}\"}}",
@@ -299,7 +293,13 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
         ))
         .unwrap();
     assert_eq!(
-        count - m.get(&key("16384")).unwrap(),
+        count
+            - m.bucket(
+                "relay_kafka_transaction_records",
+                &[("source", &src.name)],
+                16384.0
+            )
+            .unwrap(),
         1.0,
         "exactly one transaction above 16,384 records"
     );
