@@ -9,8 +9,6 @@
 
 mod kafka;
 mod load;
-mod procs;
-mod proxy;
 mod report;
 mod scenario;
 mod stack;
@@ -243,7 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {
         biased;
-        _ = shutdown_signal() => true,
+        _ = testkit::shutdown_signal() => true,
         _ = async {
             for sc in &scenarios {
                 tracing::info!(scenario = sc.number(), "scenario {}: {}", sc.number(), sc.title());
@@ -313,21 +311,6 @@ fn find_bins(dir: Option<PathBuf>) -> anyhow::Result<Bins> {
         transaction_service: bin("transaction-service")?,
         relay: bin("relay-cdc")?,
     })
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 #[cfg(test)]

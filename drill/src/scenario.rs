@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
-use crate::procs::{self, free_port, wait_ready, Proc};
-use crate::proxy::Proxy;
+use testkit::proc::{command, Process};
+use testkit::{free_port, Proxy, RelayConfig, RelayProcess};
+
 use crate::stack::{Service, StackConfig};
 use crate::verify::{self, Committed, Tally};
 
@@ -292,11 +293,11 @@ struct World<'a> {
     collector: Collector,
     /// Reads `read_uncommitted`: aborted copies too, for the informational column.
     uncommitted: Collector,
-    user_svc: Option<Proc>,
-    tx_svc: Option<Proc>,
+    user_svc: Option<Process>,
+    tx_svc: Option<Process>,
     user_url: String,
     tx_url: String,
-    relays: [Option<Proc>; 2],
+    relays: [Option<RelayProcess>; 2],
     relay_ports: [u16; 2],
     relay_env: Vec<(String, String)>,
     recoveries: Vec<JoinHandle<Option<Duration>>>,
@@ -349,7 +350,7 @@ async fn run_inner(
             .run("standby-up")
             .await
             .context("starting the standby")?;
-        let p = Proxy::start(stack.pg_port).await?;
+        let p = Proxy::start(([127, 0, 0, 1], stack.pg_port)).await?;
         out.notes.push(format!(
             "PostgreSQL {}.{}: primary on {}, streaming standby on {}, clients through a proxy on {} (the virtual IP); failover slots {}",
             version / 10_000,
@@ -388,7 +389,7 @@ async fn run_inner(
         user_url: String::new(),
         tx_url: String::new(),
         relays: [None, None],
-        relay_ports: [free_port()?, free_port()?],
+        relay_ports: [free_port(), free_port()],
         relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync))?,
         recoveries: Vec::new(),
         pg_port,
@@ -563,17 +564,15 @@ impl World<'_> {
             }
             Ok(env)
         };
-        let user_port = free_port()?;
+        let user_port = free_port();
         let mut env = db(&self.names.users_db, Service::Users)?;
         env.push(("SERVER_PORT".into(), user_port.to_string()));
-        let mut user = Proc::spawn(
+        let mut user = Process::spawn(
             "user-service",
-            &self.ctx.bins.user_service,
-            &[],
-            &env,
+            command(&self.ctx.bins.user_service, &[], &env),
             self.log("user-service"),
         )?;
-        let tx_port = free_port()?;
+        let tx_port = free_port();
         let mut env = db(&self.names.tx_db, Service::Transactions)?;
         for (k, v) in stack.kafka_security("transaction_service")? {
             env.push((format!("KAFKA_{}", k.replace('.', "_").to_uppercase()), v));
@@ -592,30 +591,18 @@ impl World<'_> {
                 self.names.tx_topic.clone(),
             ),
         ]);
-        let mut tx = Proc::spawn(
+        let mut tx = Process::spawn(
             "transaction-service",
-            &self.ctx.bins.transaction_service,
-            &[],
-            &env,
+            command(&self.ctx.bins.transaction_service, &[], &env),
             self.log("transaction-service"),
         )?;
         self.user_url = format!("http://127.0.0.1:{user_port}");
         self.tx_url = format!("http://127.0.0.1:{tx_port}");
         let http = &self.ctx.http;
-        wait_ready(
-            http,
-            &mut user,
-            &format!("{}/readyz", self.user_url),
-            READY_TIMEOUT,
-        )
-        .await?;
-        wait_ready(
-            http,
-            &mut tx,
-            &format!("{}/readyz", self.tx_url),
-            READY_TIMEOUT,
-        )
-        .await?;
+        user.wait_http_ok(http, &format!("{}/readyz", self.user_url), READY_TIMEOUT)
+            .await?;
+        tx.wait_http_ok(http, &format!("{}/readyz", self.tx_url), READY_TIMEOUT)
+            .await?;
         self.user_svc = Some(user);
         self.tx_svc = Some(tx);
         // The services have created their outbox tables: the relay's role may read them.
@@ -626,62 +613,50 @@ impl World<'_> {
         Ok(())
     }
 
-    fn admin_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.relay_ports[i])
-    }
-
     /// Starts relay instance `i` (0 = "a", 1 = "b"); returns when it was started.
     fn start_relay(&mut self, i: usize) -> anyhow::Result<Instant> {
-        let mut env = self.relay_env.clone();
-        env.push((
-            "RELAY_ADMIN__LISTEN".into(),
-            format!("127.0.0.1:{}", self.relay_ports[i]),
-        ));
         let name = ["relay-a", "relay-b"][i];
-        let p = Proc::spawn(name, &self.ctx.bins.relay, &["run"], &env, self.log(name))?;
+        let p = RelayConfig::new(&self.ctx.bins.relay)
+            .named(name)
+            .envs(self.relay_env.iter().cloned())
+            .set(
+                "RELAY_ADMIN__LISTEN",
+                format!("127.0.0.1:{}", self.relay_ports[i]),
+            )
+            .log_to(self.log(name))
+            .spawn()?;
         self.relays[i] = Some(p);
         Ok(Instant::now())
     }
 
     fn kill_relay(&mut self, i: usize) {
         if let Some(p) = self.relays[i].take() {
-            p.kill9();
+            p.kill();
         }
     }
 
-    /// The sum of relay `i`'s series of `name` with `label`; `None` when unreachable.
-    async fn relay_metric(&self, i: usize, name: &str, label: &str) -> Option<f64> {
-        let r = self
-            .ctx
-            .http
-            .get(format!("{}/metrics", self.admin_url(i)))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .ok()?;
-        testkit::sum_series(&r.text().await.ok()?, name, label)
+    /// The sum of relay `i`'s series of `name` with `labels`; `None` when it does not
+    /// run or answer.
+    async fn relay_metric(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let relay = self.relays[i].as_ref()?;
+        relay.metrics().await.ok()?.sum(name, labels)
     }
 
     async fn relay_ready(&self, i: usize) -> bool {
-        matches!(
-            self.ctx.http.get(format!("{}/readyz", self.admin_url(i)))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await,
-            Ok(r) if r.status().is_success()
-        )
+        match &self.relays[i] {
+            Some(r) => r.is_ready().await,
+            None => false,
+        }
     }
 
-    async fn wait_relay_ready(&mut self, i: usize) -> anyhow::Result<Duration> {
-        let url = format!("{}/readyz", self.admin_url(i));
+    async fn wait_relay_ready(&mut self, i: usize) -> anyhow::Result<()> {
         let p = self.relays[i].as_mut().context("relay not running")?;
-        wait_ready(&self.ctx.http, p, &url, READY_TIMEOUT).await
+        p.wait_ready(READY_TIMEOUT).await
     }
 
-    async fn wait_healthy(&mut self, i: usize) -> anyhow::Result<Duration> {
-        let url = format!("{}/healthz", self.admin_url(i));
+    async fn wait_healthy(&mut self, i: usize) -> anyhow::Result<()> {
         let p = self.relays[i].as_mut().context("relay not running")?;
-        wait_ready(&self.ctx.http, p, &url, READY_TIMEOUT).await
+        p.wait_healthy(READY_TIMEOUT).await
     }
 
     /// Outbox ids still PENDING in both databases.
@@ -923,7 +898,7 @@ impl World<'_> {
                 const TRANSIENT: &str = "relay_kafka_transient_errors_total";
                 // Records the leader refused for now (NOT_ENOUGH_REPLICAS) and that were
                 // sent again; connection errors to the stopped brokers are counted apart.
-                const RESENT: &str = "kind=\"resent\"";
+                const RESENT: &[(&str, &str)] = &[("kind", "resent")];
                 let transient_before = self.relay_metric(0, TRANSIENT, RESENT).await.unwrap_or(0.0);
                 let t = Instant::now();
                 let survivor = 1 + (leader % 3);
@@ -964,18 +939,18 @@ impl World<'_> {
                         (false, seen)
                     })
                 };
-                let pid = self.relays[0].as_ref().map(Proc::pid);
+                let pid = self.relays[0].as_ref().map(RelayProcess::pid);
                 let mut max_rss = 0u64;
                 let mut max_down = 0f64;
                 let until = Instant::now() + plan.kafka_outage;
                 let mut tick = 0u32;
                 while Instant::now() < until {
-                    if let Some(kib) = pid.and_then(procs::rss_kib) {
-                        max_rss = max_rss.max(kib);
+                    if let Some(bytes) = pid.and_then(|p| testkit::proc::rss_bytes(p).ok()) {
+                        max_rss = max_rss.max(bytes / 1024);
                     }
                     if tick.is_multiple_of(4) {
                         let down = self
-                            .relay_metric(0, "relay_kafka_brokers", "state=\"down\"")
+                            .relay_metric(0, "relay_kafka_brokers", &[("state", "down")])
                             .await;
                         max_down = max_down.max(down.unwrap_or(0.0));
                     }
@@ -1004,7 +979,7 @@ impl World<'_> {
                 let transient =
                     self.relay_metric(0, TRANSIENT, RESENT).await.unwrap_or(0.0) - transient_before;
                 let fatal = self
-                    .relay_metric(0, "relay_kafka_fatal_errors_total", "")
+                    .relay_metric(0, "relay_kafka_fatal_errors_total", &[])
                     .await
                     .unwrap_or(0.0);
                 // Without load during the outage the relay has nothing to be refused.
@@ -1055,12 +1030,12 @@ impl World<'_> {
                     .proxy
                     .as_ref()
                     .context("scenario 7 runs with a proxy")?;
-                proxy.move_to(stack.standby_port());
+                proxy.move_to(([127, 0, 0, 1], stack.standby_port()));
                 let moved = t.elapsed();
                 out.notes.push(format!(
                     "primary killed (SIGKILL) at {:.1} s; standby promoted and the proxy moved to it (port {}) {:.2} s later",
                     (t - start).as_secs_f64(),
-                    proxy.target(),
+                    proxy.target().port(),
                     moved.as_secs_f64()
                 ));
                 self.begin_recovery().await;
@@ -1098,7 +1073,7 @@ impl World<'_> {
                     bail!(
                         "relay {} exited by itself with {status}; see {}",
                         ["a", "b"][i],
-                        p.log.display()
+                        p.log().display()
                     );
                 }
             }
@@ -1192,7 +1167,7 @@ impl World<'_> {
                     .push(format!("{name} had exited by itself with {status}"));
                 continue;
             }
-            match p.terminate(STOP_TIMEOUT).await {
+            match p.stop(STOP_TIMEOUT).await {
                 Ok(s) if s.success() => {}
                 Ok(s) => out.notes.push(format!("{name} exited with {s} on SIGTERM")),
                 Err(e) => out.notes.push(format!("{name}: {e:#}")),
@@ -1213,7 +1188,7 @@ impl World<'_> {
         let mut relay_exits = Vec::new();
         for i in 0..2 {
             if let Some(p) = self.relays[i].take() {
-                relay_exits.push(match p.terminate(STOP_TIMEOUT).await {
+                relay_exits.push(match p.stop(STOP_TIMEOUT).await {
                     Ok(s) => (s.success(), format!("relay {}: {s}", ["a", "b"][i])),
                     Err(e) => (false, format!("relay {}: {e:#}", ["a", "b"][i])),
                 });

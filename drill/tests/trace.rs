@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{free_port, unique_suffix, wait_for, Record, Stack, TestDb};
+use testkit::{
+    free_port, unique_suffix, wait_for, Record, RelayConfig, RelaySource, Stack, TestDb,
+};
 
 /// How long any one step may take.
 const STEP: Duration = Duration::from_secs(60);
@@ -146,34 +148,31 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
             .collect()
     };
 
-    let relay_port = free_port();
-    let mut relay_env = env(&[
-        ("RELAY_ADMIN__LISTEN", format!("127.0.0.1:{relay_port}")),
-        ("RELAY_KAFKA__BROKERS", stack.kafka_brokers.clone()),
-        (
-            "RELAY_KAFKA__TOPIC_TEMPLATE",
-            format!("{prefix}outbox.event.{{aggregate_type}}"),
-        ),
-        ("RUST_LOG", "info,rdkafka=warn".into()),
-    ]);
-    for (source, db) in [("USERS_DB", &users_db), ("TRANSACTION_DB", &tx_db)] {
-        for (key, value) in [
-            ("HOST", stack.pg_host.clone()),
-            ("PORT", stack.pg_port.to_string()),
-            ("USER", stack.pg_user.clone()),
-            ("PASSWORD", stack.pg_password.clone()),
-            ("DATABASE", db.name.clone()),
-            ("SLOT", db.name.clone()),
-        ] {
-            relay_env.push((format!("RELAY_SOURCES__{source}__{key}"), value));
-        }
-    }
-    let relay = Running::start(
-        &bin.join("relay-cdc"),
-        &["run"],
-        &relay_env,
-        dir.join("relay.log"),
-    );
+    // As the admin, on the plain stack: the relay's own role and TLS are the drill's.
+    let mut relay = [("users_db", &users_db), ("transaction_db", &tx_db)]
+        .into_iter()
+        .fold(
+            RelayConfig::new(bin.join("relay-cdc"))
+                .kafka(
+                    &stack.kafka_brokers,
+                    &format!("{prefix}outbox.event.{{aggregate_type}}"),
+                )
+                .log_to(dir.join("relay.log")),
+            |config, (source, db)| {
+                config.source(&RelaySource {
+                    name: source.to_string(),
+                    host: stack.pg_host.clone(),
+                    port: stack.pg_port,
+                    user: stack.pg_user.clone(),
+                    password: stack.pg_password.clone(),
+                    database: db.name.clone(),
+                    slot: db.name.clone(),
+                    extra: vec![],
+                })
+            },
+        )
+        .spawn()
+        .unwrap();
     // One of the services on a free port over `db`, with `extra`; and its port.
     let service = |name: &str, db: &TestDb, extra: &[(&str, String)]| {
         let port = free_port();
@@ -203,9 +202,9 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
         format!("http://127.0.0.1:{user_port}"),
         format!("http://127.0.0.1:{tx_port}"),
     );
-    ready(&client, &format!("http://127.0.0.1:{relay_port}/readyz")).await;
     ready(&client, &format!("{users_url}/readyz")).await;
     ready(&client, &format!("{tx_url}/readyz")).await;
+    relay.wait_ready(STEP).await.unwrap();
     let booted = started.elapsed();
 
     // Two sign-ups, the first in a trace of its caller's.
