@@ -352,11 +352,7 @@ impl ConnectProcess {
     /// SIGTERM (Connect stops its connector and flushes offsets), then SIGKILL if it
     /// has not exited within 30 s. A JVM ends with 143 on SIGTERM: the status is not checked.
     pub async fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await?;
+        let _ = testkit::proc::signal(self.pid, "TERM");
         if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
             .is_err()

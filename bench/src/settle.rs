@@ -703,11 +703,8 @@ impl Service {
     }
 
     async fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await;
+        // Fails only when the process is already gone: the wait below reaps it.
+        let _ = testkit::proc::signal(self.pid, "TERM");
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .context("transaction-service did not stop on SIGTERM")??;

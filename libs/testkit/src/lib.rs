@@ -106,17 +106,6 @@ impl Stack {
     }
 }
 
-/// Prometheus text: the sum of the series of `name` whose labels contain `label` (e.g.
-/// `outcome="committed"`). Kept while the bench and the drill move to [`Metrics`].
-pub fn sum_series(text: &str, name: &str, label: &str) -> Option<f64> {
-    let labels: Vec<(&str, &str)> = label
-        .split_once('=')
-        .map(|(k, v)| (k, v.trim_matches('"')))
-        .into_iter()
-        .collect();
-    Metrics::parse(text).sum(name, &labels)
-}
-
 /// Whether the tests run against the secured stack (`STACK_SECURITY=tls`).
 pub fn secured() -> bool {
     std::env::var("STACK_SECURITY").is_ok_and(|v| v == "tls")
