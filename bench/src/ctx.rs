@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use testkit::{Stack, TestDb};
+use testkit::{Delivery, Stack, TestDb};
 use tokio_postgres::Client;
 
 use crate::ceiling;
 use crate::db;
 use crate::debezium::{self, ConnectSpec};
-use crate::options::{Delivery, Options};
+use crate::options::Options;
 use crate::polling::PollerSpec;
 use crate::progress::progress;
 use crate::relay::{self, KafkaTransactions, RelaySpec};

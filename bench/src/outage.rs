@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use testkit::Delivery;
 use tokio::sync::watch;
 
 use crate::ctx::{Ctx, PARTITIONS, READY_TIMEOUT, READ_IDLE};
 use crate::db;
 use crate::kafka;
 use crate::load::{self, Rate};
-use crate::options::Delivery;
 use crate::progress::progress;
 use crate::relay;
 

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::ensure;
-use testkit::{Metrics, RelayConfig, RelayProcess, RelaySource};
-
-use crate::options::Delivery;
+use testkit::{Delivery, Metrics, RelayConfig, RelayProcess, RelaySource};
 
 /// The `application_name` of every PostgreSQL connection of the relay's one source
 /// (`bench`): relay-cdc names them `relay-cdc/<source>`, its replication connection too.
@@ -65,7 +63,7 @@ impl RelaySpec {
             // decision (default 1 s), so throughput runs are not rounded up to it.
             .set("RELAY_PIPELINE__STATUS_INTERVAL_MS", "20")
             .source(&source)
-            .set("RELAY_KAFKA__DELIVERY", self.delivery.setting());
+            .set("RELAY_KAFKA__DELIVERY", self.delivery.as_str());
         let config = match self.delivery {
             Delivery::AtLeastOnce => config,
             Delivery::ExactlyOnce => config

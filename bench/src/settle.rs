@@ -25,12 +25,12 @@ use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use testkit::{Metrics, TestDb};
+use testkit::{Delivery, Metrics, TestDb};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::ctx::Ctx;
-use crate::options::{Delivery, SettlePlan};
+use crate::options::SettlePlan;
 use crate::progress::progress;
 use crate::relay;
 use crate::stats::Latency;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
+use testkit::Delivery;
 
 use crate::ceiling::{self, Recv};
 use crate::ctx::{
@@ -16,7 +17,7 @@ use crate::db::{self, Backend};
 use crate::debezium::{self, ConnectProcess};
 use crate::ingest;
 use crate::kafka;
-use crate::options::{Delivery, Plan, Workload};
+use crate::options::{Plan, Workload};
 use crate::polling::Poller;
 use crate::progress::progress;
 use crate::relay::{self, KafkaTransactions};

@@ -22,8 +22,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use load::{LoadConfig, Rng};
-use scenario::{Bins, Ctx, Delivery, Plan, Scenario};
+use scenario::{Bins, Ctx, Plan, Scenario};
 use stack::{StackConfig, StackGuard};
+use testkit::Delivery;
 
 #[derive(Parser, Debug)]
 #[command(

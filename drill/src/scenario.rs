@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::kafka::{self, Collector, Isolation, Seen};
 use crate::load::{Load, LoadConfig, LoadSummary, Rng, Target, ROLLED_BACK_EVENT};
 use testkit::proc::{command, Process};
-use testkit::{free_port, Proxy, RelayConfig, RelayProcess};
+use testkit::{free_port, Delivery, Proxy, RelayConfig, RelayProcess};
 
 use crate::stack::{Service, StackConfig};
 use crate::verify::{self, Committed, Tally};
@@ -84,27 +84,6 @@ impl Scenario {
             Scenario::KafkaLeaderFailover => {
                 "Kafka cluster: leader killed, rolling restart, too few in-sync replicas"
             }
-        }
-    }
-}
-
-/// How the relays deliver to Kafka: the drill's `--delivery`, passed to every relay it
-/// starts as `RELAY_KAFKA__DELIVERY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Delivery {
-    /// The relay's default: after a crash or an outage the unconfirmed tail is sent
-    /// again with the same event ids, so duplicates are allowed.
-    AtLeastOnce,
-    /// A transactional relay: a `read_committed` consumer must see every row once, so
-    /// the verdict also requires zero duplicates as `read_committed` sees them.
-    ExactlyOnce,
-}
-
-impl Delivery {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Delivery::AtLeastOnce => "at-least-once",
-            Delivery::ExactlyOnce => "exactly-once",
         }
     }
 }

@@ -39,7 +39,7 @@ pub use net::{free_port, free_port_block, Proxy};
 pub use pg::{drop_database, TestDb};
 pub use proc::{shutdown_signal, Process};
 pub use relay::{
-    relay_kafka_env, relay_source_tls_env, Health, RelayConfig, RelayProcess, RelaySource,
+    relay_kafka_env, relay_source_tls_env, Delivery, Health, RelayConfig, RelayProcess, RelaySource,
 };
 
 /// Addresses of the local stack, from the environment `scripts/stack env` prints.

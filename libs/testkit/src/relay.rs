@@ -21,6 +21,68 @@ use crate::net::free_port;
 use crate::proc::{self, Process};
 use crate::{unique_suffix, Stack};
 
+/// relay-cdc's `kafka.delivery` (`RELAY_KAFKA__DELIVERY`), spelled as the relay's
+/// configuration spells it (`at-least-once`, `exactly-once`): the mode the bench
+/// measures and the drill runs its relays in. relay-cdc's own definition stays in its
+/// configuration; this one is for the programs that start it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Delivery {
+    /// An idempotent producer (the relay's default): after a crash or an outage the
+    /// unconfirmed tail is sent again with the same event ids, so duplicates are allowed.
+    #[default]
+    AtLeastOnce,
+    /// A transactional producer: whole PostgreSQL transactions and a checkpoint record
+    /// per Kafka transaction; a `read_committed` consumer sees every row once.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// Both modes, the relay's default first.
+    pub const ALL: [Delivery; 2] = [Delivery::AtLeastOnce, Delivery::ExactlyOnce];
+
+    /// The value of `RELAY_KAFKA__DELIVERY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+impl std::fmt::Display for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A delivery mode the relay does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownDelivery(pub String);
+
+impl std::fmt::Display for UnknownDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown delivery mode {:?} (at-least-once or exactly-once)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownDelivery {}
+
+impl std::str::FromStr for Delivery {
+    type Err = UnknownDelivery;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Delivery::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| UnknownDelivery(s.to_string()))
+    }
+}
+
 /// How long one request to the admin port may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -396,5 +458,32 @@ impl RelayProcess {
     /// SIGKILL and an error after that.
     pub async fn stop(self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.process.stop(timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_modes_are_spelled_as_the_relays_configuration_spells_them() {
+        for d in Delivery::ALL {
+            assert_eq!(d.as_str().parse::<Delivery>(), Ok(d));
+            assert_eq!(d.to_string(), d.as_str());
+        }
+        assert_eq!(Delivery::default(), Delivery::AtLeastOnce);
+        assert_eq!(Delivery::ExactlyOnce.as_str(), "exactly-once");
+        assert!("exactly_once".parse::<Delivery>().is_err());
+    }
+
+    #[test]
+    fn a_later_setting_wins_and_an_empty_one_unsets() {
+        let c = RelayConfig::new("/bin/relay-cdc")
+            .set("RELAY_KAFKA__DELIVERY", Delivery::ExactlyOnce.as_str())
+            .set("RELAY_KAFKA__DELIVERY", Delivery::AtLeastOnce.as_str())
+            .set("RELAY_PIPELINE__MARK_INTERVAL_MS", "10")
+            .set("RELAY_PIPELINE__MARK_INTERVAL_MS", "");
+        assert_eq!(c.setting("RELAY_KAFKA__DELIVERY"), Some("at-least-once"));
+        assert_eq!(c.setting("RELAY_PIPELINE__MARK_INTERVAL_MS"), None);
     }
 }
