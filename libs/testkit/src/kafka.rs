@@ -62,8 +62,6 @@ pub fn client_config(brokers: &str, security: &[(&str, String)]) -> ClientConfig
     c
 }
 
-/// The stack's Kafka security as relay-cdc settings (`RELAY_KAFKA__PROPERTIES__*`), with
-
 /// An admin client on the local broker.
 pub fn kafka_admin(brokers: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     Ok(kafka_config(brokers).create()?)
