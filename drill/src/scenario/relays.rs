@@ -2,6 +2,7 @@
 //! what the scenario changes (scenario 5's slow marking, scenario 7's proxy and
 //! failover slots, exactly-once's checkpoint topic and transactional ids).
 
+use testkit::relay::kafka_properties_env;
 use testkit::Delivery;
 
 use super::catalog::Scenario;
@@ -26,10 +27,7 @@ pub(super) fn relay_env(
         ("RUST_LOG".to_string(), "info,rdkafka=warn".to_string()),
     ];
     // On the secured stack: its own principal, over SASL_SSL.
-    for (k, v) in stack.kafka_security("relay_cdc")? {
-        let key = k.replace('.', "_").to_uppercase();
-        env.push((format!("RELAY_KAFKA__PROPERTIES__{key}"), v));
-    }
+    env.extend(kafka_properties_env(stack.kafka_security("relay_cdc")?));
     let (user, password) = stack.relay_role()?;
     for (source, db) in [
         ("USERS_DB", &names.users_db),

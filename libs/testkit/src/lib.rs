@@ -7,14 +7,14 @@
 //! |-------------|------|
 //! | [`pg`]      | [`TestDb`]: a database per test, migrated, dropped with its replication slots |
 //! | [`kafka`]   | client settings (the stack's security), topics, readers, [`PrivateKafka`] |
-//! | [`relay`]   | [`RelayConfig`] → [`RelayProcess`]: the only place that starts relay-cdc |
+//! | [`relay`]   | [`RelayConfig`] → [`RelayProcess`]: the only place that starts relay-cdc; [`Delivery`] |
 //! | [`metrics`] | [`Metrics`]: Prometheus text, read with `prometheus-parse` |
 //! | [`proc`]    | [`Process`] (a child with a log), `/proc` through `procfs`, [`shutdown_signal`] |
 //! | [`net`]     | free ports, [`Proxy`] (a TCP proxy that can move or cut its connections) |
 //!
 //! Tests run against the real PostgreSQL and Apache Kafka that `scripts/stack up`
 //! starts; `scripts/test` exports their addresses. Run outside it, the stack's default
-//! ports are assumed. Everything is re-exported at the crate root.
+//! ports are assumed. What most callers need is re-exported at the crate root.
 
 pub mod kafka;
 pub mod metrics;

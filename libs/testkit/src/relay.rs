@@ -5,6 +5,8 @@
 //! (wait until ready, probe, metrics, `/proc` figures, kill, stop), and
 //! [`RelayConfig::output`] runs a one-shot command (`check`, `status`).
 //!
+//! [`Delivery`] is relay-cdc's delivery mode as the bench and the drill name it.
+//!
 //! The stack's conventions come along: [`relay_kafka_env`] (the stack's Kafka security
 //! as the relay's own principal) and [`relay_source_tls_env`] (the stack's PostgreSQL
 //! TLS for a source), both empty on the plain stack.
@@ -117,11 +119,15 @@ pub fn kafka_properties_env<'a>(
 /// The stack's PostgreSQL TLS (libpq's `PGSSLMODE`, `PGSSLROOTCERT`) as settings of the
 /// relay's source `name`; nothing on the plain stack.
 pub fn relay_source_tls_env(name: &str) -> Vec<(String, String)> {
-    let tls: Vec<(String, String)> = [("PGSSLMODE", "sslmode"), ("PGSSLROOTCERT", "sslrootcert")]
+    source_settings(name, &stack_pg_tls())
+}
+
+/// The stack's PostgreSQL TLS as a source's settings (`sslmode`, `sslrootcert`).
+fn stack_pg_tls() -> Vec<(String, String)> {
+    [("PGSSLMODE", "sslmode"), ("PGSSLROOTCERT", "sslrootcert")]
         .into_iter()
         .filter_map(|(var, key)| std::env::var(var).ok().map(|v| (key.to_string(), v)))
-        .collect();
-    source_settings(name, &tls)
+        .collect()
 }
 
 /// `RELAY_SOURCES__<NAME>__<KEY>` for each (key, value), keys in any case.
@@ -152,10 +158,6 @@ impl RelaySource {
     /// Source `name` on the local stack's `database`, read through `slot`, as the relay's
     /// own role, with the stack's TLS (see [`relay_source_tls_env`]).
     pub fn on_stack(stack: &Stack, name: &str, database: &str, slot: &str) -> Self {
-        let extra = [("PGSSLMODE", "sslmode"), ("PGSSLROOTCERT", "sslrootcert")]
-            .into_iter()
-            .filter_map(|(var, key)| std::env::var(var).ok().map(|v| (key.to_string(), v)))
-            .collect();
         Self {
             name: name.to_string(),
             host: stack.pg_host.clone(),
@@ -164,7 +166,7 @@ impl RelaySource {
             password: stack.relay_password.clone(),
             database: database.to_string(),
             slot: slot.to_string(),
-            extra,
+            extra: stack_pg_tls(),
         }
     }
 
@@ -474,6 +476,27 @@ mod tests {
         assert_eq!(Delivery::default(), Delivery::AtLeastOnce);
         assert_eq!(Delivery::ExactlyOnce.as_str(), "exactly-once");
         assert!("exactly_once".parse::<Delivery>().is_err());
+    }
+
+    #[test]
+    fn librdkafka_properties_become_the_relays_property_variables() {
+        let env = kafka_properties_env([
+            ("linger.ms", "5".to_string()),
+            ("batch.num.messages", "100".to_string()),
+        ]);
+        assert_eq!(
+            env,
+            [
+                (
+                    "RELAY_KAFKA__PROPERTIES__LINGER_MS".to_string(),
+                    "5".to_string()
+                ),
+                (
+                    "RELAY_KAFKA__PROPERTIES__BATCH_NUM_MESSAGES".to_string(),
+                    "100".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
