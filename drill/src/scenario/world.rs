@@ -17,6 +17,7 @@ use super::ctx::{Ctx, Names};
 use crate::kafka::{Collector, Seen};
 use crate::stack::Service;
 
+/// How long a service or a relay may take to answer its readiness probe.
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bound on one recovery measurement.
 const RECOVERY_BOUND: Duration = Duration::from_secs(600);
@@ -71,7 +72,8 @@ pub(super) struct World<'a> {
 }
 
 impl World<'_> {
-    pub(super) fn log(&self, what: &str) -> PathBuf {
+    /// The log file of one of the scenario's processes.
+    fn log(&self, what: &str) -> PathBuf {
         self.ctx
             .log_dir
             .join(format!("s{}-{what}.log", self.sc.number()))
@@ -259,7 +261,7 @@ impl World<'_> {
 
     /// The numbers that must settle: (pending outbox users, pending outbox tx, pending
     /// transactions, users, accounts).
-    pub(super) async fn settle_state(&self) -> anyhow::Result<[i64; 5]> {
+    async fn settle_state(&self) -> anyhow::Result<[i64; 5]> {
         let pending = "select count(*) from outbox where status = 'PENDING'";
         Ok([
             self.count(&self.users_pool, pending).await?,
