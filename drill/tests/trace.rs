@@ -6,11 +6,12 @@
 //! a sign-up's trace must reach the account opening. The slots go with the test's
 //! databases when they are dropped.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testkit::proc::{command, Process};
 use testkit::{
     free_port, unique_suffix, wait_for, Record, RelayConfig, RelaySource, Stack, TestDb,
 };
@@ -18,42 +19,13 @@ use testkit::{
 /// How long any one step may take.
 const STEP: Duration = Duration::from_secs(60);
 
-/// A running binary, killed when dropped; its stdout and stderr go to `log`.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn start(bin: &Path, args: &[&str], env: &[(String, String)], log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        Self { child, log }
-    }
-
-    /// Every JSON line logged so far.
-    fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Every JSON line `proc` logged so far.
+fn json_lines(proc: &Process) -> Vec<Value> {
+    std::fs::read_to_string(proc.log())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Builds the three binaries in the profile of this test, next to its own binaries.
@@ -95,10 +67,9 @@ fn ids(traceparent: &str) -> (&str, &str) {
 }
 
 /// Waits until `proc` logged `message` in trace `trace_id`; returns the line.
-async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
+async fn logged(proc: &Process, trace_id: &str, message: &str) -> Value {
     wait_for(message, STEP, || async {
-        Ok(proc
-            .lines()
+        Ok(json_lines(proc)
             .into_iter()
             .find(|l| l["message"] == message && span_field(l, "trace_id") == Some(trace_id)))
     })
@@ -106,8 +77,8 @@ async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
     .unwrap_or_else(|e| {
         panic!(
             "{e:#}; {} logged:\n{}",
-            proc.log.display(),
-            std::fs::read_to_string(&proc.log).unwrap_or_default()
+            proc.log().display(),
+            std::fs::read_to_string(proc.log()).unwrap_or_default()
         )
     })
 }
@@ -183,7 +154,8 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
         ];
         vars.extend(extra.iter().cloned());
         let log = dir.join(format!("{name}.log"));
-        (Running::start(&bin.join(name), &[], &env(&vars), log), port)
+        let cmd = command(&bin.join(name), &[], &env(&vars));
+        (Process::spawn(name, cmd, log).unwrap(), port)
     };
     let (users, user_port) = service("user-service", &users_db, &[]);
     let (transactions, tx_port) = service(
