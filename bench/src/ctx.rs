@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use testkit::{Stack, TestDb};
+use testkit::relay::kafka_properties_env;
+use testkit::{Delivery, Stack, TestDb};
 use tokio_postgres::Client;
 
 use crate::ceiling;
 use crate::db;
 use crate::debezium::{self, ConnectSpec};
-use crate::options::{Delivery, Options};
+use crate::options::Options;
 use crate::polling::PollerSpec;
 use crate::progress::progress;
 use crate::relay::{self, KafkaTransactions, RelaySpec};
@@ -105,12 +106,12 @@ impl Ctx {
             admin,
             log_dir,
             debezium,
-            relay_env: opts
-                .kafka_set
-                .iter()
-                .map(|(k, v)| (relay_property_env(k), v.clone()))
-                .chain(opts.relay_env.iter().cloned())
-                .collect(),
+            relay_env: kafka_properties_env(
+                opts.kafka_set.iter().map(|(k, v)| (k.as_str(), v.clone())),
+            )
+            .into_iter()
+            .chain(opts.relay_env.iter().cloned())
+            .collect(),
             debezium_set: opts.debezium_set.clone(),
             kafka_set: opts.kafka_set.clone(),
             keep_logs: Default::default(),
@@ -251,15 +252,6 @@ pub fn check_delivery(
     Ok(())
 }
 
-/// The relay's variable for librdkafka property `key` (`linger.ms` →
-/// `RELAY_KAFKA__PROPERTIES__LINGER_MS`; the relay turns `_` back into `.`).
-fn relay_property_env(key: &str) -> String {
-    format!(
-        "RELAY_KAFKA__PROPERTIES__{}",
-        key.replace('.', "_").to_uppercase()
-    )
-}
-
 /// A comparison system's measurement failed: the run goes on, the table says so, and
 /// the run's logs are kept.
 pub fn failed(ctx: &Ctx, system: System, e: &anyhow::Error) -> String {
@@ -272,18 +264,6 @@ pub fn failed(ctx: &Ctx, system: System, e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kafka_set_reaches_the_relay_as_its_property_variables() {
-        assert_eq!(
-            relay_property_env("linger.ms"),
-            "RELAY_KAFKA__PROPERTIES__LINGER_MS"
-        );
-        assert_eq!(
-            relay_property_env("batch.num.messages"),
-            "RELAY_KAFKA__PROPERTIES__BATCH_NUM_MESSAGES"
-        );
-    }
 
     #[test]
     fn systems_are_named_for_their_interval() {

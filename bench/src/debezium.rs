@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use crate::proc_stats;
 use crate::progress::progress;
 
 /// The Debezium release the pom fetches.
@@ -343,21 +342,17 @@ impl ConnectProcess {
     }
 
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        proc_stats::cpu_seconds(self.pid)
+        testkit::proc::cpu_seconds(self.pid)
     }
 
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
-        proc_stats::status_bytes(self.pid, "VmHWM")
+        testkit::proc::peak_rss_bytes(self.pid)
     }
 
     /// SIGTERM (Connect stops its connector and flushes offsets), then SIGKILL if it
     /// has not exited within 30 s. A JVM ends with 143 on SIGTERM: the status is not checked.
     pub async fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await?;
+        let _ = testkit::proc::signal(self.pid, "TERM");
         if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
             .await
             .is_err()

@@ -17,7 +17,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use uuid::Uuid;
 
-use crate::proc_stats::cpu_seconds;
+use testkit::proc::cpu_seconds;
 
 /// Distinct aggregates, as in the bench's load procedure (`agg-0` … `agg-63`).
 const AGGREGATES: usize = 64;

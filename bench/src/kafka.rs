@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, Timestamp};
@@ -17,32 +16,21 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-/// Creates `topic`. With `log_append_time` the broker stamps each record with the time
-/// it appended it, which is what commit → Kafka latency is measured against.
+/// Creates `topic` (testkit's topic creator: the broker's default replication). With
+/// `log_append_time` the broker stamps each record with the time it appended it, which
+/// is what commit → Kafka latency is measured against.
 pub async fn create_topic(
     brokers: &str,
     topic: &str,
     partitions: i32,
     log_append_time: bool,
 ) -> anyhow::Result<()> {
-    let admin = testkit::kafka_admin(brokers)?;
-    // The broker's default replication: 1 on one broker, 3 on a three-broker cluster.
-    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
-    if log_append_time {
-        t = t.set("message.timestamp.type", "LogAppendTime");
-    }
-    for r in admin
-        .create_topics(
-            &[t],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?
-    {
-        if let Err((t, e)) = r {
-            bail!("creating topic {t}: {e}");
-        }
-    }
-    Ok(())
+    let config: &[(&str, &str)] = if log_append_time {
+        &[("message.timestamp.type", "LogAppendTime")]
+    } else {
+        &[]
+    };
+    testkit::create_topic_with_config(brokers, topic, partitions, config).await
 }
 
 /// The polling baseline's producer: the same delivery settings as relay-cdc's

@@ -11,7 +11,6 @@ use crate::db;
 use crate::kafka;
 use crate::load::{self, Rate};
 use crate::options::Plan;
-use crate::proc_stats;
 use crate::progress::progress;
 use crate::running::Running;
 use crate::stats::Latency;
@@ -67,7 +66,7 @@ pub async fn latency(
     // Rates are per second from when the system is ready (Debezium's JVM takes ~10 s
     // to start); the counters include its start-up work.
     let started = Instant::now();
-    let backends0 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
+    let backends0 = testkit::proc::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
     let process_cpu0 = running.process_cpu()?;
 
     let (want, want_rx) = watch::channel(None);
@@ -86,8 +85,8 @@ pub async fn latency(
     running.check_alive()?;
     running.check_delivery(system).await?;
 
-    let backends1 = proc_stats::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
-    let db_cpu = proc_stats::cpu_used(&backends0, &backends1);
+    let backends1 = testkit::proc::cpu_by_pid(&db::system_backends(&ctx.admin, &db.name).await?);
+    let db_cpu = testkit::proc::cpu_used(&backends0, &backends1);
     let process_cpu = match (running.process_cpu()?, process_cpu0) {
         (Some(c1), Some(c0)) => Some(c1 - c0),
         _ => None,

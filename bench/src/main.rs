@@ -15,7 +15,6 @@ mod options;
 mod order;
 mod outage;
 mod polling;
-mod proc_stats;
 mod progress;
 mod relay;
 mod report;
@@ -39,12 +38,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On Ctrl-C the run is dropped: its databases (with their slots) are dropped and
-    // the relay child is killed on the way out.
+    // On Ctrl-C or SIGTERM the run is dropped: its databases (with their slots) are
+    // dropped and the relay child is killed on the way out.
     let result = rt.block_on(async {
         tokio::select! {
             r = run::run(opts) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = testkit::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     match result {

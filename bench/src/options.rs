@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use testkit::Delivery;
 
 use crate::load::Rate;
 
@@ -154,32 +155,6 @@ impl std::fmt::Display for Part {
             Part::KafkaCluster => "kafka-cluster",
             Part::Settle => "settle",
         })
-    }
-}
-
-/// relay-cdc's `kafka.delivery`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Delivery {
-    /// Idempotent producer; a record counts once Kafka acked it (the relay's default).
-    AtLeastOnce,
-    /// Transactional producer: whole PostgreSQL transactions and a checkpoint record
-    /// per Kafka transaction; `read_committed` consumers see them at its commit.
-    ExactlyOnce,
-}
-
-impl Delivery {
-    /// The value of `RELAY_KAFKA__DELIVERY`.
-    pub fn setting(self) -> &'static str {
-        match self {
-            Delivery::AtLeastOnce => "at-least-once",
-            Delivery::ExactlyOnce => "exactly-once",
-        }
-    }
-}
-
-impl std::fmt::Display for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.setting())
     }
 }
 

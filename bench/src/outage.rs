@@ -3,16 +3,15 @@
 
 use std::time::{Duration, Instant};
 
+use testkit::Delivery;
 use tokio::sync::watch;
 
 use crate::ctx::{Ctx, PARTITIONS, READY_TIMEOUT, READ_IDLE};
 use crate::db;
 use crate::kafka;
 use crate::load::{self, Rate};
-use crate::options::Delivery;
-use crate::proc_stats;
 use crate::progress::progress;
-use crate::relay::RelayProcess;
+use crate::relay;
 
 const RECORDS_IN_FLIGHT: &str = "relay_records_in_flight";
 
@@ -40,8 +39,9 @@ pub async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult>
     let db = db::fresh().await?;
     let (prefix, topic) = ctx.topic_prefix();
     kafka::create_topic(&broker.brokers, &topic, PARTITIONS, false).await?;
-    let mut relay =
-        RelayProcess::spawn(&ctx.relay_spec(&db, &prefix, &broker.brokers, Delivery::AtLeastOnce))?;
+    let mut relay = ctx
+        .relay_spec(&db, &prefix, &broker.brokers, Delivery::AtLeastOnce)
+        .spawn()?;
     relay.wait_ready(READY_TIMEOUT).await?;
     let url = db.url.clone();
     let total = WARMUP + outage + WARMUP;
@@ -55,7 +55,7 @@ pub async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult>
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                match proc_stats::status_bytes(pid, "VmRSS") {
+                match testkit::proc::rss_bytes(pid) {
                     Ok(rss) => samples
                         .lock()
                         .expect("not poisoned")
@@ -66,13 +66,15 @@ pub async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult>
         })
     };
     tokio::time::sleep(WARMUP).await; // a measured period, not a synchronisation
-    let steady_peak_rss = relay.peak_rss()?;
+    let steady_peak_rss = relay.peak_rss_bytes()?;
     progress("broker outage: stopping the broker");
     broker.stop().await?;
     let down = Instant::now();
     tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
     relay.check_alive()?;
-    let in_flight_at_end = relay.metric(RECORDS_IN_FLIGHT).await?.unwrap_or(0.0);
+    let in_flight_at_end = relay::metric(&relay, RECORDS_IN_FLIGHT)
+        .await?
+        .unwrap_or(0.0);
     progress("broker outage: restarting the broker");
     broker.resume().await?;
     let up = Instant::now();
@@ -92,8 +94,8 @@ pub async fn outage(ctx: &Ctx, outage: Duration) -> anyhow::Result<OutageResult>
     drop(want);
     let recovery_s = up.elapsed().as_secs_f64();
     sampler.abort();
-    let after_rss = relay.rss()?;
-    relay.terminate().await?;
+    let after_rss = relay.rss_bytes()?;
+    relay::stop(relay).await?;
     Ok(OutageResult {
         outage,
         rate: RATE,

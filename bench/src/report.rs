@@ -3,13 +3,14 @@
 //! measurements return and measures nothing.
 
 use std::time::Duration;
+use testkit::Delivery;
 
 use crate::cluster::ClusterComparison;
 use crate::ctx::System;
 use crate::debezium;
 use crate::latency::{LatencyRow, SkippedRow};
 use crate::load::Rate;
-use crate::options::{Delivery, Options, Plan};
+use crate::options::{Options, Plan};
 use crate::order::OrderRow;
 use crate::outage::OutageResult;
 use crate::settle::{Offered, Phase, SettleRow};

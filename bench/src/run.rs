@@ -12,7 +12,6 @@ use crate::latency::{latency, SkippedRow};
 use crate::options::{Options, Part};
 use crate::order::order;
 use crate::outage::outage;
-use crate::proc_stats;
 use crate::progress::progress;
 use crate::report::render;
 use crate::throughput::throughput;
@@ -108,24 +107,14 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
 }
 
 async fn machine(admin: &Client) -> anyhow::Result<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib =
-        proc_stats::parse_status_kib(&meminfo, "MemTotal").unwrap_or(0) as f64 / (1024.0 * 1024.0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let m = testkit::proc::machine();
+    let mem_gib = m.memory_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+    let load: Vec<String> = m.load.iter().map(|l| format!("{l:.2}")).collect();
     let pg: String = admin.query_one("show server_version", &[]).await?.get(0);
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     Ok(format!(
-        "{cores} cores ({model}), {mem_gib:.1} GiB RAM, load average at start {}; PostgreSQL {pg}",
+        "{} cores ({}), {mem_gib:.1} GiB RAM, load average at start {}; PostgreSQL {pg}",
+        m.cores,
+        m.cpu_model,
         load.join(" ")
     ))
 }

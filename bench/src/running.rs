@@ -14,7 +14,8 @@ use crate::debezium::ConnectProcess;
 use crate::kafka;
 use crate::options::Plan;
 use crate::polling::Poller;
-use crate::relay::RelayProcess;
+use crate::relay;
+use testkit::RelayProcess;
 
 /// A started system: the relay child process, the in-process polling worker or
 /// Debezium's JVM.
@@ -36,7 +37,7 @@ impl Running {
     ) -> anyhow::Result<Self> {
         Ok(match system {
             System::Relay(delivery) => {
-                let mut r = RelayProcess::spawn(&ctx.relay_spec(db, prefix, brokers, delivery))?;
+                let mut r = ctx.relay_spec(db, prefix, brokers, delivery).spawn()?;
                 r.wait_ready(READY_TIMEOUT).await?;
                 Running::Relay(Box::new(r))
             }
@@ -77,7 +78,7 @@ impl Running {
 
     pub fn process_peak_rss(&self) -> anyhow::Result<Option<u64>> {
         match self {
-            Running::Relay(r) => r.peak_rss().map(Some),
+            Running::Relay(r) => r.peak_rss_bytes().map(Some),
             Running::Polling(_) => Ok(None),
             Running::Debezium(c) => c.peak_rss().map(Some),
         }
@@ -96,7 +97,7 @@ impl Running {
     pub async fn check_delivery(&self, system: System) -> anyhow::Result<()> {
         match (self.relay(), system) {
             (Some(r), System::Relay(delivery)) => {
-                check_delivery(delivery, &r.kafka_transactions().await?, &r.log)
+                check_delivery(delivery, &relay::kafka_transactions(r).await?, r.log())
             }
             _ => Ok(()),
         }
@@ -104,7 +105,7 @@ impl Running {
 
     pub async fn stop(self) -> anyhow::Result<()> {
         match self {
-            Running::Relay(mut r) => r.terminate().await,
+            Running::Relay(r) => relay::stop(*r).await,
             Running::Polling(p) => p.stop().await.map(|_| ()),
             Running::Debezium(c) => c.terminate().await,
         }

@@ -25,15 +25,14 @@ use anyhow::{bail, ensure, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use testkit::TestDb;
+use testkit::{Delivery, Metrics, TestDb};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::ctx::Ctx;
-use crate::options::{Delivery, SettlePlan};
-use crate::proc_stats;
+use crate::options::SettlePlan;
 use crate::progress::progress;
-use crate::relay::RelayProcess;
+use crate::relay;
 use crate::stats::Latency;
 use crate::{db, kafka};
 
@@ -119,8 +118,10 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
     }
     let mut service = Service::start(ctx, bin, &db, &brokers, &prefix).await?;
     let relay_spec = ctx.relay_spec(&db, &prefix, &brokers, Delivery::AtLeastOnce);
-    let mut relay = RelayProcess::spawn(&relay_spec)?;
-    relay.wait_ready(READY_TIMEOUT).await?;
+    let mut first = relay_spec.spawn()?;
+    first.wait_ready(READY_TIMEOUT).await?;
+    // `None` while a backlog builds up with the relay stopped.
+    let mut relay = Some(first);
     let settled = Settlements::watch(&brokers, &tx_topic)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.clients.max(64))
@@ -176,7 +177,9 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
                 progress(format!(
                     "settle: {n} transfers POSTed with the relay stopped"
                 ));
-                relay.terminate().await?;
+                if let Some(r) = relay.take() {
+                    relay::stop(r).await?;
+                }
                 let started = Instant::now();
                 let sent = load.closed_loop(plan.clients, Until::Posted(n)).await?;
                 (sent, started.elapsed().as_secs_f64())
@@ -186,15 +189,17 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
         let ids: Vec<Uuid> = sent.iter().map(|s| s.id).collect();
         if let Offered::Backlog(_) = phase {
             cpu0 = cpu_now(&admin, &db.name, service.pid).await?;
-            relay = RelayProcess::spawn(&relay_spec)?;
+            relay = Some(relay_spec.spawn()?);
             progress("settle: relay restarted; draining the backlog".to_string());
         }
         let backlog_at_end = ids.len() - settled.count_of(&ids);
         settled.wait_all(&ids, DRAIN_TIMEOUT).await?;
         service.check_alive()?;
-        relay.check_alive()?;
+        if let Some(r) = relay.as_mut() {
+            r.check_alive()?;
+        }
         let cpu1 = cpu_now(&admin, &db.name, service.pid).await?;
-        let db_cpu = proc_stats::cpu_used(&cpu0.0, &cpu1.0);
+        let db_cpu = testkit::proc::cpu_used(&cpu0.0, &cpu1.0);
         let svc_cpu = cpu1.1 - cpu0.1;
         let batches1 = service.batches(&http).await?;
         let mean_batch = batches0.zip(batches1).and_then(|(a, z)| {
@@ -220,7 +225,9 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
         phases.push(p);
     }
     settled.stop();
-    relay.terminate().await?;
+    if let Some(r) = relay {
+        relay::stop(r).await?;
+    }
     service.terminate().await?;
     db::wait_disconnected(&admin, &db.name).await?;
     testkit::delete_topics(&brokers, &[&user_topic, &tx_topic]).await;
@@ -235,8 +242,8 @@ async fn cpu_now(
 ) -> anyhow::Result<(HashMap<u32, f64>, f64)> {
     let backends = db::system_backends(admin, db).await?;
     Ok((
-        proc_stats::cpu_by_pid(&backends),
-        proc_stats::cpu_seconds(service)?,
+        testkit::proc::cpu_by_pid(&backends),
+        testkit::proc::cpu_seconds(service)?,
     ))
 }
 
@@ -669,16 +676,11 @@ impl Service {
     /// The consumer's batch counters so far; `None` from a binary that does not batch
     /// (no `consumer_batch_events` histogram).
     async fn batches(&self, http: &reqwest::Client) -> anyhow::Result<Option<Batches>> {
-        let text = http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let sum = crate::relay::sum_metric(&text, "consumer_batch_events_sum");
-        let count = crate::relay::sum_metric(&text, "consumer_batch_events_count");
-        let secs = crate::relay::sum_metric(&text, "consumer_batch_duration_seconds_sum");
-        let wait = crate::relay::sum_metric(&text, "consumer_visibility_wait_seconds_total");
+        let m = Metrics::scrape(http, &format!("{}/metrics", self.url)).await?;
+        let sum = m.sum("consumer_batch_events_sum", &[]);
+        let count = m.sum("consumer_batch_events_count", &[]);
+        let secs = m.sum("consumer_batch_duration_seconds_sum", &[]);
+        let wait = m.sum("consumer_visibility_wait_seconds_total", &[]);
         Ok(sum
             .zip(count)
             .zip(secs)
@@ -701,11 +703,8 @@ impl Service {
     }
 
     async fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status()
-            .await;
+        // Fails only when the process is already gone: the wait below reaps it.
+        let _ = testkit::proc::signal(self.pid, "TERM");
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .context("transaction-service did not stop on SIGTERM")??;

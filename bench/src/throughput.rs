@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
+use testkit::Delivery;
 
 use crate::ceiling::{self, Recv};
 use crate::ctx::{
@@ -16,11 +17,10 @@ use crate::db::{self, Backend};
 use crate::debezium::{self, ConnectProcess};
 use crate::ingest;
 use crate::kafka;
-use crate::options::{Delivery, Plan, Workload};
+use crate::options::{Plan, Workload};
 use crate::polling::Poller;
-use crate::proc_stats;
 use crate::progress::progress;
-use crate::relay::{self, KafkaTransactions, RelayProcess};
+use crate::relay::{self, KafkaTransactions};
 
 /// How often the PostgreSQL backends of a throughput run are sampled for CPU time.
 const BACKEND_SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -122,16 +122,16 @@ pub async fn relay_throughput(
     let (prefix, topic) = ctx.topic_prefix();
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
     let spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
-    let mut first = RelayProcess::spawn(&spec)?;
+    let mut first = spec.spawn()?;
     first.wait_ready(READY_TIMEOUT).await?;
-    first.terminate().await?;
+    relay::stop(first).await?;
 
     let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
     let c = db::connect(&db.url, "relay-bench").await?;
     // The relay's backends, walsender apart: none exist yet (the first run ended), so
     // every one sampled started inside the timed run.
     let relay_backends = || db::backends_of(&ctx.admin, &db.name, relay::APPLICATION_NAME);
-    let mut pg_cpu = proc_stats::CpuTracker::begin(
+    let mut pg_cpu = testkit::proc::CpuTracker::begin(
         &relay_backends()
             .await?
             .iter()
@@ -139,7 +139,7 @@ pub async fn relay_throughput(
             .collect::<Vec<_>>(),
     );
     let started = Instant::now();
-    let mut relay = RelayProcess::spawn(&spec)?;
+    let mut relay = spec.spawn()?;
     let mut startup = None;
     let mut acked = None;
     let mut sampled = started;
@@ -156,8 +156,7 @@ pub async fn relay_throughput(
         // Every 50 ms: when did Kafka ack the last record (before marking and confirmation)?
         if acked.is_none()
             && round % 10 == 0
-            && relay
-                .metric(EVENTS_PUBLISHED)
+            && relay::metric(&relay, EVENTS_PUBLISHED)
                 .await
                 .ok()
                 .flatten()
@@ -173,7 +172,7 @@ pub async fn relay_throughput(
             bail!(
                 "relay did not confirm the load within {:?}; log: {}",
                 stuck_after(loaded.rows),
-                relay.log.display()
+                relay.log().display()
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -182,11 +181,13 @@ pub async fn relay_throughput(
     let acked = acked.unwrap_or(secs);
     pg_cpu.sample(&relay_backends().await?);
     let cpu = relay.cpu_seconds()?;
-    let peak_rss = relay.peak_rss()?;
-    let published = relay.metric(EVENTS_PUBLISHED).await?.unwrap_or(0.0) as u64;
-    let transactions = relay.kafka_transactions().await?;
-    check_delivery(delivery, &transactions, &relay.log)?;
-    relay.terminate().await?;
+    let peak_rss = relay.peak_rss_bytes()?;
+    let published = relay::metric(&relay, EVENTS_PUBLISHED)
+        .await?
+        .unwrap_or(0.0) as u64;
+    let transactions = relay::kafka_transactions(&relay).await?;
+    check_delivery(delivery, &transactions, relay.log())?;
+    relay::stop(relay).await?;
     let processed = db::count_status(&c, "PROCESSED").await? as u64;
     ensure!(
         processed == loaded.rows && published >= loaded.rows,
@@ -247,7 +248,7 @@ async fn debezium_throughput(
     let spec = ctx.debezium_spec(libs, &db, &slot, &prefix, brokers);
     let started = Instant::now();
     let mut connect = ConnectProcess::spawn(&spec)?;
-    let mut walsender = proc_stats::CpuTracker::begin(&[]);
+    let mut walsender = testkit::proc::CpuTracker::begin(&[]);
     let mut sampled = started;
     let mut first = None;
     let deadline = started + DEBEZIUM_START_TIMEOUT + stuck_after(loaded.rows);

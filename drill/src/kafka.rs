@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -49,27 +49,11 @@ fn client_config(brokers: &str) -> ClientConfig {
 }
 
 /// Creates `topics` before anything produces or subscribes, so consumers find them at
-/// once instead of after a metadata refresh.
+/// once instead of after a metadata refresh; the broker's default replication (1 on one
+/// broker, 3 on a KAFKA_NODES=3 cluster), through testkit's topic creator.
 pub async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        // The broker's default replication: 1 on one broker, 3 on a KAFKA_NODES=3 cluster.
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(-1)))
-        .collect();
-    let results = admin
-        .create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .context("creating topics")?;
-    for r in results {
-        if let Err((t, e)) = r {
-            bail!("creating topic {t}: {e}");
-        }
-    }
-    Ok(())
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    testkit::kafka::create_topics(&client_config(brokers), &names, PARTITIONS, &[]).await
 }
 
 /// The broker (node id) leading the most partitions of `topics`.

@@ -9,8 +9,6 @@
 
 mod kafka;
 mod load;
-mod procs;
-mod proxy;
 mod report;
 mod scenario;
 mod stack;
@@ -24,8 +22,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use load::{LoadConfig, Rng};
-use scenario::{Bins, Ctx, Delivery, Plan, Scenario};
+use scenario::{Bins, Ctx, Plan, Scenario};
 use stack::{StackConfig, StackGuard};
+use testkit::Delivery;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -243,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {
         biased;
-        _ = shutdown_signal() => true,
+        _ = testkit::shutdown_signal() => true,
         _ = async {
             for sc in &scenarios {
                 tracing::info!(scenario = sc.number(), "scenario {}: {}", sc.number(), sc.title());
@@ -313,21 +312,6 @@ fn find_bins(dir: Option<PathBuf>) -> anyhow::Result<Bins> {
         transaction_service: bin("transaction-service")?,
         relay: bin("relay-cdc")?,
     })
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 
 use std::fmt::Write;
 use std::time::Duration;
+use testkit::Delivery;
 
-use crate::scenario::{Delivery, Outcome};
+use crate::scenario::Outcome;
 
 /// Column headers of the table (the test suite reads the table by these names).
 pub const COLUMNS: [&str; 10] = [

@@ -6,52 +6,26 @@
 //! a sign-up's trace must reach the account opening. The slots go with the test's
 //! databases when they are dropped.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{free_port, unique_suffix, wait_for, Record, Stack, TestDb};
+use testkit::proc::{command, Process};
+use testkit::{
+    free_port, unique_suffix, wait_for, Record, RelayConfig, RelaySource, Stack, TestDb,
+};
 
 /// How long any one step may take.
 const STEP: Duration = Duration::from_secs(60);
 
-/// A running binary, killed when dropped; its stdout and stderr go to `log`.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn start(bin: &Path, args: &[&str], env: &[(String, String)], log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        Self { child, log }
-    }
-
-    /// Every JSON line logged so far.
-    fn lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Every JSON line `proc` logged so far.
+fn json_lines(proc: &Process) -> Vec<Value> {
+    std::fs::read_to_string(proc.log())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Builds the three binaries in the profile of this test, next to its own binaries.
@@ -93,10 +67,9 @@ fn ids(traceparent: &str) -> (&str, &str) {
 }
 
 /// Waits until `proc` logged `message` in trace `trace_id`; returns the line.
-async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
+async fn logged(proc: &Process, trace_id: &str, message: &str) -> Value {
     wait_for(message, STEP, || async {
-        Ok(proc
-            .lines()
+        Ok(json_lines(proc)
             .into_iter()
             .find(|l| l["message"] == message && span_field(l, "trace_id") == Some(trace_id)))
     })
@@ -104,8 +77,8 @@ async fn logged(proc: &Running, trace_id: &str, message: &str) -> Value {
     .unwrap_or_else(|e| {
         panic!(
             "{e:#}; {} logged:\n{}",
-            proc.log.display(),
-            std::fs::read_to_string(&proc.log).unwrap_or_default()
+            proc.log().display(),
+            std::fs::read_to_string(proc.log()).unwrap_or_default()
         )
     })
 }
@@ -146,34 +119,31 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
             .collect()
     };
 
-    let relay_port = free_port();
-    let mut relay_env = env(&[
-        ("RELAY_ADMIN__LISTEN", format!("127.0.0.1:{relay_port}")),
-        ("RELAY_KAFKA__BROKERS", stack.kafka_brokers.clone()),
-        (
-            "RELAY_KAFKA__TOPIC_TEMPLATE",
-            format!("{prefix}outbox.event.{{aggregate_type}}"),
-        ),
-        ("RUST_LOG", "info,rdkafka=warn".into()),
-    ]);
-    for (source, db) in [("USERS_DB", &users_db), ("TRANSACTION_DB", &tx_db)] {
-        for (key, value) in [
-            ("HOST", stack.pg_host.clone()),
-            ("PORT", stack.pg_port.to_string()),
-            ("USER", stack.pg_user.clone()),
-            ("PASSWORD", stack.pg_password.clone()),
-            ("DATABASE", db.name.clone()),
-            ("SLOT", db.name.clone()),
-        ] {
-            relay_env.push((format!("RELAY_SOURCES__{source}__{key}"), value));
-        }
-    }
-    let relay = Running::start(
-        &bin.join("relay-cdc"),
-        &["run"],
-        &relay_env,
-        dir.join("relay.log"),
-    );
+    // As the admin, on the plain stack: the relay's own role and TLS are the drill's.
+    let mut relay = [("users_db", &users_db), ("transaction_db", &tx_db)]
+        .into_iter()
+        .fold(
+            RelayConfig::new(bin.join("relay-cdc"))
+                .kafka(
+                    &stack.kafka_brokers,
+                    &format!("{prefix}outbox.event.{{aggregate_type}}"),
+                )
+                .log_to(dir.join("relay.log")),
+            |config, (source, db)| {
+                config.source(&RelaySource {
+                    name: source.to_string(),
+                    host: stack.pg_host.clone(),
+                    port: stack.pg_port,
+                    user: stack.pg_user.clone(),
+                    password: stack.pg_password.clone(),
+                    database: db.name.clone(),
+                    slot: db.name.clone(),
+                    extra: vec![],
+                })
+            },
+        )
+        .spawn()
+        .unwrap();
     // One of the services on a free port over `db`, with `extra`; and its port.
     let service = |name: &str, db: &TestDb, extra: &[(&str, String)]| {
         let port = free_port();
@@ -184,7 +154,8 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
         ];
         vars.extend(extra.iter().cloned());
         let log = dir.join(format!("{name}.log"));
-        (Running::start(&bin.join(name), &[], &env(&vars), log), port)
+        let cmd = command(&bin.join(name), &[], &env(&vars));
+        (Process::spawn(name, cmd, log).unwrap(), port)
     };
     let (users, user_port) = service("user-service", &users_db, &[]);
     let (transactions, tx_port) = service(
@@ -203,9 +174,9 @@ async fn one_transfer_keeps_its_callers_trace_through_relay_cdc_to_the_settlemen
         format!("http://127.0.0.1:{user_port}"),
         format!("http://127.0.0.1:{tx_port}"),
     );
-    ready(&client, &format!("http://127.0.0.1:{relay_port}/readyz")).await;
     ready(&client, &format!("{users_url}/readyz")).await;
     ready(&client, &format!("{tx_url}/readyz")).await;
+    relay.wait_ready(STEP).await.unwrap();
     let booted = started.elapsed();
 
     // Two sign-ups, the first in a trace of its caller's.

@@ -9,16 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use testkit::{read_until_ids, read_until_quiet, Record};
+use testkit::{read_until_ids, read_until_quiet, Record, RelayProcess};
 
-use crate::helpers::{insert_txn, Relay, RelayConfig, Source};
+use crate::helpers::{insert_txn, RelaySetup, Source, READY};
 use crate::{assert_commit_order, lsn};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Exactly-once settings with a checkpoint topic and transactional id of this test's own.
-fn exactly_once(prefix: &str) -> RelayConfig {
-    let (mut cfg, _) = RelayConfig::new(prefix);
+fn exactly_once(prefix: &str) -> RelaySetup {
+    let (mut cfg, _) = RelaySetup::new(prefix);
     let t = cfg
         .topic_template
         .trim_end_matches(".{aggregate_type}")
@@ -37,12 +37,12 @@ fn exactly_once(prefix: &str) -> RelayConfig {
     cfg
 }
 
-fn topic(cfg: &RelayConfig, aggregate_type: &str) -> String {
+fn topic(cfg: &RelaySetup, aggregate_type: &str) -> String {
     cfg.topic_template
         .replace("{aggregate_type}", aggregate_type)
 }
 
-fn checkpoint_topic(cfg: &RelayConfig) -> String {
+fn checkpoint_topic(cfg: &RelaySetup) -> String {
     cfg.extra
         .iter()
         .find(|(k, _)| k == "RELAY_KAFKA__CHECKPOINT_TOPIC")
@@ -118,8 +118,8 @@ async fn last_checkpoint(brokers: &str, topic: &str, source: &str) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-async fn metric(relay: &Relay, key: &str) -> f64 {
-    relay.metrics().await.get(key).copied().unwrap_or(0.0)
+async fn metric(relay: &RelayProcess, key: &str) -> f64 {
+    relay.metrics().await.unwrap().get(key).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,8 +130,8 @@ async fn kill_9_at_random_moments_under_load_delivers_every_event_exactly_once()
     let topic = topic(&cfg, "evt");
     // The slot exists before the load starts: reconciliation keeps no insert order
     // within a transaction (see relay-cdc/README), and this test checks it.
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let written = Arc::new(Mutex::new(Vec::<String>::new()));
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let writer = {
@@ -157,8 +157,8 @@ async fn kill_9_at_random_moments_under_load_delivers_every_event_exactly_once()
         .await
         .unwrap();
         relay.kill();
-        relay = Relay::start(&cfg, &[&src]);
-        relay.wait_ready().await;
+        relay = cfg.start(&[&src]);
+        relay.wait_ready(READY).await.unwrap();
     }
     stop_tx.send(true).unwrap();
     writer.await.unwrap();
@@ -199,8 +199,8 @@ async fn a_crash_after_the_kafka_commit_and_before_confirmation_publishes_nothin
         ("RELAY_PIPELINE__MARK_INTERVAL_MS".into(), "60000".into()),
         ("RELAY_PIPELINE__MARK_BATCH_SIZE".into(), "1000000".into()),
     ]);
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let ready = relay.probe("/readyz").await.unwrap();
     assert_eq!(ready.body["delivery"], "exactly-once", "{:?}", ready.body);
     let mut c = src.conn().await;
@@ -219,7 +219,7 @@ async fn a_crash_after_the_kafka_commit_and_before_confirmation_publishes_nothin
     relay.kill();
 
     cfg.extra.truncate(cfg.extra.len() - 2);
-    let relay = Relay::start(&cfg, &[&src]);
+    let relay = cfg.start(&[&src]);
     let after = insert_txn(&mut c, "evt", "k0", 25, "after").await;
     testkit::wait_for("all rows PROCESSED", WAIT, || async {
         Ok((src.count("PENDING").await == 0).then_some(()))
@@ -254,7 +254,7 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
     let topic = topic(&cfg, "evt");
     // The first relay holds its Kafka transaction open for 15 s: killed within them, it
     // leaves all 20,000 records in Kafka, uncommitted.
-    let mut holding = RelayConfig {
+    let mut holding = RelaySetup {
         brokers: cfg.brokers.clone(),
         topic_template: cfg.topic_template.clone(),
         extra: cfg.extra.clone(),
@@ -266,8 +266,8 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
             "1000000".into(),
         ),
     ]);
-    let mut relay = Relay::start(&holding, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = holding.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let expected = insert_txn(&mut c, "evt", "k", 20_000, "big").await;
     let peek = uncommitted(&cfg.brokers, &[&topic]);
@@ -276,7 +276,7 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
     // Smaller than the transaction: a PostgreSQL transaction is never split anyway.
     cfg.extra
         .push(("RELAY_KAFKA__TRANSACTION_MAX_RECORDS".into(), "1000".into()));
-    let relay = Relay::start(&cfg, &[&src]);
+    let relay = cfg.start(&[&src]);
     let records = read_committed(&cfg.brokers, &topic, &expected).await;
     assert_exactly_once(&records, &expected);
     // read_uncommitted saw the aborted copy, then the committed one.
@@ -285,26 +285,30 @@ async fn a_20000_row_transaction_is_one_kafka_transaction_and_an_aborted_one_is_
 
     // One committed Kafka transaction holds all 20,000 records (+ its checkpoint): the
     // histogram's only transaction above 16,384 records.
-    let m = relay.metrics().await;
-    let key = |le: &str| {
-        format!(
-            "relay_kafka_transaction_records_bucket{{source=\"{}\",le=\"{le}\"}}",
+    let m = relay.metrics().await.unwrap();
+    let count = m
+        .get(&format!(
+            "relay_kafka_transaction_records_count{{source=\"{}\"}}",
             src.name
-        )
-    };
-    let count = m[&format!(
-        "relay_kafka_transaction_records_count{{source=\"{}\"}}",
-        src.name
-    )];
+        ))
+        .unwrap();
     assert_eq!(
-        count - m[&key("16384")],
+        count
+            - m.bucket(
+                "relay_kafka_transaction_records",
+                &[("source", &src.name)],
+                16384.0
+            )
+            .unwrap(),
         1.0,
         "exactly one transaction above 16,384 records"
     );
-    let sum = m[&format!(
-        "relay_kafka_transaction_records_sum{{source=\"{}\"}}",
-        src.name
-    )];
+    let sum = m
+        .get(&format!(
+            "relay_kafka_transaction_records_sum{{source=\"{}\"}}",
+            src.name
+        ))
+        .unwrap();
     assert!(sum >= 20_001.0, "{sum}");
 }
 
@@ -314,7 +318,7 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
     let mut cfg = exactly_once("eos-zombie");
     let topic = topic(&cfg, "evt");
     // The zombie keeps its Kafka transaction open long enough to be caught with it.
-    let mut zombie_cfg = RelayConfig {
+    let mut zombie_cfg = RelaySetup {
         brokers: cfg.brokers.clone(),
         topic_template: cfg.topic_template.clone(),
         extra: cfg.extra.clone(),
@@ -326,8 +330,8 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
             "1000000".into(),
         ),
     ]);
-    let mut zombie = Relay::start(&zombie_cfg, &[&src]);
-    zombie.wait_ready().await;
+    let mut zombie = zombie_cfg.start(&[&src]);
+    zombie.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let first = insert_txn(&mut c, "evt", "k", 50, "first").await;
     let inserted = std::time::Instant::now();
@@ -336,7 +340,7 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
 
     // Frozen with its transaction open; its walsender is ended as wal_sender_timeout would.
     let pid = zombie.pid();
-    signal(pid, "-STOP");
+    testkit::proc::signal(pid, "STOP").unwrap();
     // Behind the relay's back: as the admin (on the secured stack the tables' owner may
     // not end another role's session).
     let mut admin = src.db.connect_admin().await.unwrap();
@@ -354,8 +358,8 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
     .unwrap();
     cfg.extra
         .push(("RELAY_KAFKA__TRANSACTION_MAX_MS".into(), "100".into()));
-    let mut standby = Relay::start(&cfg, &[&src]);
-    standby.wait_ready().await;
+    let mut standby = cfg.start(&[&src]);
+    standby.wait_ready(READY).await.unwrap();
     let second = insert_txn(&mut c, "evt", "k", 50, "second").await;
     let expected = [first, second].concat();
     let records = read_committed(&cfg.brokers, &topic, &expected).await;
@@ -363,7 +367,7 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
     // Awake again once its commit is due (it cannot be observed while it is stopped, so
     // this waits out the 15 s bound): the commit is refused, and nothing of it shows.
     tokio::time::sleep(Duration::from_secs(16).saturating_sub(inserted.elapsed())).await;
-    signal(pid, "-CONT");
+    testkit::proc::signal(pid, "CONT").unwrap();
     let fenced = src.series("relay_producer_fenced_total");
     testkit::wait_for("the zombie fenced", WAIT, || async {
         Ok((metric(&zombie, &fenced).await >= 1.0).then_some(()))
@@ -382,15 +386,6 @@ async fn a_zombie_relay_that_wakes_after_the_standby_took_over_is_fenced() {
     drop(standby);
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_reads_its_checkpoint_promptly_while_another_source_keeps_committing() {
     let (quiet, busy) = (
@@ -399,10 +394,10 @@ async fn a_restart_reads_its_checkpoint_promptly_while_another_source_keeps_comm
     );
     let cfg = exactly_once("eos-shared");
     let topic = topic(&cfg, "evt");
-    let mut busy_relay = Relay::start(&cfg, &[&busy]);
-    busy_relay.wait_ready().await;
-    let mut quiet_relay = Relay::start(&cfg, &[&quiet]);
-    quiet_relay.wait_ready().await;
+    let mut busy_relay = cfg.start(&[&busy]);
+    busy_relay.wait_ready(READY).await.unwrap();
+    let mut quiet_relay = cfg.start(&[&quiet]);
+    quiet_relay.wait_ready(READY).await.unwrap();
     let mut c = quiet.conn().await;
     let first = insert_txn(&mut c, "evt", "q", 10, "first").await;
     let consumer = testkit::consumer(&cfg.brokers, &[&topic]).unwrap();
@@ -426,8 +421,8 @@ async fn a_restart_reads_its_checkpoint_promptly_while_another_source_keeps_comm
     .await
     .unwrap();
     let started = std::time::Instant::now();
-    let mut quiet_relay = Relay::start(&cfg, &[&quiet]);
-    quiet_relay.wait_ready().await;
+    let mut quiet_relay = cfg.start(&[&quiet]);
+    quiet_relay.wait_ready(READY).await.unwrap();
     let took = started.elapsed();
     stop_tx.send(true).unwrap();
     writer.await.unwrap();

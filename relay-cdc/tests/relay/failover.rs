@@ -4,7 +4,7 @@
 
 use testkit::read_until_ids;
 
-use super::helpers::{insert_txn, Relay, RelayConfig, Source};
+use super::helpers::{insert_txn, RelaySetup, Source, READY, STOP};
 use super::{relay_cli, WAIT};
 
 /// `server_version_num` of the stack's PostgreSQL.
@@ -49,9 +49,9 @@ async fn slots_are_failover_slots_where_the_server_supports_them() {
     // reconciled (counted) if it made a new one.
     let ids = insert_txn(&mut c, "acct", "a-1", 3, "before").await;
 
-    let (cfg, prefix) = RelayConfig::new("failover");
-    let mut relay = Relay::start(&cfg, &[&fresh, &plain]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("failover");
+    let mut relay = cfg.start(&[&fresh, &plain]);
+    relay.wait_ready(READY).await.unwrap();
     let want = (version >= 170_000).then_some(true);
     assert_eq!(failover_flag(&fresh).await, want, "created by the relay");
     assert_eq!(
@@ -62,18 +62,14 @@ async fn slots_are_failover_slots_where_the_server_supports_them() {
     // The existing slot was kept (its rows streamed), not recreated (rows reconciled).
     let consumer = testkit::consumer(&cfg.brokers, &[&format!("{prefix}.acct")]).unwrap();
     read_until_ids(&consumer, &ids, WAIT).await.unwrap();
-    let metrics = relay.metrics().await;
+    let metrics = relay.metrics().await.unwrap();
     for m in [
         "relay_reconciled_events_total",
         "relay_slot_recreated_total",
     ] {
-        assert_eq!(
-            metrics.get(&plain.series(m)).copied().unwrap_or(0.0),
-            0.0,
-            "{m}"
-        );
+        assert_eq!(metrics.get(&plain.series(m)).unwrap_or(0.0), 0.0, "{m}");
     }
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 
     // `check` says what protects a failover; on this lone server nothing does, which is
     // a warning, not a failure.
@@ -131,10 +127,10 @@ async fn a_source_with_several_servers_streams_from_the_writable_one() {
         "RELAY_SOURCES__MULTI__HOSTS".into(),
         format!("127.0.0.1:{dead},{}:{}", stack.pg_host, stack.pg_port),
     ));
-    let (mut cfg, prefix) = RelayConfig::new("hosts");
+    let (mut cfg, prefix) = RelaySetup::new("hosts");
     cfg.extra = env;
-    let mut relay = Relay::start(&cfg, &[]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[]);
+    relay.wait_ready(READY).await.unwrap();
 
     let mut c = src.conn().await;
     let ids = insert_txn(&mut c, "acct", "a-1", 5, "hosts").await;
@@ -145,7 +141,7 @@ async fn a_source_with_several_servers_streams_from_the_writable_one() {
     })
     .await
     .unwrap();
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 
     let out = relay_cli(&["check"], &cfg.extra);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -6,9 +6,11 @@
 use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
-use testkit::{read_records, read_until_ids, read_until_quiet, PrivateKafka, Record};
+use testkit::{
+    read_records, read_until_ids, read_until_quiet, Health, PrivateKafka, Record, RelayProcess,
+};
 
-use crate::helpers::{insert_txn, Health, Relay, RelayConfig, Source};
+use crate::helpers::{insert_txn, RelaySetup, Source, READY};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Short enough that a stall shows within a few seconds, long enough that a healthy
@@ -59,7 +61,7 @@ fn is_healthy(h: &Health, source: &str) -> bool {
 }
 
 /// Where the rows stand and what the relay said last, for a failure message.
-async fn explain(relay: &Relay, src: &Source) -> String {
+async fn explain(relay: &RelayProcess, src: &Source) -> String {
     let mut counts = Vec::new();
     for status in ["PENDING", "PROCESSED", "DEAD_LETTERED"] {
         counts.push(format!("{status} {}", src.count(status).await));
@@ -75,7 +77,7 @@ async fn explain(relay: &Relay, src: &Source) -> String {
 async fn read_ids(
     consumer: &rdkafka::consumer::StreamConsumer,
     ids: &[String],
-    relay: &Relay,
+    relay: &RelayProcess,
     src: &Source,
 ) -> Vec<Record> {
     match read_until_ids(consumer, ids, WAIT).await {
@@ -95,12 +97,12 @@ async fn wait_all_processed(src: &Source, rows: i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_the_broker_refuses_halts_its_source_once_under_the_stop_policy() {
     let src = Source::new("refused").await;
-    let (cfg, prefix) = RelayConfig::new("refused");
+    let (cfg, prefix) = RelaySetup::new("refused");
     let brokers = src.db.stack().kafka_brokers.clone();
     let topic = format!("{prefix}.evt");
     create_refusing_topic(&brokers, &topic).await;
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let consumer = testkit::consumer(&brokers, &[&topic]).unwrap();
     let mut c = src.conn().await;
 
@@ -114,7 +116,8 @@ async fn a_record_the_broker_refuses_halts_its_source_once_under_the_stop_policy
         .wait_health("/healthz to report the source halted", WAIT, |h| {
             h.source("refused")["state"] == "halted"
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(h.status, 503, "a halted source makes /healthz 503: {h:?}");
     assert_eq!(h.body["healthy"], false, "{h:?}");
     let reason = h.source("refused")["reason"].as_str().unwrap_or_default();
@@ -143,22 +146,21 @@ async fn a_record_the_broker_refuses_halts_its_source_once_under_the_stop_policy
         "the row after the poison was produced {} times: the source restarts",
         times(&records, &after[0])
     );
-    let m = relay.metrics().await;
+    let m = relay.metrics().await.unwrap();
     assert_eq!(
         m.get(&src.series("relay_source_halted")),
-        Some(&1.0),
+        Some(1.0),
         "relay_source_halted is 1"
     );
     assert_eq!(
         m.get(&src.series("relay_source_restarts_total"))
-            .copied()
             .unwrap_or(0.0),
         0.0,
         "a halted source is not restarted"
     );
     assert_eq!(
         m.get("relay_publish_failures_total{kind=\"poison\",source=\"refused\"}"),
-        Some(&1.0),
+        Some(1.0),
         "the refusal is counted once as poison"
     );
 
@@ -186,7 +188,7 @@ async fn a_record_the_broker_refuses_halts_its_source_once_under_the_stop_policy
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rows_after_it_flow() {
     let src = Source::new("deadletter").await;
-    let (mut cfg, prefix) = RelayConfig::new("deadletter");
+    let (mut cfg, prefix) = RelaySetup::new("deadletter");
     let brokers = src.db.stack().kafka_brokers.clone();
     let topic = format!("{prefix}.evt");
     let dlq = format!("{prefix}.dead-letter");
@@ -195,8 +197,8 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rows_after_it_flow
         ("RELAY_KAFKA__DEAD_LETTER_TOPIC".into(), dlq.clone()),
     ];
     create_refusing_topic(&brokers, &topic).await;
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let consumer = testkit::consumer(&brokers, &[&topic]).unwrap();
     let dead_consumer = testkit::consumer(&brokers, &[&dlq]).unwrap();
     let mut c = src.conn().await;
@@ -265,10 +267,10 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rows_after_it_flow
     if let Err(e) = marked {
         panic!("{e}\n{}", explain(&relay, &src).await);
     }
-    let m = relay.metrics().await;
+    let m = relay.metrics().await.unwrap();
     assert_eq!(
         m.get(&src.series("relay_dead_lettered_total")),
-        Some(&1.0),
+        Some(1.0),
         "relay_dead_lettered_total counts the one dead letter"
     );
     let h = relay.probe("/healthz").await.expect("/healthz answers");
@@ -292,7 +294,7 @@ async fn a_broker_with_topic_auto_creation_off_still_gets_every_event() {
         "the broker under test creates no topic by itself"
     );
     let src = Source::new("autocreate").await;
-    let (mut cfg, prefix) = RelayConfig::new("autocreate");
+    let (mut cfg, prefix) = RelaySetup::new("autocreate");
     cfg.brokers = kafka.brokers.clone();
     cfg.extra = vec![("RELAY_KAFKA__TOPIC_PARTITIONS".into(), "2".into())];
     let topic = format!("{prefix}.evt");
@@ -301,8 +303,8 @@ async fn a_broker_with_topic_auto_creation_off_still_gets_every_event() {
         None
     );
 
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -322,7 +324,7 @@ async fn a_broker_with_topic_auto_creation_off_still_gets_every_event() {
 async fn kill_9_during_reconciliation_loses_no_pending_row() {
     let kafka = PrivateKafka::start().await.unwrap();
     let src = Source::new("reconcile").await;
-    let (mut cfg, prefix) = RelayConfig::new("reconcile");
+    let (mut cfg, prefix) = RelaySetup::new("reconcile");
     cfg.brokers = kafka.brokers.clone();
     cfg.extra = vec![(
         "RELAY_PIPELINE__STALL_TIMEOUT_MS".into(),
@@ -339,7 +341,7 @@ async fn kill_9_during_reconciliation_loses_no_pending_row() {
     // First crash as soon as a slot exists; second one once the relay has been stuck on
     // publishing for a while (or says so on /healthz), deeper into reconciliation.
     for round in 1..=2 {
-        let mut relay = Relay::start(&cfg, &[&src]);
+        let mut relay = cfg.start(&[&src]);
         let source = &src;
         let slots = testkit::wait_for("the relay to create a slot", WAIT, || {
             let exited = relay.exited();
@@ -380,8 +382,8 @@ async fn kill_9_during_reconciliation_loses_no_pending_row() {
     );
 
     kafka.resume().await.unwrap();
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let consumer = testkit::consumer(&kafka.brokers, &[&format!("{prefix}.evt")]).unwrap();
     let records = match read_until_ids(&consumer, &pending, WAIT).await {
         Ok(r) => r,
@@ -416,14 +418,14 @@ async fn kill_9_during_reconciliation_loses_no_pending_row() {
 async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the_thaw() {
     let kafka = PrivateKafka::start().await.unwrap();
     let src = Source::new("frozen").await;
-    let (mut cfg, prefix) = RelayConfig::new("frozen");
+    let (mut cfg, prefix) = RelaySetup::new("frozen");
     cfg.brokers = kafka.brokers.clone();
     cfg.extra = vec![(
         "RELAY_PIPELINE__STALL_TIMEOUT_MS".into(),
         STALL_TIMEOUT_MS.into(),
     )];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let consumer = testkit::consumer(&kafka.brokers, &[&format!("{prefix}.evt")]).unwrap();
     let mut c = src.conn().await;
     let before = insert_txn(&mut c, "evt", "k", 10, "before").await;
@@ -441,7 +443,8 @@ async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the
             Duration::from_secs(30),
             |h| is_stalled_at(h, "frozen", "kafka acks"),
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(h.status, 503, "a stalled source makes /healthz 503: {h:?}");
     assert_eq!(h.body["healthy"], false, "{h:?}");
     assert!(
@@ -452,11 +455,10 @@ async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the
         "relay_stalled 1 and the oldest unacked record aged",
         WAIT,
         || async {
-            let m = relay.metrics().await;
-            let stalled = m.get(&src.series("relay_stalled")) == Some(&1.0);
+            let m = relay.metrics().await.unwrap();
+            let stalled = m.get(&src.series("relay_stalled")) == Some(1.0);
             let age = m
                 .get(&src.series("relay_oldest_unacked_seconds"))
-                .copied()
                 .unwrap_or(0.0);
             Ok((stalled && age >= 3.0).then_some(()))
         },
@@ -485,14 +487,15 @@ async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the
         .wait_health("/healthz healthy after the thaw", WAIT, |h| {
             is_healthy(h, "frozen")
         })
-        .await;
+        .await
+        .unwrap();
     // A consumer of its own: the first one hung on the frozen broker with the relay.
     let consumer = testkit::consumer(&kafka.brokers, &[&format!("{prefix}.evt")]).unwrap();
     read_ids(&consumer, &[before, frozen.clone()].concat(), &relay, &src).await;
     wait_all_processed(&src, 10 + frozen.len() as i64).await;
     testkit::wait_for("relay_stalled back to 0", WAIT, || async {
-        let m = relay.metrics().await;
-        Ok((m.get(&src.series("relay_stalled")) == Some(&0.0)).then_some(()))
+        let m = relay.metrics().await.unwrap();
+        Ok((m.get(&src.series("relay_stalled")) == Some(0.0)).then_some(()))
     })
     .await
     .unwrap();
@@ -501,7 +504,7 @@ async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_locking_pending_rows_makes_healthz_name_marking_and_it_recovers_on_release() {
     let src = Source::new("locked").await;
-    let (mut cfg, prefix) = RelayConfig::new("locked");
+    let (mut cfg, prefix) = RelaySetup::new("locked");
     cfg.extra = vec![
         (
             "RELAY_PIPELINE__STALL_TIMEOUT_MS".into(),
@@ -510,8 +513,8 @@ async fn a_session_locking_pending_rows_makes_healthz_name_marking_and_it_recove
         // Acked rows wait up to 2 s to be marked: time for the test to lock them first.
         ("RELAY_PIPELINE__MARK_INTERVAL_MS".into(), "2000".into()),
     ];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let ids = insert_txn(&mut c, "evt", "k", 10, "locked").await;
 
@@ -535,17 +538,17 @@ async fn a_session_locking_pending_rows_makes_healthz_name_marking_and_it_recove
         .wait_health("/healthz to name marking", Duration::from_secs(30), |h| {
             is_stalled_at(h, "locked", "marking")
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(h.status, 503, "a stalled source makes /healthz 503: {h:?}");
     assert_eq!(src.count("PENDING").await, 10, "the locks hold the marking");
     testkit::wait_for(
         "a marking attempt to time out on the locks",
         Duration::from_secs(30),
         || async {
-            let m = relay.metrics().await;
+            let m = relay.metrics().await.unwrap();
             let failures = m
                 .get(&src.series("relay_mark_failures_total"))
-                .copied()
                 .unwrap_or(0.0);
             Ok((failures >= 1.0).then_some(()))
         },
@@ -558,6 +561,7 @@ async fn a_session_locking_pending_rows_makes_healthz_name_marking_and_it_recove
         .wait_health("/healthz healthy after the locks are released", WAIT, |h| {
             is_healthy(h, "locked")
         })
-        .await;
+        .await
+        .unwrap();
     wait_all_processed(&src, ids.len() as i64).await;
 }

@@ -1,13 +1,13 @@
-//! Runs the real relay binary against the local stack: a fresh database, a slot and
-//! topics of the test's own, and a child process that can be stopped or killed.
+//! The real relay binary against the local stack: a fresh database, a slot and topics of
+//! the test's own, and the relay started through testkit's [`RelayConfig`] as a
+//! [`RelayProcess`] that can be stopped or killed.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sqlx::PgConnection;
-use testkit::{unique_suffix, Stack, TestDb};
+use testkit::{
+    relay_kafka_env, unique_suffix, RelayConfig, RelayProcess, RelaySource, Stack, TestDb,
+};
 
 pub struct Source {
     pub name: String,
@@ -32,18 +32,7 @@ impl Source {
     /// The relay's settings for this source: as the relay's own role, with the stack's
     /// TLS (libpq's `PGSSLMODE`/`PGSSLROOTCERT` on the secured stack).
     pub fn env(&self) -> Vec<(String, String)> {
-        let s = self.db.stack();
-        let p = format!("RELAY_SOURCES__{}__", self.name.to_uppercase());
-        let mut env = vec![
-            (format!("{p}HOST"), s.pg_host.clone()),
-            (format!("{p}PORT"), s.pg_port.to_string()),
-            (format!("{p}USER"), s.relay_user.clone()),
-            (format!("{p}PASSWORD"), s.relay_password.clone()),
-            (format!("{p}DATABASE"), self.db.name.clone()),
-            (format!("{p}SLOT"), self.slot.clone()),
-        ];
-        env.extend(testkit::relay_source_tls_env(&self.name));
-        env
+        RelaySource::on_stack(self.db.stack(), &self.name, &self.db.name, &self.slot).env()
     }
 
     /// The slot's confirmed_flush_lsn as a number (0 when the slot does not exist).
@@ -91,7 +80,7 @@ impl Source {
         .unwrap()
     }
 
-    /// The key of this source's series of `metric` in [`Relay::metrics`].
+    /// This source's series of `metric`, as [`testkit::Metrics::get`] takes it.
     pub fn series(&self, metric: &str) -> String {
         format!("{metric}{{source=\"{}\"}}", self.name)
     }
@@ -130,49 +119,33 @@ pub async fn insert_txn(
     ids.into_iter().map(|(i,)| i.to_string()).collect()
 }
 
-/// An answer of `/healthz` or `/readyz`: the status code and the JSON body (`null` when
-/// the body is not JSON).
+/// How long a relay may take to stream after its start.
+pub const READY: Duration = Duration::from_secs(60);
+/// How long a relay may take to exit after SIGTERM.
+pub const STOP: Duration = Duration::from_secs(60);
+
+/// relay-cdc as this build made it.
+fn relay_cdc() -> RelayConfig {
+    RelayConfig::new(env!("CARGO_BIN_EXE_relay-cdc"))
+}
+
+/// What a test sets for its relays: where they write, and further settings (an empty
+/// value unsets one the harness sets).
 #[derive(Debug, Clone)]
-pub struct Health {
-    pub status: u16,
-    pub body: serde_json::Value,
-}
-
-impl Health {
-    /// What the answer says about one source.
-    pub fn source(&self, name: &str) -> &serde_json::Value {
-        &self.body["sources"][name]
-    }
-}
-
-async fn probe(url: &str) -> Option<Health> {
-    let r = reqwest::get(url).await.ok()?;
-    let status = r.status().as_u16();
-    let text = r.text().await.ok()?;
-    Some(Health {
-        status,
-        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-pub struct Relay {
-    child: Child,
-    pub admin: String,
-    pub log: PathBuf,
-}
-
-pub struct RelayConfig {
+pub struct RelaySetup {
     pub brokers: String,
     pub topic_template: String,
     pub extra: Vec<(String, String)>,
 }
 
-impl RelayConfig {
-    pub fn new(prefix: &str) -> (RelayConfig, String) {
+impl RelaySetup {
+    /// Topics `t.<prefix>.<unique>.<aggregate_type>` on the stack's broker; also returns
+    /// the topics' common prefix.
+    pub fn new(prefix: &str) -> (RelaySetup, String) {
         let stack = Stack::from_env();
         let t = format!("t.{prefix}.{}", unique_suffix());
         (
-            RelayConfig {
+            RelaySetup {
                 brokers: stack.kafka_brokers,
                 topic_template: format!("{t}.{{aggregate_type}}"),
                 extra: vec![],
@@ -180,166 +153,34 @@ impl RelayConfig {
             t,
         )
     }
-}
 
-impl Relay {
-    pub fn start(cfg: &RelayConfig, sources: &[&Source]) -> Relay {
-        let port = testkit::free_port();
-        let log = std::env::temp_dir().join(format!("relay-test-{}.log", unique_suffix()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-cdc"));
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
-            cmd.env_remove(k);
-        }
-        cmd.arg("run")
-            .env("RELAY_KAFKA__BROKERS", &cfg.brokers)
-            .env("RELAY_KAFKA__TOPIC_TEMPLATE", &cfg.topic_template)
-            .env("RELAY_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RELAY_PIPELINE__STATUS_INTERVAL_MS", "200")
-            .env("RELAY_PIPELINE__HEARTBEAT_INTERVAL_MS", "500")
-            .env("RELAY_PIPELINE__MAX_BACKOFF_MS", "1000")
-            .env("RUST_LOG", "info,relay_cdc=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for s in sources {
-            cmd.envs(s.env());
-        }
-        cmd.envs(testkit::relay_kafka_env());
-        cmd.envs(cfg.extra.iter().cloned());
-        // An empty value in `extra` unsets what the lines above set.
-        for (k, _) in cfg.extra.iter().filter(|(_, v)| v.is_empty()) {
-            cmd.env_remove(k);
-        }
-        let child = cmd.spawn().expect("relay binary starts");
-        Relay {
-            child,
-            admin: format!("http://127.0.0.1:{port}"),
-            log,
-        }
+    /// The relay binary of this build with the stack's Kafka security and `env`; what
+    /// the one-shot commands (`check`, `status`) run with.
+    pub fn cli(env: &[(String, String)]) -> RelayConfig {
+        relay_cdc()
+            .set("RUST_LOG", "")
+            .set("RELAY_KAFKA__BROKERS", Stack::from_env().kafka_brokers)
+            .envs(relay_kafka_env())
+            .envs(env.iter().cloned())
     }
 
-    /// Waits until `/readyz` says every source streams.
-    pub async fn wait_ready(&mut self) {
-        let url = format!("{}/readyz", self.admin);
-        let log = self.log.clone();
-        let child = &mut self.child;
-        let r = testkit::wait_for("relay readiness", Duration::from_secs(60), || {
-            let exited = child.try_wait().unwrap();
-            let url = url.clone();
-            async move {
-                if let Some(status) = exited {
-                    anyhow::bail!("relay exited with {status}");
-                }
-                Ok(match reqwest::get(&url).await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
-        .await;
-        if let Err(e) = r {
-            panic!(
-                "{e}\n--- relay log ---\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
+    /// The relay over `sources`, with short intervals so tests see positions confirmed,
+    /// heartbeats written and retries made within a second.
+    pub fn config(&self, sources: &[&Source]) -> RelayConfig {
+        sources
+            .iter()
+            .fold(relay_cdc(), |c, s| c.envs(s.env()))
+            .kafka(&self.brokers, &self.topic_template)
+            .set("RELAY_PIPELINE__STATUS_INTERVAL_MS", "200")
+            .set("RELAY_PIPELINE__HEARTBEAT_INTERVAL_MS", "500")
+            .set("RELAY_PIPELINE__MAX_BACKOFF_MS", "1000")
+            .set("RUST_LOG", "info,relay_cdc=debug")
+            .envs(relay_kafka_env())
+            .envs(self.extra.iter().cloned())
     }
 
-    /// `GET {path}` on the admin port; `None` while it does not answer.
-    pub async fn probe(&self, path: &str) -> Option<Health> {
-        probe(&format!("{}{path}", self.admin)).await
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit status, once the process has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    /// Polls `/healthz` until `pred` holds for its answer, or panics after `timeout` (or
-    /// when the relay exits) with the last answer and the end of the relay's log.
-    pub async fn wait_health(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&Health) -> bool,
-    ) -> Health {
-        let last = std::sync::Mutex::new(None);
-        let url = format!("{}/healthz", self.admin);
-        let child = &mut self.child;
-        let (last_ref, pred_ref) = (&last, &pred);
-        let r = testkit::wait_for(what, timeout, || {
-            let exited = child.try_wait();
-            let url = url.clone();
-            async move {
-                if let Some(status) = exited? {
-                    anyhow::bail!("relay exited with {status}");
-                }
-                let h = probe(&url).await;
-                let done = h.as_ref().is_some_and(pred_ref);
-                *last_ref.lock().unwrap() = h.clone();
-                Ok(h.filter(|_| done))
-            }
-        })
-        .await;
-        match r {
-            Ok(h) => h,
-            Err(e) => panic!(
-                "{e}\nlast /healthz answer: {:?}\n--- end of relay log ---\n{}",
-                last.lock().unwrap(),
-                self.log_tail(80)
-            ),
-        }
-    }
-
-    /// The last `lines` lines the relay logged.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    pub async fn metrics(&self) -> HashMap<String, f64> {
-        let text = reqwest::get(format!("{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_string(), v.parse().ok()?))
-            })
-            .collect()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-
-    /// SIGKILL: no chance to drain or confirm anything.
-    pub fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Starts the relay over `sources` (see [`RelaySetup::config`]).
+    pub fn start(&self, sources: &[&Source]) -> RelayProcess {
+        self.config(sources).spawn().expect("relay binary starts")
     }
 }

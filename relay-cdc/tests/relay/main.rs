@@ -9,7 +9,7 @@ mod secured;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use helpers::{insert_txn, Relay, RelayConfig, Source};
+use helpers::{insert_txn, RelaySetup, Source, READY, STOP};
 use testkit::{read_records, read_until_quiet, Record};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -48,9 +48,9 @@ fn assert_commit_order(records: &[Record]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_events_in_100_transactions_arrive_complete_in_commit_order() {
     let src = Source::new("orders").await;
-    let (cfg, prefix) = RelayConfig::new("bulk");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("bulk");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
 
     let mut conn = src.conn().await;
     let mut expected = Vec::new();
@@ -102,22 +102,26 @@ async fn ten_thousand_events_in_100_transactions_arrive_complete_in_commit_order
     })
     .await
     .unwrap();
-    let m = relay.metrics().await;
+    let m = relay.metrics().await.unwrap();
     assert_eq!(
-        m["relay_events_published_total{source=\"orders\"}"],
-        10_000.0
+        m.get("relay_events_published_total{source=\"orders\"}"),
+        Some(10_000.0)
     );
-    assert!(m.contains_key("relay_replication_lag_bytes{source=\"orders\"}"));
-    assert!(m.contains_key("relay_replication_lag_seconds{source=\"orders\"}"));
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert!(m
+        .get("relay_replication_lag_bytes{source=\"orders\"}")
+        .is_some());
+    assert!(m
+        .get("relay_replication_lag_seconds{source=\"orders\"}")
+        .is_some());
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn interleaved_transactions_are_published_in_commit_order() {
     let src = Source::new("ledger").await;
-    let (cfg, prefix) = RelayConfig::new("interleave");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("interleave");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
 
     let mut c1 = src.conn().await;
     let mut c2 = src.conn().await;
@@ -146,9 +150,9 @@ async fn interleaved_transactions_are_published_in_commit_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_transaction_produces_nothing() {
     let src = Source::new("users").await;
-    let (cfg, prefix) = RelayConfig::new("rollback");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("rollback");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
 
     let mut c = src.conn().await;
     sqlx::query("begin").execute(&mut c).await.unwrap();
@@ -197,9 +201,9 @@ async fn a_rows_trace_context_and_own_headers_reach_its_record_streamed_or_recon
     let mut c = src.conn().await;
     // Written before the relay ever ran: published by reconciliation.
     let early = insert_traced(&mut c, TP1, "reconciled").await;
-    let (cfg, prefix) = RelayConfig::new("traced");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("traced");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let late = insert_traced(&mut c, TP2, "streamed").await;
     // A row without them carries none.
     let plain = insert_txn(&mut c, "user", "u1", 1, "plain").await;
@@ -226,7 +230,7 @@ async fn a_rows_trace_context_and_own_headers_reach_its_record_streamed_or_recon
         (p.header("traceparent"), p.header("x-tenant")),
         (None, None)
     );
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,9 +241,9 @@ async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
     for i in 0..5 {
         before.extend(insert_txn(&mut c, "user", &format!("u{i}"), 20, "before").await);
     }
-    let (cfg, prefix) = RelayConfig::new("late");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("late");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let after = insert_txn(&mut c, "user", "u0", 3, "after").await;
 
     let consumer =
@@ -278,8 +282,8 @@ async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
     .unwrap();
     // Reconciled rows are not counted in flight: the gauges settle at zero, not below.
     testkit::wait_for("in-flight and backlog gauges at zero", WAIT, || async {
-        let m = relay.metrics().await;
-        let at_zero = |k: &str| m.get(&format!("{k}{{source=\"late\"}}")) == Some(&0.0);
+        let m = relay.metrics().await.unwrap();
+        let at_zero = |k: &str| m.get(&format!("{k}{{source=\"late\"}}")) == Some(0.0);
         Ok(
             (at_zero("relay_records_in_flight") && at_zero("relay_processed_mark_backlog"))
                 .then_some(()),
@@ -293,9 +297,9 @@ async fn rows_written_before_the_relay_ever_ran_are_published_on_first_start() {
 async fn two_sources_in_one_process_with_a_schema_change_mid_stream() {
     let a = Source::new("alpha").await;
     let b = Source::new("beta").await;
-    let (cfg, prefix) = RelayConfig::new("two");
-    let mut relay = Relay::start(&cfg, &[&a, &b]);
-    relay.wait_ready().await;
+    let (cfg, prefix) = RelaySetup::new("two");
+    let mut relay = cfg.start(&[&a, &b]);
+    relay.wait_ready(READY).await.unwrap();
 
     let mut ca = a.conn().await;
     let mut cb = b.conn().await;
@@ -327,31 +331,31 @@ async fn two_sources_in_one_process_with_a_schema_change_mid_stream() {
         .await
         .unwrap();
     }
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restarts_graceful_and_kill_9_lose_nothing_and_resend_only_unconfirmed_events() {
     let src = Source::new("restart").await;
-    let (cfg, prefix) = RelayConfig::new("restart");
+    let (cfg, prefix) = RelaySetup::new("restart");
     let topic = format!("{prefix}.evt");
     let mut expected = Vec::new();
     let mut c = src.conn().await;
 
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     for i in 0..20 {
         expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase1").await);
     }
     // Graceful stop while events are in flight: exit 0, final position confirmed.
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
     let confirmed_after_term = src.confirmed_lsn().await;
 
     for i in 0..20 {
         expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase2").await);
     }
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     for i in 0..20 {
         expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase3").await);
     }
@@ -360,8 +364,8 @@ async fn restarts_graceful_and_kill_9_lose_nothing_and_resend_only_unconfirmed_e
     for i in 0..20 {
         expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 3), 50, "phase4").await);
     }
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
 
     let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
     let records = testkit::read_until_ids(&consumer, &expected, WAIT)
@@ -427,7 +431,7 @@ async fn restarts_graceful_and_kill_9_lose_nothing_and_resend_only_unconfirmed_e
 async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resumes() {
     let kafka = testkit::PrivateKafka::start().await.unwrap();
     let src = Source::new("outage").await;
-    let (mut cfg, prefix) = RelayConfig::new("outage");
+    let (mut cfg, prefix) = RelaySetup::new("outage");
     cfg.brokers = kafka.brokers.clone();
     // No heartbeats: with nothing in flight they would (rightly) advance the slot, and
     // this test wants every movement of the slot to come from a transaction.
@@ -436,8 +440,8 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
         "3600000".into(),
     )];
     let topic = format!("{prefix}.evt");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
 
     let mut expected = insert_txn(&mut c, "evt", "k", 10, "before").await;
@@ -451,10 +455,9 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
 
     // The server holds the relay's last confirmation for the first batch.
     testkit::wait_for("the first batch confirmed to the server", WAIT, || async {
-        let m = relay.metrics().await;
+        let m = relay.metrics().await.unwrap();
         let sent = m
             .get("relay_confirmed_lsn{source=\"outage\"}")
-            .copied()
             .unwrap_or(-1.0);
         Ok((sent > 0.0 && src.confirmed_lsn().await as f64 == sent).then_some(()))
     })
@@ -467,19 +470,9 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
         expected.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 5), 10, "during").await);
     }
     // The relay has read them and holds them in flight...
-    let admin = relay.admin.clone();
-    testkit::wait_for("records in flight", WAIT, || {
-        let admin = admin.clone();
-        async move {
-            let text = reqwest::get(format!("{admin}/metrics"))
-                .await?
-                .text()
-                .await?;
-            Ok(text
-                .lines()
-                .any(|l| l.starts_with("relay_records_in_flight") && !l.ends_with(" 0"))
-                .then_some(()))
-        }
+    testkit::wait_for("records in flight", WAIT, || async {
+        let m = relay.metrics().await?;
+        Ok((m.sum("relay_records_in_flight", &[]) > Some(0.0)).then_some(()))
     })
     .await
     .unwrap();
@@ -495,10 +488,10 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
     assert_eq!(src.count("PENDING").await, 500);
     // The producer's view of the cluster says why: its broker is down and requests fail.
     testkit::wait_for("the broker reported down", WAIT, || async {
-        let m = relay.metrics().await;
+        let m = relay.metrics().await.unwrap();
         let down = m.get("relay_kafka_brokers{source=\"outage\",state=\"down\"}");
         let errors = m.get("relay_kafka_transient_errors_total{kind=\"broker\",source=\"outage\"}");
-        Ok((down >= Some(&1.0) && errors > Some(&0.0)).then_some(()))
+        Ok((down >= Some(1.0) && errors > Some(0.0)).then_some(()))
     })
     .await
     .unwrap();
@@ -516,12 +509,11 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
     .await
     .unwrap();
     testkit::wait_for("the broker reported up again", WAIT, || async {
-        let m = relay.metrics().await;
+        let m = relay.metrics().await.unwrap();
         let state = |s: &str| {
             m.get(&format!(
                 "relay_kafka_brokers{{source=\"outage\",state=\"{s}\"}}"
             ))
-            .copied()
         };
         Ok((state("down") == Some(0.0) && state("up") >= Some(1.0)).then_some(()))
     })
@@ -531,31 +523,16 @@ async fn with_the_broker_down_nothing_is_confirmed_or_lost_and_publishing_resume
         relay
             .metrics()
             .await
-            .get("relay_kafka_fatal_errors_total{source=\"outage\"}")
-            .copied(),
+            .unwrap()
+            .get("relay_kafka_fatal_errors_total{source=\"outage\"}"),
         Some(0.0),
         "an outage is not a fatal producer error"
     );
-    assert_eq!(relay.terminate().code(), Some(0));
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
 
 fn relay_cli(args: &[&str], env: &[(String, String)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_relay-cdc"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RELAY_")) {
-        cmd.env_remove(k);
-    }
-    cmd.args(args)
-        .env(
-            "RELAY_KAFKA__BROKERS",
-            testkit::Stack::from_env().kafka_brokers,
-        )
-        .envs(testkit::relay_kafka_env())
-        .envs(env.iter().cloned());
-    // An empty value unsets what the lines above set.
-    for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
-        cmd.env_remove(k);
-    }
-    cmd.output().unwrap()
+    RelaySetup::cli(env).output(args).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -606,9 +583,9 @@ async fn status_shows_the_slot_its_confirmed_lsn_and_lag() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("(no slot)"), "{text}");
 
-    let (cfg, _) = RelayConfig::new("status");
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let (cfg, _) = RelaySetup::new("status");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let out = relay_cli(&["status"], &src.env());
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
@@ -637,15 +614,15 @@ async fn insert_big(conn: &mut sqlx::PgConnection, bytes: usize) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on() {
     let src = Source::new("dlq").await;
-    let (mut cfg, prefix) = RelayConfig::new("dlq");
+    let (mut cfg, prefix) = RelaySetup::new("dlq");
     let dlq = format!("{prefix}.dead-letter");
     cfg.extra = vec![
         ("RELAY_KAFKA__MAX_RECORD_BYTES".into(), "2000".into()),
         ("RELAY_KAFKA__POISON".into(), "dead-letter".into()),
         ("RELAY_KAFKA__DEAD_LETTER_TOPIC".into(), dlq.clone()),
     ];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let big = insert_big(&mut c, 5000).await;
     let after = insert_txn(&mut c, "evt", "k", 1, "after").await;
@@ -669,10 +646,10 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on() 
 #[tokio::test(flavor = "multi_thread")]
 async fn by_default_a_poison_record_stops_its_source_and_nothing_after_it_is_published() {
     let src = Source::new("poison").await;
-    let (mut cfg, prefix) = RelayConfig::new("poison");
+    let (mut cfg, prefix) = RelaySetup::new("poison");
     cfg.extra = vec![("RELAY_KAFKA__MAX_RECORD_BYTES".into(), "2000".into())];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let before = insert_txn(&mut c, "evt", "k", 1, "before").await;
     insert_big(&mut c, 5000).await;
@@ -682,18 +659,10 @@ async fn by_default_a_poison_record_stops_its_source_and_nothing_after_it_is_pub
         testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.evt")]).unwrap();
     let first = read_records(&consumer, 1, WAIT).await.unwrap();
     assert_eq!(first[0].header("event_id"), Some(before[0].as_str()));
-    let admin = relay.admin.clone();
-    testkit::wait_for("the poison failure counted", WAIT, || {
-        let admin = admin.clone();
-        async move {
-            let text = reqwest::get(format!("{admin}/metrics"))
-                .await?
-                .text()
-                .await?;
-            Ok(text
-                .contains("relay_publish_failures_total{kind=\"poison\",source=\"poison\"}")
-                .then_some(()))
-        }
+    testkit::wait_for("the poison failure counted", WAIT, || async {
+        let m = relay.metrics().await?;
+        let key = "relay_publish_failures_total{kind=\"poison\",source=\"poison\"}";
+        Ok(m.get(key).is_some().then_some(()))
     })
     .await
     .unwrap();
@@ -708,25 +677,23 @@ async fn by_default_a_poison_record_stops_its_source_and_nothing_after_it_is_pub
         2,
         "the poison row and the one after it wait"
     );
-    let ready = reqwest::get(format!("{}/readyz", relay.admin))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    let ready = relay.probe("/readyz").await.unwrap();
+    assert_eq!(ready.status, 503);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     let src = Source::new("ha").await;
-    let (cfg, prefix) = RelayConfig::new("ha");
-    let mut active = Relay::start(&cfg, &[&src]);
-    active.wait_ready().await;
-    let standby = Relay::start(&cfg, &[&src]);
+    let (cfg, prefix) = RelaySetup::new("ha");
+    let mut active = cfg.start(&[&src]);
+    active.wait_ready(READY).await.unwrap();
+    let standby = cfg.start(&[&src]);
     let mut c = src.conn().await;
     insert_txn(&mut c, "evt", "k", 5, "one").await;
     let consumer =
         testkit::consumer(&src.db.stack().kafka_brokers, &[&format!("{prefix}.evt")]).unwrap();
     let first = read_records(&consumer, 5, WAIT).await.unwrap();
-    let ready = reqwest::get(format!("{}/readyz", standby.admin)).await;
+    let ready = reqwest::get(format!("{}/readyz", standby.admin())).await;
     assert!(
         ready.map(|r| r.status() == 503).unwrap_or(true),
         "the standby does not stream while the slot is held"
@@ -744,21 +711,20 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
     active.kill();
     let expected = insert_txn(&mut c, "evt", "k", 5, "two").await;
     let mut standby = standby;
-    standby.wait_ready().await;
+    standby.wait_ready(READY).await.unwrap();
     // The standby publishes the second batch (a resent first batch is allowed, not required).
     if let Err(error) = testkit::read_until_ids(&consumer, &expected, WAIT).await {
         // Say where the events stopped: published or not, marked or not, the standby's log.
         let published = standby
             .metrics()
             .await
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("relay_events_published_total"))
-            .collect::<Vec<_>>();
+            .unwrap()
+            .series("relay_events_published_total");
         panic!(
             "{error:#}\nstandby metrics: {published:?}\nPENDING {} PROCESSED {}\n--- standby log ---\n{}",
             src.count("PENDING").await,
             src.count("PROCESSED").await,
-            std::fs::read_to_string(&standby.log).unwrap_or_default()
+            std::fs::read_to_string(standby.log()).unwrap_or_default()
         );
     }
 }
@@ -766,10 +732,10 @@ async fn a_standby_relay_takes_over_when_the_active_one_dies() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_deletes_processed_rows_older_than_configured() {
     let src = Source::new("keep").await;
-    let (mut cfg, _) = RelayConfig::new("keep");
+    let (mut cfg, _) = RelaySetup::new("keep");
     cfg.extra = vec![("RELAY_PIPELINE__RETENTION_SECONDS".into(), "1".into())];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     insert_txn(&mut c, "evt", "k", 30, "old").await;
     testkit::wait_for("processed rows deleted and counted", WAIT, || async {
@@ -777,8 +743,8 @@ async fn retention_deletes_processed_rows_older_than_configured() {
         let deleted = relay
             .metrics()
             .await
-            .get("relay_retention_deleted_total{source=\"keep\"}")
-            .copied();
+            .unwrap()
+            .get("relay_retention_deleted_total{source=\"keep\"}");
         Ok((left == 0 && deleted == Some(30.0)).then_some(()))
     })
     .await
@@ -788,10 +754,10 @@ async fn retention_deletes_processed_rows_older_than_configured() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_larger_than_the_in_flight_bound_still_flows() {
     let src = Source::new("big").await;
-    let (mut cfg, prefix) = RelayConfig::new("big");
+    let (mut cfg, prefix) = RelaySetup::new("big");
     cfg.extra = vec![("RELAY_PIPELINE__MAX_IN_FLIGHT_RECORDS".into(), "50".into())];
-    let mut relay = Relay::start(&cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     let mut ids = insert_txn(&mut c, "evt", "k", 500, "huge").await;
     ids.extend(insert_txn(&mut c, "evt", "k", 10, "next").await);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{insert_txn, Relay, RelayConfig, Source};
+use crate::helpers::{insert_txn, RelaySetup, Source, READY, STOP};
 use crate::relay_cli;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -90,18 +90,23 @@ async fn plaintext_and_a_wrong_ca_are_refused_by_name_in_check() {
 
 /// Starts a relay for `src` with `env` over its usual settings and waits until
 /// `/healthz` says the source halted; returns the reason and the relay.
-async fn halted(src: &Source, cfg: &RelayConfig, env: &[(String, String)]) -> (String, Relay) {
-    let cfg = RelayConfig {
+async fn halted(
+    src: &Source,
+    cfg: &RelaySetup,
+    env: &[(String, String)],
+) -> (String, testkit::RelayProcess) {
+    let cfg = RelaySetup {
         brokers: cfg.brokers.clone(),
         topic_template: cfg.topic_template.clone(),
         extra: env.to_vec(),
     };
-    let mut relay = Relay::start(&cfg, &[src]);
+    let mut relay = cfg.start(&[src]);
     let h = relay
         .wait_health("the source halted", WAIT, |h| {
             h.status == 503 && h.source(&src.name)["state"] == "halted"
         })
-        .await;
+        .await
+        .unwrap();
     let reason = h.source(&src.name)["reason"].as_str().unwrap().to_string();
     (reason, relay)
 }
@@ -111,7 +116,7 @@ async fn halted(src: &Source, cfg: &RelayConfig, env: &[(String, String)]) -> (S
 async fn a_wrong_password_halts_the_source_with_healthz_503_and_no_restart_loop() {
     assert!(testkit::secured(), "{NEEDS}");
     let src = Source::new("badpw").await;
-    let (cfg, _) = RelayConfig::new("badpw");
+    let (cfg, _) = RelaySetup::new("badpw");
 
     let (reason, relay) = halted(
         &src,
@@ -125,11 +130,10 @@ async fn a_wrong_password_halts_the_source_with_healthz_503_and_no_restart_loop(
     );
     // Halted, not looping: no restart counted, and it stays so.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let m = relay.metrics().await;
-    assert_eq!(m.get(&src.series("relay_source_halted")), Some(&1.0));
+    let m = relay.metrics().await.unwrap();
+    assert_eq!(m.get(&src.series("relay_source_halted")), Some(1.0));
     assert_eq!(
         m.get(&src.series("relay_source_restarts_total"))
-            .copied()
             .unwrap_or(0.0),
         0.0,
         "a refused password is not retried"
@@ -160,7 +164,7 @@ async fn a_wrong_password_halts_the_source_with_healthz_503_and_no_restart_loop(
 async fn a_principal_without_the_topic_acl_halts_not_authorized() {
     assert!(testkit::secured(), "{NEEDS}");
     let src = Source::new("noacl").await;
-    let (cfg, _) = RelayConfig::new("noacl");
+    let (cfg, _) = RelaySetup::new("noacl");
     insert_txn(&mut src.conn().await, "evt", "k", 3, "noacl").await;
     let no_acls = [
         (
@@ -185,7 +189,7 @@ async fn a_principal_without_the_topic_acl_halts_not_authorized() {
 async fn secrets_from_files_never_appear_in_logs_probes_or_command_output() {
     assert!(testkit::secured(), "{NEEDS}");
     let src = Source::new("secrets").await;
-    let (cfg, _) = RelayConfig::new("secrets");
+    let (cfg, _) = RelaySetup::new("secrets");
     let dir = std::env::temp_dir().join(format!("relay-secrets-{}", testkit::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let pg_file = dir.join("pg");
@@ -210,12 +214,12 @@ async fn secrets_from_files_never_appear_in_logs_probes_or_command_output() {
             kafka_file.display().to_string(),
         ),
     ];
-    let run_cfg = RelayConfig {
+    let run_cfg = RelaySetup {
         extra: files.clone(),
         ..cfg
     };
-    let mut relay = Relay::start(&run_cfg, &[&src]);
-    relay.wait_ready().await;
+    let mut relay = run_cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
     let mut c = src.conn().await;
     insert_txn(&mut c, "evt", "k", 5, "secret").await;
     testkit::wait_for("rows PROCESSED", WAIT, || async {
@@ -229,7 +233,7 @@ async fn secrets_from_files_never_appear_in_logs_probes_or_command_output() {
         seen.push_str(&relay.probe(path).await.unwrap().body.to_string());
     }
     seen.push_str(
-        &reqwest::get(format!("{}/metrics", relay.admin))
+        &reqwest::get(format!("{}/metrics", relay.admin()))
             .await
             .unwrap()
             .text()
@@ -259,8 +263,8 @@ async fn secrets_from_files_never_appear_in_logs_probes_or_command_output() {
         "{err}"
     );
     seen.push_str(&err);
-    let log = relay.log.clone();
-    assert!(relay.terminate().success());
+    let log = relay.log().to_path_buf();
+    assert!(relay.stop(STOP).await.unwrap().success());
     seen.push_str(&std::fs::read_to_string(log).unwrap());
     for (what, secret) in [("database", &pg_password), ("kafka", &kafka_password)] {
         assert!(

@@ -1,0 +1,287 @@
+//! The end of a scenario: converge, stop the services and the relays, read the topics
+//! back, compare every outbox row with them and run the end-to-end checks.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::catalog::Scenario;
+use super::outcome::{Check, Outcome};
+use super::world::World;
+use crate::load::{LoadSummary, ROLLED_BACK_EVENT};
+use crate::verify::{self, Committed};
+
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl World<'_> {
+    /// Converge, stop everything, then compare and check.
+    pub(super) async fn finish(
+        mut self,
+        summary: LoadSummary,
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let plan = &ctx.plan;
+        let settled = self.wait_settled(plan.converge_timeout).await;
+        match &settled {
+            Ok(t) => out.notes.push(format!(
+                "settled {:.1} s after the load stopped",
+                t.as_secs_f64()
+            )),
+            Err(why) => out.notes.push(format!(
+                "did not settle within {:?} after the load: {why}",
+                plan.converge_timeout
+            )),
+        }
+
+        // Services first (the transaction-service consumer may write its last events).
+        let mut services_up = true;
+        for (name, p) in [
+            ("user-service", self.user_svc.take()),
+            ("transaction-service", self.tx_svc.take()),
+        ] {
+            let Some(mut p) = p else { continue };
+            if let Some(status) = p.exited() {
+                services_up = false;
+                out.notes
+                    .push(format!("{name} had exited by itself with {status}"));
+                continue;
+            }
+            match p.stop(STOP_TIMEOUT).await {
+                Ok(s) if s.success() => {}
+                Ok(s) => out.notes.push(format!("{name} exited with {s} on SIGTERM")),
+                Err(e) => out.notes.push(format!("{name}: {e:#}")),
+            }
+        }
+        out.checks.push(Check {
+            name: "services stayed up".into(),
+            ok: services_up,
+            detail: if services_up {
+                "both ran until SIGTERM".into()
+            } else {
+                "a service died".into()
+            },
+        });
+        let processed = self.wait_outbox_processed(Duration::from_secs(60)).await;
+
+        // Then the relays: SIGTERM, a clean exit expected.
+        let mut relay_exits = Vec::new();
+        for i in 0..2 {
+            if let Some(p) = self.relays[i].take() {
+                relay_exits.push(match p.stop(STOP_TIMEOUT).await {
+                    Ok(s) => (s.success(), format!("relay {}: {s}", ["a", "b"][i])),
+                    Err(e) => (false, format!("relay {}: {e:#}", ["a", "b"][i])),
+                });
+            }
+        }
+        out.checks.push(Check {
+            name: "relays stop cleanly on SIGTERM".into(),
+            ok: relay_exits.iter().all(|(ok, _)| *ok),
+            detail: relay_exits
+                .iter()
+                .map(|(_, d)| d.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+
+        // Recovery measurements are done once everything was delivered.
+        for h in self.recoveries.drain(..) {
+            out.recoveries.push(
+                tokio::time::timeout(Duration::from_secs(30), h)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+            );
+        }
+        if !out.recoveries.is_empty() {
+            let never = out.recoveries.iter().filter(|r| r.is_none()).count();
+            out.checks.push(Check {
+                name: "every fault recovered".into(),
+                ok: never == 0,
+                detail: format!(
+                    "{never} of {} faults never saw their backlog delivered",
+                    out.recoveries.len()
+                ),
+            });
+        }
+
+        self.collector.catch_up(Duration::from_secs(120)).await?;
+        self.uncommitted.catch_up(Duration::from_secs(120)).await?;
+        let rebuilt = self.collector.rebuilt() + self.uncommitted.rebuilt();
+        let records = self.collector.finish();
+        let records_uncommitted = self.uncommitted.finish();
+        if rebuilt > 0 {
+            out.notes.push(format!(
+                "the drill's own consumers were rebuilt {rebuilt} times after 10 s without a record (idle, or stuck after a broker restart)"
+            ));
+        }
+
+        let mut committed = Vec::new();
+        for (source, pool) in [
+            ("users_db", &self.users_pool),
+            ("transaction_db", &self.tx_pool),
+        ] {
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "select id::text, aggregate_type, aggregate_id, event_type from outbox",
+            )
+            .fetch_all(pool)
+            .await?;
+            committed.extend(rows.into_iter().map(
+                |(id, aggregate_type, aggregate_id, event_type)| Committed {
+                    id,
+                    source: source.to_string(),
+                    aggregate_type,
+                    aggregate_id,
+                    event_type,
+                },
+            ));
+        }
+        let names = self.names;
+        out.tally = verify::tally(&committed, &records, |a| names.topic_for(a));
+        let uncommitted = verify::tally(&committed, &records_uncommitted, |a| names.topic_for(a));
+        out.duplicates_uncommitted = Some(uncommitted.duplicates);
+        out.notes.push(format!(
+            "{} records read back from Kafka read_committed, {} read_uncommitted ({} committed rows)",
+            records.len(),
+            records_uncommitted.len(),
+            committed.len()
+        ));
+
+        self.end_to_end(processed, &summary, &records, out).await?;
+        Ok(())
+    }
+
+    async fn end_to_end(
+        &self,
+        processed: bool,
+        summary: &LoadSummary,
+        records: &[verify::Delivered],
+        out: &mut Outcome,
+    ) -> anyhow::Result<()> {
+        let (u, t) = (&self.users_pool, &self.tx_pool);
+        let pending = "select count(*) from outbox where status = 'PENDING'";
+        let (pu, pt) = (self.count(u, pending).await?, self.count(t, pending).await?);
+        out.checks.push(Check {
+            name: "every outbox row PROCESSED".into(),
+            ok: processed && pu == 0 && pt == 0,
+            detail: format!("PENDING: {pu} in users_db, {pt} in transaction_db"),
+        });
+
+        let statuses: Vec<(String, i64)> = sqlx::query_as(
+            "select status, count(*) from transactions group by status order by status",
+        )
+        .fetch_all(t)
+        .await?;
+        let n = |s: &str| {
+            statuses
+                .iter()
+                .find(|(k, _)| k == s)
+                .map(|(_, c)| *c)
+                .unwrap_or(0)
+        };
+        let transfers: Vec<(String, i64)> = sqlx::query_as(
+            "select status, count(*) from transactions where from_user_id is not null group by status order by status",
+        )
+        .fetch_all(t)
+        .await?;
+        out.checks.push(Check {
+            name: "every transaction COMPLETED or FAILED".into(),
+            ok: n("PENDING") == 0,
+            detail: format!(
+                "COMPLETED {}, FAILED {}, PENDING {} (transfers: {})",
+                n("COMPLETED"),
+                n("FAILED"),
+                n("PENDING"),
+                transfers
+                    .iter()
+                    .map(|(s, c)| format!("{s} {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+
+        let (balances, deposits, equal): (String, String, bool) = sqlx::query_as(
+            "select b::text, d::text, b = d from \
+             (select coalesce(sum(balance), 0) as b from accounts) x, \
+             (select coalesce(sum(amount), 0) as d from transactions where from_user_id is null and status = 'COMPLETED') y",
+        )
+        .fetch_one(t)
+        .await?;
+        out.checks.push(Check {
+            name: "sum of balances = sum of completed deposits".into(),
+            ok: equal,
+            detail: format!("balances {balances}, deposits {deposits}"),
+        });
+
+        let (bad_settled, bad_created): (i64, i64) = sqlx::query_as(
+            "select \
+               count(*) filter (where settled <> case when t.status = 'PENDING' then 0 else 1 end), \
+               count(*) filter (where created <> 1) \
+             from transactions t cross join lateral ( \
+               select count(*) filter (where o.event_type in ('TransactionCompleted', 'TransactionFailed')) as settled, \
+                      count(*) filter (where o.event_type = 'TransactionCreated') as created \
+               from outbox o where o.aggregate_id = t.id::text) e",
+        )
+        .fetch_one(t)
+        .await?;
+        out.checks.push(Check {
+            name: "one TransactionCreated and one settlement event per transaction".into(),
+            ok: bad_settled == 0 && bad_created == 0,
+            detail: format!("{bad_settled} with a wrong number of settlement events, {bad_created} with a wrong number of TransactionCreated"),
+        });
+
+        let users: Vec<(uuid::Uuid,)> = sqlx::query_as("select id from users order by id")
+            .fetch_all(u)
+            .await?;
+        let accounts: Vec<(uuid::Uuid,)> =
+            sqlx::query_as("select user_id from accounts order by user_id")
+                .fetch_all(t)
+                .await?;
+        out.checks.push(Check {
+            name: "an account for every user".into(),
+            ok: users == accounts,
+            detail: format!("{} users, {} accounts", users.len(), accounts.len()),
+        });
+
+        if self.sc == Scenario::Rollbacks || !summary.rolled_back_ids.is_empty() {
+            let rolled: HashSet<&str> =
+                summary.rolled_back_ids.iter().map(String::as_str).collect();
+            let in_kafka = records
+                .iter()
+                .filter(|r| r.event_id.as_deref().is_some_and(|id| rolled.contains(id)))
+                .count();
+            let q = format!("select count(*) from outbox where event_type = '{ROLLED_BACK_EVENT}'");
+            let in_outbox = self.count(u, &q).await? + self.count(t, &q).await?;
+            out.checks.push(Check {
+                name: "rolled-back rows appear nowhere".into(),
+                ok: in_kafka == 0 && in_outbox == 0 && summary.rolled_back_txns > 0,
+                detail: format!(
+                    "{} transactions rolled back with {} outbox rows; in Kafka: {in_kafka}, in the outbox: {in_outbox}",
+                    summary.rolled_back_txns,
+                    summary.rolled_back_ids.len()
+                ),
+            });
+            let failed: u64 = summary
+                .stats
+                .iter()
+                .filter(|(k, _)| k.ends_with(" 409") || k.ends_with(" 422"))
+                .map(|(_, v)| *v)
+                .sum();
+            out.notes.push(format!(
+                "{failed} HTTP requests failed by design (409 taken e-mail, 422 unknown account)"
+            ));
+        }
+        if self.sc == Scenario::Standby {
+            out.checks.push(Check {
+                name: "the standby took over every time".into(),
+                ok: out.takeovers.len() == self.ctx.plan.failovers.max(1),
+                detail: format!(
+                    "{} of {} failovers",
+                    out.takeovers.len(),
+                    self.ctx.plan.failovers.max(1)
+                ),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! A scenario's running world ([`World`]): both services, up to two relays, the
+//! collectors reading the topics, the pools on both databases and, in scenario 7, the
+//! proxy; the small steps faults are made of (start, kill, wait until ready, read a
+//! metric, measure a recovery) and the waits until everything settled.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::PgPool;
+use testkit::proc::{command, Process};
+use testkit::{free_port, Proxy, RelayConfig, RelayProcess};
+use tokio::task::JoinHandle;
+
+use super::catalog::Scenario;
+use super::ctx::{Ctx, Names};
+use crate::kafka::{Collector, Seen};
+use crate::stack::Service;
+
+/// How long a service or a relay may take to answer its readiness probe.
+pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Bound on one recovery measurement.
+const RECOVERY_BOUND: Duration = Duration::from_secs(600);
+
+/// The load window faults are placed in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Window {
+    pub(super) start: Instant,
+    /// Its planned length in seconds.
+    pub(super) secs: f64,
+}
+
+impl Window {
+    pub(super) fn new(start: Instant, length: Duration) -> Window {
+        Window {
+            start,
+            secs: length.as_secs_f64(),
+        }
+    }
+
+    /// The moment a fraction `f` of the window has passed.
+    pub(super) fn at(&self, f: f64) -> Instant {
+        self.start + Duration::from_secs_f64(self.secs * f)
+    }
+}
+
+/// A scenario's running processes and connections.
+pub(super) struct World<'a> {
+    pub(super) ctx: &'a Ctx,
+    pub(super) sc: Scenario,
+    pub(super) names: &'a Names,
+    pub(super) users_pool: PgPool,
+    pub(super) tx_pool: PgPool,
+    /// Reads `read_committed`: the verdict, recovery times, scenario 5's evidence.
+    pub(super) collector: Collector,
+    /// Reads `read_uncommitted`: aborted copies too, for the informational column.
+    pub(super) uncommitted: Collector,
+    pub(super) user_svc: Option<Process>,
+    pub(super) tx_svc: Option<Process>,
+    pub(super) user_url: String,
+    pub(super) tx_url: String,
+    pub(super) relays: [Option<RelayProcess>; 2],
+    pub(super) relay_ports: [u16; 2],
+    pub(super) relay_env: Vec<(String, String)>,
+    pub(super) recoveries: Vec<JoinHandle<Option<Duration>>>,
+    /// Where the services, the relay and the drill's own pools connect: PostgreSQL, or
+    /// in scenario 7 the proxy that plays the virtual IP.
+    pub(super) pg_port: u16,
+    pub(super) proxy: Option<Proxy>,
+    /// When the load's own deadline passes: after it, nothing new reaches the relay.
+    pub(super) load_deadline: Instant,
+}
+
+impl World<'_> {
+    /// The log file of one of the scenario's processes.
+    fn log(&self, what: &str) -> PathBuf {
+        self.ctx
+            .log_dir
+            .join(format!("s{}-{what}.log", self.sc.number()))
+    }
+
+    pub(super) async fn start_services(&mut self) -> anyhow::Result<()> {
+        let stack = &self.ctx.stack;
+        // Each service as its own role (the admin on the plain stack), over TLS on the
+        // secured one.
+        let db = |name: &str, service: Service| -> anyhow::Result<Vec<(String, String)>> {
+            let (user, password) = stack.service_role(service)?;
+            let mut env = vec![
+                ("DB_HOST".to_string(), stack.host().to_string()),
+                ("DB_PORT".to_string(), self.pg_port.to_string()),
+                ("DB_USER".to_string(), user),
+                ("DB_PASSWORD".to_string(), password),
+                ("DB_NAME".to_string(), name.to_string()),
+                ("RUST_LOG".to_string(), "info,tower_http=warn".to_string()),
+            ];
+            for (k, v) in stack.pg_tls() {
+                env.push((format!("DB_{}", k.to_uppercase()), v));
+            }
+            Ok(env)
+        };
+        let user_port = free_port();
+        let mut env = db(&self.names.users_db, Service::Users)?;
+        env.push(("SERVER_PORT".into(), user_port.to_string()));
+        let mut user = Process::spawn(
+            "user-service",
+            command(&self.ctx.bins.user_service, &[], &env),
+            self.log("user-service"),
+        )?;
+        let tx_port = free_port();
+        let mut env = db(&self.names.tx_db, Service::Transactions)?;
+        for (k, v) in stack.kafka_security("transaction_service")? {
+            env.push((format!("KAFKA_{}", k.replace('.', "_").to_uppercase()), v));
+        }
+        env.extend([
+            ("SERVER_HOST".to_string(), "127.0.0.1".to_string()),
+            ("SERVER_PORT".to_string(), tx_port.to_string()),
+            ("KAFKA_BROKERS".to_string(), stack.brokers()),
+            ("KAFKA_GROUP_ID".to_string(), self.names.group.clone()),
+            (
+                "USER_EVENTS_TOPIC".to_string(),
+                self.names.user_topic.clone(),
+            ),
+            (
+                "TRANSACTION_EVENTS_TOPIC".to_string(),
+                self.names.tx_topic.clone(),
+            ),
+        ]);
+        let mut tx = Process::spawn(
+            "transaction-service",
+            command(&self.ctx.bins.transaction_service, &[], &env),
+            self.log("transaction-service"),
+        )?;
+        self.user_url = format!("http://127.0.0.1:{user_port}");
+        self.tx_url = format!("http://127.0.0.1:{tx_port}");
+        let http = &self.ctx.http;
+        user.wait_http_ok(http, &format!("{}/readyz", self.user_url), READY_TIMEOUT)
+            .await?;
+        tx.wait_http_ok(http, &format!("{}/readyz", self.tx_url), READY_TIMEOUT)
+            .await?;
+        self.user_svc = Some(user);
+        self.tx_svc = Some(tx);
+        // The services have created their outbox tables: the relay's role may read them.
+        stack
+            .grant_relay(&[&self.names.users_db, &self.names.tx_db])
+            .await
+            .context("granting the relay its rights")?;
+        Ok(())
+    }
+
+    /// Starts relay instance `i` (0 = "a", 1 = "b"); returns when it was started.
+    pub(super) fn start_relay(&mut self, i: usize) -> anyhow::Result<Instant> {
+        let name = ["relay-a", "relay-b"][i];
+        let p = RelayConfig::new(&self.ctx.bins.relay)
+            .named(name)
+            .envs(self.relay_env.iter().cloned())
+            .set(
+                "RELAY_ADMIN__LISTEN",
+                format!("127.0.0.1:{}", self.relay_ports[i]),
+            )
+            .log_to(self.log(name))
+            .spawn()?;
+        self.relays[i] = Some(p);
+        Ok(Instant::now())
+    }
+
+    pub(super) fn kill_relay(&mut self, i: usize) {
+        if let Some(p) = self.relays[i].take() {
+            p.kill();
+        }
+    }
+
+    /// The sum of relay `i`'s series of `name` with `labels`; `None` when it does not
+    /// run or answer.
+    pub(super) async fn relay_metric(
+        &self,
+        i: usize,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        let relay = self.relays[i].as_ref()?;
+        relay.metrics().await.ok()?.sum(name, labels)
+    }
+
+    pub(super) async fn relay_ready(&self, i: usize) -> bool {
+        match &self.relays[i] {
+            Some(r) => r.is_ready().await,
+            None => false,
+        }
+    }
+
+    pub(super) async fn wait_relay_ready(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = self.relays[i].as_mut().context("relay not running")?;
+        p.wait_ready(READY_TIMEOUT).await
+    }
+
+    pub(super) async fn wait_healthy(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = self.relays[i].as_mut().context("relay not running")?;
+        p.wait_healthy(READY_TIMEOUT).await
+    }
+
+    /// Outbox ids still PENDING in both databases.
+    pub(super) async fn pending_ids(&self) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for pool in [&self.users_pool, &self.tx_pool] {
+            let rows: Vec<(String,)> =
+                sqlx::query_as("select id::text from outbox where status = 'PENDING'")
+                    .fetch_all(pool)
+                    .await?;
+            ids.extend(rows.into_iter().map(|(i,)| i));
+        }
+        Ok(ids)
+    }
+
+    /// Starts measuring a recovery: from now until every row pending now is in Kafka.
+    pub(super) async fn begin_recovery(&mut self) {
+        let start = Instant::now();
+        let ids = loop {
+            match self.pending_ids().await {
+                Ok(ids) => break ids,
+                Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) => break Vec::new(),
+            }
+        };
+        let seen: Seen = self.collector.seen();
+        self.recoveries.push(tokio::spawn(async move {
+            loop {
+                if seen.has_all(&ids) {
+                    return Some(start.elapsed());
+                }
+                if start.elapsed() > RECOVERY_BOUND {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    /// After faults: make sure a relay runs (the one that should be active).
+    pub(super) async fn ensure_relay_running(&mut self) -> anyhow::Result<()> {
+        for i in 0..2 {
+            if let Some(p) = self.relays[i].as_mut() {
+                if let Some(status) = p.exited() {
+                    bail!(
+                        "relay {} exited by itself with {status}; see {}",
+                        ["a", "b"][i],
+                        p.log().display()
+                    );
+                }
+            }
+        }
+        if self.relays.iter().all(Option::is_none) {
+            self.start_relay(0)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn count(&self, pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_as::<_, (i64,)>(sql).fetch_one(pool).await?.0)
+    }
+
+    /// The numbers that must settle: (pending outbox users, pending outbox tx, pending
+    /// transactions, users, accounts).
+    async fn settle_state(&self) -> anyhow::Result<[i64; 5]> {
+        let pending = "select count(*) from outbox where status = 'PENDING'";
+        Ok([
+            self.count(&self.users_pool, pending).await?,
+            self.count(&self.tx_pool, pending).await?,
+            self.count(
+                &self.tx_pool,
+                "select count(*) from transactions where status = 'PENDING'",
+            )
+            .await?,
+            self.count(&self.users_pool, "select count(*) from users")
+                .await?,
+            self.count(&self.tx_pool, "select count(*) from accounts")
+                .await?,
+        ])
+    }
+
+    pub(super) async fn wait_settled(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last;
+        loop {
+            match self.settle_state().await {
+                Ok([0, 0, 0, users, accounts]) if users == accounts => return Ok(start.elapsed()),
+                Ok([pu, pt, ptx, users, accounts]) => {
+                    last = format!(
+                        "PENDING outbox rows: {pu} (users_db) + {pt} (transaction_db); PENDING transactions: {ptx}; users {users}, accounts {accounts}"
+                    )
+                }
+                Err(e) => last = format!("{e:#}"),
+            }
+            if start.elapsed() > timeout {
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(super) async fn wait_outbox_processed(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok([0, 0, ..]) = self.settle_state().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
