@@ -58,27 +58,6 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Builds the binaries the drill starts, in the profile this test was built with, so
-/// they sit next to the drill binary.
-fn build_services(repo: &Path, bin_dir: &Path) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo).args([
-        "build",
-        "-p",
-        "user-service",
-        "-p",
-        "transaction-service",
-        "-p",
-        "relay-cdc",
-    ]);
-    if bin_dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("cargo runs");
-    assert!(status.success(), "building the services failed");
-}
-
 /// The report's table: one map from column name to cell per scenario row.
 fn table_rows(report: &str) -> Vec<HashMap<String, String>> {
     let cells = |l: &str| -> Vec<String> {
@@ -107,7 +86,7 @@ fn run_short_drill(args: &[&str], env: &[(&str, &str)]) -> (String, Cleanup) {
     let repo = testkit::repo_root();
     let drill = PathBuf::from(env!("CARGO_BIN_EXE_outbox-drill"));
     let bin_dir = drill.parent().expect("bin dir").to_path_buf();
-    build_services(&repo, &bin_dir);
+    testkit::proc::build_service_binaries(&bin_dir);
 
     let dir = std::env::temp_dir().join(format!("outbox-drill-test-{}", testkit::unique_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

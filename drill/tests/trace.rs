@@ -7,7 +7,6 @@
 //! databases when they are dropped.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -34,21 +33,7 @@ fn binaries() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.current_dir(testkit::repo_root()).args([
-        "build",
-        "-p",
-        "relay-cdc",
-        "-p",
-        "transaction-service",
-        "-p",
-        "user-service",
-    ]);
-    if bin_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "cargo build");
+    testkit::proc::build_service_binaries(&bin_dir);
     bin_dir
 }
 

@@ -354,6 +354,46 @@ pub fn machine() -> Machine {
     }
 }
 
+/// Builds relay-cdc, user-service and transaction-service into `bin_dir` (a cargo
+/// profile folder, as `CARGO_BIN_EXE_*` shows it), for tests that run them as a user
+/// would: the drill's.
+///
+/// It builds their integration tests with the whole workspace selected
+/// (`cargo test --workspace --no-run --test api --test relay`), which builds the three
+/// binaries as a side effect, not `cargo build -p …`: cargo resolves features for the
+/// packages a command selects, and a `-p` build compiled about twenty dependencies and
+/// the workspace's crates a second time next to the suite's `--workspace` test build
+/// (minutes of a cold CI run). Here it is a no-op inside `scripts/test`.
+pub fn build_service_binaries(bin_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(crate::repo_root()).args([
+        "test",
+        "--workspace",
+        "--no-run",
+        "--quiet",
+        "--test",
+        "api",
+        "--test",
+        "relay",
+    ]);
+    if bin_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(
+        status.success(),
+        "building relay-cdc and the services failed"
+    );
+    for bin in ["relay-cdc", "user-service", "transaction-service"] {
+        assert!(
+            bin_dir.join(bin).is_file(),
+            "{bin} was not built into {}",
+            bin_dir.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
