@@ -29,8 +29,8 @@ pub async fn kafka_cluster(ctx: &Ctx, plan: &Plan) -> anyhow::Result<ClusterComp
                 "kafka cluster: {} ({delivery}) on one broker, then on three",
                 w.label()
             ));
-            let a = relay_throughput(ctx, w, *delivery, one).await?;
-            let b = relay_throughput(ctx, w, *delivery, three).await?;
+            let a = relay_throughput(ctx, w, *delivery, one, None).await?;
+            let b = relay_throughput(ctx, w, *delivery, three, None).await?;
             throughput.push((*w, a, b));
         }
         for rate in &plan.rates {

@@ -116,9 +116,33 @@ pub struct Options {
     /// The relay binary (default: relay-cdc next to this executable).
     #[arg(long)]
     pub relay_bin: Option<PathBuf>,
+    /// Throughput: further relay-cdc binaries measured beside `--relay-bin` on every
+    /// workload and delivery mode, one after the other in the same run, e.g. one built
+    /// from an earlier commit (`label=path` or a path); repeatable. The table gains a
+    /// `relay-cdc binary` column and each baseline's rows/s as a ratio to this build's.
+    #[arg(long)]
+    pub relay_baseline: Vec<String>,
     /// pg_recvlogical (default: the newest under /usr/lib/postgresql, else PATH).
     #[arg(long)]
     pub pg_recvlogical: Option<PathBuf>,
+}
+
+/// `label=path` or a path (labelled `baseline <path>`), each of which must exist.
+fn labelled_binaries(option: &str, values: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for b in values {
+        let (label, path) = match b.split_once('=') {
+            Some((l, p)) if !l.is_empty() => (l.to_string(), PathBuf::from(p)),
+            _ => (format!("baseline {b}"), PathBuf::from(b)),
+        };
+        anyhow::ensure!(path.exists(), "{option} {b}: no such binary");
+        anyhow::ensure!(
+            label != "this build" && !out.iter().any(|(l, _)| *l == label),
+            "{option} {b}: the label {label:?} is taken"
+        );
+        out.push((label, path));
+    }
+    Ok(out)
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
@@ -197,6 +221,8 @@ pub struct Plan {
     pub deliveries: Vec<Delivery>,
     /// Debezium as a further system (off unless `--debezium`).
     pub debezium: bool,
+    /// (label, relay-cdc binary) measured beside this build in the throughput runs.
+    pub relay_baselines: Vec<(String, PathBuf)>,
     pub outage: Option<Duration>,
     /// What `--only settle` measures; `None` when it is not in the run.
     pub settle: Option<SettlePlan>,
@@ -306,6 +332,7 @@ impl Options {
         }) {
             anyhow::bail!("{k} is set per measurement from --delivery, not with --relay-env");
         }
+        let relay_baselines = labelled_binaries("--relay-baseline", &self.relay_baseline)?;
         Ok(Plan {
             workloads,
             rates,
@@ -326,6 +353,7 @@ impl Options {
             parts,
             deliveries,
             debezium: self.debezium,
+            relay_baselines,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
         })
     }
@@ -346,14 +374,10 @@ impl Options {
             this.display()
         );
         let mut services = vec![("this build".to_string(), this)];
-        for b in &self.settle_baseline {
-            let (label, path) = match b.split_once('=') {
-                Some((l, p)) if !l.is_empty() => (l.to_string(), PathBuf::from(p)),
-                _ => (format!("baseline {b}"), PathBuf::from(b)),
-            };
-            anyhow::ensure!(path.exists(), "--settle-baseline {b}: no such binary");
-            services.push((label, path));
-        }
+        services.extend(labelled_binaries(
+            "--settle-baseline",
+            &self.settle_baseline,
+        )?);
         anyhow::ensure!(
             self.settle_accounts >= 2,
             "--settle-accounts needs at least 2"
@@ -383,6 +407,41 @@ mod tests {
             .unwrap()
             .plan()
             .unwrap()
+    }
+
+    #[test]
+    fn relay_baselines_are_labelled_binaries_that_exist() {
+        let me = std::env::current_exe().unwrap();
+        let me = me.display();
+        let p = plan(&["--relay-baseline", &format!("before={me}")]);
+        assert_eq!(p.relay_baselines.len(), 1);
+        assert_eq!(p.relay_baselines[0].0, "before");
+
+        let missing =
+            Options::try_parse_from(["relay-bench", "--relay-baseline", "old=/nonexistent/relay"])
+                .unwrap()
+                .plan()
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            missing.contains("--relay-baseline old=/nonexistent/relay: no such binary"),
+            "{missing}"
+        );
+
+        let twice = Options::try_parse_from([
+            "relay-bench",
+            "--relay-baseline",
+            &format!("a={me}"),
+            "--relay-baseline",
+            &format!("a={me}"),
+        ])
+        .unwrap()
+        .plan()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(twice.contains("is taken"), "{twice}");
     }
 
     #[test]

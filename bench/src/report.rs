@@ -55,6 +55,20 @@ pub fn render(
              its ordinary sessions (marking) apart from the walsender.\n",
             plan.poll_batch
         ));
+        if !plan.relay_baselines.is_empty() {
+            let list: Vec<String> = plan
+                .relay_baselines
+                .iter()
+                .map(|(label, path)| format!("{label} = {}", path.display()))
+                .collect();
+            out.push_str(&format!(
+                "relay-cdc binaries: this build = {}; {}. Each ran the same workloads right after this build's, on its own database and topics; vs this build = its relay rows/s over this build's.\n",
+                opts.relay_bin
+                    .as_ref()
+                    .map_or("relay-cdc next to relay-bench".into(), |p| p.display().to_string()),
+                list.join("; ")
+            ));
+        }
         if plan.compares_delivery() {
             out.push_str(
                 "Ceiling, Kafka ingest and polling are measured once per workload; each delivery mode of the relay ran on its own database and topics. \
@@ -155,13 +169,18 @@ pub fn render(
     out
 }
 
-/// One row per workload and delivery mode. A run without exactly-once prints the
-/// columns it always did; with it, a delivery column and the exactly-once ones.
+/// One row per workload and delivery mode (and `--relay-baseline` binary). A run
+/// without exactly-once prints the columns it always did; with it, a delivery column
+/// and the exactly-once ones; with baselines, the binary and its ratio to this build.
 fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     let compare = plan.compares_delivery();
+    let baselines = !plan.relay_baselines.is_empty();
     let mut headers = vec!["workload"];
     if compare {
         headers.push("delivery");
+    }
+    if baselines {
+        headers.push("relay-cdc binary");
     }
     headers.extend([
         "rows",
@@ -182,12 +201,23 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     if compare {
         headers.extend(["vs at-least-once", "records/Kafka txn", "Kafka commit ms"]);
     }
+    if baselines {
+        headers.push("vs this build");
+    }
     let mut t = Table::new(&headers);
     for r in rows {
         for relay in &r.relays {
             let mut cells = vec![r.workload.label()];
             if compare {
                 cells.push(relay.delivery.to_string());
+            }
+            if baselines {
+                cells.push(
+                    relay
+                        .baseline
+                        .clone()
+                        .unwrap_or_else(|| "this build".into()),
+                );
             }
             cells.extend([
                 table::count(r.workload.rows as f64),
@@ -207,7 +237,9 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
             ]);
             if compare {
                 let baseline = r
-                    .relay(Delivery::AtLeastOnce)
+                    .relays
+                    .iter()
+                    .find(|b| b.delivery == Delivery::AtLeastOnce && b.baseline == relay.baseline)
                     .filter(|_| relay.delivery != Delivery::AtLeastOnce);
                 cells.extend([
                     baseline.map_or("-".into(), |b| table::ratio(relay.rows_per_s, b.rows_per_s)),
@@ -220,6 +252,12 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                         .mean_commit_s
                         .map_or("-".into(), |s| table::ms(s * 1000.0)),
                 ]);
+            }
+            if baselines {
+                let this = r.relay(relay.delivery).filter(|_| relay.baseline.is_some());
+                cells.push(
+                    this.map_or("-".into(), |t| table::ratio(relay.rows_per_s, t.rows_per_s)),
+                );
             }
             t.row(cells);
         }
@@ -564,6 +602,7 @@ mod tests {
         let transactional = delivery == Delivery::ExactlyOnce;
         RelayThroughput {
             delivery,
+            baseline: None,
             rows_per_s,
             acked_rows_per_s: rows_per_s,
             startup_s: 0.05,
@@ -685,6 +724,32 @@ mod tests {
         .render();
         assert!(!l.contains("read p99"), "{l}");
         assert_eq!(l.lines().next().unwrap().matches('|').count(), 14, "{l}");
+    }
+
+    #[test]
+    fn a_baseline_binary_gets_a_row_after_this_builds_with_its_ratio() {
+        let me = std::env::current_exe().unwrap();
+        let p = plan(&["--relay-baseline", &format!("before={}", me.display())]);
+        let before = RelayThroughput {
+            baseline: Some("before".into()),
+            ..relay(Delivery::AtLeastOnce, 25_000.0)
+        };
+        let t = throughput_table(
+            &p,
+            &[throughput_row(vec![
+                relay(Delivery::AtLeastOnce, 20_000.0),
+                before,
+            ])],
+        )
+        .render();
+        let rows: Vec<Vec<&str>> = t
+            .lines()
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows[0][1], "relay-cdc binary");
+        assert_eq!(rows[0].last(), Some(&"vs this build"));
+        assert_eq!((rows[2][1], *rows[2].last().unwrap()), ("this build", "-"));
+        assert_eq!((rows[3][1], *rows[3].last().unwrap()), ("before", "125 %"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ fn stuck_after(rows: u64) -> Duration {
 
 pub struct RelayThroughput {
     pub delivery: Delivery,
+    /// The `--relay-baseline` label; `None` for this build.
+    pub baseline: Option<String>,
     /// Until the server's confirmed position covered the load (acked, marked, confirmed).
     pub rows_per_s: f64,
     /// Until Kafka acked the last record (sampled every 50 ms).
@@ -69,7 +71,7 @@ pub struct ThroughputRow {
     pub ingest: f64,
     /// What that producer's process spent per 100,000 records: librdkafka's own cost.
     pub ingest_cpu_per_100k: f64,
-    /// One per delivery mode, in the plan's order.
+    /// One per delivery mode, in the plan's order; after each, its baselines'.
     pub relays: Vec<RelayThroughput>,
     pub polling: f64,
     /// `None` when the plan leaves Debezium out; `Err` says why it did not run.
@@ -77,8 +79,11 @@ pub struct ThroughputRow {
 }
 
 impl ThroughputRow {
+    /// This build's relay in `delivery` mode.
     pub fn relay(&self, delivery: Delivery) -> Option<&RelayThroughput> {
-        self.relays.iter().find(|r| r.delivery == delivery)
+        self.relays
+            .iter()
+            .find(|r| r.delivery == delivery && r.baseline.is_none())
     }
 }
 
@@ -111,17 +116,22 @@ async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
 /// The relay streams a backlog of WAL: it ran once (its slot exists), was stopped,
 /// the rows were loaded, and it is timed from its second start until the server's
 /// `confirmed_flush_lsn` covers the last loaded transaction (which implies every row
-/// was acked by Kafka and marked PROCESSED; both are checked afterwards).
+/// was acked by Kafka and marked PROCESSED; both are checked afterwards). `baseline`:
+/// another relay binary and its label, instead of this build.
 pub async fn relay_throughput(
     ctx: &Ctx,
     w: &Workload,
     delivery: Delivery,
     brokers: &str,
+    baseline: Option<&(String, std::path::PathBuf)>,
 ) -> anyhow::Result<RelayThroughput> {
     let db = db::fresh().await?;
     let (prefix, topic) = ctx.topic_prefix();
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
-    let spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
+    let mut spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
+    if let Some((_, bin)) = baseline {
+        spec.bin = bin.clone();
+    }
     let mut first = spec.spawn()?;
     first.wait_ready(READY_TIMEOUT).await?;
     relay::stop(first).await?;
@@ -201,6 +211,7 @@ pub async fn relay_throughput(
     .await;
     Ok(RelayThroughput {
         delivery,
+        baseline: baseline.map(|(label, _)| label.clone()),
         rows_per_s: loaded.rows as f64 / secs,
         acked_rows_per_s: loaded.rows as f64 / acked,
         startup_s: startup.unwrap_or(secs),
@@ -345,7 +356,17 @@ pub async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<
             w.label(),
             System::Relay(*delivery)
         ));
-        relays.push(relay_throughput(ctx, w, *delivery, &ctx.stack.kafka_brokers).await?);
+        relays.push(relay_throughput(ctx, w, *delivery, &ctx.stack.kafka_brokers, None).await?);
+        for b in &plan.relay_baselines {
+            progress(format!(
+                "throughput {}: {} from {}",
+                w.label(),
+                System::Relay(*delivery),
+                b.0
+            ));
+            let brokers = &ctx.stack.kafka_brokers;
+            relays.push(relay_throughput(ctx, w, *delivery, brokers, Some(b)).await?);
+        }
     }
     progress(format!("throughput {}: polling", w.label()));
     let polling = polling_throughput(ctx, plan, w).await?;
