@@ -12,7 +12,7 @@ use tokio_postgres::{Client, NoTls};
 /// leave them out.
 pub const LOAD_APP: &str = "relay-bench-load";
 
-/// A fresh database with the outbox schema of `sql/users_db` and the load procedure.
+/// A fresh database with the outbox schema (`sql/outbox`, with `sql/users_db`) and the load procedure.
 pub async fn fresh() -> anyhow::Result<TestDb> {
     let db = TestDb::create("bench", "users_db").await?;
     let c = connect(&db.url, "relay-bench").await?;
