@@ -106,7 +106,7 @@ pub fn orphans<Id: Clone + Eq + Hash>(
     confirmed: Option<Lsn>,
     round_lsn: Lsn,
 ) -> Option<Vec<Id>> {
-    if !confirmed.is_some_and(|c| c >= round_lsn) {
+    if confirmed.is_none_or(|c| c < round_lsn) {
         return None;
     }
     let pending: HashSet<&Id> = still_pending.iter().collect();
