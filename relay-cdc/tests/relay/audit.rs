@@ -155,3 +155,81 @@ async fn rows_committed_while_the_publication_lost_the_outbox_table_are_publishe
     );
     assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_exactly_once_the_rows_a_moved_slot_skipped_arrive_once_and_a_restart_resends_nothing(
+) {
+    let src = Source::new("moved_eos").await;
+    let (mut cfg, prefix) = audited("moved_eos");
+    cfg.extra.extend([
+        ("RELAY_KAFKA__DELIVERY".into(), "exactly-once".into()),
+        (
+            "RELAY_KAFKA__CHECKPOINT_TOPIC".into(),
+            format!("{prefix}.checkpoints"),
+        ),
+        (
+            "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX".into(),
+            format!("{prefix}-"),
+        ),
+    ]);
+    let topic = format!("{prefix}.evt");
+    let mut c = src.conn().await;
+    // librdkafka's default isolation level: read_committed.
+    let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
+
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let mut expected = insert_txn(&mut c, "evt", "k", 5, "streamed").await;
+    all_processed(&src).await;
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
+
+    let mut skipped = Vec::new();
+    for i in 0..3 {
+        skipped.extend(insert_txn(&mut c, "evt", &format!("k{i}"), 100, "skipped").await);
+    }
+    let mut admin = src.db.connect_admin().await.unwrap();
+    sqlx::query("select pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(&src.slot)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    expected.extend(skipped.iter().cloned());
+
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    expected.extend(insert_txn(&mut c, "evt", "k", 3, "after").await);
+    all_processed(&src).await;
+    testkit::wait_for("the orphans counted", WAIT, || async {
+        let m = relay.metrics().await?;
+        Ok((m.get(&src.series("relay_orphans_total")) == Some(300.0)).then_some(()))
+    })
+    .await
+    .unwrap();
+    // A restart reads the checkpoint the orphans' transactions left: nothing is resent.
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    expected.extend(insert_txn(&mut c, "evt", "k", 2, "last").await);
+
+    let mut records = match testkit::read_until_ids(&consumer, &expected, WAIT).await {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "{e:#}\nPENDING {}\n--- relay log ---\n{}",
+            src.count("PENDING").await,
+            relay.log_tail(80)
+        ),
+    };
+    records.extend(
+        testkit::read_until_quiet(&consumer, Duration::from_secs(3))
+            .await
+            .unwrap(),
+    );
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for r in &records {
+        *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(seen.len(), expected.len());
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
+}
