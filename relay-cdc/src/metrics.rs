@@ -34,6 +34,7 @@ pub const SLOT_RECREATED: &str = "relay_slot_recreated_total";
 pub const KAFKA_TRANSIENT_ERRORS: &str = "relay_kafka_transient_errors_total";
 pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
 pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
+pub const ORPHANS: &str = "relay_orphans_total";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -78,6 +79,9 @@ pub struct Metrics {
     pub kafka_fatal_errors: IntCounterVec,
     /// The cluster's brokers as the producer sees them, by state (`up`, `down`).
     pub kafka_brokers: IntGaugeVec,
+    /// Rows the audit found skipped by the slot, then published and marked (see
+    /// `pipeline::audit`).
+    pub orphans: IntCounterVec,
 }
 
 impl Metrics {
@@ -257,6 +261,11 @@ impl Metrics {
                 "1 while a stage of the source has not moved for pipeline.stall_timeout_ms",
             ),
             oldest_unacked_seconds,
+            orphans: counter(
+                ORPHANS,
+                "PENDING rows the audit found the slot had skipped (committed before a confirmed position), published and marked",
+                src,
+            ),
             source_halted: gauge(
                 SOURCE_HALTED,
                 "1 once the source halted and waits for an operator",

@@ -122,11 +122,23 @@ impl Watchdog {
     }
 }
 
+/// The last completed audit round of a source (see `pipeline::audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditResult {
+    /// When the round ended, RFC 3339 (UTC).
+    pub at: String,
+    /// PENDING rows the round noted and checked.
+    pub checked: usize,
+    /// Of them, rows the slot had skipped (published by the next session).
+    pub orphans: usize,
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
     watchdog: Watchdog,
     last_handled_micros: i64,
+    audit: Option<AuditResult>,
 }
 
 /// One source's shared status.
@@ -143,6 +155,7 @@ pub struct Snapshot {
     pub stall: Option<(Stage, Duration)>,
     pub lag_seconds: f64,
     pub oldest_unacked_seconds: f64,
+    pub audit: Option<AuditResult>,
 }
 
 impl SourceStatus {
@@ -156,6 +169,7 @@ impl SourceStatus {
                     ..Watchdog::default()
                 },
                 last_handled_micros: now_micros,
+                audit: None,
             }),
         }
     }
@@ -213,6 +227,11 @@ impl SourceStatus {
         }
     }
 
+    /// The audit completed a round.
+    pub fn audited(&self, result: AuditResult) {
+        self.lock().audit = Some(result);
+    }
+
     pub fn snapshot(&self, now: Instant, now_micros: i64, stall_timeout: Duration) -> Snapshot {
         let inner = self.lock();
         Snapshot {
@@ -224,6 +243,7 @@ impl SourceStatus {
                 .oldest_unacked
                 .map(|t| now.saturating_duration_since(t).as_secs_f64())
                 .unwrap_or(0.0),
+            audit: inner.audit.clone(),
         }
     }
 }
@@ -292,13 +312,14 @@ impl Health {
 }
 
 /// `/healthz`: healthy unless a source is stalled or halted; the body names each
-/// source's state and, when stalled, the stage and for how long.
+/// source's state and, when stalled, the stage and for how long, and the last audit
+/// round (`"audit": {"at": …, "checked": n, "orphans": m}`) once there was one.
 pub fn healthz(snapshots: &[(String, Snapshot)]) -> (bool, Value) {
     let mut healthy = true;
     let sources: serde_json::Map<String, Value> = snapshots
         .iter()
         .map(|(name, snap)| {
-            let v = match (&snap.state, snap.stall) {
+            let mut v = match (&snap.state, snap.stall) {
                 (State::Halted { reason }, _) => {
                     healthy = false;
                     json!({ "state": "halted", "reason": reason })
@@ -317,6 +338,9 @@ pub fn healthz(snapshots: &[(String, Snapshot)]) -> (bool, Value) {
                 }
                 (state, None) => json!({ "state": state.name() }),
             };
+            if let Some(a) = &snap.audit {
+                v["audit"] = json!({ "at": a.at, "checked": a.checked, "orphans": a.orphans });
+            }
             (name.clone(), v)
         })
         .collect();
@@ -438,6 +462,32 @@ mod tests {
         );
         w.received();
         assert_eq!(w.stall(t0 + Duration::from_secs(11), timeout), None);
+    }
+
+    #[test]
+    fn the_last_audit_round_shows_on_healthz_without_changing_health() {
+        let s = SourceStatus::new("tx", 0);
+        s.set_state(State::Streaming);
+        let snap = || {
+            [(
+                "tx".to_string(),
+                s.snapshot(Instant::now(), 0, Duration::from_secs(60)),
+            )]
+        };
+        assert!(healthz(&snap()).1["sources"]["tx"].get("audit").is_none());
+        s.audited(AuditResult {
+            at: "2026-12-06T07:00:00Z".into(),
+            checked: 12,
+            orphans: 3,
+        });
+        let (ok, body) = healthz(&snap());
+        assert!(ok, "orphans are published, not a failure of the source");
+        let audit = &body["sources"]["tx"]["audit"];
+        assert_eq!(
+            (audit["checked"].as_u64(), audit["orphans"].as_u64()),
+            (Some(12), Some(3))
+        );
+        assert_eq!(audit["at"], "2026-12-06T07:00:00Z");
     }
 
     #[test]

@@ -271,6 +271,18 @@ pub struct PipelineSettings {
     pub mark_statement_timeout_ms: u64,
     #[serde(default = "default_mark_lock_timeout_ms")]
     pub mark_lock_timeout_ms: u64,
+    /// How often the audit checks the outbox table against the slot (see
+    /// `pipeline::audit`): PENDING rows that committed before a position the session
+    /// confirmed were skipped by the slot and are published. 0 turns it off.
+    #[serde(default = "default_audit_interval_ms")]
+    pub audit_interval_ms: u64,
+    /// The audit notes only PENDING rows created longer ago than this (rows younger are
+    /// most likely in flight and would only lengthen the round).
+    #[serde(default = "default_audit_grace_ms")]
+    pub audit_grace_ms: u64,
+    /// PENDING rows one audit round notes at most (oldest first).
+    #[serde(default = "default_audit_max_rows")]
+    pub audit_max_rows: usize,
 }
 
 impl Default for PipelineSettings {
@@ -322,6 +334,15 @@ fn default_mark_statement_timeout_ms() -> u64 {
 fn default_mark_lock_timeout_ms() -> u64 {
     5_000
 }
+fn default_audit_interval_ms() -> u64 {
+    30_000
+}
+fn default_audit_grace_ms() -> u64 {
+    5_000
+}
+fn default_audit_max_rows() -> usize {
+    10_000
+}
 
 impl PipelineSettings {
     pub fn mark_interval(&self) -> Duration {
@@ -341,6 +362,13 @@ impl PipelineSettings {
     }
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+    /// The audit's interval; `None` when it is off (`audit_interval_ms = 0`).
+    pub fn audit_interval(&self) -> Option<Duration> {
+        (self.audit_interval_ms > 0).then(|| Duration::from_millis(self.audit_interval_ms))
+    }
+    pub fn audit_grace(&self) -> Duration {
+        Duration::from_millis(self.audit_grace_ms)
     }
 }
 
@@ -447,6 +475,23 @@ database = "users_db"
         assert_eq!(s.kafka.topic_template, "outbox.event.{aggregate_type}");
         assert_eq!(s.kafka.poison, PoisonPolicy::Stop);
         assert_eq!(s.pipeline.mark_batch_size, 1000);
+        assert_eq!(
+            s.pipeline.audit_interval(),
+            Some(Duration::from_secs(30)),
+            "the audit is on by default"
+        );
+        assert_eq!(s.pipeline.audit_grace(), Duration::from_secs(5));
+        assert_eq!(s.pipeline.audit_max_rows, 10_000);
+    }
+
+    #[test]
+    fn an_audit_interval_of_zero_turns_the_audit_off() {
+        let s = load_str(BASE, &[("RELAY_PIPELINE__AUDIT_INTERVAL_MS", "0")]).unwrap();
+        assert_eq!(s.pipeline.audit_interval(), None);
+        let e = load_str(BASE, &[("RELAY_PIPELINE__AUDIT_MAX_ROWS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pipeline.audit_max_rows"), "{e}");
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Settings {
                 p.mark_statement_timeout_ms,
             ),
             ("pipeline.mark_lock_timeout_ms", p.mark_lock_timeout_ms),
+            ("pipeline.audit_max_rows", p.audit_max_rows as u64),
         ] {
             if value == 0 {
                 return Err(key_err(key, "must be greater than 0"));

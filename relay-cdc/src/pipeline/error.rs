@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use super::audit::Found;
 use super::stream::StreamError;
 use crate::source::SourceError;
 
@@ -41,6 +42,10 @@ pub enum PipelineError {
     /// does not verify, plaintext where TLS is required, a missing grant or ACL.
     #[error("access refused: {0}")]
     AccessRefused(String),
+    /// The audit found PENDING rows that committed before a position this session
+    /// confirmed: the slot skipped them. The next session publishes them first.
+    #[error("the audit found {} row(s) the slot skipped (committed before {}, still PENDING after it was confirmed); publishing them in a new session", .0.ids.len(), .0.round_lsn)]
+    Orphans(Found),
 }
 
 impl PipelineError {
@@ -61,6 +66,7 @@ impl PipelineError {
             Self::Fenced(_) => "fenced",
             Self::CheckpointAhead(_) => "checkpoint_ahead",
             Self::AccessRefused(_) => "access_refused",
+            Self::Orphans(_) => "orphans",
         }
     }
 

@@ -2,6 +2,8 @@
 //! and a quiet outbox still advances the slot), the WAL position and lag in bytes,
 //! retention of PROCESSED rows, and the watchdog's voice: a WARN every 30 s while a
 //! source is stalled or halted (the watchdog's rule is [`crate::status::Watchdog`]).
+//! The audit of the table against the slot runs beside the session too, in a room of its
+//! own ([`super::audit`]).
 //!
 //! Each task has a connection of its own and never holds the stream back; [`Tasks`]
 //! ends them with their owner (a session, or the source's supervisor).
@@ -21,6 +23,12 @@ use crate::status::{now_unix_micros, SourceStatus, State};
 /// Tasks that run beside their owner: aborted when this is dropped, so a failed session
 /// leaves nothing running.
 pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    pub fn new(tasks: Vec<JoinHandle<()>>) -> Self {
+        Self(tasks)
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {

@@ -14,6 +14,7 @@
 //! | [`slot`] | slot lookup, creation, failover flag, the final position |
 //! | [`reconcile`] | slot creation with an exported snapshot and PENDING rows, crash-safe |
 //! | [`housekeeping`] | heartbeats, lag in bytes, retention, the stall and halt warnings |
+//! | [`audit`] | the table against the slot: PENDING rows the slot skipped are found and published |
 //! | [`error`] | why a session ended |
 //!
 //! Invariants (details where they are kept):
@@ -27,6 +28,7 @@
 //!   more (marking needs a new connection). The unconfirmed tail is replayed after.
 
 pub mod acks;
+pub mod audit;
 pub mod error;
 pub mod housekeeping;
 pub mod poison;
@@ -83,7 +85,8 @@ pub fn next_step(e: &PipelineError) -> Next {
         },
         // A standby relay took over with the same transactional id: stand by in turn.
         PipelineError::SlotBusy(_) | PipelineError::Fenced(_) => Next::StandBy,
-        PipelineError::Replay(_) => Next::Replay,
+        // Rows the slot skipped: the next session publishes them first, at once.
+        PipelineError::Replay(_) | PipelineError::Orphans(_) => Next::Replay,
         _ => Next::Retry,
     }
 }
@@ -116,7 +119,8 @@ impl Pipeline {
     ///
     /// The supervisor carries the position its sessions confirmed from one session to
     /// the next (0/0: nothing yet): a session tells by it whether the slot it finds is
-    /// the one it left (see [`slot::look_up`]).
+    /// the one it left (see [`slot::look_up`]). It carries the rows an audit found the
+    /// slot had skipped too, until a session published them.
     pub async fn run(mut self) {
         let name = self.source.name.clone();
         let _watch =
@@ -125,9 +129,10 @@ impl Pipeline {
         let mut backoffs = delays.build();
         let mut backoff = backoffs.next().expect("a backoff without a limit of tries");
         let mut confirmed = Lsn::from_u64(0);
+        let mut orphans: Option<audit::Found> = None;
         loop {
             let started = Instant::now();
-            let result = session::run(&self, &mut confirmed).await;
+            let result = session::run(&self, &mut confirmed, &mut orphans).await;
             let error = match result {
                 Ok(()) => {
                     self.status.set_state(State::Stopped);
@@ -154,7 +159,12 @@ impl Pipeline {
                     self.status.set_state(State::Standby);
                 }
                 Next::Replay => {
-                    tracing::info!(source = %name, "replaying from the confirmed position");
+                    if let PipelineError::Orphans(found) = error {
+                        orphans = Some(found);
+                        tracing::info!(source = %name, "publishing the rows the slot skipped, then streaming from the confirmed position");
+                    } else {
+                        tracing::info!(source = %name, "replaying from the confirmed position");
+                    }
                     continue;
                 }
                 Next::Retry => {
@@ -283,6 +293,13 @@ mod tests {
             Next::StandBy
         );
         assert_eq!(next_step(&PipelineError::Replay(2)), Next::Replay);
+        // Rows the slot skipped are published by a new session at once, not after a backoff.
+        let found = audit::Found {
+            ids: vec![uuid::Uuid::nil()],
+            round_lsn: Lsn::from_u64(0x100),
+            oldest_age: Duration::from_secs(7),
+        };
+        assert_eq!(next_step(&PipelineError::Orphans(found)), Next::Replay);
         // Exactly-once: another relay fenced this one; it stands by, never retries sending.
         assert_eq!(
             next_step(&PipelineError::Fenced("producer fenced".into())),

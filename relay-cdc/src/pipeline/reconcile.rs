@@ -15,6 +15,10 @@
 //! checkpoint at the consistent point replaces any checkpoint a former slot of this
 //! source left, so the new slot's stream skips nothing. A crash between a page's
 //! commit and its marking sends that page once more at the next reconciliation.
+//!
+//! Publishing a page of PENDING rows outside the stream ([`publish_and_mark`]) is shared
+//! with the audit, which publishes the rows the slot skipped the same way
+//! ([`super::audit`]).
 
 use std::time::Instant;
 
@@ -57,11 +61,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     tracing::info!(source = %name, slot = %temp.name, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
 
     let sql = format!(
-        // The trace context and headers columns are optional (migration 0005): read
-        // through the row's JSON, they are null where the table has none.
-        "select id, aggregate_type, aggregate_id, event_type, payload::text, created_at, \
-         to_jsonb(o) ->> 'traceparent', to_jsonb(o) ->> 'tracestate', nullif(to_jsonb(o) -> 'headers', 'null')::text \
-         from \"{}\".\"{}\" o \
+        "select {ROW_COLUMNS} from \"{}\".\"{}\" o \
          where status = 'PENDING' and (created_at, id) > ($1, $2) order by created_at, id limit {PAGE_ROWS}",
         p.source.schema, p.source.table
     );
@@ -88,28 +88,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         after = (last.get(5), last.get(0));
         let events: Vec<Event> = page
             .iter()
-            .map(|r| {
-                let id: Uuid = r.get(0);
-                let created_at: chrono::DateTime<chrono::Utc> = r.get(5);
-                Event {
-                    row: OutboxRow::new(
-                        id.to_string(),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get::<_, String>(4).into_bytes(),
-                    )
-                    .with_metadata(
-                        r.get(6),
-                        r.get(7),
-                        r.get::<_, Option<String>>(8).as_deref().map(str::as_bytes),
-                    ),
-                    commit: CommitMeta {
-                        lsn: consistent_point.clone(),
-                        time: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    },
-                }
-            })
+            .map(|r| event_of(r, &consistent_point))
             .collect();
         let newest = page
             .iter()
@@ -119,53 +98,8 @@ pub async fn create_slot_and_reconcile<S: Sink>(
             })
             .max()
             .unwrap_or(0);
-        p.status.observe(Some(Instant::now()), None, true, 0);
-        // Whatever became of the page, what was acked is marked before anything else.
-        let mut page = Page::default();
-        let mut published = publish_page(p, sink, &events, &mut page).await;
-        if sink.transactional() {
-            // Exactly-once: the page is visible (and may be marked) only once committed.
-            published = match published {
-                Ok(()) if page.refused.is_empty() => commit(sink.checkpoint(start)).await,
-                other => {
-                    sink.abort("the page was not published whole");
-                    other
-                }
-            };
-            if published.is_err() || !page.refused.is_empty() {
-                page.acked.clear();
-                page.dead.clear();
-            }
-        }
-        p.status.observe(None, Some(Instant::now()), true, 0);
-        let mut conn = marker.mark(None, &page.acked, "PROCESSED").await;
-        if !page.dead.is_empty() {
-            conn = marker.mark(conn, &page.dead, "DEAD_LETTERED").await;
-        }
-        drop(conn);
-        p.status.observe(None, None, true, newest);
-        let labels = [name.as_str()];
-        p.metrics
-            .reconciled
-            .with_label_values(&labels)
-            .inc_by((page.acked.len() + page.dead.len()) as u64);
-        p.metrics
-            .events_published
-            .with_label_values(&labels)
-            .inc_by(page.acked.len() as u64);
-        p.metrics
-            .dead_lettered
-            .with_label_values(&labels)
-            .inc_by(page.dead.len() as u64);
-        published?;
-        if !page.refused.is_empty() {
-            // What was acked is marked; the temporary slot goes with this session and
-            // the next one reconciles again, trying each refused record alone.
-            tracing::warn!(source = %name, records = page.refused.len(), "kafka refused records for good during reconciliation; redoing it, each of them alone");
-            let n = page.refused.len();
-            p.suspects.suspect(page.refused);
-            return Err(PipelineError::Replay(n));
-        }
+        let reconciled = p.metrics.reconciled.with_label_values(&[name]);
+        publish_and_mark(p, sink, marker, &events, start, newest, &reconciled).await?;
         total += events.len();
     }
     client
@@ -178,6 +112,101 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     }
     // Reconciliation is complete: only now does the permanent slot exist.
     slot::make_permanent(client, temp, &slot, options, name).await
+}
+
+/// The columns [`event_of`] reads, in its order, from a table aliased `o`. The trace
+/// context and headers columns are optional (migration 0005): read through the row's
+/// JSON, they are null where the table has none.
+pub(super) const ROW_COLUMNS: &str = "id, aggregate_type, aggregate_id, event_type, payload::text, created_at, \
+     to_jsonb(o) ->> 'traceparent', to_jsonb(o) ->> 'tracestate', nullif(to_jsonb(o) -> 'headers', 'null')::text";
+
+/// The event of an outbox row read with [`ROW_COLUMNS`]; `commit_lsn` stands for the
+/// commit position the row's record names (the stream's is not known here).
+pub(super) fn event_of(r: &tokio_postgres::Row, commit_lsn: &str) -> Event {
+    let id: Uuid = r.get(0);
+    let created_at: chrono::DateTime<chrono::Utc> = r.get(5);
+    Event {
+        row: OutboxRow::new(
+            id.to_string(),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get::<_, String>(4).into_bytes(),
+        )
+        .with_metadata(
+            r.get(6),
+            r.get(7),
+            r.get::<_, Option<String>>(8).as_deref().map(str::as_bytes),
+        ),
+        commit: CommitMeta {
+            lsn: commit_lsn.to_string(),
+            time: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        },
+    }
+}
+
+/// Publishes one page of PENDING rows outside the stream (reconciliation, the audit's
+/// orphans) and marks what Kafka took, whatever became of the rest: PROCESSED, or
+/// DEAD_LETTERED under `kafka.poison = "dead-letter"`. Exactly-once: the page is one
+/// Kafka transaction committed with a checkpoint at `checkpoint`, marked only once
+/// committed. `settled` counts the rows published or dead-lettered. Records Kafka
+/// refused for good while others were in flight end the session with
+/// [`PipelineError::Replay`]: the next one tries each alone.
+pub(super) async fn publish_and_mark<S: Sink>(
+    p: &Pipeline,
+    sink: &mut S,
+    marker: &Marker,
+    events: &[Event],
+    checkpoint: pgwire_replication::Lsn,
+    newest_micros: i64,
+    settled: &prometheus::IntCounter,
+) -> Result<(), PipelineError> {
+    let name = &p.source.name;
+    p.status.observe(Some(Instant::now()), None, true, 0);
+    // Whatever became of the page, what was acked is marked before anything else.
+    let mut page = Page::default();
+    let mut published = publish_page(p, sink, events, &mut page).await;
+    if sink.transactional() {
+        // Exactly-once: the page is visible (and may be marked) only once committed.
+        published = match published {
+            Ok(()) if page.refused.is_empty() => commit(sink.checkpoint(checkpoint)).await,
+            other => {
+                sink.abort("the page was not published whole");
+                other
+            }
+        };
+        if published.is_err() || !page.refused.is_empty() {
+            page.acked.clear();
+            page.dead.clear();
+        }
+    }
+    p.status.observe(None, Some(Instant::now()), true, 0);
+    let mut conn = marker.mark(None, &page.acked, "PROCESSED").await;
+    if !page.dead.is_empty() {
+        conn = marker.mark(conn, &page.dead, "DEAD_LETTERED").await;
+    }
+    drop(conn);
+    p.status.observe(None, None, true, newest_micros);
+    let labels = [name.as_str()];
+    settled.inc_by((page.acked.len() + page.dead.len()) as u64);
+    p.metrics
+        .events_published
+        .with_label_values(&labels)
+        .inc_by(page.acked.len() as u64);
+    p.metrics
+        .dead_lettered
+        .with_label_values(&labels)
+        .inc_by(page.dead.len() as u64);
+    published?;
+    if !page.refused.is_empty() {
+        // What was acked is marked; the next session publishes the rest again, trying
+        // each refused record alone.
+        tracing::warn!(source = %name, records = page.refused.len(), "kafka refused records for good while publishing PENDING rows; redoing it, each of them alone");
+        let n = page.refused.len();
+        p.suspects.suspect(page.refused);
+        return Err(PipelineError::Replay(n));
+    }
+    Ok(())
 }
 
 /// Waits for a transactional sink's commit (nothing to wait for otherwise).

@@ -1,6 +1,7 @@
 //! One replication session of one source: preflight (prerequisites, publication, the
-//! slot as found), the sink, the start (reconciliation when the slot is new), the
-//! stream loop ([`super::streamer`]), and teardown.
+//! slot as found), the sink, the start (reconciliation when the slot is new; the rows
+//! the last session's audit found the slot had skipped), the stream loop
+//! ([`super::streamer`]) with the audit beside it ([`super::audit`]), and teardown.
 //!
 //! Teardown keeps the confirmation invariant: after a shutdown or a poison record under
 //! `stop`, what the loop confirmed is made to reach the server
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
+use super::audit::{self, Found};
 use super::error::PipelineError;
 use super::slot::{self, SlotOptions};
 use super::stream::Limits;
@@ -29,8 +31,13 @@ use crate::status::State;
 /// One session against the real PostgreSQL and Kafka: returns `Ok` after a shutdown.
 ///
 /// `confirmed` is what the supervisor's sessions confirmed before (0/0: nothing yet);
-/// it is updated with what this one confirms.
-pub async fn run(p: &Pipeline, confirmed: &mut Lsn) -> Result<(), PipelineError> {
+/// it is updated with what this one confirms. `orphans` are rows an audit found the
+/// slot had skipped: published (and taken) before this session streams.
+pub async fn run(
+    p: &Pipeline,
+    confirmed: &mut Lsn,
+    orphans: &mut Option<Found>,
+) -> Result<(), PipelineError> {
     let name = p.source.name.clone();
     let slot = p.source.slot_name();
     // The writable primary among the source's servers: after a failover, the promoted one.
@@ -62,6 +69,16 @@ pub async fn run(p: &Pipeline, confirmed: &mut Lsn) -> Result<(), PipelineError>
         metrics: p.metrics.clone(),
         going_away: going_away.clone(),
     };
+
+    // Rows the last session's audit found the slot had skipped. Without a slot,
+    // reconciliation publishes every PENDING row, these too.
+    if let (Some(found), Some(st)) = (orphans.as_ref(), &state) {
+        p.status.set_state(State::Reconciling);
+        // Exactly-once: the pages' checkpoint skips nothing the slot still carries.
+        let checkpoint = st.confirmed_flush.max(skip_before).unwrap_or_default();
+        audit::publish_orphans(p, &client, &mut sink, &marker, found, checkpoint).await?;
+    }
+    *orphans = None;
 
     let config =
         slot::replication_config(&p.source, &primary, p.settings.pipeline.status_interval());
@@ -105,6 +122,9 @@ pub async fn run(p: &Pipeline, confirmed: &mut Lsn) -> Result<(), PipelineError>
         &p.metrics,
         p.suspects.clone(),
     );
+    let (found_tx, found_rx) = oneshot::channel();
+    streamer.audited_by(found_rx);
+    let _audit = audit::beside_session(p, streamer.confirmed_watch(), found_tx);
     let result = streamer.run(p.shutdown.clone(), &going_away).await;
     let confirmed_now = streamer.confirmed();
     let marker = streamer.into_marker();
@@ -155,8 +175,8 @@ fn prepare_error(e: PrepareError) -> PipelineError {
     }
 }
 
-/// Ends the session. After a shutdown, or a poison record under `stop`, or a replay,
-/// what came before was confirmed: the stream ends and the last position is made to
+/// Ends the session. After a shutdown, or a poison record under `stop`, or a replay, or
+/// the audit's finding, what came before was confirmed: the stream ends and the last position is made to
 /// reach the server. After any other error the stream is dropped at once.
 async fn teardown(
     p: &Pipeline,
@@ -168,7 +188,10 @@ async fn teardown(
 ) {
     let name = &p.source.name;
     match result {
-        Ok(()) | Err(PipelineError::Poison { .. } | PipelineError::Replay(_)) => {
+        Ok(())
+        | Err(
+            PipelineError::Poison { .. } | PipelineError::Replay(_) | PipelineError::Orphans(_),
+        ) => {
             repl.stop();
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 while let Ok(Some(_)) = repl.recv().await {}

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::acks::{Acks, UnitRefusal};
+use super::audit::Found;
 use super::error::PipelineError;
 use super::poison::{self, BeforeSending, Finding, Suspects, Verdict};
 use super::stream::{Limits, StreamState};
@@ -102,6 +103,10 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     stuck: Option<StuckCheck>,
     /// WAL arrived since the last tick (the watchdog's replication stage).
     received: bool,
+    /// The confirmed position as the audit watches it: fed where the loop confirms.
+    confirmed_tx: watch::Sender<Option<Lsn>>,
+    /// The audit's finding, if it finds rows the slot skipped (see [`super::audit`]).
+    audit: Option<oneshot::Receiver<Found>>,
     /// The open transaction is covered by the checkpoint: not sent again.
     skipping: bool,
     skipped: u64,
@@ -141,6 +146,8 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             probe: None,
             stuck: None,
             received: false,
+            confirmed_tx: watch::channel(None).0,
+            audit: None,
             skipping: false,
             skipped: 0,
             never: Instant::now() + Duration::from_secs(86_400 * 365),
@@ -151,6 +158,17 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     /// The position confirmed so far (to persist after the session ended).
     pub fn confirmed(&self) -> Option<Lsn> {
         self.state.progress().confirmed()
+    }
+
+    /// The confirmed position, as it moves (the audit's view of the session).
+    pub fn confirmed_watch(&self) -> watch::Receiver<Option<Lsn>> {
+        self.confirmed_tx.subscribe()
+    }
+
+    /// Ends the session with [`PipelineError::Orphans`] when the audit finds rows the
+    /// slot skipped, after draining what is in flight.
+    pub fn audited_by(&mut self, found: oneshot::Receiver<Found>) {
+        self.audit = Some(found);
     }
 
     /// Takes the marker link back (teardown after an error).
@@ -195,6 +213,9 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 _ = going_away.notified() => return Err(PipelineError::ServerGoingAway),
                 // 3. The marker ended: nothing would be confirmed any more.
                 r = &mut self.marker.task => return Err(marker_ended(r)),
+                // 3b. The audit found rows the slot skipped: drain, confirm, end the
+                // session; the next one publishes them before it streams.
+                r = async { self.audit.as_mut().expect("guarded").await }, if self.audit.is_some() => self.on_audit(r).await?,
                 // 4. The watchdog's view and the gauges, twice a second.
                 _ = tick.tick() => self.on_tick(),
                 // 4b. A stuck sink client: end the session, a new sink resumes from the
@@ -224,6 +245,17 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     async fn shut_down(&mut self) -> Result<(), PipelineError> {
         self.finish(true).await;
         Ok(())
+    }
+
+    /// The audit's finding, or its end without one (its task ended: nothing to wait for).
+    async fn on_audit(
+        &mut self,
+        r: Result<Found, oneshot::error::RecvError>,
+    ) -> Result<(), PipelineError> {
+        self.audit = None;
+        let Ok(found) = r else { return Ok(()) };
+        self.finish(true).await;
+        Err(PipelineError::Orphans(found))
     }
 
     /// The sink's answer on a client that reaches no broker.
@@ -629,6 +661,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         self.meters.backlog.sub(c.records as i64);
         if let Some(lsn) = self.state.on_confirmed(&c) {
             self.wal.confirm(lsn);
+            self.confirmed_tx.send_replace(Some(lsn));
             self.meters.confirmed_lsn.set(lsn.as_u64() as i64);
         }
         let p = self.state.progress();
@@ -1014,6 +1047,76 @@ mod tests {
         r.unwrap();
         assert_eq!(probe.aborted(), 1, "the cut-short transaction is aborted");
         assert_eq!(probe.committed().concat().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_audits_finding_ends_the_session_once_what_was_in_flight_is_confirmed() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let (found_tx, found_rx) = oneshot::channel();
+        s.audited_by(found_rx);
+        let mut confirmed = s.confirmed_watch();
+        let (ids, end) = h.txn(&["{}", "{}"]);
+        let found = Found {
+            ids: vec![Uuid::new_v4()],
+            round_lsn: end,
+            oldest_age: Duration::from_secs(9),
+        };
+        let driver = async {
+            // The audit judges by the position the loop confirmed, as it confirms it.
+            confirmed
+                .wait_for(|c| c.is_some_and(|c| c >= end))
+                .await
+                .unwrap();
+            found_tx.send(found.clone()).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        let Err(PipelineError::Orphans(f)) = r else {
+            panic!("expected the audit's finding, got {r:?}")
+        };
+        assert_eq!(f, found);
+        assert_eq!(s.confirmed(), Some(end));
+        assert_eq!(h.marked_ids().0, ids);
+        assert_eq!(
+            super::super::next_step(&PipelineError::Orphans(f)),
+            super::super::Next::Replay
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_audit_that_ends_without_a_finding_leaves_the_session_streaming() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let notify = Notify::new();
+        let mut s = Streamer::new(
+            config(PoisonPolicy::Stop),
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let (found_tx, found_rx) = oneshot::channel::<Found>();
+        s.audited_by(found_rx);
+        drop(found_tx);
+        let driver = async {
+            let (_, end) = h.txn(&["{}"]);
+            h.confirmed(end).await;
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! relay-cdc against the real PostgreSQL and the real Kafka broker.
 
+mod audit;
 mod exactly_once;
 mod failover;
 mod faults;
