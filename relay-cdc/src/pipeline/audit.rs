@@ -63,6 +63,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+pub use super::error::Found;
 use super::error::PipelineError;
 use super::housekeeping::Tasks;
 use super::reconcile::{self, ROW_COLUMNS};
@@ -83,17 +84,6 @@ pub struct Round {
     pub lsn: Lsn,
     /// PENDING rows older than the grace: (id, created_at), oldest first.
     pub noted: Vec<(Uuid, DateTime<Utc>)>,
-}
-
-/// Rows the slot skipped, as a round found them: what the next session publishes first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// In `(created_at, id)` order.
-    pub ids: Vec<Uuid>,
-    /// The round's LSN: every one of them committed before it.
-    pub round_lsn: Lsn,
-    /// Age of the oldest of them when found.
-    pub oldest_age: Duration,
 }
 
 /// The rule. Given the rows a round noted PENDING, those still PENDING after, the

@@ -1,9 +1,12 @@
 //! Why a session ended: one error per cause, and which of them mean the servers refused
 //! the relay itself (credentials, certificates, grants), which no retry can mend.
 
-use thiserror::Error;
+use std::time::Duration;
 
-use super::audit::Found;
+use pgwire_replication::Lsn;
+use thiserror::Error;
+use uuid::Uuid;
+
 use super::stream::StreamError;
 use crate::source::SourceError;
 
@@ -100,4 +103,15 @@ pub fn replication_refused(e: &pgwire_replication::PgWireError) -> bool {
 pub fn kafka_not_authorized(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
     r.contains("authorization failed") || r.contains("not authorized")
+}
+
+/// Rows the slot skipped, as a round found them: what the next session publishes first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// In `(created_at, id)` order.
+    pub ids: Vec<Uuid>,
+    /// The round's LSN: every one of them committed before it.
+    pub round_lsn: Lsn,
+    /// Age of the oldest of them when found.
+    pub oldest_age: Duration,
 }
