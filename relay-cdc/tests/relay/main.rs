@@ -1,6 +1,7 @@
 //! relay-cdc against the real PostgreSQL and the real Kafka broker.
 
 mod audit;
+mod bulk;
 mod exactly_once;
 mod failover;
 mod faults;
