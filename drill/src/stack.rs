@@ -283,7 +283,7 @@ impl StackConfig {
     pub async fn fresh_databases(&self, dbs: &[(&str, Service)]) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
         for (db, service) in dbs {
-            drop_slots_of(&mut admin, db).await?;
+            testkit::pg::drop_slots(&mut admin, db).await?;
             sqlx::query(&format!("drop database if exists \"{db}\" with (force)"))
                 .execute(&mut admin)
                 .await?;
@@ -325,39 +325,10 @@ impl StackConfig {
     pub async fn drop_slots(&self, dbs: &[&str]) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
         for db in dbs {
-            drop_slots_of(&mut admin, db).await?;
+            testkit::pg::drop_slots(&mut admin, db).await?;
         }
         Ok(())
     }
-}
-
-async fn drop_slots_of(admin: &mut PgConnection, db: &str) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        let slots: Vec<(String, Option<i32>)> = sqlx::query_as(
-            "select slot_name::text, active_pid from pg_replication_slots where database = $1",
-        )
-        .bind(db)
-        .fetch_all(&mut *admin)
-        .await?;
-        if slots.is_empty() {
-            return Ok(());
-        }
-        for (slot, pid) in slots {
-            if let Some(pid) = pid {
-                sqlx::query("select pg_terminate_backend($1)")
-                    .bind(pid)
-                    .execute(&mut *admin)
-                    .await?;
-            }
-            // Fails while a terminated walsender still holds the slot; the loop retries.
-            let _ = sqlx::query("select pg_drop_replication_slot($1)")
-                .bind(&slot)
-                .execute(&mut *admin)
-                .await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("could not drop the replication slots of {db}")
 }
 
 /// The services whose databases the drill makes.
