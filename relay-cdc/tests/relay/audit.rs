@@ -119,9 +119,16 @@ async fn rows_committed_while_the_publication_lost_the_outbox_table_are_publishe
     for i in 0..10 {
         lost.extend(insert_txn(&mut c, "evt", &format!("k{i}"), 20, "unpublished").await);
     }
-    // Rounds of the audit see them while the table is out of the publication (the
+    // A round of the audit finds them while the table is out of the publication (the
     // session that then starts finds the publication without the table and retries).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let name = src.name.clone();
+    let skipped = lost.len();
+    relay
+        .wait_health("the audit finding the unpublished rows", WAIT, |h| {
+            h.source(&name)["audit"]["orphans"].as_u64() == Some(skipped as u64)
+        })
+        .await
+        .unwrap();
     sqlx::query("alter publication outbox_pub add table outbox")
         .execute(&mut admin)
         .await
