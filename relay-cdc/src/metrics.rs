@@ -31,6 +31,7 @@ pub const KAFKA_COMMIT_SECONDS: &str = "relay_kafka_transaction_commit_seconds";
 pub const PRODUCER_FENCED: &str = "relay_producer_fenced_total";
 pub const SKIPPED: &str = "relay_checkpoint_skipped_events_total";
 pub const SLOT_RECREATED: &str = "relay_slot_recreated_total";
+pub const SLOT_AHEAD: &str = "relay_slot_ahead_total";
 pub const KAFKA_TRANSIENT_ERRORS: &str = "relay_kafka_transient_errors_total";
 pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
 pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
@@ -62,6 +63,9 @@ pub struct Metrics {
     /// The slot was gone (a failover to a server without it, a drop, an invalidation)
     /// after this process had confirmed progress on it: recreated and reconciled.
     pub slot_recreated: IntCounterVec,
+    /// A session found the slot ahead of what this process confirmed on it: moved by
+    /// someone else; the session's first audit round publishes what it skipped.
+    pub slot_ahead: IntCounterVec,
     /// 1 while the source's watchdog finds a stalled stage (see `pipeline::progress`).
     pub stalled: IntGaugeVec,
     /// Age of the oldest record sent and not yet acked by Kafka (0 when none).
@@ -254,6 +258,11 @@ impl Metrics {
             slot_recreated: counter(
                 SLOT_RECREATED,
                 "Slots found missing or invalidated after progress had been confirmed on them, then recreated (reconciliation of PENDING rows)",
+                src,
+            ),
+            slot_ahead: counter(
+                SLOT_AHEAD,
+                "Sessions that found the slot ahead of what this relay had confirmed on it (moved by someone else); the audit publishes the rows it skipped",
                 src,
             ),
             stalled: gauge(

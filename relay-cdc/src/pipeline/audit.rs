@@ -5,8 +5,8 @@
 //! everything looks healthy. The table is the ground truth, so the audit checks the
 //! slot against it and publishes what the slot skipped.
 //!
-//! A round, every `pipeline.audit_interval_ms` (0: off) beside a streaming session, on
-//! a connection of its own:
+//! A round as the session starts streaming, then every `pipeline.audit_interval_ms` (0:
+//! off) beside it, on a connection of its own:
 //! 1. **One statement** notes the ids of PENDING rows created more than
 //!    `pipeline.audit_grace_ms` ago (oldest first by `(created_at, id)`, at most
 //!    `pipeline.audit_max_rows`) and writes a heartbeat with
@@ -40,7 +40,14 @@
 //!
 //! The grace keeps rows most likely still in flight out of a round: they would only make
 //! it wait longer, never make it wrong. While a round waits for L (a Kafka outage, a
-//! backlog), no other round starts.
+//! backlog), no other round starts. The first round of a session has no grace: rows
+//! committed just before a start are the ones a slot moved while the relay was down
+//! skipped, and finding them then takes seconds, not an interval.
+//!
+//! A slot found ahead of the relay's own record at the session's start
+//! ([`super::slot::Ahead`]: of what this process confirmed, or exactly-once of the
+//! checkpoint in Kafka) is judged by that first round: orphans then are an ERROR naming
+//! both positions.
 //!
 //! Cost per round: the two queries. The first walks the `(created_at, id)` index from the
 //! oldest row until it has `audit_max_rows` PENDING rows older than the grace, so it also
@@ -67,6 +74,7 @@ pub use super::error::Found;
 use super::error::PipelineError;
 use super::housekeeping::Tasks;
 use super::reconcile::{self, ROW_COLUMNS};
+use super::slot::Ahead;
 use super::Pipeline;
 use crate::config::SourceSettings;
 use crate::marker::Marker;
@@ -165,11 +173,12 @@ pub async fn still_pending(
 
 /// The audit beside one streaming session (nothing when `audit_interval_ms = 0`):
 /// `confirmed` is the session's confirmed position; a finding goes to `found`, which
-/// ends the session.
+/// ends the session. `ahead`: the slot was ahead of the relay's record at the start.
 pub fn beside_session(
     p: &Pipeline,
     confirmed: watch::Receiver<Option<Lsn>>,
     found: oneshot::Sender<Found>,
+    ahead: Option<Ahead>,
 ) -> Tasks {
     let Some(every) = p.settings.pipeline.audit_interval() else {
         return Tasks::new(vec![]);
@@ -179,6 +188,7 @@ pub fn beside_session(
         grace: p.settings.pipeline.audit_grace(),
         max_rows: p.settings.pipeline.audit_max_rows,
         status: p.status.clone(),
+        ahead,
     };
     Tasks::new(vec![tokio::spawn(auditor.run(every, confirmed, found))])
 }
@@ -188,6 +198,7 @@ struct Auditor {
     grace: Duration,
     max_rows: usize,
     status: Arc<SourceStatus>,
+    ahead: Option<Ahead>,
 }
 
 /// How a round ended.
@@ -207,9 +218,11 @@ impl Auditor {
         found: oneshot::Sender<Found>,
     ) {
         let name = &self.source.name;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The first tick is at once: the session's first round.
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut client: Option<Client> = None;
+        let mut first = true;
         loop {
             tick.tick().await;
             if client.as_ref().is_none_or(Client::is_closed) {
@@ -222,7 +235,10 @@ impl Auditor {
                 }
             }
             let c = client.as_ref().expect("connected above");
-            let verdict = match self.round(c, &mut confirmed).await {
+            let grace = if first { Duration::ZERO } else { self.grace };
+            let ahead = if first { self.ahead } else { None };
+            first = false;
+            let verdict = match self.round(c, &mut confirmed, grace).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(source = %name, error = %e, "audit round failed; next round");
@@ -242,14 +258,27 @@ impl Auditor {
                     });
                 }
                 Verdict::Found(f, checked) => {
-                    tracing::warn!(
-                        source = %name,
-                        orphans = f.ids.len(),
-                        checked,
-                        oldest_age_seconds = f.oldest_age.as_secs(),
-                        round_lsn = %f.round_lsn,
-                        "audit: PENDING rows committed before a confirmed position were skipped by the slot (moved slot? publication change?); publishing them in a new session"
-                    );
+                    if let Some(a) = ahead {
+                        tracing::error!(
+                            source = %name,
+                            orphans = f.ids.len(),
+                            slot_confirmed = %a.slot,
+                            record = %a.record,
+                            record_is = a.of.describe(),
+                            oldest_age_seconds = f.oldest_age.as_secs(),
+                            "the slot was ahead of {} at the session's start and skipped committed rows: publishing them in a new session",
+                            a.of.describe()
+                        );
+                    } else {
+                        tracing::warn!(
+                            source = %name,
+                            orphans = f.ids.len(),
+                            checked,
+                            oldest_age_seconds = f.oldest_age.as_secs(),
+                            round_lsn = %f.round_lsn,
+                            "audit: PENDING rows committed before a confirmed position were skipped by the slot (moved slot? publication change?); publishing them in a new session"
+                        );
+                    }
                     self.status.audited(AuditResult {
                         at,
                         checked,
@@ -267,8 +296,9 @@ impl Auditor {
         &self,
         c: &Client,
         confirmed: &mut watch::Receiver<Option<Lsn>>,
+        grace: Duration,
     ) -> Result<Verdict, SourceError> {
-        let round = note(c, &self.source, self.grace, self.max_rows).await?;
+        let round = note(c, &self.source, grace, self.max_rows).await?;
         if round.noted.is_empty() {
             return Ok(Verdict::Clean(0));
         }

@@ -48,7 +48,8 @@ pub async fn run(
     let version = source::version_num(&client).await?;
     let failover = source::wants_failover(p.source.failover_slot, version)
         .map_err(SourceError::Prerequisite)?;
-    let state = slot::look_up(&client, &p.source, &primary, *confirmed, &p.metrics).await?;
+    let (state, ahead) =
+        slot::look_up(&client, &p.source, &primary, *confirmed, &p.metrics).await?;
 
     let mut sink = kafka_sink(p).await?;
     // Exactly-once: where Kafka's committed checkpoint says this source is. Read after
@@ -57,6 +58,11 @@ pub async fn run(
         (DeliveryMode::ExactlyOnce, Some(_)) => read_checkpoint(p, &client).await?,
         _ => None,
     };
+    let ahead = ahead.or_else(|| {
+        let a = slot::ahead_of_checkpoint(state.as_ref(), skip_before)?;
+        tracing::info!(source = %name, slot = %slot, slot_confirmed = %a.slot, checkpoint = %a.record, "the slot is past the kafka checkpoint (heartbeats and transactions without outbox rows are confirmed without one); the audit's first round tells whether it skipped rows");
+        Some(a)
+    });
     if p.settings.kafka.poison == PoisonPolicy::DeadLetter {
         if let Some(f) = sink.prepare_dead_letter() {
             f.await.map_err(prepare_error)?;
@@ -124,7 +130,7 @@ pub async fn run(
     );
     let (found_tx, found_rx) = oneshot::channel();
     streamer.audited_by(found_rx);
-    let _audit = audit::beside_session(p, streamer.confirmed_watch(), found_tx);
+    let _audit = audit::beside_session(p, streamer.confirmed_watch(), found_tx, ahead);
     let result = streamer.run(p.shutdown.clone(), &going_away).await;
     let confirmed_now = streamer.confirmed();
     let marker = streamer.into_marker();

@@ -21,6 +21,11 @@ pub(super) enum SlotFinding {
     Missing,
     /// Behind the confirmed position (a synced copy): the gap is sent again.
     Behind(Lsn),
+    /// Ahead of the confirmed position: moved by someone else (`pg_replication_slot_advance`,
+    /// a slot recreated at the current position, a promoted standby's synced copy). The
+    /// transactions between were never streamed: the session's first audit round finds
+    /// their rows still PENDING and publishes them.
+    Ahead(Lsn),
 }
 
 /// `confirmed_before` is 0/0 when this process confirmed nothing yet.
@@ -29,6 +34,9 @@ pub(super) fn slot_finding(state: Option<&SlotState>, confirmed_before: Lsn) -> 
         None if confirmed_before.as_u64() > 0 => SlotFinding::Missing,
         Some(st) => match st.confirmed_flush {
             Some(c) if c < confirmed_before => SlotFinding::Behind(c),
+            Some(c) if c > confirmed_before && confirmed_before.as_u64() > 0 => {
+                SlotFinding::Ahead(c)
+            }
             _ => SlotFinding::AsLeft,
         },
         None => SlotFinding::AsLeft,
@@ -37,17 +45,20 @@ pub(super) fn slot_finding(state: Option<&SlotState>, confirmed_before: Lsn) -> 
 
 /// The slot's state at a session's start (`None`: there is none, or the server had
 /// invalidated it and it was dropped), told apart from what this process confirmed
-/// before. A slot another session streams is [`PipelineError::SlotBusy`].
+/// before. A slot another session streams is [`PipelineError::SlotBusy`]. A slot ahead
+/// of what this process confirmed is said (ERROR, `relay_slot_ahead_total`) and given
+/// back as the `Ahead` positions for the session's first audit round.
 pub async fn look_up(
     client: &tokio_postgres::Client,
     source: &SourceSettings,
     primary: &Endpoint,
     confirmed_before: Lsn,
     metrics: &Metrics,
-) -> Result<Option<SlotState>, PipelineError> {
+) -> Result<(Option<SlotState>, Option<Ahead>), PipelineError> {
     let name = &source.name;
     let slot = source.slot_name();
     let mut state = source::slot_state(client, &slot).await?;
+    let mut ahead = None;
     if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
         tracing::warn!(source = %name, slot = %slot, reason = %reason, "slot was invalidated by the server; recreating it");
         source::drop_slot(client, &slot).await?;
@@ -69,12 +80,68 @@ pub async fn look_up(
                 "the slot is behind what this relay already confirmed (a synced slot after a failover): the transactions between are sent again, with the same event ids"
             );
         }
+        SlotFinding::Ahead(slot_confirmed) => {
+            metrics.slot_ahead.with_label_values(&[name]).inc();
+            tracing::error!(
+                source = %name, slot = %slot, server = %primary,
+                slot_confirmed = %slot_confirmed,
+                confirmed_before = %confirmed_before,
+                "the slot is ahead of what this relay confirmed: someone moved it (pg_replication_slot_advance, a slot recreated at the current position, a promoted standby's synced slot); the transactions between were never published: the audit looks for their rows at once and publishes those still PENDING"
+            );
+            ahead = Some(Ahead {
+                slot: slot_confirmed,
+                record: confirmed_before,
+                of: Record::Confirmed,
+            });
+        }
         SlotFinding::AsLeft => {}
     }
     if state.as_ref().is_some_and(|st| st.active) {
         return Err(PipelineError::SlotBusy(slot));
     }
-    Ok(state)
+    Ok((state, ahead))
+}
+
+/// A slot's confirmed position ahead of the relay's own record of where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    /// The slot's `confirmed_flush_lsn`.
+    pub slot: Lsn,
+    /// The relay's record.
+    pub record: Lsn,
+    pub of: Record,
+}
+
+/// Which record of the relay a slot was ahead of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// What this process confirmed on the slot: ahead of it is a contradiction.
+    Confirmed,
+    /// Exactly-once: the source's checkpoint in Kafka. Heartbeats and transactions
+    /// without outbox rows are confirmed without a checkpoint, so ahead of it is not a
+    /// contradiction by itself; it is one if rows committed between are still PENDING.
+    Checkpoint,
+}
+
+impl Record {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Record::Confirmed => "what this relay confirmed",
+            Record::Checkpoint => "the kafka checkpoint",
+        }
+    }
+}
+
+/// Exactly-once: the slot ahead of the source's checkpoint in Kafka (`None` without
+/// one, or when the slot is not ahead).
+pub fn ahead_of_checkpoint(state: Option<&SlotState>, checkpoint: Option<Lsn>) -> Option<Ahead> {
+    let slot = state?.confirmed_flush?;
+    let record = checkpoint?;
+    (slot > record).then_some(Ahead {
+        slot,
+        record,
+        of: Record::Checkpoint,
+    })
 }
 
 /// The replication connection of a session, to the primary found at its start.
@@ -328,8 +395,42 @@ mod tests {
         );
         assert_eq!(
             slot_finding(Some(&at(Some(0x4000))), zero),
-            SlotFinding::AsLeft
+            SlotFinding::AsLeft,
+            "nothing confirmed yet: no record to be ahead of"
         );
+        assert_eq!(
+            slot_finding(Some(&at(Some(0x6000))), before),
+            SlotFinding::Ahead(Lsn::from_u64(0x6000)),
+            "moved past what this process confirmed"
+        );
+        assert_eq!(slot_finding(Some(&at(None)), before), SlotFinding::AsLeft);
+    }
+
+    #[test]
+    fn a_slot_past_the_kafka_checkpoint_is_reported_with_both_positions() {
+        let at = |lsn: u64| SlotState {
+            plugin: "pgoutput".into(),
+            active: false,
+            confirmed_flush: Some(Lsn::from_u64(lsn)),
+            wal_status: None,
+            failover: None,
+            synced: None,
+            temporary: false,
+            invalidation_reason: None,
+        };
+        let checkpoint = Some(Lsn::from_u64(0x5000));
+        assert_eq!(
+            ahead_of_checkpoint(Some(&at(0x7000)), checkpoint),
+            Some(Ahead {
+                slot: Lsn::from_u64(0x7000),
+                record: Lsn::from_u64(0x5000),
+                of: Record::Checkpoint
+            })
+        );
+        assert_eq!(ahead_of_checkpoint(Some(&at(0x5000)), checkpoint), None);
+        assert_eq!(ahead_of_checkpoint(Some(&at(0x4000)), checkpoint), None);
+        assert_eq!(ahead_of_checkpoint(Some(&at(0x7000)), None), None);
+        assert_eq!(ahead_of_checkpoint(None, checkpoint), None);
     }
 
     #[test]

@@ -240,3 +240,139 @@ async fn under_exactly_once_the_rows_a_moved_slot_skipped_arrive_once_and_a_rest
     assert_eq!(seen.len(), expected.len());
     assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
+
+/// A slot moved while this relay's session was away (a failover tool advancing it, a
+/// promoted standby's copy ahead): the next session finds it ahead of what the process
+/// confirmed, says so by name, and its first audit round publishes what was skipped
+/// at once. The periodic rounds are ten minutes apart here, so only that first round
+/// can deliver the rows within the wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_moved_during_a_reconnect_is_named_and_its_rows_published_at_once() {
+    let src = Source::new("ahead").await;
+    let (mut cfg, prefix) = RelaySetup::new("ahead");
+    cfg.extra = vec![
+        ("RELAY_PIPELINE__AUDIT_INTERVAL_MS".into(), "600000".into()),
+        // No heartbeats: what the relay confirmed stays what the server holds.
+        (
+            "RELAY_PIPELINE__HEARTBEAT_INTERVAL_MS".into(),
+            "3600000".into(),
+        ),
+    ];
+    let topic = format!("{prefix}.evt");
+    let mut c = src.conn().await;
+    let mut admin = src.db.connect_admin().await.unwrap();
+    let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
+
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let streamed = insert_txn(&mut c, "evt", "k", 5, "streamed").await;
+    testkit::read_until_ids(&consumer, &streamed, WAIT)
+        .await
+        .unwrap();
+    all_processed(&src).await;
+    testkit::wait_for("the relay's confirmation on the server", WAIT, || async {
+        let m = relay.metrics().await?;
+        let sent = m.get(&src.series("relay_confirmed_lsn")).unwrap_or(-1.0);
+        Ok((sent > 0.0 && src.confirmed_lsn().await as f64 == sent).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // The relay is kept out of its database (its reconnects fail) while rows commit and
+    // the slot is moved past them. The test's own two connections there stay.
+    let own = backend_pid(&mut c).await;
+    let admin_pid = backend_pid(&mut admin).await;
+    // A database cannot close itself: from the server's maintenance database.
+    let mut outside =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&src.db.stack().database_url("postgres"))
+            .await
+            .unwrap();
+    let allow = |yes: bool| format!("alter database \"{}\" allow_connections {yes}", src.db.name);
+    sqlx::query(&allow(false))
+        .execute(&mut outside)
+        .await
+        .unwrap();
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and pid <> all($2)",
+    )
+    .bind(&src.db.name)
+    .bind(vec![own, admin_pid])
+    .execute(&mut outside)
+    .await
+    .unwrap();
+    // (Source's helpers would open connections to the closed database.)
+    let released = tokio::time::Instant::now() + WAIT;
+    while slot_at(&mut outside, &src.slot).await.0 {
+        assert!(
+            tokio::time::Instant::now() < released,
+            "the slot was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut skipped = Vec::new();
+    for i in 0..3 {
+        skipped.extend(insert_txn(&mut c, "evt", &format!("k{i}"), 100, "skipped").await);
+    }
+    let before = slot_at(&mut outside, &src.slot).await.1;
+    sqlx::query("select pg_replication_slot_advance($1, pg_current_wal_lsn())")
+        .bind(&src.slot)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let moved_to = slot_at(&mut outside, &src.slot).await.1;
+    assert!(moved_to > before, "the slot moved");
+    sqlx::query(&allow(true))
+        .execute(&mut outside)
+        .await
+        .unwrap();
+
+    if let Err(e) = testkit::read_until_ids(&consumer, &skipped, WAIT).await {
+        panic!(
+            "{e:#}\nPENDING {}\n--- relay log ---\n{}",
+            src.count("PENDING").await,
+            relay.log_tail(80)
+        );
+    }
+    all_processed(&src).await;
+    let m = relay.metrics().await.unwrap();
+    assert_eq!(m.get(&src.series("relay_slot_ahead_total")), Some(1.0));
+    assert_eq!(m.get(&src.series("relay_orphans_total")), Some(300.0));
+    // The ERROR names both positions: the slot's, and what the relay had confirmed
+    // (its log is JSON when not on a terminal).
+    let log = relay.log_tail(400);
+    let field = |name: &str, lsn: u64| format!("\"{name}\":\"{}\"", pg_lsn(lsn));
+    let named = log.lines().any(|l| {
+        l.contains("\"level\":\"ERROR\"")
+            && l.contains("the slot is ahead of what this relay confirmed")
+            && l.contains(&field("slot_confirmed", moved_to))
+            && l.contains(&field("confirmed_before", before))
+    });
+    assert!(named, "no ERROR naming both positions in:\n{log}");
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
+}
+
+/// Whether the slot is active, and its confirmed position.
+async fn slot_at(conn: &mut sqlx::PgConnection, slot: &str) -> (bool, u64) {
+    let (active, lsn): (bool, i64) = sqlx::query_as(
+        "select active, (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint \
+         from pg_replication_slots where slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    (active, lsn as u64)
+}
+
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// An LSN as PostgreSQL and the relay print it.
+fn pg_lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}

@@ -250,7 +250,15 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rows_after_it_flow
         .unwrap();
     let records = [first, rest, quiet].concat();
     assert_eq!(times(&records, &before[0]), 1, "the row before, once");
-    assert_eq!(times(&records, &after[0]), 1, "the row after, once");
+    // Once when it shared the poison's producer batch (refused with it, then sent alone).
+    // Twice when it went in a batch of its own and was acked before the refusal ended the
+    // session: the next one resends from the confirmed position, before the poison
+    // (at-least-once; seen in a cold CI run on a loaded machine).
+    let after_times = times(&records, &after[0]);
+    assert!(
+        (1..=2).contains(&after_times),
+        "the row after, once or replayed once: {after_times}"
+    );
     assert_eq!(times(&records, &poison), 0, "the broker took the poison");
 
     let marked = testkit::wait_for(
@@ -499,6 +507,86 @@ async fn a_frozen_broker_makes_healthz_name_kafka_acks_and_it_recovers_after_the
     })
     .await
     .unwrap();
+}
+
+/// Conduit #313 (a status update that confirmed the server's WAL end while idle skipped
+/// 80 MB after a crash): an idle relay whose heartbeats move the slot, a broker that
+/// freezes, a burst of transactions, a kill -9 while frozen, the broker back, a
+/// restart. While frozen, the slot never passes the burst's first commit, though the
+/// heartbeats after the burst keep coming; after the restart every row arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_relay_never_confirms_past_a_burst_its_frozen_broker_holds_and_a_kill_9_loses_nothing(
+) {
+    let kafka = PrivateKafka::start().await.unwrap();
+    let src = Source::new("idle").await;
+    let (mut cfg, prefix) = RelaySetup::new("idle");
+    cfg.brokers = kafka.brokers.clone();
+    cfg.extra = vec![
+        ("RELAY_PIPELINE__HEARTBEAT_INTERVAL_MS".into(), "200".into()),
+        ("RELAY_PIPELINE__STATUS_INTERVAL_MS".into(), "200".into()),
+    ];
+    let topic = format!("{prefix}.evt");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let consumer = testkit::consumer(&kafka.brokers, &[&topic]).unwrap();
+    let mut c = src.conn().await;
+    let first = insert_txn(&mut c, "evt", "k", 1, "first").await;
+    read_ids(&consumer, &first, &relay, &src).await;
+
+    // Idle: only heartbeats move the slot.
+    let idle_from = src.confirmed_lsn().await;
+    testkit::wait_for("heartbeats moving the idle slot", WAIT, || async {
+        Ok((src.confirmed_lsn().await > idle_from).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    kafka.freeze().unwrap();
+    // The burst's first transaction: its commit record comes after `before_commit`.
+    let mut tx = sqlx::Connection::begin(&mut c).await.unwrap();
+    let mut burst = insert_txn(&mut tx, "evt", "k0", 10, "burst").await;
+    let (before_commit,): (i64,) =
+        sqlx::query_as("select (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    let before_commit = before_commit as u64;
+    for i in 1..50 {
+        burst.extend(insert_txn(&mut c, "evt", &format!("k{}", i % 5), 10, "burst").await);
+    }
+    testkit::wait_for("the burst read and held in flight", WAIT, || async {
+        let m = relay.metrics().await?;
+        Ok((m.sum("relay_records_in_flight", &[]) > Some(0.0)).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Fault window, not synchronisation: 4 s of heartbeats (20 of them) after the burst,
+    // with the status sent every 200 ms; none may move the slot past the burst's start.
+    let wal_before = src.current_lsn().await;
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        let confirmed = src.confirmed_lsn().await;
+        assert!(
+            confirmed <= before_commit,
+            "the slot was confirmed at {confirmed:#x}, past the burst's first commit (after {before_commit:#x}) while the broker was frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        src.current_lsn().await > wal_before,
+        "heartbeats kept coming while frozen"
+    );
+    relay.kill();
+    assert!(src.confirmed_lsn().await <= before_commit);
+
+    kafka.thaw().unwrap();
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    // A consumer of its own: the first one hung on the frozen broker.
+    let consumer = testkit::consumer(&kafka.brokers, &[&topic]).unwrap();
+    read_ids(&consumer, &burst, &relay, &src).await;
+    wait_all_processed(&src, 1 + burst.len() as i64).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
