@@ -32,6 +32,7 @@ pub const PRODUCER_FENCED: &str = "relay_producer_fenced_total";
 pub const SKIPPED: &str = "relay_checkpoint_skipped_events_total";
 pub const SLOT_RECREATED: &str = "relay_slot_recreated_total";
 pub const SLOT_AHEAD: &str = "relay_slot_ahead_total";
+pub const PRODUCER_REPLACED: &str = "relay_kafka_producer_replaced_total";
 pub const KAFKA_TRANSIENT_ERRORS: &str = "relay_kafka_transient_errors_total";
 pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
 pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
@@ -66,6 +67,9 @@ pub struct Metrics {
     /// A session found the slot ahead of what this process confirmed on it: moved by
     /// someone else; the session's first audit round publishes what it skipped.
     pub slot_ahead: IntCounterVec,
+    /// Sessions ended because the Kafka producer reached no broker while a new client
+    /// did (the stuck-producer backstop): the next session has a new producer.
+    pub producer_replaced: IntCounterVec,
     /// 1 while the source's watchdog finds a stalled stage (see `pipeline::progress`).
     pub stalled: IntGaugeVec,
     /// Age of the oldest record sent and not yet acked by Kafka (0 when none).
@@ -260,6 +264,11 @@ impl Metrics {
                 "Slots found missing or invalidated after progress had been confirmed on them, then recreated (reconciliation of PENDING rows)",
                 src,
             ),
+            producer_replaced: counter(
+                PRODUCER_REPLACED,
+                "Kafka producers replaced because they reached no broker while a new client did (librdkafka lost its brokers): the session ended, the next resumed from the confirmed LSN with a new producer",
+                src,
+            ),
             slot_ahead: counter(
                 SLOT_AHEAD,
                 "Sessions that found the slot ahead of what this relay had confirmed on it (moved by someone else); the audit publishes the rows it skipped",
@@ -312,6 +321,7 @@ pub struct StreamMeters {
     pub commit_to_ack: prometheus::Histogram,
     pub backlog: prometheus::IntGauge,
     pub skipped: prometheus::IntCounter,
+    pub producer_replaced: prometheus::IntCounter,
 }
 
 impl StreamMeters {
@@ -328,6 +338,7 @@ impl StreamMeters {
             commit_to_ack: m.commit_to_ack.with_label_values(&l),
             backlog: m.mark_backlog.with_label_values(&l),
             skipped: m.skipped.with_label_values(&l),
+            producer_replaced: m.producer_replaced.with_label_values(&l),
         }
     }
 }

@@ -262,7 +262,10 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
     fn on_stuck(&mut self, r: Option<String>) -> Result<(), PipelineError> {
         self.stuck = None;
         match r {
-            Some(why) => Err(PipelineError::Kafka(why)),
+            Some(why) => {
+                self.meters.producer_replaced.inc();
+                Err(PipelineError::Kafka(why))
+            }
             None => Ok(()),
         }
     }
@@ -1343,6 +1346,14 @@ mod tests {
         };
         assert!(e.to_string().contains("no broker for 31 s"), "{e}");
         assert_eq!(super::super::next_step(&e), super::super::Next::Retry);
+        assert_eq!(
+            h.metrics
+                .producer_replaced
+                .with_label_values(&["src"])
+                .get(),
+            1,
+            "relay_kafka_producer_replaced_total counts it"
+        );
         assert_eq!(
             s.confirmed(),
             None,
