@@ -4,8 +4,9 @@
 //! services and relay-cdc as child processes, load through both HTTP services, faults
 //! injected; then every outbox row of both databases is checked against what Kafka
 //! holds. Prints a markdown table and exits 1 if anything was lost, invented or out of
-//! order, or an end-to-end check failed, or (with `--delivery exactly-once`) a
-//! `read_committed` consumer read an event twice; 2 when the drill itself could not run.
+//! order, the relays' audit published an orphan, an end-to-end check failed, or (with
+//! `--delivery exactly-once`) a `read_committed` consumer read an event twice; 2 when
+//! the drill itself could not run.
 
 mod kafka;
 mod load;
@@ -256,6 +257,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     duplicates_uncommitted = o.duplicates_uncommitted.unwrap_or(0),
                     invented = o.tally.invented,
                     order_violations = o.tally.order_violations(),
+                    relay_restarts = o.recovered.map_or(0, |r| r.relay_restarts),
+                    orphans = o.orphans(),
                     error = o.error.as_deref().unwrap_or(""),
                     "scenario {} done in {:.0} s", sc.number(), o.elapsed.as_secs_f64()
                 );

@@ -3,15 +3,20 @@
 //! Duplicates have two columns: as a `read_committed` consumer read them (the
 //! verdict's; in exactly-once mode any is a failure) and as a `read_uncommitted` one
 //! did (records of aborted Kafka transactions included; never part of the verdict).
+//!
+//! Four columns show what recovered, as the processes counted it (see
+//! `scenario::recovered`): the relays' session restarts, the stuck producers they
+//! replaced, the orphans their audit published (any fails the scenario) and
+//! transaction-service's consumer rebuilds.
 
 use std::fmt::Write;
 use std::time::Duration;
 use testkit::Delivery;
 
-use crate::scenario::Outcome;
+use crate::scenario::{Outcome, Recovered};
 
 /// Column headers of the table (the test suite reads the table by these names).
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 14] = [
     "scenario",
     "committed",
     "delivered",
@@ -21,8 +26,32 @@ pub const COLUMNS: [&str; 10] = [
     "invented",
     "order violations (aggregate / source)",
     "time to recover",
+    "relay restarts",
+    "stuck producers replaced",
+    "orphans published",
+    "consumer rebuilds",
     "end-to-end",
 ];
+
+/// The four counts of what recovered; "—" where the scenario stopped before its
+/// processes were read, "?" for a service that did not answer.
+fn recovered_cells(o: &Outcome) -> [String; 4] {
+    match o.recovered {
+        None => std::array::from_fn(|_| "—".to_string()),
+        Some(Recovered {
+            relay_restarts,
+            stuck_producers,
+            orphans,
+            consumer_rebuilds,
+            unread: _,
+        }) => [
+            relay_restarts.to_string(),
+            stuck_producers.to_string(),
+            orphans.to_string(),
+            consumer_rebuilds.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        ],
+    }
+}
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
@@ -75,12 +104,17 @@ fn e2e_cell(o: &Outcome) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     writeln!(s, "| {} |", COLUMNS.join(" | ")).expect("write to string");
-    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|").expect("write to string");
+    writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
+    )
+    .expect("write to string");
     for o in outcomes {
         let t = &o.tally;
+        let [restarts, stuck, orphans, rebuilds] = recovered_cells(o);
         writeln!(
             s,
-            "| {}. {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |",
+            "| {}. {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {restarts} | {stuck} | {orphans} | {rebuilds} | {} |",
             o.scenario.number(),
             o.scenario.title(),
             t.committed,
@@ -108,7 +142,7 @@ pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.passed())
-        .map(|o| o.scenario.number().to_string())
+        .map(|o| format!("{} ({})", o.scenario.number(), o.failures().join("; ")))
         .collect();
     writeln!(
         s,
@@ -135,6 +169,22 @@ pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String
         .expect("write to string");
         if let Some(e) = &o.error {
             writeln!(s, "- **error**: {e}").expect("write to string");
+        }
+        if o.orphans() > 0 {
+            writeln!(
+                s,
+                "- **orphans published**: the relays' audit found {} PENDING rows the slot had skipped and published them (`relay_orphans_total`); a drill never moves a slot or changes the publication, so each is a bug to find (the relays' logs name them)",
+                o.orphans()
+            )
+            .expect("write to string");
+        }
+        if let Some(r) = o.recovered.filter(|r| r.unread > 0) {
+            writeln!(
+                s,
+                "- the relay counts are lower bounds: {} relay processes ended before their counters could be read",
+                r.unread
+            )
+            .expect("write to string");
         }
         if o.duplicates_forbidden() {
             writeln!(
@@ -199,9 +249,33 @@ mod tests {
                 ok: true,
                 detail: "d".into(),
             }],
+            recovered: Some(Recovered {
+                relay_restarts: 3,
+                stuck_producers: 1,
+                orphans: 0,
+                consumer_rebuilds: Some(2),
+                unread: 0,
+            }),
             elapsed: Duration::from_secs(30),
             ..Outcome::new(Scenario::Standby, Delivery::AtLeastOnce)
         }
+    }
+
+    /// The cell of `column` in the first row of `table`, found by the header's name as
+    /// the test suite finds it.
+    fn cell(table: &str, column: &str) -> String {
+        let cells = |l: &str| -> Vec<String> {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let mut lines = table.lines();
+        let header = cells(lines.next().unwrap());
+        let row = cells(lines.nth(1).unwrap());
+        assert_eq!(header.len(), row.len(), "{table}");
+        let i = header.iter().position(|h| h == column).unwrap();
+        row[i].clone()
     }
 
     #[test]
@@ -223,6 +297,56 @@ mod tests {
     }
 
     #[test]
+    fn what_recovered_has_a_column_each() {
+        let t = table(&[outcome()]);
+        assert_eq!(
+            t.lines().nth(1).unwrap().matches('|').count(),
+            COLUMNS.len() + 1
+        );
+        assert_eq!(cell(&t, "relay restarts"), "3");
+        assert_eq!(cell(&t, "stuck producers replaced"), "1");
+        assert_eq!(cell(&t, "orphans published"), "0");
+        assert_eq!(cell(&t, "consumer rebuilds"), "2");
+        assert_eq!(cell(&t, "end-to-end"), "ok (1 checks)");
+        let unread = Outcome {
+            recovered: None,
+            ..outcome()
+        };
+        assert_eq!(cell(&table(&[unread]), "orphans published"), "—");
+        let silent_service = Outcome {
+            recovered: Some(Recovered {
+                consumer_rebuilds: None,
+                ..outcome().recovered.unwrap()
+            }),
+            ..outcome()
+        };
+        assert_eq!(cell(&table(&[silent_service]), "consumer rebuilds"), "?");
+    }
+
+    #[test]
+    fn an_orphan_fails_the_report_and_says_why() {
+        let o = Outcome {
+            recovered: Some(Recovered {
+                orphans: 2,
+                unread: 1,
+                ..outcome().recovered.unwrap()
+            }),
+            ..outcome()
+        };
+        let text = render(&[o], Delivery::AtLeastOnce, "x");
+        assert!(
+            text.contains("**FAIL in scenario(s) 4 (2 orphans published"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- **orphans published**: the relays' audit found 2 PENDING rows"),
+            "{text}"
+        );
+        assert!(text.contains("lower bounds: 1 relay processes"), "{text}");
+        assert_eq!(cell(&table(&[outcome()]), "orphans published"), "0");
+    }
+
+    #[test]
     fn a_failed_check_or_an_unrecovered_fault_shows_in_the_row() {
         let mut o = outcome();
         o.recoveries.push(None);
@@ -240,7 +364,12 @@ mod tests {
             ..outcome()
         };
         let text = render(&[o], Delivery::ExactlyOnce, "x");
-        assert!(text.contains("**FAIL in scenario(s) 4**"), "{text}");
+        assert!(
+            text.contains(
+                "**FAIL in scenario(s) 4 (2 read twice by read_committed under exactly-once)**"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("read_committed consumer read 2 records beyond the first copy"),
             "{text}"

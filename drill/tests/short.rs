@@ -167,8 +167,9 @@ fn run_short_drill(args: &[&str], env: &[(&str, &str)]) -> (String, Cleanup) {
     (text, cleanup)
 }
 
-/// Every scenario row: zero lost, invented, out of order; everything delivered; every
-/// end-to-end check held. Returns the rows for mode-specific checks.
+/// Every scenario row: zero lost, invented, out of order; everything delivered; no
+/// orphan published; what recovered counted; every end-to-end check held. Returns the
+/// rows for mode-specific checks.
 fn assert_nothing_lost(text: &str, scenarios: usize) -> Vec<HashMap<String, String>> {
     let rows = table_rows(text);
     assert_eq!(rows.len(), scenarios, "one row per scenario\n{text}");
@@ -186,6 +187,18 @@ fn assert_nothing_lost(text: &str, scenarios: usize) -> Vec<HashMap<String, Stri
         assert!(n("committed") > 100, "load reached the outbox: {r:?}");
         assert_eq!((n("lost"), n("invented")), (0, 0), "{r:?}");
         assert_eq!(n("delivered"), n("committed"), "{r:?}");
+        assert_eq!(
+            n("orphans published"),
+            0,
+            "an orphan in a drill is a bug: {r:?}"
+        );
+        for c in [
+            "relay restarts",
+            "stuck producers replaced",
+            "consumer rebuilds",
+        ] {
+            n(c);
+        }
         assert_eq!(
             cell("order violations (aggregate / source)"),
             "0 / 0",

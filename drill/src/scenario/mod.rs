@@ -20,11 +20,13 @@
 //! | [`faults`] | one module per scenario: its faults during the load |
 //! | [`verdict`] | converge, stop, compare, check |
 //! | [`outcome`] | what a scenario found and whether it passed |
+//! | [`recovered`] | what the processes' own counters say recovered, summed over restarts |
 
 mod catalog;
 mod ctx;
 mod faults;
 mod outcome;
+mod recovered;
 mod relays;
 mod verdict;
 mod world;
@@ -37,6 +39,7 @@ use testkit::{free_port, Delivery, Proxy};
 pub use catalog::Scenario;
 pub use ctx::{Bins, Ctx, Plan};
 pub use outcome::{Check, Outcome};
+pub use recovered::Recovered;
 
 use crate::kafka::{self, Collector, Isolation};
 use crate::load::{Load, Target};
@@ -147,6 +150,8 @@ async fn run_inner(
         user_url: String::new(),
         tx_url: String::new(),
         relays: [None, None],
+        relay_lives: [None, None],
+        lifetimes: Default::default(),
         relay_ports: [free_port(), free_port()],
         relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync))?,
         recoveries: Vec::new(),

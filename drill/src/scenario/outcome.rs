@@ -5,6 +5,7 @@ use std::time::Duration;
 use testkit::Delivery;
 
 use super::catalog::Scenario;
+use super::recovered::Recovered;
 use crate::verify::Tally;
 
 /// One end-to-end check and whether it held.
@@ -32,6 +33,9 @@ pub struct Outcome {
     /// Scenario 4: from kill -9 of the active relay until the standby streams every source.
     pub takeovers: Vec<Duration>,
     pub checks: Vec<Check>,
+    /// What the processes' own counters say recovered; `None` if the scenario stopped
+    /// before its processes did.
+    pub recovered: Option<Recovered>,
     pub notes: Vec<String>,
     /// The scenario could not run to its verdict.
     pub error: Option<String>,
@@ -49,22 +53,63 @@ impl Outcome {
             recoveries: Vec::new(),
             takeovers: Vec::new(),
             checks: Vec::new(),
+            recovered: None,
             notes: Vec::new(),
             error: None,
             elapsed: Duration::ZERO,
         }
     }
 
-    /// The verdict: nothing lost, invented or out of order, every end-to-end check
-    /// holds, and in exactly-once mode no event read twice by a `read_committed`
-    /// consumer. What a `read_uncommitted` consumer saw never decides it.
+    /// The verdict: nothing lost, invented or out of order, no orphan published, every
+    /// end-to-end check holds, and in exactly-once mode no event read twice by a
+    /// `read_committed` consumer. What a `read_uncommitted` consumer saw never decides it.
     pub fn passed(&self) -> bool {
-        self.error.is_none()
-            && self.tally.lost == 0
-            && self.tally.invented == 0
-            && self.tally.order_violations() == 0
-            && !self.duplicates_forbidden()
-            && self.checks.iter().all(|c| c.ok)
+        self.failures().is_empty()
+    }
+
+    /// Why the scenario failed, one reason each; empty when it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let t = &self.tally;
+        let mut why = Vec::new();
+        if self.error.is_some() {
+            why.push("it could not run to its verdict".to_string());
+        }
+        if t.lost > 0 {
+            why.push(format!("{} lost", t.lost));
+        }
+        if t.invented > 0 {
+            why.push(format!("{} invented", t.invented));
+        }
+        if t.order_violations() > 0 {
+            why.push(format!(
+                "order violations {} / {}",
+                t.order_aggregate, t.order_source
+            ));
+        }
+        if self.duplicates_forbidden() {
+            why.push(format!(
+                "{} read twice by read_committed under exactly-once",
+                t.duplicates
+            ));
+        }
+        let orphans = self.orphans();
+        if orphans > 0 {
+            why.push(format!(
+                "{orphans} orphans published (rows the slot skipped; a drill never moves a slot)"
+            ));
+        }
+        why.extend(
+            self.checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("check failed: {}", c.name)),
+        );
+        why
+    }
+
+    /// Rows the relays' audit found skipped by the slot and published.
+    pub fn orphans(&self) -> u64 {
+        self.recovered.map_or(0, |r| r.orphans)
     }
 
     /// Exactly-once mode, and `read_committed` read an event more than once.
@@ -114,6 +159,48 @@ mod tests {
         assert!(
             o.passed(),
             "aborted copies are visible to read_uncommitted only"
+        );
+    }
+
+    #[test]
+    fn an_orphan_fails_the_verdict_and_says_why() {
+        let mut o = clean(Delivery::AtLeastOnce);
+        o.recovered = Some(Recovered {
+            relay_restarts: 4,
+            stuck_producers: 1,
+            consumer_rebuilds: Some(2),
+            ..Recovered::default()
+        });
+        assert!(o.passed(), "recoveries that happened are shown, not judged");
+        o.recovered = Some(Recovered {
+            orphans: 3,
+            ..o.recovered.unwrap()
+        });
+        assert!(!o.passed());
+        assert_eq!(
+            o.failures(),
+            ["3 orphans published (rows the slot skipped; a drill never moves a slot)"]
+        );
+    }
+
+    #[test]
+    fn each_failure_is_named() {
+        let mut o = clean(Delivery::ExactlyOnce);
+        assert!(o.failures().is_empty());
+        o.tally.lost = 1;
+        o.tally.order_source = 2;
+        o.tally.duplicates = 1;
+        o.checks[0].ok = false;
+        o.error = Some("stack".into());
+        assert_eq!(
+            o.failures(),
+            [
+                "it could not run to its verdict",
+                "1 lost",
+                "order violations 0 / 2",
+                "1 read twice by read_committed under exactly-once",
+                "check failed: every outbox row PROCESSED",
+            ]
         );
     }
 

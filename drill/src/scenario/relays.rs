@@ -1,6 +1,9 @@
 //! The relays' settings in a scenario: where they read and write, as which role, and
 //! what the scenario changes (scenario 5's slow marking, scenario 7's proxy and
-//! failover slots, exactly-once's checkpoint topic and transactional ids).
+//! failover slots, exactly-once's checkpoint topic and transactional ids). Every relay
+//! audits the outbox table against its slot every [`AUDIT_INTERVAL_MS`], so an orphan
+//! shows within a scenario (the relay's default, 30 s, outlasts a short scenario and
+//! many of scenario 1's relay lifetimes).
 
 use testkit::relay::kafka_properties_env;
 use testkit::Delivery;
@@ -8,6 +11,13 @@ use testkit::Delivery;
 use super::catalog::Scenario;
 use super::ctx::Names;
 use crate::stack::StackConfig;
+
+/// `pipeline.audit_interval_ms` of every drill relay.
+pub(super) const AUDIT_INTERVAL_MS: u64 = 2000;
+/// `pipeline.audit_grace_ms`: a round notes PENDING rows older than this. Shorter than
+/// the relay's 5 s so rounds in a 10 s scenario have rows to check; a row in flight only
+/// makes a round wait longer, never makes it wrong.
+pub(super) const AUDIT_GRACE_MS: u64 = 1000;
 
 /// The relays' environment; `pg_port` is where they reach PostgreSQL, `slot_sync`
 /// whether scenario 7's slots are failover slots.
@@ -25,6 +35,14 @@ pub(super) fn relay_env(
             format!("{}outbox.event.{{aggregate_type}}", names.prefix),
         ),
         ("RUST_LOG".to_string(), "info,rdkafka=warn".to_string()),
+        (
+            "RELAY_PIPELINE__AUDIT_INTERVAL_MS".to_string(),
+            AUDIT_INTERVAL_MS.to_string(),
+        ),
+        (
+            "RELAY_PIPELINE__AUDIT_GRACE_MS".to_string(),
+            AUDIT_GRACE_MS.to_string(),
+        ),
     ];
     // On the secured stack: its own principal, over SASL_SSL.
     env.extend(kafka_properties_env(stack.kafka_security("relay_cdc")?));
@@ -141,6 +159,21 @@ mod tests {
             "RELAY_KAFKA__TRANSACTIONAL_ID_PREFIX",
         ] {
             assert_eq!(var(&env, key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn every_relay_audits_often_enough_to_find_an_orphan_within_a_short_scenario() {
+        for sc in Scenario::ALL {
+            let names = Names::new("20261201120000", sc);
+            let env =
+                relay_env(&stack(), &names, sc, Delivery::AtLeastOnce, (55532, true)).unwrap();
+            assert_eq!(
+                var(&env, "RELAY_PIPELINE__AUDIT_INTERVAL_MS"),
+                Some("2000"),
+                "{sc:?}"
+            );
+            assert_eq!(var(&env, "RELAY_PIPELINE__AUDIT_GRACE_MS"), Some("1000"));
         }
     }
 

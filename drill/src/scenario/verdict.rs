@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::catalog::Scenario;
 use super::outcome::{Check, Outcome};
+use super::recovered::{self, Recovered};
 use super::world::World;
 use crate::load::{LoadSummary, ROLLED_BACK_EVENT};
 use crate::verify::{self, Committed};
@@ -13,6 +14,45 @@ use crate::verify::{self, Committed};
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl World<'_> {
+    /// The scenario's recoveries once every relay ended: the relays' lifetimes summed,
+    /// stuck producers from their logs, transaction-service's rebuilds as read.
+    fn recovered(&self, consumer_rebuilds: Option<u64>) -> Recovered {
+        let (relays, unread) = self.lifetimes.total();
+        let stuck_producers = ["relay-a", "relay-b"]
+            .iter()
+            .map(|name| std::fs::read_to_string(self.log(name)).unwrap_or_default())
+            .map(|log| recovered::stuck_producer_replacements(&log))
+            .sum();
+        Recovered {
+            relay_restarts: relays.restarts,
+            stuck_producers,
+            orphans: relays.orphans,
+            consumer_rebuilds,
+            unread,
+        }
+    }
+
+    /// Relay `i`'s last audit round per source as its `/healthz` shows it
+    /// (`users_db: 12 rows checked, 0 orphans at …`); `None` when it does not run or
+    /// has not audited yet.
+    async fn last_audits(&self, i: usize) -> Option<String> {
+        let health = self.relays[i].as_ref()?.probe("/healthz").await?;
+        let sources = health.body["sources"].as_object()?;
+        let rounds: Vec<String> = sources
+            .iter()
+            .filter_map(|(name, s)| {
+                let a = s.get("audit")?;
+                Some(format!(
+                    "{name}: {} rows checked, {} orphans at {}",
+                    a["checked"],
+                    a["orphans"],
+                    a["at"].as_str().unwrap_or("?")
+                ))
+            })
+            .collect();
+        (!rounds.is_empty()).then(|| rounds.join("; "))
+    }
+
     /// Converge, stop everything, then compare and check.
     pub(super) async fn finish(
         mut self,
@@ -32,6 +72,15 @@ impl World<'_> {
                 plan.converge_timeout
             )),
         }
+
+        // Its counters go with it: read them before the SIGTERM.
+        let consumer_rebuilds = match &self.tx_svc {
+            Some(_) => testkit::Metrics::scrape(&ctx.http, &format!("{}/metrics", self.tx_url))
+                .await
+                .ok()
+                .and_then(|m| recovered::consumer_rebuilds(&m)),
+            None => None,
+        };
 
         // Services first (the transaction-service consumer may write its last events).
         let mut services_up = true;
@@ -66,7 +115,13 @@ impl World<'_> {
         // Then the relays: SIGTERM, a clean exit expected.
         let mut relay_exits = Vec::new();
         for i in 0..2 {
-            if let Some(p) = self.relays[i].take() {
+            if let Some(audits) = self.last_audits(i).await {
+                out.notes.push(format!(
+                    "relay {}'s last audit round per source: {audits}",
+                    ["a", "b"][i]
+                ));
+            }
+            if let Some(p) = self.take_relay(i).await {
                 relay_exits.push(match p.stop(STOP_TIMEOUT).await {
                     Ok(s) => (s.success(), format!("relay {}: {s}", ["a", "b"][i])),
                     Err(e) => (false, format!("relay {}: {e:#}", ["a", "b"][i])),
@@ -82,6 +137,7 @@ impl World<'_> {
                 .collect::<Vec<_>>()
                 .join("; "),
         });
+        out.recovered = Some(self.recovered(consumer_rebuilds));
 
         // Recovery measurements are done once everything was delivered.
         for h in self.recoveries.drain(..) {

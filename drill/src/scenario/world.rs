@@ -1,7 +1,9 @@
 //! A scenario's running world ([`World`]): both services, up to two relays, the
 //! collectors reading the topics, the pools on both databases and, in scenario 7, the
 //! proxy; the small steps faults are made of (start, kill, wait until ready, read a
-//! metric, measure a recovery) and the waits until everything settled.
+//! metric, measure a recovery) and the waits until everything settled. Every relay
+//! process is a lifetime whose counters are read before it is killed or stopped (see
+//! [`super::recovered`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::catalog::Scenario;
 use super::ctx::{Ctx, Names};
+use super::recovered::{LifeId, Lifetimes, RelayCounters};
 use crate::kafka::{Collector, Seen};
 use crate::stack::Service;
 
@@ -21,6 +24,9 @@ use crate::stack::Service;
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Bound on one recovery measurement.
 const RECOVERY_BOUND: Duration = Duration::from_secs(600);
+/// Bound on reading a relay's counters before a kill: the kill must stay close to the
+/// moment the fault planned.
+const COUNTERS_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The load window faults are placed in.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +66,10 @@ pub(super) struct World<'a> {
     pub(super) user_url: String,
     pub(super) tx_url: String,
     pub(super) relays: [Option<RelayProcess>; 2],
+    /// The lifetime of the process in `relays[i]`.
+    pub(super) relay_lives: [Option<LifeId>; 2],
+    /// Every relay process of the scenario and the counters each showed last.
+    pub(super) lifetimes: Lifetimes,
     pub(super) relay_ports: [u16; 2],
     pub(super) relay_env: Vec<(String, String)>,
     pub(super) recoveries: Vec<JoinHandle<Option<Duration>>>,
@@ -73,7 +83,7 @@ pub(super) struct World<'a> {
 
 impl World<'_> {
     /// The log file of one of the scenario's processes.
-    fn log(&self, what: &str) -> PathBuf {
+    pub(super) fn log(&self, what: &str) -> PathBuf {
         self.ctx
             .log_dir
             .join(format!("s{}-{what}.log", self.sc.number()))
@@ -160,13 +170,38 @@ impl World<'_> {
             .log_to(self.log(name))
             .spawn()?;
         self.relays[i] = Some(p);
+        // A process replaced without a kill first (dropped: SIGKILL) ended unread.
+        if let Some(id) = self.relay_lives[i].replace(self.lifetimes.begin()) {
+            self.lifetimes.end(id, None);
+        }
         Ok(Instant::now())
     }
 
-    pub(super) fn kill_relay(&mut self, i: usize) {
-        if let Some(p) = self.relays[i].take() {
+    /// kill -9 of relay `i`; its counters are read first, as they die with it.
+    pub(super) async fn kill_relay(&mut self, i: usize) {
+        if let Some(p) = self.take_relay(i).await {
             p.kill();
         }
+    }
+
+    /// Takes relay `i` out of the world to kill or stop it, ending its lifetime with
+    /// a last read of its counters.
+    pub(super) async fn take_relay(&mut self, i: usize) -> Option<RelayProcess> {
+        let last = self.relay_counters(i).await;
+        if let Some(id) = self.relay_lives[i].take() {
+            self.lifetimes.end(id, last);
+        }
+        self.relays[i].take()
+    }
+
+    /// Relay `i`'s counters now; `None` when it does not run or answer in time.
+    async fn relay_counters(&self, i: usize) -> Option<RelayCounters> {
+        let relay = self.relays[i].as_ref()?;
+        let m = tokio::time::timeout(COUNTERS_READ_TIMEOUT, relay.metrics())
+            .await
+            .ok()?
+            .ok()?;
+        Some(RelayCounters::read(&m))
     }
 
     /// The sum of relay `i`'s series of `name` with `labels`; `None` when it does not

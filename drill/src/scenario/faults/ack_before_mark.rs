@@ -67,7 +67,7 @@ async fn kill_with_evidence(
     seen: &Seen,
     counted: &mut HashSet<String>,
 ) -> anyhow::Result<(usize, usize)> {
-    w.kill_relay(0);
+    w.kill_relay(0).await;
     let ids = w.pending_ids().await.unwrap_or_default();
     let fresh: Vec<String> = seen
         .read_of(&ids)

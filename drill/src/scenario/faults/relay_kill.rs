@@ -19,7 +19,7 @@ pub(super) async fn run(
     times.sort_by(f64::total_cmp);
     for f in &times {
         tokio::time::sleep_until(at(*f).into()).await;
-        w.kill_relay(0);
+        w.kill_relay(0).await;
         w.start_relay(0)?;
         w.begin_recovery().await;
     }

@@ -29,7 +29,7 @@ pub(super) async fn run(
                 k + 1
             );
         }
-        w.kill_relay(active);
+        w.kill_relay(active).await;
         let killed = Instant::now();
         w.begin_recovery().await;
         w.wait_relay_ready(standby)
