@@ -1,6 +1,7 @@
 //! What recovered during a scenario, as the processes count it themselves
 //! ([`Recovered`]): the relay's session restarts (`relay_source_restarts_total`), the
-//! stuck Kafka producers it replaced, the orphans its audit published
+//! stuck Kafka producers it replaced (`relay_kafka_producer_replaced_total`), the
+//! orphans its audit published
 //! (`relay_orphans_total`) and transaction-service's consumer rebuilds
 //! (`consumer_rebuilds_total`). A recovery that happened shows in the report's row, not
 //! only in a log.
@@ -13,12 +14,6 @@
 //! ended unread (killed before its admin port answered, which scenario 1 does on
 //! purpose) adds nothing, and the figures are lower bounds then ([`Recovered::unread`]).
 //! transaction-service runs once per scenario: one read before its SIGTERM.
-//!
-//! relay-cdc has no counter of its own for a stuck producer it replaced: its backstop
-//! ends the session with an ERROR naming why, and `relay_source_restarts_total` counts
-//! that restart among all others. Until the relay counts it, the drill counts those
-//! ERROR lines in the relays' logs ([`stuck_producer_replacements`]); a scenario's
-//! relay logs are appended to across restarts, so they hold every lifetime.
 
 use testkit::Metrics;
 
@@ -27,15 +22,12 @@ pub(super) const RELAY_RESTARTS: &str = "relay_source_restarts_total";
 /// Rows the audit found skipped by the slot and published, per source (relay-cdc
 /// `metrics::ORPHANS`).
 pub(super) const RELAY_ORPHANS: &str = "relay_orphans_total";
+/// Sessions ended to replace a producer that reached no broker while a new client did,
+/// per source (relay-cdc `metrics::PRODUCER_REPLACED`).
+pub(super) const RELAY_PRODUCERS_REPLACED: &str = "relay_kafka_producer_replaced_total";
 /// Kafka clients transaction-service replaced because they stayed out of their group
 /// (transaction-service `metrics::CONSUMER_REBUILDS_TOTAL`).
 pub(super) const CONSUMER_REBUILDS: &str = "consumer_rebuilds_total";
-
-/// The relay's ERROR when a session fails (relay-cdc `pipeline::session`).
-const SESSION_FAILED: &str = "pipeline failed; tearing the session down";
-/// How the stuck-producer backstop names its reason (relay-cdc
-/// `sink::kafka::producer::stuck_check`).
-const STUCK_PRODUCER: &str = "the producer has had no broker connection";
 
 /// What recovered over one scenario, summed over every process lifetime.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,6 +54,7 @@ pub struct Recovered {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct RelayCounters {
     pub(super) restarts: u64,
+    pub(super) stuck_producers: u64,
     pub(super) orphans: u64,
 }
 
@@ -71,6 +64,7 @@ impl RelayCounters {
         let total = |name: &str| m.sum(name, &[]).unwrap_or(0.0) as u64;
         RelayCounters {
             restarts: total(RELAY_RESTARTS),
+            stuck_producers: total(RELAY_PRODUCERS_REPLACED),
             orphans: total(RELAY_ORPHANS),
         }
     }
@@ -117,6 +111,7 @@ impl Lifetimes {
             match (life.ended, life.last) {
                 (true, Some(c)) => {
                     sum.restarts += c.restarts;
+                    sum.stuck_producers += c.stuck_producers;
                     sum.orphans += c.orphans;
                 }
                 _ => unread += 1,
@@ -132,21 +127,6 @@ pub(super) fn consumer_rebuilds(m: &Metrics) -> Option<u64> {
     m.get(CONSUMER_REBUILDS).map(|v| v as u64)
 }
 
-/// Stuck producers a relay replaced, from its JSON log: the session-failed ERRORs whose
-/// error is the stuck-producer backstop's.
-pub(super) fn stuck_producer_replacements(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            let fields = &v["fields"];
-            fields["message"] == SESSION_FAILED
-                && fields["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains(STUCK_PRODUCER))
-        })
-        .count() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +138,8 @@ mod tests {
                 "relay_source_restarts_total{{source=\"{source}\"}} {n}\n"
             ));
         }
+        text.push_str("# TYPE relay_kafka_producer_replaced_total counter\n");
+        text.push_str("relay_kafka_producer_replaced_total{source=\"users_db\"} 1\n");
         text.push_str("# TYPE relay_orphans_total counter\n");
         for (source, n) in orphans {
             text.push_str(&format!("relay_orphans_total{{source=\"{source}\"}} {n}\n"));
@@ -172,6 +154,7 @@ mod tests {
             RelayCounters::read(&m),
             RelayCounters {
                 restarts: 3,
+                stuck_producers: 1,
                 orphans: 0
             }
         );
@@ -180,6 +163,7 @@ mod tests {
             RelayCounters::read(&m),
             RelayCounters {
                 restarts: 0,
+                stuck_producers: 1,
                 orphans: 4
             }
         );
@@ -188,12 +172,14 @@ mod tests {
     #[test]
     fn counters_lost_with_a_killed_relay_still_count_when_read_before_the_kill() {
         let mut lives = Lifetimes::default();
-        // Relay a: 2 restarts, then kill -9; its successor starts from 0 and shows 1.
+        // Relay a: 2 restarts (one for a stuck producer), then kill -9; its successor
+        // starts from 0 and shows 1 of each.
         let a1 = lives.begin();
         lives.end(
             a1,
             Some(RelayCounters {
                 restarts: 2,
+                stuck_producers: 1,
                 orphans: 0,
             }),
         );
@@ -204,6 +190,7 @@ mod tests {
             b,
             Some(RelayCounters {
                 restarts: 0,
+                stuck_producers: 0,
                 orphans: 1,
             }),
         );
@@ -211,6 +198,7 @@ mod tests {
             a2,
             Some(RelayCounters {
                 restarts: 1,
+                stuck_producers: 1,
                 orphans: 0,
             }),
         );
@@ -219,6 +207,7 @@ mod tests {
             (
                 RelayCounters {
                     restarts: 3,
+                    stuck_producers: 2,
                     orphans: 1
                 },
                 0
@@ -237,6 +226,7 @@ mod tests {
             read,
             Some(RelayCounters {
                 restarts: 5,
+                stuck_producers: 0,
                 orphans: 0,
             }),
         );
@@ -253,16 +243,5 @@ mod tests {
             Metrics::parse("# TYPE consumer_rebuilds_total counter\nconsumer_rebuilds_total 2\n");
         assert_eq!(consumer_rebuilds(&m), Some(2));
         assert_eq!(consumer_rebuilds(&Metrics::parse("")), None);
-    }
-
-    #[test]
-    fn only_session_failures_for_a_stuck_producer_count_as_replacements() {
-        let stuck = r#"{"timestamp":"2026-12-06T09:00:00Z","level":"ERROR","fields":{"message":"pipeline failed; tearing the session down","source":"users_db","error":"kafka: the producer has had no broker connection for 30 s while a new client reaches the cluster (librdkafka lost its brokers and did not bootstrap again)","kind":"kafka"},"target":"relay_cdc::pipeline::session"}"#;
-        let other_failure = r#"{"timestamp":"2026-12-06T09:00:01Z","level":"ERROR","fields":{"message":"pipeline failed; tearing the session down","source":"users_db","error":"replication: connection closed","kind":"replication"},"target":"relay_cdc::pipeline::session"}"#;
-        // The restart's WARN repeats the error: it must not count twice.
-        let restart = r#"{"timestamp":"2026-12-06T09:00:02Z","level":"WARN","fields":{"message":"resuming from the confirmed LSN after a backoff","source":"users_db","error":"kafka: the producer has had no broker connection for 30 s while a new client reaches the cluster","kind":"kafka","backoff_ms":250},"target":"relay_cdc::pipeline"}"#;
-        let log = [stuck, other_failure, restart, "not json", stuck].join("\n");
-        assert_eq!(stuck_producer_replacements(&log), 2);
-        assert_eq!(stuck_producer_replacements(""), 0);
     }
 }

@@ -15,17 +15,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl World<'_> {
     /// The scenario's recoveries once every relay ended: the relays' lifetimes summed,
-    /// stuck producers from their logs, transaction-service's rebuilds as read.
+    /// transaction-service's rebuilds as read.
     fn recovered(&self, consumer_rebuilds: Option<u64>) -> Recovered {
         let (relays, unread) = self.lifetimes.total();
-        let stuck_producers = ["relay-a", "relay-b"]
-            .iter()
-            .map(|name| std::fs::read_to_string(self.log(name)).unwrap_or_default())
-            .map(|log| recovered::stuck_producer_replacements(&log))
-            .sum();
         Recovered {
             relay_restarts: relays.restarts,
-            stuck_producers,
+            stuck_producers: relays.stuck_producers,
             orphans: relays.orphans,
             consumer_rebuilds,
             unread,
