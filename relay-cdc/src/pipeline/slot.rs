@@ -3,9 +3,12 @@
 //! [`super::reconcile`]), made a failover slot, and advanced to the final position after
 //! a session ended.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig};
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent,
+};
 
 use super::error::PipelineError;
 use crate::config::{Endpoint, SourceSettings};
@@ -362,6 +365,27 @@ pub async fn persist_final_position(source: &SourceSettings, slot: &str, lsn: Ls
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The replication stream as the loop sees it: events in, confirmed positions out.
+pub trait Wal: Send {
+    fn recv(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send;
+    /// Reports `lsn` as flushed at the next status interval.
+    fn confirm(&mut self, lsn: Lsn);
+}
+
+impl Wal for ReplicationClient {
+    fn recv(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send {
+        ReplicationClient::recv(self)
+    }
+
+    fn confirm(&mut self, lsn: Lsn) {
+        self.update_applied_lsn(lsn);
     }
 }
 

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationEvent};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use super::acks::{Acks, UnitRefusal};
 use super::audit::Found;
 use super::error::PipelineError;
 use super::poison::{self, BeforeSending, Finding, Suspects, Verdict};
+use super::slot::Wal;
 use super::stream::{Limits, StreamState};
 use crate::config::PoisonPolicy;
 use crate::marker::{Confirmed, MarkerLink};
@@ -24,27 +25,6 @@ use crate::metrics::StreamMeters;
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink, StuckCheck};
 use crate::source::HEARTBEAT_PREFIX;
 use crate::status::{now_unix_micros, SourceStatus};
-
-/// The replication stream as the loop sees it: events in, confirmed positions out.
-pub trait Wal: Send {
-    fn recv(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send;
-    /// Reports `lsn` as flushed at the next status interval.
-    fn confirm(&mut self, lsn: Lsn);
-}
-
-impl Wal for ReplicationClient {
-    fn recv(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<ReplicationEvent>, PgWireError>> + Send {
-        ReplicationClient::recv(self)
-    }
-
-    fn confirm(&mut self, lsn: Lsn) {
-        self.update_applied_lsn(lsn);
-    }
-}
 
 /// What the loop needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -728,6 +708,8 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    use pgwire_replication::PgWireError;
 
     use crate::marker::MarkItem;
     use crate::metrics::Metrics;
