@@ -404,3 +404,61 @@ async fn cloudevents_structured_mode_is_read_back_by_the_sdk() {
     }
     assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
 }
+
+/// Inserts one row whose payload is ~200 KB of random hex, which lz4 cannot bring under
+/// a topic's `max.message.bytes=60000` (as in `faults.rs`).
+async fn insert_incompressible(src: &Source) -> String {
+    let mut c = src.conn().await;
+    let (id,): (uuid::Uuid,) = sqlx::query_as(
+        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+         values (gen_random_uuid(), 'evt', 'k', 'Big', jsonb_build_object('blob', \
+           (select string_agg(md5(random()::text), '') from generate_series(1, 6500)))) \
+         returning id",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_debezium_record_the_broker_refuses_is_dead_lettered_as_the_row_it_came_from() {
+    let src = Source::new("dbzdlq").await;
+    let (mut cfg, prefix) = debezium_setup("dbzdlq");
+    let dlq = format!("{prefix}.dead-letter");
+    cfg.extra.extend([
+        ("RELAY_KAFKA__POISON".into(), "dead-letter".into()),
+        ("RELAY_KAFKA__DEAD_LETTER_TOPIC".into(), dlq.clone()),
+    ]);
+    let brokers = src.db.stack().kafka_brokers.clone();
+    let topic = format!("{prefix}.evt");
+    testkit::create_topic_with_config(&brokers, &topic, 1, &[("max.message.bytes", "60000")])
+        .await
+        .unwrap();
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let consumer = testkit::consumer(&brokers, &[&topic]).unwrap();
+    let mut c = src.conn().await;
+    let before = insert_txn(&mut c, "evt", "k", 1, "before").await;
+    let first = read_raw(&consumer, 1, &relay).await;
+    assert_eq!(first[0].header("id"), Some(before[0].as_str()));
+    let poison = insert_incompressible(&src).await;
+    let after = insert_txn(&mut c, "evt", "k", 1, "after").await;
+
+    // The refused record comes back as its row (it cannot be read back from a Debezium
+    // record), so its dead-letter record is the native one of that row.
+    let dead = read_raw(&testkit::consumer(&brokers, &[&dlq]).unwrap(), 1, &relay).await;
+    assert_eq!(dead[0].header("event_id"), Some(poison.as_str()));
+    assert_eq!(dead[0].header("aggregate_type"), Some("evt"));
+    assert_eq!(dead[0].header("event_type"), Some("Big"));
+    assert!(dead[0]
+        .header("error")
+        .is_some_and(|e| e.to_lowercase().contains("large")));
+    let next = read_raw(&consumer, 1, &relay).await;
+    assert_eq!(next[0].header("id"), Some(after[0].as_str()));
+    testkit::wait_for("the poison row DEAD_LETTERED", WAIT, || async {
+        Ok((src.status_of(&poison).await == "DEAD_LETTERED").then_some(()))
+    })
+    .await
+    .unwrap();
+}
