@@ -116,7 +116,15 @@ impl KafkaSettings {
 
     /// `source`'s record format with its options; an error names the option at fault.
     pub fn record_format(&self, source: &str) -> Result<RecordFormat, ConfigError> {
-        Ok(match self.format_name(source) {
+        self.record_format_named(self.format_name(source))
+    }
+
+    /// The format `name` with the options of `[kafka.debezium]` or `[kafka.cloudevents]`.
+    pub(super) fn record_format_named(
+        &self,
+        name: FormatName,
+    ) -> Result<RecordFormat, ConfigError> {
+        Ok(match name {
             FormatName::Native => RecordFormat::Native,
             FormatName::Debezium => RecordFormat::Debezium(self.event_router()?),
             FormatName::Cloudevents => RecordFormat::CloudEvents(

@@ -70,7 +70,7 @@ impl Settings {
         }
         // Each format in use, and the Debezium options whenever given (a typo is named
         // even while no source uses them yet).
-        self.kafka.record_format("")?;
+        self.kafka.record_format_named(self.kafka.format)?;
         if !self.kafka.debezium.0.is_empty() {
             self.kafka.event_router()?;
         }

@@ -128,8 +128,14 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, event: &Event) -> Result<Delivery, SendError> {
-        if !matches!(self.format, RecordFormat::Native) {
-            return self.send_formatted(event);
+        let input = record::outbox_event(event, &self.source);
+        let mapped = match &self.format {
+            RecordFormat::Native => None,
+            RecordFormat::Debezium(router) => Some(router.record(&input)),
+            RecordFormat::CloudEvents(ce) => Some(ce.record(&input, &self.topic_template)),
+        };
+        if let Some(mapped) = mapped {
+            return self.send_formatted(event, mapped);
         }
         let hs = record::headers(event, &self.source);
         let topic = self.topic_for(&event.row.aggregate_type).to_string();

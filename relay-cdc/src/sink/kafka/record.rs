@@ -11,11 +11,10 @@
 use outbox::headers;
 use outbox::record::{self, Commit, Row};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-
 use rdkafka::producer::FutureRecord;
 
 use super::KafkaSink;
-use crate::format::{KafkaRecord, OutboxEvent, PayloadType};
+use crate::format::{FormatError, KafkaRecord, OutboxEvent, PayloadType};
 use crate::pgoutput::OutboxRow;
 use crate::sink::{CommitMeta, Delivery, Event, SendError};
 
@@ -80,17 +79,14 @@ fn owned_headers(record: &KafkaRecord) -> OwnedHeaders {
 }
 
 impl KafkaSink {
-    /// Sends `event` in the sink's (non-native) format. What the format cannot map, or a
-    /// record larger than `kafka.max_record_bytes`, is poison before it is sent.
-    pub(super) fn send_formatted(&mut self, event: &Event) -> Result<Delivery, SendError> {
-        let input = outbox_event(event, &self.source);
-        let mapped = match &self.format {
-            crate::format::RecordFormat::Native => {
-                unreachable!("native records are sent by Sink::send")
-            }
-            crate::format::RecordFormat::Debezium(router) => router.record(&input),
-            crate::format::RecordFormat::CloudEvents(ce) => ce.record(&input, &self.topic_template),
-        };
+    /// Sends the record a (non-native) format made of `event`, with a copy of `event`.
+    /// What the format could not map, or a record larger than `kafka.max_record_bytes`,
+    /// is poison before it is sent.
+    pub(super) fn send_formatted(
+        &mut self,
+        event: &Event,
+        mapped: Result<KafkaRecord, FormatError>,
+    ) -> Result<Delivery, SendError> {
         let mapped = mapped
             .map_err(|e| SendError::Poison(format!("the record format refused the row: {e}")))?;
         let size = mapped.size();
