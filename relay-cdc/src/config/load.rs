@@ -12,7 +12,8 @@
 //!   that name (compared without case) or the next free one, and
 //!   [`sources_in_order`] reads that map back as the list;
 //! - Kafka property names contain dots (`RELAY_KAFKA__PROPERTIES__LINGER_MS` sets
-//!   `linger.ms`), which a figment key path would nest.
+//!   `linger.ms`), which a figment key path would nest; so do Debezium's option names
+//!   (`RELAY_KAFKA__DEBEZIUM__ROUTE_BY_FIELD` sets `kafka.debezium."route.by.field"`).
 //!
 //! A variable of no known shape (`RELAY_NOPE`) is refused naming it; an error in a value
 //! names the key as the file writes it (`sources[0].port`) and the variable that set it.
@@ -50,6 +51,11 @@ impl Settings {
         }
         let mut settings: Settings = figment.merge(env).extract_lossy().map_err(from_figment)?;
         settings.read_secrets()?;
+        settings.kafka.source_formats = settings
+            .sources
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.format?)))
+            .collect();
         settings.validate()?;
         Ok(settings)
     }
@@ -208,8 +214,14 @@ impl EnvLayer {
                     };
                     vec![section.clone(), position.to_string(), field.clone()]
                 }
-                [section, sub, property] if section == "kafka" && sub == "properties" => {
+                // Kafka properties and Debezium's options are dotted names.
+                [section, sub, property]
+                    if section == "kafka" && (sub == "properties" || sub == "debezium") =>
+                {
                     vec![section.clone(), sub.clone(), property.replace('_', ".")]
+                }
+                [section, sub, field] if section == "kafka" && sub == "cloudevents" => {
+                    vec![section.clone(), sub.clone(), field.clone()]
                 }
                 [section, field] if section != "sources" => vec![section.clone(), field.clone()],
                 _ => return Err(env_err(

@@ -11,6 +11,7 @@
 //! Secrets (a source's `password`, the SASL password) are [`Password`]s: never in Debug
 //! output; they can come from files (`password_file`, `kafka.sasl_password_file`).
 
+mod format;
 mod load;
 mod source;
 mod validate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use self::format::{CloudEventsSettings, DebeziumOptions, FormatName};
 pub use self::source::{Endpoint, Password, SourceSettings};
 pub use crate::tls::SslMode;
 
@@ -175,6 +177,20 @@ pub struct KafkaSettings {
     /// with the connection properties.
     #[serde(skip)]
     pub sasl_password: Option<Password>,
+    /// The records' format (see [`crate::format`]): `native` (default), `debezium` or
+    /// `cloudevents`; a source may choose another (`sources[].format`).
+    #[serde(default)]
+    pub format: FormatName,
+    /// The `debezium` format's options: Debezium's outbox event router options by their
+    /// names (`route.by.field`, ...) and the converters (`key.converter`, ...).
+    #[serde(default)]
+    pub debezium: DebeziumOptions,
+    /// The `cloudevents` format's options.
+    #[serde(default)]
+    pub cloudevents: CloudEventsSettings,
+    /// Each source's own `format`, gathered at load (see [`KafkaSettings::record_format`]).
+    #[serde(skip)]
+    pub source_formats: BTreeMap<String, FormatName>,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -183,6 +199,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("topic_template", &self.topic_template)
             .field("delivery", &self.delivery)
+            .field("format", &self.format)
             .field("poison", &self.poison)
             .field("properties", &self.properties)
             .field("sasl_password", &self.sasl_password)
@@ -773,6 +790,121 @@ database = "users_db"
             .unwrap_err()
             .to_string();
         assert!(e.contains("no sources"), "{e}");
+    }
+
+    #[test]
+    fn the_native_format_is_the_default_and_a_source_may_choose_another() {
+        let s = load_str(BASE, &[]).unwrap();
+        assert_eq!(s.kafka.format, FormatName::Native);
+        assert_eq!(
+            s.kafka.record_format("users_db").unwrap(),
+            crate::format::RecordFormat::Native
+        );
+        let s = load_str(
+            BASE,
+            &[
+                ("RELAY_KAFKA__FORMAT", "debezium"),
+                ("RELAY_KAFKA__DEBEZIUM__ROUTE_BY_FIELD", "event_type"),
+                ("RELAY_KAFKA__DEBEZIUM__TABLE_EXPAND_JSON_PAYLOAD", "true"),
+                ("RELAY_KAFKA__DEBEZIUM__VALUE_CONVERTER", "json"),
+                ("RELAY_SOURCES__LEDGER__USER", "u"),
+                ("RELAY_SOURCES__LEDGER__DATABASE", "ledger"),
+                ("RELAY_SOURCES__LEDGER__FORMAT", "cloudevents"),
+                ("RELAY_KAFKA__CLOUDEVENTS__MODE", "structured"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.kafka.debezium.0.get("route.by.field").map(String::as_str),
+            Some("event_type")
+        );
+        assert!(matches!(
+            s.kafka.record_format("users_db").unwrap(),
+            crate::format::RecordFormat::Debezium(_)
+        ));
+        let crate::format::RecordFormat::CloudEvents(ce) = s.kafka.record_format("ledger").unwrap()
+        else {
+            panic!("ledger chose cloudevents")
+        };
+        assert_eq!(ce.mode, crate::format::CloudEventsMode::Structured);
+        assert_eq!(ce.source, "/relay-cdc/{source}");
+    }
+
+    #[test]
+    fn debezium_options_may_be_written_bare_or_quoted_in_the_file() {
+        let file = format!(
+            "{BASE}{}",
+            r#"
+[kafka.debezium]
+route.by.field = "event_type"
+route.topic.replacement = "events.${routedByValue}"
+table.expand.json.payload = true
+"value.converter" = "org.apache.kafka.connect.json.JsonConverter"
+table.fields.additional.placement = ["event_type:header:eventType", "aggregate_type:envelope"]
+"#
+        );
+        let s = load_str(&file, &[("RELAY_KAFKA__FORMAT", "debezium")]).unwrap();
+        let o = &s.kafka.debezium.0;
+        assert_eq!(o["route.topic.replacement"], "events.${routedByValue}");
+        assert_eq!(o["table.expand.json.payload"], "true");
+        assert_eq!(
+            o["table.fields.additional.placement"],
+            "event_type:header:eventType,aggregate_type:envelope"
+        );
+        assert!(s.kafka.record_format("users_db").is_ok());
+    }
+
+    #[test]
+    fn format_options_relay_cdc_does_not_implement_are_refused_by_name() {
+        for (var, value, key) in [
+            (
+                "RELAY_KAFKA__DEBEZIUM__TABLE_FIELD_EVENT_TIMESTAMP",
+                "created_at",
+                "kafka.debezium.table.field.event.timestamp",
+            ),
+            (
+                "RELAY_KAFKA__DEBEZIUM__ROUTE_TOPIC_REGEX",
+                "(.*)",
+                "kafka.debezium.route.topic.regex",
+            ),
+            (
+                "RELAY_KAFKA__DEBEZIUM__ROUTE_BY_FIELD",
+                "aggregatetype",
+                "kafka.debezium.route.by.field",
+            ),
+            (
+                "RELAY_KAFKA__CLOUDEVENTS__SOURCE",
+                "not a uri",
+                "kafka.cloudevents.source",
+            ),
+            (
+                "RELAY_KAFKA__CLOUDEVENTS__MODE",
+                "batch",
+                "kafka.cloudevents.mode",
+            ),
+            ("RELAY_KAFKA__FORMAT", "avro", "kafka.format"),
+            (
+                "RELAY_SOURCES__USERS_DB__FORMAT",
+                "json",
+                "sources[0].format",
+            ),
+        ] {
+            let mut vars = vec![(var, value)];
+            if var != "RELAY_KAFKA__FORMAT" {
+                vars.push(("RELAY_KAFKA__FORMAT", "cloudevents"));
+            }
+            let e = load_str(BASE, &vars);
+            let e = match e {
+                Ok(s) => panic!("{var}: accepted: {:?}", s.kafka.debezium),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&format!("`{key}`")), "{var}: {e}");
+        }
+        // A typo in the Debezium table is named even while no source uses it.
+        let e = load_str(BASE, &[("RELAY_KAFKA__DEBEZIUM__ROUTE_BY_FEILD", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`kafka.debezium.route.by.feild`"), "{e}");
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct SourceSettings {
     /// a trailing newline dropped. Not together with `password`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// This source's record format, when not `kafka.format` (its options stay those of
+    /// `[kafka.debezium]` and `[kafka.cloudevents]`).
+    #[serde(default)]
+    pub format: Option<super::FormatName>,
 }
 
 impl std::fmt::Debug for SourceSettings {
@@ -109,6 +113,7 @@ impl std::fmt::Debug for SourceSettings {
             .field("slot", &self.slot_name())
             .field("publication", &self.publication)
             .field("sslmode", &self.sslmode)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }

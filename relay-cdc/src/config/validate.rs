@@ -68,6 +68,15 @@ impl Settings {
                 "must not contain whitespace",
             ));
         }
+        // Each format in use, and the Debezium options whenever given (a typo is named
+        // even while no source uses them yet).
+        self.kafka.record_format_named(self.kafka.format)?;
+        if !self.kafka.debezium.0.is_empty() {
+            self.kafka.event_router()?;
+        }
+        for s in &self.sources {
+            self.kafka.record_format(&s.name)?;
+        }
         for (k, v) in &self.kafka.properties {
             if FIXED_PRODUCER_PROPERTIES.contains(&k.as_str()) {
                 return Err(key_err(

@@ -5,6 +5,7 @@ mod bulk;
 mod exactly_once;
 mod failover;
 mod faults;
+mod formats;
 mod helpers;
 mod secured;
 

@@ -1,8 +1,9 @@
 //! The Kafka sink: one idempotent producer per source ([`KafkaSink`]). What it does is
 //! kept in one room per concern:
 //!
-//! - [`record`]: an outbox row as a Kafka record (through [`outbox::record`], the
-//!   mapping tests share) and back, for dead-lettering a refused one;
+//! - [`record`]: an outbox row as a Kafka record in the source's format (`native`
+//!   through [`outbox::record`], the mapping tests share; `debezium` and `cloudevents`
+//!   through [`crate::format`]) and back, for dead-lettering a refused one;
 //! - [`producer`]: the producer's configuration, sending, the classification of Kafka's
 //!   refusals into back-pressure, poison and fatal, and the checks that the brokers
 //!   answer it;
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 use self::cluster::ClusterContext;
 use super::{Delivery, Event, Preparing, SendError, Sink, StuckCheck};
 use crate::config::KafkaSettings;
+use crate::format::RecordFormat;
 use crate::metrics::Metrics;
 
 pub use self::producer::{
@@ -52,6 +54,10 @@ pub struct KafkaSink {
     producer: FutureProducer<ClusterContext>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     source: String,
+    /// How an event becomes a record (the same for both delivery modes).
+    format: RecordFormat,
+    /// Formatted records larger than this are poison (`kafka.max_record_bytes`).
+    max_record_bytes: usize,
     topic_template: String,
     topics: HashMap<String, String>,
     /// Topics known to exist (created or found); shared with creation futures.
@@ -73,6 +79,10 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// An idempotent sink; the producer's cluster errors are counted in `metrics`.
     pub fn new(kafka: &KafkaSettings, source: &str, metrics: &Metrics) -> Result<Self, KafkaError> {
+        // Validated at load: an error here is a configuration made without `Settings::load`.
+        let format = kafka
+            .record_format(source)
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         let admin = kafka.client_config(&format!("relay-cdc-{source}-admin"));
         let context = ClusterContext::new(metrics, source);
         let reachability = context.reachability();
@@ -80,6 +90,8 @@ impl KafkaSink {
             producer: producer_config(kafka, source).create_with_context(context)?,
             admin: Arc::new(admin.create()?),
             source: source.to_string(),
+            format,
+            max_record_bytes: kafka.max_record_bytes,
             topic_template: kafka.topic_template.clone(),
             topics: HashMap::new(),
             ready: Arc::default(),
@@ -97,7 +109,16 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn prepare(&mut self, event: &Event) -> Option<Preparing> {
-        let topic = self.topic_for(&event.row.aggregate_type).to_string();
+        let topic = match &self.format {
+            RecordFormat::Debezium(_) => {
+                let input = record::outbox_event(event, &self.source);
+                // An event without a topic is poison: `send` says why.
+                self.format.topic(&input, &self.topic_template).ok()?
+            }
+            RecordFormat::Native | RecordFormat::CloudEvents(_) => {
+                self.topic_for(&event.row.aggregate_type).to_string()
+            }
+        };
         self.prepare_topic(&topic)
     }
 
@@ -107,6 +128,15 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, event: &Event) -> Result<Delivery, SendError> {
+        let input = record::outbox_event(event, &self.source);
+        let mapped = match &self.format {
+            RecordFormat::Native => None,
+            RecordFormat::Debezium(router) => Some(router.record(&input)),
+            RecordFormat::CloudEvents(ce) => Some(ce.record(&input, &self.topic_template)),
+        };
+        if let Some(mapped) = mapped {
+            return self.send_formatted(event, mapped);
+        }
         let hs = record::headers(event, &self.source);
         let topic = self.topic_for(&event.row.aggregate_type).to_string();
         let row = record::row(&event.row);
@@ -114,7 +144,7 @@ impl Sink for KafkaSink {
             .key(row.key())
             .payload(row.value())
             .headers(hs);
-        self.enqueue(record)
+        self.enqueue(record, None)
     }
 
     fn dead_letter(
@@ -123,6 +153,8 @@ impl Sink for KafkaSink {
         reason: &str,
         with_payload: bool,
     ) -> Result<Delivery, SendError> {
+        // In the native format whatever the source's: the dead-letter topic is the relay's
+        // own, and its records are read back as events (`record::event_from_message`).
         let hs = record::headers(event, &self.source).insert(Header {
             key: outbox::headers::ERROR,
             value: Some(reason),
@@ -134,7 +166,7 @@ impl Sink for KafkaSink {
         if with_payload {
             record = record.payload(row.value());
         }
-        self.enqueue(record)
+        self.enqueue(record, None)
     }
 
     fn flush(&self, timeout: Duration) {

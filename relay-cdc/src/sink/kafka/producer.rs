@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{OwnedMessage, ToBytes};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio::time::Instant;
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::record::{event_from_message, header};
 use super::{cluster, KafkaSink};
 use crate::config::KafkaSettings;
-use crate::sink::{Delivery, Refusal, SendError, StuckCheck};
+use crate::sink::{Delivery, Event, Refusal, SendError, StuckCheck};
 use outbox::headers;
 
 /// How long a client may fail to get metadata from any broker it knows before it
@@ -102,22 +102,21 @@ pub(super) fn error_code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
     }
 }
 
-/// A delivery error as a [`Refusal`]; poison carries the event back (rebuilt from the
-/// refused message) so it can be dead-lettered.
-pub(super) fn refusal(e: &KafkaError, msg: &OwnedMessage) -> Refusal {
+/// A delivery error as a [`Refusal`]; poison carries the event back so it can be
+/// dead-lettered: `origin` when the record came with it (a non-native format), else
+/// rebuilt from the refused message.
+pub(super) fn refusal(e: &KafkaError, msg: &OwnedMessage, origin: Option<Box<Event>>) -> Refusal {
+    let id = match &origin {
+        Some(event) => event.row.id.clone(),
+        None => header(msg, headers::EVENT_ID),
+    };
     match error_code(e) {
-        Some(code) if is_fenced(code) => Refusal::Fenced(format!(
-            "kafka refused event {}: {e}",
-            header(msg, headers::EVENT_ID)
-        )),
+        Some(code) if is_fenced(code) => Refusal::Fenced(format!("kafka refused event {id}: {e}")),
         Some(code) if is_permanent_refusal(code) => Refusal::Poison {
-            event: Box::new(event_from_message(msg)),
+            event: origin.unwrap_or_else(|| Box::new(event_from_message(msg))),
             reason: format!("kafka refused the record: {e}"),
         },
-        _ => Refusal::Fatal(format!(
-            "kafka refused event {}: {e}",
-            header(msg, headers::EVENT_ID)
-        )),
+        _ => Refusal::Fatal(format!("kafka refused event {id}: {e}")),
     }
 }
 
@@ -139,10 +138,12 @@ fn cluster_answers(config: &ClientConfig) -> bool {
 
 impl KafkaSink {
     /// Hands `record` to the producer (in the open Kafka transaction, exactly-once);
-    /// the delivery resolves when Kafka acked or refused it.
-    pub(super) fn enqueue(
+    /// the delivery resolves when Kafka acked or refused it. `origin`: the event the
+    /// record was made from, when the record cannot be read back into it.
+    pub(super) fn enqueue<K: ToBytes + ?Sized>(
         &mut self,
-        record: FutureRecord<'_, str, [u8]>,
+        record: FutureRecord<'_, K, [u8]>,
+        origin: Option<Box<Event>>,
     ) -> Result<Delivery, SendError> {
         self.before_send()?;
         let result = self.producer.send_result(record);
@@ -153,7 +154,7 @@ impl KafkaSink {
             Ok(f) => Ok(Box::pin(async move {
                 match f.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, msg))) => Err(refusal(&e, &msg)),
+                    Ok(Err((e, msg))) => Err(refusal(&e, &msg, origin)),
                     Err(_) => Err(Refusal::Fatal("the producer dropped the record".into())),
                 }
             })),

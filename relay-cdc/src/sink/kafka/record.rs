@@ -1,18 +1,22 @@
 //! The record mapping on the Kafka side: an [`Event`] as the record [`outbox::record`]
 //! says (topic from `kafka.topic_template`, key = aggregate id, value = the payload as
 //! written, the relay's headers then the row's own), in librdkafka's types; and back,
-//! the event a refused record was made from, so that poison can be dead-lettered.
+//! the event a refused record was made from, so that poison can be dead-lettered. In
+//! another format ([`crate::format`]) an event is mapped to a [`KafkaRecord`] and sent
+//! with a copy of itself, since such a record cannot be read back into its event.
 //!
-//! The mapping itself lives in `libs/outbox` so that tests publishing "as the relay
+//! The native mapping lives in `libs/outbox` so that tests publishing "as the relay
 //! would" use the very same one; this module only converts.
 
 use outbox::headers;
 use outbox::record::{self, Commit, Row};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::FutureRecord;
 
 use super::KafkaSink;
+use crate::format::{FormatError, KafkaRecord, OutboxEvent, PayloadType};
 use crate::pgoutput::OutboxRow;
-use crate::sink::{CommitMeta, Event};
+use crate::sink::{CommitMeta, Delivery, Event, SendError};
 
 /// The mapping's view of a decoded row.
 pub fn row(row: &OutboxRow) -> Row<'_> {
@@ -43,7 +47,69 @@ pub fn headers(event: &Event, source: &str) -> OwnedHeaders {
     hs
 }
 
+/// A format's view of `event` from `source`.
+///
+/// The payload is taken as jsonb (the relay's table, `sql/outbox/0001_outbox.sql`): the
+/// decoder does not carry the column's type yet, nor columns beyond the mapped ones.
+pub fn outbox_event<'a>(event: &'a Event, source: &'a str) -> OutboxEvent<'a> {
+    OutboxEvent {
+        id: &event.row.id,
+        aggregate_type: &event.row.aggregate_type,
+        aggregate_id: &event.row.aggregate_id,
+        event_type: &event.row.event_type,
+        payload: Some(&event.row.payload),
+        payload_type: PayloadType::Jsonb,
+        time: &event.commit.time,
+        source,
+        headers: &event.row.headers,
+        columns: &[],
+    }
+}
+
+/// `record`'s headers in librdkafka's type.
+fn owned_headers(record: &KafkaRecord) -> OwnedHeaders {
+    let mut hs = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (key, value) in &record.headers {
+        hs = hs.insert(Header {
+            key,
+            value: value.as_deref(),
+        });
+    }
+    hs
+}
+
 impl KafkaSink {
+    /// Sends the record a (non-native) format made of `event`, with a copy of `event`.
+    /// What the format could not map, or a record larger than `kafka.max_record_bytes`,
+    /// is poison before it is sent.
+    pub(super) fn send_formatted(
+        &mut self,
+        event: &Event,
+        mapped: Result<KafkaRecord, FormatError>,
+    ) -> Result<Delivery, SendError> {
+        let mapped = mapped
+            .map_err(|e| SendError::Poison(format!("the record format refused the row: {e}")))?;
+        let size = mapped.size();
+        if size > self.max_record_bytes {
+            return Err(SendError::Poison(format!(
+                "record of {size} bytes exceeds kafka.max_record_bytes ({})",
+                self.max_record_bytes
+            )));
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&mapped.topic).headers(owned_headers(&mapped));
+        if let Some(key) = &mapped.key {
+            record = record.key(key);
+        }
+        if let Some(value) = &mapped.value {
+            record = record.payload(value);
+        }
+        if let Some(p) = mapped.partition {
+            record = record.partition(p);
+        }
+        self.enqueue(record, Some(Box::new(event.clone())))
+    }
+
     /// The topic for an aggregate type, from the configured template.
     pub fn topic_for(&mut self, aggregate_type: &str) -> &str {
         if !self.topics.contains_key(aggregate_type) {
@@ -164,6 +230,7 @@ mod tests {
         let r = refusal(
             &KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
             &msg,
+            None,
         );
         let Refusal::Poison { event, reason } = r else {
             panic!("expected poison, got {r:?}")
