@@ -1,6 +1,8 @@
-//! The three commands: `run` (the daemon), `check` (configuration, connectivity and
-//! prerequisites) and `status` (each source's slot, position and lag).
+//! The commands: `run` (the daemon), `check` (configuration, connectivity and
+//! prerequisites), `status` (each source's slot, position and lag) and `import-debezium`
+//! (a Debezium connector's configuration as the relay's; it needs no configuration).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,4 +230,10 @@ pub async fn status(settings: &Settings) -> bool {
         }
     }
     ok
+}
+
+/// The relay configuration equivalent to the Debezium connector configuration in `file`
+/// (JSON or .properties); the error names every option the relay cannot honour.
+pub fn import_debezium(file: &Path) -> Result<String, crate::import::ImportError> {
+    crate::import::import_file(file)
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod format;
+pub mod import;
 pub mod marker;
 pub mod metrics;
 pub mod pgoutput;

@@ -28,10 +28,30 @@ enum Command {
     Check,
     /// Show each source's slot, confirmed LSN and lag.
     Status,
+    /// Print the relay configuration equivalent to a Debezium PostgreSQL connector with
+    /// the outbox event router; exit 2 naming every option the relay cannot honour.
+    ImportDebezium {
+        /// The connector's configuration: JSON as POSTed to Kafka Connect
+        /// (`{"name": ..., "config": {...}}` or the config object), or a .properties file.
+        file: PathBuf,
+    },
+}
+
+/// The commands that load the configuration.
+enum Online {
+    Run,
+    Check,
+    Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        Command::ImportDebezium { file } => return import_debezium(&file),
+        Command::Run => Online::Run,
+        Command::Check => Online::Check,
+        Command::Status => Online::Status,
+    };
     init_tracing();
     relay_cdc::tls::install_provider();
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
@@ -49,22 +69,36 @@ fn main() -> ExitCode {
         }
     };
     let ok = rt.block_on(async {
-        match cli.command {
-            Command::Run => match commands::run(settings).await {
+        match command {
+            Online::Run => match commands::run(settings).await {
                 Ok(()) => true,
                 Err(e) => {
                     eprintln!("relay-cdc: {e:#}");
                     false
                 }
             },
-            Command::Check => commands::check(&settings).await,
-            Command::Status => commands::status(&settings).await,
+            Online::Check => commands::check(&settings).await,
+            Online::Status => commands::status(&settings).await,
         }
     });
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Needs no configuration: prints the converted file, or the refusals with status 2.
+fn import_debezium(file: &std::path::Path) -> ExitCode {
+    match commands::import_debezium(file) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relay-cdc: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -78,5 +112,19 @@ fn init_tracing() {
         builder.init();
     } else {
         builder.json().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_debezium_takes_one_file_and_no_configuration() {
+        let cli = Cli::try_parse_from(["relay-cdc", "import-debezium", "connector.json"]).unwrap();
+        assert!(
+            matches!(&cli.command, Command::ImportDebezium { file } if file == &PathBuf::from("connector.json"))
+        );
+        assert!(Cli::try_parse_from(["relay-cdc", "import-debezium"]).is_err());
     }
 }
