@@ -66,7 +66,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use service_telemetry::trace::{self, Carrier, Origin, SPAN_TARGET};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::field::Empty;
 use tracing::Span;
 use uuid::Uuid;
@@ -370,9 +370,11 @@ fn watch_group(
         next_rebuild_after_s = stall.timeout().as_secs(),
         "the kafka consumer stayed out of its group while a broker was up; replacing it with a new client"
     );
-    tokio::task::spawn_blocking(move || {
-        drop(consumer);
-        tracing::info!("the replaced kafka consumer closed");
+    let closed = close_detached(consumer, "kafka-consumer-replaced");
+    tokio::spawn(async move {
+        if closed.await.is_ok() {
+            tracing::info!("the replaced kafka consumer closed");
+        }
     });
     fresh
 }
@@ -546,7 +548,7 @@ fn report(metrics: &Metrics, event: &Consumed, outcome: Outcome) {
 
 /// Closes the consumer (commits the stored offsets, leaves the group), for
 /// at most `timeout`. librdkafka's close blocks, and can block for long when the
-/// broker is gone or a rebalance is under way, so it runs on a blocking thread and is
+/// broker is gone or a rebalance is under way, so it runs on a thread of its own and is
 /// abandoned at the deadline: whatever was not committed is redelivered after the
 /// restart and absorbed by the inbox. `consumer` should be the last handle, or the
 /// close happens wherever the last one is dropped.
@@ -558,15 +560,35 @@ pub async fn close(consumer: Arc<EventConsumer>, timeout: Duration) {
             "kafka consumer still shared; it closes when the last handle goes"
         );
     }
-    let closing = tokio::task::spawn_blocking(move || drop(consumer));
+    let closing = close_detached(consumer, "kafka-consumer-close");
     match tokio::time::timeout(timeout, closing).await {
         Ok(Ok(())) => tracing::info!("kafka consumer closed"),
-        Ok(Err(error)) => tracing::warn!(error = %error, "closing the kafka consumer panicked"),
+        Ok(Err(_)) => tracing::warn!("closing the kafka consumer ended without closing it (panicked)"),
         Err(_) => tracing::warn!(
             timeout_ms = timeout.as_millis() as u64,
             "kafka consumer did not close in time; events after the last committed offset will be redelivered"
         ),
     }
+}
+
+/// Drops `consumer` (librdkafka's close) on a detached thread; the receiver answers
+/// when it is closed. Not a blocking task of the runtime: the runtime's shutdown waits
+/// for those, and a close against a broker that is gone never returns (a test's
+/// runtime hung there after its broker was dropped). A detached thread ends with the
+/// process.
+fn close_detached(consumer: Arc<EventConsumer>, name: &str) -> oneshot::Receiver<()> {
+    let (closed, answer) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(error) = spawned {
+        // The closure (and the consumer with it) is gone with the error: dropped here.
+        tracing::warn!(error = %error, "no thread for closing a kafka consumer; it was closed in place");
+    }
+    answer
 }
 
 /// Rate-limits the log of client errors: the first one at once, then one line per
