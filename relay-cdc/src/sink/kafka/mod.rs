@@ -128,11 +128,16 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, event: &Event) -> Result<Delivery, SendError> {
-        let input = record::outbox_event(event, &self.source);
+        // Native, the default, on the hot path: straight from the row, no `OutboxEvent`.
         let mapped = match &self.format {
             RecordFormat::Native => None,
-            RecordFormat::Debezium(router) => Some(router.record(&input)),
-            RecordFormat::CloudEvents(ce) => Some(ce.record(&input, &self.topic_template)),
+            RecordFormat::Debezium(router) => {
+                Some(router.record(&record::outbox_event(event, &self.source)))
+            }
+            RecordFormat::CloudEvents(ce) => Some(ce.record(
+                &record::outbox_event(event, &self.source),
+                &self.topic_template,
+            )),
         };
         if let Some(mapped) = mapped {
             return self.send_formatted(event, mapped);
