@@ -136,9 +136,14 @@ pub async fn check(settings: &Settings) -> bool {
     println!("kafka ({})", settings.kafka.brokers);
     let kafka = settings.kafka.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        KafkaSink::new(&kafka, "check", &crate::metrics::Metrics::new())
-            .map_err(|e| e.to_string())
-            .and_then(|p| p.probe(Duration::from_secs(10)))
+        KafkaSink::new(
+            &kafka,
+            "check",
+            crate::format::RecordFormat::Native,
+            &crate::metrics::Metrics::new(),
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|p| p.probe(Duration::from_secs(10)))
     })
     .await;
     match probe {

@@ -26,7 +26,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use crate::config::{PipelineSettings, SourceSettings};
+use crate::config::{Marking, PipelineSettings, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source;
 
@@ -160,7 +160,12 @@ impl Marker {
     }
 
     /// Marks a batch: acked rows PROCESSED, dead-lettered rows DEAD_LETTERED.
+    /// Under `marking = "none"` nothing is written: the batch only keeps the
+    /// confirmations in commit order.
     async fn mark_batch(&self, client: Option<MarkConn>, batch: &Batch) -> Option<MarkConn> {
+        if self.source.marking == Marking::None {
+            return client;
+        }
         let client = if batch.ids.is_empty() {
             client
         } else {
@@ -193,19 +198,21 @@ impl Marker {
         let name = &self.source.name;
         let update = format!(
             "update \"{s}\".\"{t}\" set status = $2, processed_at = now() \
-             where id = any($1) and status = 'PENDING'",
+             where \"{id}\" = any($1) and status = 'PENDING'",
             s = self.source.schema,
-            t = self.source.table
+            t = self.source.table,
+            id = self.source.columns.id,
         );
         let sql = format!(
             "with marked as (update \"{s}\".\"{t}\" set status = '{status}', processed_at = now() \
-             where id = any($1) and status = 'PENDING' returning id) \
+             where \"{id}\" = any($1) and status = 'PENDING' returning \"{id}\" as id) \
              select (select count(*) from marked), \
              coalesce((select array_agg(u.id) from unnest($1::uuid[]) as u(id) \
              where u.id not in (select id from marked) \
-             and not exists (select 1 from \"{s}\".\"{t}\" o where o.id = u.id)), '{{}}')",
+             and not exists (select 1 from \"{s}\".\"{t}\" o where o.\"{id}\" = u.id)), '{{}}')",
             s = self.source.schema,
-            t = self.source.table
+            t = self.source.table,
+            id = self.source.columns.id,
         );
         let mut ids = ids.to_vec();
         let mut unseen_since: Option<std::time::Instant> = None;

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 
 use thiserror::Error;
 
+use crate::format::{PayloadType, TableColumns};
+
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("message truncated: needed {needed} more bytes at offset {offset}")]
@@ -179,21 +181,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The outbox columns the relay reads, located by name in the current Relation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct OutboxColumns {
-    id: usize,
-    aggregate_type: usize,
-    aggregate_id: usize,
-    event_type: usize,
-    payload: usize,
-    /// Optional columns (migration 0005): absent in older tables.
-    traceparent: Option<usize>,
-    tracestate: Option<usize>,
-    headers: Option<usize>,
-    width: usize,
-}
-
 /// One inserted outbox row, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -201,7 +188,18 @@ pub struct OutboxRow {
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub event_type: String,
+    /// The payload column's bytes: as written for text and JSON columns, the raw bytes
+    /// for bytea.
     pub payload: Vec<u8>,
+    /// Whether the payload column was null (the bytes are then empty).
+    pub payload_null: bool,
+    pub payload_type: PayloadType,
+    /// The event's time from the table's timestamp column (RFC 3339, UTC), when one is
+    /// mapped and set.
+    pub time: Option<String>,
+    /// The table's further mapped columns (`[sources.columns] extra`, the timestamp
+    /// column), by name.
+    pub columns: Vec<(String, Cell)>,
     /// Headers the row carries besides the relay's own: `traceparent` and `tracestate`
     /// from their columns, then the entries of the `headers` column, checked.
     pub headers: Vec<(String, String)>,
@@ -212,7 +210,8 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// A row without trace context or headers of its own.
+    /// A row of the relay's table (jsonb payload) without trace context or headers of
+    /// its own.
     pub fn new(
         id: String,
         aggregate_type: String,
@@ -226,6 +225,10 @@ impl OutboxRow {
             aggregate_id,
             event_type,
             payload,
+            payload_null: false,
+            payload_type: PayloadType::Jsonb,
+            time: None,
+            columns: Vec::new(),
             headers: Vec::new(),
             unsendable: None,
         }
@@ -247,50 +250,108 @@ impl OutboxRow {
         }
         self
     }
+
+    /// The payload as a format reads it (`None`: SQL null).
+    pub fn payload(&self) -> Option<&[u8]> {
+        (!self.payload_null).then_some(self.payload.as_slice())
+    }
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RowError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error("relation {schema}.{table} lacks column {column}")]
+    #[error("relation {schema}.{table} lacks column {column} (the {role})")]
     MissingColumn {
         schema: String,
         table: String,
-        column: &'static str,
+        column: String,
+        role: &'static str,
     },
     #[error("column {0} is null")]
-    Null(&'static str),
+    Null(String),
     #[error("column {0} is not valid utf-8 text")]
-    NotText(&'static str),
+    NotText(String),
+    #[error("payload column {column} has type oid {oid}: relay-cdc reads jsonb, json, text, varchar or bytea")]
+    PayloadType { column: String, oid: u32 },
+    #[error("column {column}: {why}")]
+    Bytea { column: String, why: String },
+}
+
+/// The outbox table a stream carries: its name and its columns by role. Inserts into
+/// other tables of the publication are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTable {
+    pub schema: String,
+    pub name: String,
+    pub columns: TableColumns,
+}
+
+impl Default for OutboxTable {
+    /// The relay's own table, `public.outbox`.
+    fn default() -> Self {
+        Self {
+            schema: "public".into(),
+            name: "outbox".into(),
+            columns: TableColumns::relay_outbox(),
+        }
+    }
 }
 
 /// Keeps the Relation messages seen on a stream and turns Inserts into outbox rows.
 #[derive(Debug, Default)]
 pub struct RelationCache {
+    table: OutboxTable,
+    /// Relations of the outbox table (by id), with where its roles are.
     relations: HashMap<u32, (Relation, Result<OutboxColumns, RowError>)>,
+    /// Relations of other tables in the publication: their inserts are skipped.
+    others: HashMap<u32, Relation>,
 }
 
 impl RelationCache {
+    /// A cache for the stream of `table`.
+    pub fn new(table: OutboxTable) -> Self {
+        Self {
+            table,
+            ..Self::default()
+        }
+    }
+
     /// Remembers a relation, replacing an earlier shape for the same id.
     pub fn learn(&mut self, rel: Relation) {
-        let cols = locate(&rel);
+        if rel.namespace != self.table.schema || rel.name != self.table.name {
+            self.relations.remove(&rel.id);
+            self.others.insert(rel.id, rel);
+            return;
+        }
+        self.others.remove(&rel.id);
+        let cols = locate(&rel, &self.table.columns);
         self.relations.insert(rel.id, (rel, cols));
     }
 
     /// The relation an id refers to.
     pub fn relation(&self, id: u32) -> Option<&Relation> {
-        self.relations.get(&id).map(|(r, _)| r)
+        self.relations
+            .get(&id)
+            .map(|(r, _)| r)
+            .or_else(|| self.others.get(&id))
     }
 
-    /// Maps an insert's values to an outbox row by column name.
-    pub fn outbox_row(&self, relation: u32, values: Vec<Value>) -> Result<OutboxRow, RowError> {
-        let (rel, cols) = self
-            .relations
-            .get(&relation)
-            .ok_or(DecodeError::UnknownRelation(relation))?;
+    /// Maps an insert's values to an outbox row by column name; `None` for an insert
+    /// into another table of the publication.
+    pub fn outbox_row(
+        &self,
+        relation: u32,
+        values: Vec<Value>,
+    ) -> Result<Option<OutboxRow>, RowError> {
+        let Some((rel, cols)) = self.relations.get(&relation) else {
+            return match self.others.contains_key(&relation) {
+                true => Ok(None),
+                false => Err(DecodeError::UnknownRelation(relation).into()),
+            };
+        };
         let cols = cols.as_ref().map_err(Clone::clone)?;
-        if values.len() != cols.width {
+        if values.len() != rel.columns.len() {
             return Err(DecodeError::ColumnCount {
                 relation,
                 got: values.len(),
@@ -299,67 +360,256 @@ impl RelationCache {
             .into());
         }
         let mut values: Vec<Option<Value>> = values.into_iter().map(Some).collect();
-        let mut take = |i: usize, name: &'static str| -> Result<Vec<u8>, RowError> {
+        let name = |i: usize| rel.columns[i].name.as_str();
+        let mut take = |i: usize| -> Option<Vec<u8>> {
             match values[i].take() {
-                Some(Value::Text(b)) | Some(Value::Binary(b)) => Ok(b),
-                _ => Err(RowError::Null(name)),
+                Some(Value::Text(b)) | Some(Value::Binary(b)) => Some(b),
+                _ => None,
             }
         };
-        let text = |b: Vec<u8>, name: &'static str| {
-            String::from_utf8(b).map_err(|_| RowError::NotText(name))
+        let mut required = |i: usize| -> Result<String, RowError> {
+            let b = take(i).ok_or_else(|| RowError::Null(name(i).to_string()))?;
+            String::from_utf8(b).map_err(|_| RowError::NotText(name(i).to_string()))
         };
-        let row = OutboxRow::new(
-            text(take(cols.id, "id")?, "id")?,
-            text(
-                take(cols.aggregate_type, "aggregate_type")?,
-                "aggregate_type",
-            )?,
-            text(take(cols.aggregate_id, "aggregate_id")?, "aggregate_id")?,
-            text(take(cols.event_type, "event_type")?, "event_type")?,
-            take(cols.payload, "payload")?,
-        );
+        let id = required(cols.id)?;
+        let aggregate_type = required(cols.aggregate_type)?;
+        let aggregate_id = required(cols.aggregate_id)?;
+        let event_type = required(cols.event_type)?;
+        // Further columns first: the payload's `take` below may be the last use.
+        let mut row = OutboxRow::new(id, aggregate_type, aggregate_id, event_type, Vec::new());
+        for &(i, kind) in &cols.cells {
+            let cell = match take(i) {
+                None => Cell::Null,
+                Some(b) => {
+                    let text =
+                        String::from_utf8(b).map_err(|_| RowError::NotText(name(i).to_string()))?;
+                    kind.cell(text)
+                }
+            };
+            if Some(i) == cols.timestamp {
+                row.time = cell_time(&cell);
+            }
+            row.columns.push((name(i).to_string(), cell));
+        }
+        row.payload_type = cols.payload_type;
+        match take(cols.payload) {
+            None => row.payload_null = true,
+            Some(b) if cols.payload_type == PayloadType::Bytea => {
+                row.payload = bytea_hex(&b).map_err(|why| RowError::Bytea {
+                    column: name(cols.payload).to_string(),
+                    why,
+                })?;
+            }
+            Some(b) => row.payload = b,
+        }
         // Optional columns: absent from the table, or null, is none.
-        let mut optional = |i: Option<usize>| match i.and_then(|i| values[i].take()) {
-            Some(Value::Text(b)) | Some(Value::Binary(b)) => Some(b),
-            _ => None,
-        };
+        let mut optional = |i: Option<usize>| i.and_then(&mut take);
         let (traceparent, tracestate, headers) = (
             optional(cols.traceparent),
             optional(cols.tracestate),
             optional(cols.headers),
         );
         if traceparent.is_none() && tracestate.is_none() && headers.is_none() {
-            return Ok(row);
+            return Ok(Some(row));
         }
-        Ok(row.with_metadata(
+        let text = |b: Vec<u8>, column: &str| {
+            String::from_utf8(b).map_err(|_| RowError::NotText(column.to_string()))
+        };
+        Ok(Some(row.with_metadata(
             traceparent.map(|b| text(b, "traceparent")).transpose()?,
             tracestate.map(|b| text(b, "tracestate")).transpose()?,
             headers.as_deref(),
-        ))
+        )))
     }
 }
 
-fn locate(rel: &Relation) -> Result<OutboxColumns, RowError> {
-    let find = |column: &'static str| {
-        rel.columns
-            .iter()
-            .position(|c| c.name == column)
-            .ok_or_else(|| RowError::MissingColumn {
-                schema: rel.namespace.clone(),
-                table: rel.name.clone(),
-                column,
-            })
+/// Where the roles are in the current Relation's columns, located by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OutboxColumns {
+    id: usize,
+    aggregate_type: usize,
+    aggregate_id: usize,
+    event_type: usize,
+    payload: usize,
+    payload_type: PayloadType,
+    timestamp: Option<usize>,
+    /// The timestamp and extra columns, with how their text reads.
+    cells: Vec<(usize, CellKind)>,
+    /// Optional columns of the relay's table (migration 0005): absent in older tables.
+    traceparent: Option<usize>,
+    tracestate: Option<usize>,
+    headers: Option<usize>,
+}
+
+/// A further column's value, typed the way Debezium's converters type it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    /// int2, int4, int8; and `timestamp` (without time zone) as microseconds since
+    /// the Unix epoch (Debezium's `MicroTimestamp`).
+    Int(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CellKind {
+    Text,
+    Int,
+    /// timestamptz: RFC 3339 in UTC.
+    Timestamptz,
+    /// timestamp without time zone: microseconds since the epoch.
+    Timestamp,
+}
+
+impl CellKind {
+    fn of(oid: u32) -> Self {
+        match oid {
+            oid::INT2 | oid::INT4 | oid::INT8 => Self::Int,
+            oid::TIMESTAMPTZ => Self::Timestamptz,
+            oid::TIMESTAMP => Self::Timestamp,
+            _ => Self::Text,
+        }
+    }
+
+    /// The column's value from its text output; text that does not read as the type
+    /// says stays text.
+    fn cell(self, text: String) -> Cell {
+        let parsed = match self {
+            Self::Text => None,
+            Self::Int => text.parse().ok().map(Cell::Int),
+            Self::Timestamptz => timestamp_rfc3339(&text).map(Cell::Text),
+            Self::Timestamp => chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f")
+                .ok()
+                .map(|t| Cell::Int(t.and_utc().timestamp_micros())),
+        };
+        parsed.unwrap_or(Cell::Text(text))
+    }
+}
+
+/// A further column's value from its text output (`None`: null), typed by its OID as
+/// the stream types it.
+pub fn cell(type_oid: u32, text: Option<String>) -> Cell {
+    text.map_or(Cell::Null, |t| CellKind::of(type_oid).cell(t))
+}
+
+/// The event time a timestamp column's cell gives (RFC 3339, UTC).
+pub fn cell_time(cell: &Cell) -> Option<String> {
+    match cell {
+        Cell::Text(t) if t.ends_with('Z') => Some(t.clone()),
+        Cell::Text(t) => timestamp_rfc3339(t),
+        Cell::Int(micros) => micros_rfc3339(*micros),
+        Cell::Null => None,
+    }
+}
+
+/// Type OIDs the decoder tells apart (`pg_type.oid`, fixed for built-in types).
+mod oid {
+    pub const BYTEA: u32 = 17;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const JSONB: u32 = 3802;
+}
+
+/// The payload column's type, from its OID.
+pub fn payload_type(type_oid: u32) -> Option<PayloadType> {
+    Some(match type_oid {
+        oid::JSONB => PayloadType::Jsonb,
+        oid::JSON => PayloadType::Json,
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR => PayloadType::Text,
+        oid::BYTEA => PayloadType::Bytea,
+        _ => return None,
+    })
+}
+
+/// A timestamptz's text output (`2026-12-01 09:00:00.5+01`, any offset, ISO DateStyle)
+/// as RFC 3339 in UTC with microseconds, like the commit time.
+pub fn timestamp_rfc3339(text: &str) -> Option<String> {
+    let t = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").ok()?;
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
+fn micros_rfc3339(micros: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// bytea's text output (hex format, `\x0a1b...`) as the bytes it stands for.
+pub fn bytea_hex(text: &[u8]) -> Result<Vec<u8>, String> {
+    let hex = text
+        .strip_prefix(b"\\x")
+        .ok_or("bytea text output is not in hex format (bytea_output = 'escape'?)")?;
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!("{:?} is not a hex digit", c as char)),
     };
+    hex.chunks_exact(2)
+        .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+fn locate(rel: &Relation, table: &TableColumns) -> Result<OutboxColumns, RowError> {
+    let position = |column: &str| rel.columns.iter().position(|c| c.name == column);
+    let find = |column: &str, role: &'static str| {
+        position(column).ok_or_else(|| RowError::MissingColumn {
+            schema: rel.namespace.clone(),
+            table: rel.name.clone(),
+            column: column.to_string(),
+            role,
+        })
+    };
+    let id = find(&table.id, "id")?;
+    let aggregate_type = find(&table.aggregate_type, "aggregate type")?;
+    let aggregate_id = find(&table.aggregate_id, "aggregate id")?;
+    let event_type = find(&table.event_type, "event type")?;
+    let payload = find(&table.payload, "payload")?;
+    let payload_oid = rel.columns[payload].type_oid;
+    let payload_type = payload_type(payload_oid).ok_or_else(|| RowError::PayloadType {
+        column: table.payload.clone(),
+        oid: payload_oid,
+    })?;
+    let timestamp = table
+        .timestamp
+        .as_deref()
+        .map(|c| find(c, "timestamp"))
+        .transpose()?;
+    let mut cells = Vec::new();
+    for c in timestamp
+        .into_iter()
+        .map(Ok)
+        .chain(table.others.iter().map(|c| find(c, "extra column")))
+    {
+        let i = c?;
+        if !cells.iter().any(|(j, _)| *j == i) {
+            cells.push((i, CellKind::of(rel.columns[i].type_oid)));
+        }
+    }
     Ok(OutboxColumns {
-        id: find("id")?,
-        aggregate_type: find("aggregate_type")?,
-        aggregate_id: find("aggregate_id")?,
-        event_type: find("event_type")?,
-        payload: find("payload")?,
-        traceparent: find("traceparent").ok(),
-        tracestate: find("tracestate").ok(),
-        headers: find("headers").ok(),
-        width: rel.columns.len(),
+        id,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload,
+        payload_type,
+        timestamp,
+        cells,
+        traceparent: position("traceparent"),
+        tracestate: position("tracestate"),
+        headers: position("headers"),
     })
 }
 
@@ -368,16 +618,25 @@ pub(crate) mod fixtures {
     //! Byte-exact pgoutput v1 messages, built the way the walsender writes them.
 
     pub fn relation(id: u32, columns: &[&str]) -> Vec<u8> {
+        let typed: Vec<(&str, u32)> = columns.iter().map(|c| (*c, 25)).collect();
+        relation_of(id, "public", "outbox", &typed)
+    }
+
+    /// A Relation message for `schema.table` with columns of the given type OIDs.
+    pub fn relation_of(id: u32, schema: &str, table: &str, columns: &[(&str, u32)]) -> Vec<u8> {
         let mut b = vec![b'R'];
         b.extend(id.to_be_bytes());
-        b.extend(b"public\0outbox\0");
+        for name in [schema, table] {
+            b.extend(name.as_bytes());
+            b.push(0);
+        }
         b.push(b'd');
         b.extend((columns.len() as u16).to_be_bytes());
-        for c in columns {
+        for (c, oid) in columns {
             b.push(u8::from(*c == "id"));
             b.extend(c.as_bytes());
             b.push(0);
-            b.extend(25u32.to_be_bytes());
+            b.extend(oid.to_be_bytes());
             b.extend((-1i32).to_be_bytes());
         }
         b
@@ -404,7 +663,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{insert, relation};
+    use super::fixtures::{insert, relation, relation_of};
     use super::*;
 
     const COLS: [&str; 8] = [
@@ -465,7 +724,7 @@ mod tests {
         let Change::Insert { relation, values } = decode(&insert(1, &row_values())).unwrap() else {
             panic!()
         };
-        let row = cache.outbox_row(relation, values).unwrap();
+        let row = cache.outbox_row(relation, values).unwrap().unwrap();
         assert_eq!(row.id, "0193a0c2-0000-7000-8000-000000000001");
         assert_eq!(row.aggregate_type, "user");
         assert_eq!(row.aggregate_id, "u-1");
@@ -484,7 +743,7 @@ mod tests {
             let Change::Insert { relation, values } = decode(&insert(1, &vals)).unwrap() else {
                 panic!()
             };
-            cache.outbox_row(relation, values).unwrap()
+            cache.outbox_row(relation, values).unwrap().unwrap()
         };
         const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let row = row_with(Some(TP), Some("k=v"), Some(r#"{"x-tenant": "t1"}"#));
@@ -522,7 +781,7 @@ mod tests {
         let Change::Insert { relation, values } = decode(&insert(1, &vals)).unwrap() else {
             panic!()
         };
-        let row = cache.outbox_row(relation, values).unwrap();
+        let row = cache.outbox_row(relation, values).unwrap().unwrap();
         assert_eq!(row.event_type, "UserCreated");
         assert_eq!(row.aggregate_id, "u-1");
     }
@@ -550,7 +809,7 @@ mod tests {
         assert!(matches!(
             cache.outbox_row(relation, values),
             Err(RowError::MissingColumn {
-                column: "aggregate_type",
+                role: "aggregate type",
                 ..
             })
         ));
@@ -566,7 +825,7 @@ mod tests {
         };
         assert_eq!(
             cache.outbox_row(relation, values),
-            Err(RowError::Null("event_type"))
+            Err(RowError::Null("event_type".into()))
         );
     }
 
@@ -590,6 +849,176 @@ mod tests {
     fn other_message_kinds_are_skipped() {
         assert_eq!(decode(b"Uxxxx").unwrap(), Change::Other(b'U'));
         assert_eq!(decode(b"Txxxx").unwrap(), Change::Other(b'T'));
+    }
+
+    /// Debezium's documented outbox table, with a text payload and two extra columns.
+    fn debezium_table(cache: &mut RelationCache) {
+        let rel = relation_of(
+            7,
+            "inventory",
+            "outboxevent",
+            &[
+                ("id", 2950),
+                ("aggregatetype", 1043),
+                ("aggregateid", 1043),
+                ("type", 1043),
+                ("payload", 25),
+                ("shard", 23),
+                ("created_at", 1184),
+                ("local_at", 1114),
+            ],
+        );
+        let Change::Relation(r) = decode(&rel).unwrap() else {
+            panic!()
+        };
+        cache.learn(r);
+    }
+
+    fn debezium_mapping() -> OutboxTable {
+        OutboxTable {
+            schema: "inventory".into(),
+            name: "outboxevent".into(),
+            columns: TableColumns {
+                aggregate_type: "aggregatetype".into(),
+                aggregate_id: "aggregateid".into(),
+                event_type: "type".into(),
+                timestamp: Some("created_at".into()),
+                others: vec!["shard".into(), "local_at".into()],
+                ..TableColumns::relay_outbox()
+            },
+        }
+    }
+
+    #[test]
+    fn a_mapped_table_gives_its_roles_payload_type_time_and_typed_extra_columns() {
+        let mut cache = RelationCache::new(debezium_mapping());
+        debezium_table(&mut cache);
+        let vals = [
+            Some("0193a0c2-0000-7000-8000-000000000001"),
+            Some("order"),
+            Some("o-1"),
+            Some("OrderCreated"),
+            Some("plain text, ünïcode"),
+            Some("3"),
+            Some("2026-12-01 09:00:00.5+01"),
+            Some("2026-12-01 08:00:00"),
+        ];
+        let Change::Insert { relation, values } = decode(&insert(7, &vals)).unwrap() else {
+            panic!()
+        };
+        let row = cache.outbox_row(relation, values).unwrap().unwrap();
+        assert_eq!(
+            (
+                row.aggregate_type.as_str(),
+                row.aggregate_id.as_str(),
+                row.event_type.as_str()
+            ),
+            ("order", "o-1", "OrderCreated")
+        );
+        assert_eq!(row.payload(), Some("plain text, ünïcode".as_bytes()));
+        assert_eq!(row.payload_type, PayloadType::Text);
+        assert_eq!(row.time.as_deref(), Some("2026-12-01T08:00:00.500000Z"));
+        assert_eq!(
+            row.columns,
+            [
+                (
+                    "created_at".to_string(),
+                    Cell::Text("2026-12-01T08:00:00.500000Z".into())
+                ),
+                ("shard".into(), Cell::Int(3)),
+                ("local_at".into(), Cell::Int(1_796_112_000_000_000)),
+            ]
+        );
+        // A null payload is none, not an empty one; a null extra column is a null cell.
+        let mut vals = vals;
+        vals[4] = None;
+        vals[5] = None;
+        let Change::Insert { relation, values } = decode(&insert(7, &vals)).unwrap() else {
+            panic!()
+        };
+        let row = cache.outbox_row(relation, values).unwrap().unwrap();
+        assert_eq!(row.payload(), None);
+        assert_eq!(row.columns[1], ("shard".into(), Cell::Null));
+    }
+
+    #[test]
+    fn inserts_into_other_tables_of_the_publication_are_skipped() {
+        let mut cache = RelationCache::new(debezium_mapping());
+        debezium_table(&mut cache);
+        // The relay's own table name is just another table for this mapping.
+        let Change::Relation(r) = decode(&relation(8, &COLS)).unwrap() else {
+            panic!()
+        };
+        cache.learn(r);
+        let Change::Insert { relation, values } = decode(&insert(8, &row_values())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(cache.outbox_row(relation, values), Ok(None));
+        assert_eq!(cache.relation(8).map(|r| r.name.as_str()), Some("outbox"));
+    }
+
+    #[test]
+    fn a_bytea_payload_is_its_bytes_and_other_payload_types_are_refused() {
+        let typed = |payload_oid: u32| {
+            let cols: Vec<(&str, u32)> = COLS
+                .iter()
+                .map(|c| (*c, if *c == "payload" { payload_oid } else { 25 }))
+                .collect();
+            let mut cache = RelationCache::default();
+            let Change::Relation(r) = decode(&relation_of(1, "public", "outbox", &cols)).unwrap()
+            else {
+                panic!()
+            };
+            cache.learn(r);
+            cache
+        };
+        let with_payload = |cache: &RelationCache, payload: &str| {
+            let mut vals = row_values();
+            vals[4] = Some(payload);
+            let Change::Insert { relation, values } = decode(&insert(1, &vals)).unwrap() else {
+                panic!()
+            };
+            cache.outbox_row(relation, values)
+        };
+        let bytea = typed(17);
+        let row = with_payload(&bytea, "\\x00ff10Ab").unwrap().unwrap();
+        assert_eq!(
+            (row.payload, row.payload_type),
+            (vec![0, 255, 16, 171], PayloadType::Bytea)
+        );
+        assert!(matches!(
+            with_payload(&bytea, "\\x0"),
+            Err(RowError::Bytea { .. })
+        ));
+        assert!(matches!(
+            with_payload(&bytea, "\\000"),
+            Err(RowError::Bytea { .. })
+        ));
+        for (oid, ty) in [
+            (3802, PayloadType::Jsonb),
+            (114, PayloadType::Json),
+            (1043, PayloadType::Text),
+        ] {
+            let row = with_payload(&typed(oid), "{}").unwrap().unwrap();
+            assert_eq!((row.payload.as_slice(), row.payload_type), (&b"{}"[..], ty));
+        }
+        assert_eq!(
+            with_payload(&typed(2950), "{}"),
+            Err(RowError::PayloadType {
+                column: "payload".into(),
+                oid: 2950
+            })
+        );
+    }
+
+    #[test]
+    fn timestamps_read_any_offset_and_bad_text_stays_text() {
+        assert_eq!(
+            timestamp_rfc3339("2026-12-31 23:30:00-02:30").as_deref(),
+            Some("2027-01-01T02:00:00.000000Z")
+        );
+        assert_eq!(timestamp_rfc3339("12/31/2026 23:30:00 PST"), None);
+        assert_eq!(CellKind::Int.cell("x1".into()), Cell::Text("x1".into()));
     }
 
     #[test]

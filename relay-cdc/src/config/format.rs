@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use super::SourceSettings;
 use super::{key_err, ConfigError, KafkaSettings};
 use crate::format::{CloudEvents, CloudEventsMode, EventRouter, RecordFormat, TableColumns};
 
@@ -114,19 +115,25 @@ impl KafkaSettings {
             .unwrap_or(self.format)
     }
 
-    /// `source`'s record format with its options; an error names the option at fault.
-    pub fn record_format(&self, source: &str) -> Result<RecordFormat, ConfigError> {
-        self.record_format_named(self.format_name(source))
+    /// `source`'s record format with its options, over its table's columns; an error
+    /// names the option at fault.
+    pub fn record_format(&self, source: &SourceSettings) -> Result<RecordFormat, ConfigError> {
+        self.record_format_named(
+            self.format_name(&source.name),
+            &source.columns.table_columns(),
+        )
     }
 
-    /// The format `name` with the options of `[kafka.debezium]` or `[kafka.cloudevents]`.
+    /// The format `name` with the options of `[kafka.debezium]` or `[kafka.cloudevents]`,
+    /// over a table of `columns`.
     pub(super) fn record_format_named(
         &self,
         name: FormatName,
+        columns: &TableColumns,
     ) -> Result<RecordFormat, ConfigError> {
         Ok(match name {
             FormatName::Native => RecordFormat::Native,
-            FormatName::Debezium => RecordFormat::Debezium(self.event_router()?),
+            FormatName::Debezium => RecordFormat::Debezium(self.event_router(columns)?),
             FormatName::Cloudevents => RecordFormat::CloudEvents(
                 CloudEvents::new(self.cloudevents.mode, &self.cloudevents.source)
                     .map_err(|m| key_err("kafka.cloudevents.source", m))?,
@@ -134,9 +141,9 @@ impl KafkaSettings {
         })
     }
 
-    /// The `debezium` format over the relay's outbox table.
-    pub(super) fn event_router(&self) -> Result<EventRouter, ConfigError> {
-        EventRouter::from_options(&self.debezium.0, &TableColumns::relay_outbox())
+    /// The `debezium` format over a table of `columns`.
+    pub(super) fn event_router(&self, columns: &TableColumns) -> Result<EventRouter, ConfigError> {
+        EventRouter::from_options(&self.debezium.0, columns)
             .map_err(|e| key_err(format!("kafka.debezium.{}", e.option), e.message))
     }
 }

@@ -10,7 +10,8 @@
 //!   (`RELAY_SOURCES__USERS_DB__PORT`): both layers give `sources` as a map from
 //!   position to source, the environment using the position of the file's source of
 //!   that name (compared without case) or the next free one, and
-//!   [`sources_in_order`] reads that map back as the list;
+//!   [`sources_in_order`] reads that map back as the list; a source's column mapping
+//!   is one level deeper (`RELAY_SOURCES__ORDERS__COLUMNS__AGGREGATE_TYPE`);
 //! - Kafka property names contain dots (`RELAY_KAFKA__PROPERTIES__LINGER_MS` sets
 //!   `linger.ms`), which a figment key path would nest; so do Debezium's option names
 //!   (`RELAY_KAFKA__DEBEZIUM__ROUTE_BY_FIELD` sets `kafka.debezium."route.by.field"`).
@@ -195,7 +196,11 @@ impl EnvLayer {
                 return Err(env_err("empty key segment (use __ between keys)"));
             }
             let key: Vec<String> = match path.as_slice() {
-                [section, name, field] if section == "sources" => {
+                // A source's field, or one of its columns (`..__COLUMNS__AGGREGATE_TYPE`).
+                [section, name, field @ ..]
+                    if section == "sources"
+                        && (field.len() == 1 || (field.len() == 2 && field[0] == "columns")) =>
+                {
                     let file = file_sources
                         .iter()
                         .position(|n| n.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)));
@@ -212,7 +217,9 @@ impl EnvLayer {
                             position
                         }
                     };
-                    vec![section.clone(), position.to_string(), field.clone()]
+                    let mut key = vec![section.clone(), position.to_string()];
+                    key.extend(field.iter().cloned());
+                    key
                 }
                 // Kafka properties and Debezium's options are dotted names.
                 [section, sub, property]

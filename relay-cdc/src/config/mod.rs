@@ -24,7 +24,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::format::{CloudEventsSettings, DebeziumOptions, FormatName};
-pub use self::source::{Endpoint, Password, SourceSettings};
+pub use self::source::{ColumnSettings, Endpoint, Marking, Password, SourceSettings};
 pub use crate::tls::SslMode;
 
 #[derive(Debug, Error)]
@@ -459,6 +459,13 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn source<'a>(s: &'a Settings, name: &str) -> &'a SourceSettings {
+        s.sources
+            .iter()
+            .find(|x| x.name == name)
+            .expect("a source of that name")
+    }
+
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -483,6 +490,76 @@ name = "users_db"
 user = "outbox"
 database = "users_db"
 "#;
+
+    #[test]
+    fn a_table_mapping_and_its_marking_load_from_the_file_and_the_environment() {
+        let file = format!(
+            "{BASE}table = \"outboxevent\"\nmarking = \"none\"\n\n[sources.columns]\n\
+             aggregate_type = \"aggregatetype\"\naggregate_id = \"aggregateid\"\n\
+             extra = [\"tenant\"]\n"
+        );
+        let s = load_str(
+            &file,
+            &[
+                ("RELAY_SOURCES__USERS_DB__COLUMNS__EVENT_TYPE", "type"),
+                ("RELAY_SOURCES__USERS_DB__COLUMNS__EXTRA", "tenant,shard"),
+            ],
+        )
+        .unwrap();
+        let src = &s.sources[0];
+        assert_eq!(src.marking, Marking::None);
+        let t = src.outbox_table();
+        assert_eq!(
+            (t.schema.as_str(), t.name.as_str()),
+            ("public", "outboxevent")
+        );
+        assert_eq!(
+            (
+                t.columns.aggregate_type.as_str(),
+                t.columns.event_type.as_str(),
+                t.columns.payload.as_str()
+            ),
+            ("aggregatetype", "type", "payload")
+        );
+        assert_eq!(t.columns.others, ["tenant", "shard"]);
+        // The default is the relay's own table, marked by status.
+        let d = load_str(BASE, &[]).unwrap();
+        assert!(d.sources[0].columns.is_default());
+        assert_eq!(d.sources[0].marking, Marking::Status);
+    }
+
+    #[test]
+    fn a_column_mapping_that_cannot_work_is_refused_by_key() {
+        for (vars, key, says) in [
+            (
+                [("RELAY_SOURCES__USERS_DB__COLUMNS__AGGREGATE_ID", "id")],
+                "sources[0].columns.aggregate_id",
+                "already mapped as id",
+            ),
+            (
+                [("RELAY_SOURCES__USERS_DB__COLUMNS__PAYLOAD", "pay load")],
+                "sources[0].columns.payload",
+                "letters, digits",
+            ),
+            (
+                [("RELAY_SOURCES__USERS_DB__COLUMNS__EXTRA", "event_type")],
+                "sources[0].columns.extra",
+                "already mapped as event_type",
+            ),
+            (
+                [("RELAY_SOURCES__USERS_DB__MARKING", "sometimes")],
+                "marking",
+                "status",
+            ),
+        ] {
+            let e = load_str(BASE, &vars).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{e}");
+        }
+        let e = load_str(BASE, &[("RELAY_SOURCES__USERS_DB__COLUMNS__NOPE", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
 
     #[test]
     fn a_minimal_file_gets_defaults() {
@@ -797,7 +874,7 @@ database = "users_db"
         let s = load_str(BASE, &[]).unwrap();
         assert_eq!(s.kafka.format, FormatName::Native);
         assert_eq!(
-            s.kafka.record_format("users_db").unwrap(),
+            s.kafka.record_format(source(&s, "users_db")).unwrap(),
             crate::format::RecordFormat::Native
         );
         let s = load_str(
@@ -819,10 +896,11 @@ database = "users_db"
             Some("event_type")
         );
         assert!(matches!(
-            s.kafka.record_format("users_db").unwrap(),
+            s.kafka.record_format(source(&s, "users_db")).unwrap(),
             crate::format::RecordFormat::Debezium(_)
         ));
-        let crate::format::RecordFormat::CloudEvents(ce) = s.kafka.record_format("ledger").unwrap()
+        let crate::format::RecordFormat::CloudEvents(ce) =
+            s.kafka.record_format(source(&s, "ledger")).unwrap()
         else {
             panic!("ledger chose cloudevents")
         };
@@ -851,7 +929,7 @@ table.fields.additional.placement = ["event_type:header:eventType", "aggregate_t
             o["table.fields.additional.placement"],
             "event_type:header:eventType,aggregate_type:envelope"
         );
-        assert!(s.kafka.record_format("users_db").is_ok());
+        assert!(s.kafka.record_format(source(&s, "users_db")).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::format::TableColumns;
 use crate::tls::{PgTls, SslMode};
 
 /// A password: a [`SecretString`], shown as `<redacted>` in Debug output. Reading it
@@ -100,6 +101,112 @@ pub struct SourceSettings {
     /// `[kafka.debezium]` and `[kafka.cloudevents]`).
     #[serde(default)]
     pub format: Option<super::FormatName>,
+    /// Which column of `table` plays which role (`[sources.columns]`); default: the
+    /// relay's own outbox table.
+    #[serde(default)]
+    pub columns: ColumnSettings,
+    /// How published rows are marked: `status` (PROCESSED / DEAD_LETTERED, with
+    /// reconciliation, the audit and retention) or `none` (a table without a status
+    /// column, e.g. rows deleted in the writer's transaction).
+    #[serde(default)]
+    pub marking: Marking,
+}
+
+/// How the relay records, in the table, that a row was published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Marking {
+    /// `status` goes from PENDING to PROCESSED (or DEAD_LETTERED), `processed_at` is
+    /// set; what is PENDING is what the relay still owes, so a new slot reconciles,
+    /// the audit compares the table with the slot, retention deletes old rows.
+    #[default]
+    Status,
+    /// Nothing is written back: the slot's confirmed position is the only record of
+    /// progress. No reconciliation when a slot is created or lost, no audit, no
+    /// retention (see `relay-cdc check`).
+    None,
+}
+
+impl Marking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The outbox table's columns by role (`[sources.columns]`). Each defaults to the
+/// relay's own table (`sql/outbox/0001_outbox.sql`); a Debezium-shaped table says
+/// `aggregate_type = "aggregatetype"`, `aggregate_id = "aggregateid"`, `event_type = "type"`.
+/// The payload column's type (jsonb, json, text, varchar or bytea) is read from the table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ColumnSettings {
+    /// The event id: a uuid column.
+    pub id: String,
+    pub aggregate_type: String,
+    /// The Kafka key (native format).
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub payload: String,
+    /// When the event happened (a timestamp column): the time formats put in their
+    /// records (CloudEvents `time`); unset: the transaction's commit time.
+    pub timestamp: Option<String>,
+    /// Further columns formats may place (Debezium's `table.fields.additional.placement`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub extra: Vec<String>,
+}
+
+impl Default for ColumnSettings {
+    fn default() -> Self {
+        let t = TableColumns::relay_outbox();
+        Self {
+            id: t.id,
+            aggregate_type: t.aggregate_type,
+            aggregate_id: t.aggregate_id,
+            event_type: t.event_type,
+            payload: t.payload,
+            timestamp: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl ColumnSettings {
+    /// The mapping as the decoder and the formats read it.
+    pub fn table_columns(&self) -> TableColumns {
+        TableColumns {
+            id: self.id.clone(),
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            payload: self.payload.clone(),
+            timestamp: self.timestamp.clone(),
+            others: self.extra.clone(),
+        }
+    }
+
+    /// Whether this is the relay's own table shape.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Each role's key and column, the optional ones when set, then the extras.
+    pub fn named(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![
+            ("id", self.id.as_str()),
+            ("aggregate_type", self.aggregate_type.as_str()),
+            ("aggregate_id", self.aggregate_id.as_str()),
+            ("event_type", self.event_type.as_str()),
+            ("payload", self.payload.as_str()),
+        ];
+        if let Some(t) = &self.timestamp {
+            out.push(("timestamp", t.as_str()));
+        }
+        out.extend(self.extra.iter().map(|c| ("extra", c.as_str())));
+        out
+    }
 }
 
 impl std::fmt::Debug for SourceSettings {
@@ -114,6 +221,7 @@ impl std::fmt::Debug for SourceSettings {
             .field("publication", &self.publication)
             .field("sslmode", &self.sslmode)
             .field("format", &self.format)
+            .field("marking", &self.marking)
             .finish_non_exhaustive()
     }
 }
@@ -226,6 +334,15 @@ impl SourceSettings {
             .connect_timeout(Duration::from_secs(5))
             .ssl_mode(self.tls().tokio_mode());
         c
+    }
+
+    /// The outbox table this source streams, with its columns by role.
+    pub fn outbox_table(&self) -> crate::pgoutput::OutboxTable {
+        crate::pgoutput::OutboxTable {
+            schema: self.schema.clone(),
+            name: self.table.clone(),
+            columns: self.columns.table_columns(),
+        }
     }
 
     /// The TLS settings of this source's connections.

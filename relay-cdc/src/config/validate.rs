@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{key_err, ConfigError, Endpoint, Settings, FIXED_PRODUCER_PROPERTIES};
+use super::{key_err, ConfigError, Endpoint, FormatName, Settings, FIXED_PRODUCER_PROPERTIES};
+use crate::format::TableColumns;
 
 impl Settings {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -70,12 +71,23 @@ impl Settings {
         }
         // Each format in use, and the Debezium options whenever given (a typo is named
         // even while no source uses them yet).
-        self.kafka.record_format_named(self.kafka.format)?;
-        if !self.kafka.debezium.0.is_empty() {
-            self.kafka.event_router()?;
+        // Over each source's own columns; without a source in that format, over the
+        // relay's table.
+        let relay_table = TableColumns::relay_outbox();
+        let uses = |f: FormatName| {
+            self.sources
+                .iter()
+                .any(|s| self.kafka.format_name(&s.name) == f)
+        };
+        if !uses(self.kafka.format) {
+            self.kafka
+                .record_format_named(self.kafka.format, &relay_table)?;
+        }
+        if !self.kafka.debezium.0.is_empty() && !uses(FormatName::Debezium) {
+            self.kafka.event_router(&relay_table)?;
         }
         for s in &self.sources {
-            self.kafka.record_format(&s.name)?;
+            self.kafka.record_format(s)?;
         }
         for (k, v) in &self.kafka.properties {
             if FIXED_PRODUCER_PROPERTIES.contains(&k.as_str()) {
@@ -169,6 +181,20 @@ impl Settings {
                 if !valid_ident(v) {
                     return Err(key_err(key(field), "use letters, digits and _ only"));
                 }
+            }
+            let mut mapped: Vec<(&str, &str)> = Vec::new();
+            for (role, column) in s.columns.named() {
+                let field = key(&format!("columns.{role}"));
+                if !valid_ident(column) {
+                    return Err(key_err(field, "use letters, digits and _ only"));
+                }
+                if let Some((other, _)) = mapped.iter().find(|(_, c)| *c == column) {
+                    return Err(key_err(
+                        field,
+                        format!("column {column:?} is already mapped as {other}; a column plays one role (formats can place a role's column by its name)"),
+                    ));
+                }
+                mapped.push((role, column));
             }
         }
         Ok(())

@@ -507,7 +507,7 @@ fn placements(list: &str, table: &TableColumns) -> Result<Vec<Placement>, String
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{event, headers, ID};
-    use super::super::ColumnValue;
+    use super::super::Cell;
     use super::*;
 
     fn router(options: &[(&str, &str)]) -> Result<EventRouter, OptionError> {
@@ -640,13 +640,13 @@ mod tests {
         .into_iter()
         .collect();
         let r = EventRouter::from_options(&options, &table).unwrap();
-        let columns = [("shard", ColumnValue::Int(3))];
+        let columns = [("shard".to_string(), Cell::Int(3))];
         let e = OutboxEvent {
             columns: &columns,
             ..event(PAYLOAD, &[])
         };
         assert_eq!(r.record(&e).unwrap().partition, Some(3));
-        let text = [("shard", ColumnValue::Text("3"))];
+        let text = [("shard".to_string(), Cell::Text("3".into()))];
         let e = OutboxEvent {
             columns: &text,
             ..event(PAYLOAD, &[])

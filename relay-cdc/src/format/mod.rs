@@ -22,6 +22,8 @@ pub mod debezium;
 
 use thiserror::Error;
 
+pub use crate::pgoutput::Cell;
+
 pub use self::cloudevents::{CloudEvents, CloudEventsMode};
 pub use self::debezium::EventRouter;
 
@@ -41,15 +43,6 @@ impl PayloadType {
     }
 }
 
-/// The value of a column other than the mapped ones, as the decoder typed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnValue<'a> {
-    Null,
-    Text(&'a str),
-    /// An integer column (int2, int4, int8).
-    Int(i64),
-}
-
 /// One outbox event as a format reads it, borrowed from the decoded row.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxEvent<'a> {
@@ -66,8 +59,8 @@ pub struct OutboxEvent<'a> {
     pub source: &'a str,
     /// The row's own headers (trace context, its `headers` column), checked.
     pub headers: &'a [(String, String)],
-    /// Further columns by name (none today: the decoder reads the mapped columns only).
-    pub columns: &'a [(&'a str, ColumnValue<'a>)],
+    /// Further columns by name (the timestamp and extra columns of the mapping).
+    pub columns: &'a [(String, Cell)],
 }
 
 /// A Kafka record as plain data.
@@ -107,7 +100,9 @@ pub struct TableColumns {
     pub aggregate_id: String,
     pub event_type: String,
     pub payload: String,
-    /// Further columns a format may name (none for the relay's table today).
+    /// The event's time, when a column gives it.
+    pub timestamp: Option<String>,
+    /// Further columns a format may name (`[sources.columns] extra`).
     pub others: Vec<String>,
 }
 
@@ -120,6 +115,7 @@ impl TableColumns {
             aggregate_id: "aggregate_id".into(),
             event_type: "event_type".into(),
             payload: "payload".into(),
+            timestamp: None,
             others: Vec::new(),
         }
     }
@@ -138,8 +134,9 @@ impl TableColumns {
             .find(|(column, _)| column.as_str() == name)
             .map(|(_, f)| f)
             .or_else(|| {
-                self.others
+                self.timestamp
                     .iter()
+                    .chain(&self.others)
                     .any(|c| c == name)
                     .then(|| Field::Other(name.to_string()))
             })
@@ -155,6 +152,7 @@ impl TableColumns {
             &self.payload,
         ]
         .into_iter()
+        .chain(&self.timestamp)
         .chain(&self.others)
         .map(String::as_str)
         .collect()
@@ -192,9 +190,9 @@ impl<'a> OutboxEvent<'a> {
             Field::EventType => Value::Text(self.event_type),
             Field::Payload => Value::Payload(self.payload, self.payload_type),
             Field::Other(name) => match self.columns.iter().find(|(n, _)| n == name) {
-                Some((_, ColumnValue::Null)) => Value::Null,
-                Some((_, ColumnValue::Text(t))) => Value::Text(t),
-                Some((_, ColumnValue::Int(i))) => Value::Int(*i),
+                Some((_, Cell::Null)) => Value::Null,
+                Some((_, Cell::Text(t))) => Value::Text(t),
+                Some((_, Cell::Int(i))) => Value::Int(*i),
                 None => return Err(FormatError(format!("the row has no column {name}"))),
             },
         })

@@ -248,10 +248,7 @@ mod tests {
             let settings = load(&out).unwrap_or_else(|e| panic!("{what}: {e}\n{out}"));
             assert_eq!(settings.kafka.brokers, "127.0.0.1:9092");
             assert!(matches!(
-                settings
-                    .kafka
-                    .record_format(&settings.sources[0].name)
-                    .unwrap(),
+                settings.kafka.record_format(&settings.sources[0]).unwrap(),
                 crate::format::RecordFormat::Debezium(_)
             ));
             let missing = out.parse::<toml::Table>().unwrap();

@@ -73,10 +73,10 @@ use uuid::Uuid;
 pub use super::error::Found;
 use super::error::PipelineError;
 use super::housekeeping::Tasks;
-use super::reconcile::{self, ROW_COLUMNS};
+use super::reconcile;
 use super::slot::Ahead;
 use super::Pipeline;
-use crate::config::SourceSettings;
+use crate::config::{Marking, SourceSettings};
 use crate::marker::Marker;
 use crate::sink::{Event, Sink};
 use crate::source::{self, SourceError, HEARTBEAT_PREFIX};
@@ -129,14 +129,15 @@ pub async fn note(
     // Identifiers are validated by config (letters, digits, _): safe to quote. The
     // message's content is a heartbeat's, so the stream treats it as one.
     let sql = format!(
-        "with noted as (select id, created_at from \"{s}\".\"{t}\" \
+        "with noted as (select \"{id}\" as id, created_at from \"{s}\".\"{t}\" \
          where status = 'PENDING' and created_at < now() - make_interval(secs => $2) \
-         order by created_at, id limit $3) \
+         order by created_at, \"{id}\" limit $3) \
          select coalesce((select array_agg(id order by created_at, id) from noted), '{{}}'), \
          coalesce((select array_agg(created_at order by created_at, id) from noted), '{{}}'), \
          pg_logical_emit_message(false, $1, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text)::text",
         s = s.schema,
-        t = s.table
+        t = s.table,
+        id = s.columns.id,
     );
     let row = client
         .query_one(
@@ -183,6 +184,10 @@ pub fn beside_session(
     let Some(every) = p.settings.pipeline.audit_interval() else {
         return Tasks::new(vec![]);
     };
+    // Without a status column nothing is PENDING: there is nothing to compare.
+    if p.source.marking == Marking::None {
+        return Tasks::new(vec![]);
+    }
     let auditor = Auditor {
         source: p.source.clone(),
         grace: p.settings.pipeline.audit_grace(),
@@ -350,9 +355,12 @@ pub async fn publish_orphans<S: Sink>(
 ) -> Result<usize, PipelineError> {
     let name = &p.source.name;
     let sql = format!(
-        "select {ROW_COLUMNS} from \"{}\".\"{}\" o \
-         where id = any($1) and status = 'PENDING' order by created_at, id",
-        p.source.schema, p.source.table
+        "select {} from \"{}\".\"{}\" o \
+         where \"{id}\" = any($1) and status = 'PENDING' order by created_at, \"{id}\"",
+        reconcile::row_columns(&p.source),
+        p.source.schema,
+        p.source.table,
+        id = p.source.columns.id,
     );
     let counter = p.metrics.orphans.with_label_values(&[name]);
     let commit_lsn = found.round_lsn.to_string();
@@ -369,7 +377,7 @@ pub async fn publish_orphans<S: Sink>(
         }
         let events: Vec<Event> = rows
             .iter()
-            .map(|r| reconcile::event_of(r, &commit_lsn))
+            .map(|r| reconcile::event_of(r, &commit_lsn, &p.source))
             .collect();
         reconcile::publish_and_mark(p, sink, marker, &events, checkpoint, 0, &counter).await?;
         total += events.len();

@@ -49,6 +49,11 @@ pub enum PipelineError {
     /// confirmed: the slot skipped them. The next session publishes them first.
     #[error("the audit found {} row(s) the slot skipped (committed before {}, still PENDING after it was confirmed); publishing them in a new session", .0.ids.len(), .0.round_lsn)]
     Orphans(Found),
+    /// The slot is gone (missing, or invalidated by the server) and the table cannot
+    /// say what it had not delivered yet (`marking = "none"`): recreating it at the
+    /// current position would skip those events without a trace.
+    #[error("{0}")]
+    SlotLost(String),
 }
 
 impl PipelineError {
@@ -70,6 +75,7 @@ impl PipelineError {
             Self::CheckpointAhead(_) => "checkpoint_ahead",
             Self::AccessRefused(_) => "access_refused",
             Self::Orphans(_) => "orphans",
+            Self::SlotLost(_) => "slot_lost",
         }
     }
 

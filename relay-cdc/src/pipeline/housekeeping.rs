@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use crate::config::{PipelineSettings, SourceSettings};
+use crate::config::{Marking, PipelineSettings, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source;
 use crate::status::{now_unix_micros, SourceStatus, State};
@@ -38,7 +38,8 @@ impl Drop for Tasks {
     }
 }
 
-/// The tasks of one streaming session: heartbeats and lag, and retention when it is on.
+/// The tasks of one streaming session: heartbeats and lag, and retention when it is on
+/// (never under `marking = "none"`: nothing says a row was published).
 pub fn beside_session(
     source: &SourceSettings,
     pipeline: &PipelineSettings,
@@ -53,7 +54,7 @@ pub fn beside_session(
         status.clone(),
         going_away.clone(),
     ))];
-    if pipeline.retention_seconds > 0 {
+    if pipeline.retention_seconds > 0 && source.marking == Marking::Status {
         tasks.push(tokio::spawn(retention(
             source.clone(),
             pipeline.retention_seconds,

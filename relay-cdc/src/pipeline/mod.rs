@@ -83,6 +83,9 @@ pub fn next_step(e: &PipelineError) -> Next {
         PipelineError::CheckpointAhead(why) => Next::Halt {
             reason: format!("{why}; if the database was restored or replaced, delete the source's checkpoint (a tombstone for its key) and restart"),
         },
+        PipelineError::SlotLost(why) => Next::Halt {
+            reason: format!("{why}; to accept the gap, create the slot yourself (pg_create_logical_replication_slot with pgoutput) and restart: the relay then streams from its position"),
+        },
         // A standby relay took over with the same transactional id: stand by in turn.
         PipelineError::SlotBusy(_) | PipelineError::Fenced(_) => Next::StandBy,
         // Rows the slot skipped: the next session publishes them first, at once.

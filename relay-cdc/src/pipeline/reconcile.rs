@@ -29,8 +29,10 @@ use super::error::PipelineError;
 use super::poison::{self, BeforeSending, Finding, Verdict};
 use super::slot::{self, SlotOptions};
 use super::Pipeline;
+use crate::config::{Marking, SourceSettings};
+use crate::format::PayloadType;
 use crate::marker::Marker;
-use crate::pgoutput::OutboxRow;
+use crate::pgoutput::{self, OutboxRow};
 use crate::sink::{CommitMeta, Delivery, Event, Refusal, SendError, Sink};
 use crate::source::SourceError;
 
@@ -58,12 +60,21 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     let temp = slot::create_temporary(config, &slot, options.version).await?;
     let (start, snapshot) = (temp.consistent_point, temp.snapshot.clone());
     let consistent_point = start.to_string();
+    if p.source.marking == Marking::None {
+        // Nothing in the table tells a row published from one that is not.
+        tracing::warn!(source = %name, slot = %slot, consistent_point = %consistent_point, "creating the slot: marking = \"none\", so rows written before it are not published (there is no PENDING state to reconcile); streaming from its consistent point");
+        return slot::make_permanent(client, temp, &slot, options, name).await;
+    }
     tracing::info!(source = %name, slot = %temp.name, consistent_point = %consistent_point, "reconciling rows left PENDING before the slot");
 
     let sql = format!(
-        "select {ROW_COLUMNS} from \"{}\".\"{}\" o \
-         where status = 'PENDING' and (created_at, id) > ($1, $2) order by created_at, id limit {PAGE_ROWS}",
-        p.source.schema, p.source.table
+        "select {} from \"{}\".\"{}\" o \
+         where status = 'PENDING' and (created_at, \"{id}\") > ($1, $2) \
+         order by created_at, \"{id}\" limit {PAGE_ROWS}",
+        row_columns(&p.source),
+        p.source.schema,
+        p.source.table,
+        id = p.source.columns.id,
     );
     client
         .batch_execute("begin isolation level repeatable read read only")
@@ -88,7 +99,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
         after = (last.get(5), last.get(0));
         let events: Vec<Event> = page
             .iter()
-            .map(|r| event_of(r, &consistent_point))
+            .map(|r| event_of(r, &consistent_point, &p.source))
             .collect();
         let newest = page
             .iter()
@@ -114,30 +125,84 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     slot::make_permanent(client, temp, &slot, options, name).await
 }
 
-/// The columns [`event_of`] reads, in its order, from a table aliased `o`. The trace
-/// context and headers columns are optional (migration 0005): read through the row's
-/// JSON, they are null where the table has none.
-pub(super) const ROW_COLUMNS: &str = "id, aggregate_type, aggregate_id, event_type, payload::text, created_at, \
-     to_jsonb(o) ->> 'traceparent', to_jsonb(o) ->> 'tracestate', nullif(to_jsonb(o) -> 'headers', 'null')::text";
+/// The columns [`event_of`] reads, in its order, from `source`'s table aliased `o`: the
+/// roles as `[sources.columns]` names them, `created_at`, the trace context and headers
+/// columns (optional, migration 0005: read through the row's JSON, null where the table
+/// has none), the payload's type, then each further column with its type.
+pub(super) fn row_columns(source: &SourceSettings) -> String {
+    let c = &source.columns;
+    let q = |n: &str| format!("o.\"{n}\"");
+    let mut sql = format!(
+        "{}, {}::text, {}::text, {}::text, {}::text, o.created_at, \
+         to_jsonb(o) ->> 'traceparent', to_jsonb(o) ->> 'tracestate', \
+         nullif(to_jsonb(o) -> 'headers', 'null')::text, pg_typeof({})::oid",
+        q(&c.id),
+        q(&c.aggregate_type),
+        q(&c.aggregate_id),
+        q(&c.event_type),
+        q(&c.payload),
+        q(&c.payload),
+    );
+    for column in c.timestamp.iter().chain(&c.extra) {
+        sql.push_str(&format!(
+            ", {}::text, pg_typeof({})::oid",
+            q(column),
+            q(column)
+        ));
+    }
+    sql
+}
 
-/// The event of an outbox row read with [`ROW_COLUMNS`]; `commit_lsn` stands for the
-/// commit position the row's record names (the stream's is not known here).
-pub(super) fn event_of(r: &tokio_postgres::Row, commit_lsn: &str) -> Event {
+/// The event of an outbox row read with [`row_columns`], mapped as the stream maps the
+/// same row ([`crate::pgoutput`]); `commit_lsn` stands for the commit position the
+/// row's record names (the stream's is not known here). A payload the decoder could
+/// not read makes the row poison.
+pub(super) fn event_of(
+    r: &tokio_postgres::Row,
+    commit_lsn: &str,
+    source: &SourceSettings,
+) -> Event {
     let id: Uuid = r.get(0);
     let created_at: chrono::DateTime<chrono::Utc> = r.get(5);
-    Event {
-        row: OutboxRow::new(
-            id.to_string(),
-            r.get(1),
-            r.get(2),
-            r.get(3),
-            r.get::<_, String>(4).into_bytes(),
-        )
+    let mut row = OutboxRow::new(id.to_string(), r.get(1), r.get(2), r.get(3), Vec::new())
         .with_metadata(
             r.get(6),
             r.get(7),
             r.get::<_, Option<String>>(8).as_deref().map(str::as_bytes),
-        ),
+        );
+    let payload: Option<String> = r.get(4);
+    let payload_oid: u32 = r.get(9);
+    match pgoutput::payload_type(payload_oid) {
+        Some(ty) => row.payload_type = ty,
+        None => {
+            row.unsendable = Some(format!(
+                "payload column {} has type oid {payload_oid}: relay-cdc reads jsonb, json, text, varchar or bytea",
+                source.columns.payload
+            ))
+        }
+    }
+    match payload {
+        None => row.payload_null = true,
+        Some(text) if row.payload_type == PayloadType::Bytea => {
+            match pgoutput::bytea_hex(text.as_bytes()) {
+                Ok(bytes) => row.payload = bytes,
+                Err(why) => {
+                    row.unsendable = Some(format!("column {}: {why}", source.columns.payload))
+                }
+            }
+        }
+        Some(text) => row.payload = text.into_bytes(),
+    }
+    let c = &source.columns;
+    for (i, name) in c.timestamp.iter().chain(&c.extra).enumerate() {
+        let cell = pgoutput::cell(r.get(11 + 2 * i), r.get(10 + 2 * i));
+        if c.timestamp.as_ref() == Some(name) {
+            row.time = pgoutput::cell_time(&cell);
+        }
+        row.columns.push((name.clone(), cell));
+    }
+    Event {
+        row,
         commit: CommitMeta {
             lsn: commit_lsn.to_string(),
             time: created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

@@ -118,6 +118,7 @@ pub async fn run(
         poison: p.settings.kafka.poison,
         shutdown_timeout: p.settings.pipeline.shutdown_timeout(),
         skip_before,
+        table: p.source.outbox_table(),
     };
     let mut streamer = Streamer::new(
         cfg,
@@ -145,9 +146,15 @@ pub async fn run(
 /// record (the checkpoint topic under exactly-once) prepared.
 async fn kafka_sink(p: &Pipeline) -> Result<KafkaSink, PipelineError> {
     let name = &p.source.name;
+    // Validated at load: an error here is a configuration made without `Settings::load`.
+    let format = p
+        .settings
+        .kafka
+        .record_format(&p.source)
+        .map_err(|e| PipelineError::Kafka(e.to_string()))?;
     match p.settings.kafka.delivery {
         DeliveryMode::AtLeastOnce => {
-            let sink = KafkaSink::new(&p.settings.kafka, name, &p.metrics)
+            let sink = KafkaSink::new(&p.settings.kafka, name, format, &p.metrics)
                 .map_err(|e| PipelineError::Kafka(e.to_string()))?;
             // Brokers that refuse the relay (TLS, SASL) halt it by name, before it
             // streams records that could only wait.
@@ -157,14 +164,19 @@ async fn kafka_sink(p: &Pipeline) -> Result<KafkaSink, PipelineError> {
             Ok(sink)
         }
         DeliveryMode::ExactlyOnce => {
-            let sink =
-                KafkaSink::transactional(&p.settings.kafka, name, &p.source.database, &p.metrics)
-                    .await
-                    .map_err(|e| match e {
-                        TxnError::Fenced(why) => PipelineError::Fenced(why),
-                        TxnError::Refused(why) => PipelineError::AccessRefused(why),
-                        TxnError::Other(why) => PipelineError::Kafka(why),
-                    })?;
+            let sink = KafkaSink::transactional(
+                &p.settings.kafka,
+                name,
+                &p.source.database,
+                format,
+                &p.metrics,
+            )
+            .await
+            .map_err(|e| match e {
+                TxnError::Fenced(why) => PipelineError::Fenced(why),
+                TxnError::Refused(why) => PipelineError::AccessRefused(why),
+                TxnError::Other(why) => PipelineError::Kafka(why),
+            })?;
             // Before any transaction: the producer would otherwise auto-create it, not compacted.
             sink.prepare_checkpoint_topic(&p.settings.kafka.checkpoint_topic)
                 .await

@@ -11,7 +11,7 @@ use pgwire_replication::{
 };
 
 use super::error::PipelineError;
-use crate::config::{Endpoint, SourceSettings};
+use crate::config::{Endpoint, Marking, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source::{self, SlotState, SourceError};
 
@@ -62,12 +62,23 @@ pub async fn look_up(
     let slot = source.slot_name();
     let mut state = source::slot_state(client, &slot).await?;
     let mut ahead = None;
+    let unmarked = source.marking == Marking::None;
     if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
+        if unmarked {
+            return Err(PipelineError::SlotLost(format!(
+                "slot {slot} was invalidated by the server ({reason}) and marking = \"none\": the events it had not delivered cannot be found in the table"
+            )));
+        }
         tracing::warn!(source = %name, slot = %slot, reason = %reason, "slot was invalidated by the server; recreating it");
         source::drop_slot(client, &slot).await?;
         state = None;
     }
     match slot_finding(state.as_ref(), confirmed_before) {
+        SlotFinding::Missing if unmarked => {
+            return Err(PipelineError::SlotLost(format!(
+                "the slot {slot} this relay streamed from (confirmed up to {confirmed_before}) is missing on {primary} and marking = \"none\": the events it had not delivered cannot be found in the table"
+            )));
+        }
         SlotFinding::Missing => {
             metrics.slot_recreated.with_label_values(&[name]).inc();
             tracing::error!(

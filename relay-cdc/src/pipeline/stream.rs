@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::progress::Progress;
 use crate::marker::{Confirmed, MarkItem};
-use crate::pgoutput::{self, Change, RelationCache};
+use crate::pgoutput::{self, Change, OutboxTable, RelationCache};
 use crate::sink::{CommitMeta, Event};
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01; this converts to Unix time.
@@ -95,10 +95,10 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, table: OutboxTable) -> Self {
         Self {
             limits,
-            relations: RelationCache::default(),
+            relations: RelationCache::new(table),
             txn: None,
             units: VecDeque::new(),
             next_seq: 0,
@@ -136,7 +136,9 @@ impl StreamState {
             }
             Change::Insert { relation, values } => {
                 let txn = self.txn.as_ref().ok_or(StreamError::OutsideTransaction)?;
-                let row = self.relations.outbox_row(relation, values)?;
+                let Some(row) = self.relations.outbox_row(relation, values)? else {
+                    return Ok(None);
+                };
                 Ok(Some(Event {
                     row,
                     commit: txn.meta.clone(),
@@ -346,7 +348,7 @@ mod tests {
 
     #[test]
     fn confirmation_follows_commit_order() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         let (a, _) = txn(&mut s, 0x100, 1, "{}");
         let (b, _) = txn(&mut s, 0x200, 1, "{}");
         assert_eq!(
@@ -367,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_never_overtakes_a_transaction() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         s.on_begin(lsn(0x0ff), 0);
         assert_eq!(
             s.on_heartbeat(lsn(0x150), 1, Instant::now()),
@@ -390,11 +392,14 @@ mod tests {
     #[test]
     fn small_records_are_bounded_by_memory_not_only_by_count() {
         // A memory bound of two records' overhead, far below the count bound.
-        let mut s = StreamState::new(Limits {
-            max_records: 1000,
-            max_bytes: 2 * crate::sink::RECORD_OVERHEAD_BYTES,
-            max_record_bytes: 100,
-        });
+        let mut s = StreamState::new(
+            Limits {
+                max_records: 1000,
+                max_bytes: 2 * crate::sink::RECORD_OVERHEAD_BYTES,
+                max_record_bytes: 100,
+            },
+            OutboxTable::default(),
+        );
         txn(&mut s, 0x100, 1, "{}");
         assert!(s.has_room(), "one tiny record is under the memory bound");
         txn(&mut s, 0x200, 1, "{}");
@@ -406,7 +411,7 @@ mod tests {
 
     #[test]
     fn bounds_apply_between_transactions_only() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         s.on_begin(lsn(0x0ff), 0);
         s.on_data(&relation(1, &COLS)).unwrap();
         for _ in 0..10 {
@@ -440,7 +445,7 @@ mod tests {
 
     #[test]
     fn an_oversized_record_is_poison_by_the_relays_own_bound() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         let (_, events) = txn(&mut s, 0x100, 1, "{}");
         assert_eq!(s.unsendable(&events[0]), None);
         let mut big = events[0].clone();
@@ -457,7 +462,7 @@ mod tests {
 
     #[test]
     fn a_row_with_invalid_headers_is_poison_not_sent_without_them() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         let (_, events) = txn(&mut s, 0x100, 1, "{}");
         let bad = events[0].clone();
         let bad = Event {
@@ -470,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_dead_lettered_row_is_marked_dead_not_processed_and_still_released() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         let (seq, events) = txn(&mut s, 0x100, 2, "{}");
         s.on_dead_lettered(seq, &events[0].row.id).unwrap();
         assert!(s.is_dead_lettered(seq, &events[0].row.id));
@@ -487,7 +492,7 @@ mod tests {
 
     #[test]
     fn an_insert_outside_a_transaction_is_an_error() {
-        let mut s = StreamState::new(limits());
+        let mut s = StreamState::new(limits(), OutboxTable::default());
         s.on_data(&relation(1, &COLS)).unwrap();
         let id = Uuid::new_v4().to_string();
         let data = insert(1, &[Some(&id), Some("t"), Some("k"), Some("E"), Some("{}")]);

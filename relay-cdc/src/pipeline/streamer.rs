@@ -22,6 +22,7 @@ use super::stream::{Limits, StreamState};
 use crate::config::PoisonPolicy;
 use crate::marker::{Confirmed, MarkerLink};
 use crate::metrics::StreamMeters;
+use crate::pgoutput::OutboxTable;
 use crate::sink::{Delivery, Event, PrepareError, Preparing, Refusal, SendError, Sink, StuckCheck};
 use crate::source::HEARTBEAT_PREFIX;
 use crate::status::{now_unix_micros, SourceStatus};
@@ -36,6 +37,8 @@ pub struct StreamConfig {
     /// Exactly-once: the checkpoint's end LSN; transactions that committed before it
     /// are in Kafka already and are only marked and confirmed.
     pub skip_before: Option<Lsn>,
+    /// The outbox table the stream carries (other tables' inserts are skipped).
+    pub table: OutboxTable,
 }
 
 /// An event waiting to be enqueued (back-pressure or a topic being prepared).
@@ -111,7 +114,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         meters.in_flight.set(0);
         meters.in_flight_bytes.set(0);
         Self {
-            state: StreamState::new(cfg.limits),
+            state: StreamState::new(cfg.limits, cfg.table.clone()),
             cfg,
             wal,
             sink,
@@ -838,6 +841,7 @@ mod tests {
             poison,
             shutdown_timeout: Duration::from_millis(500),
             skip_before: None,
+            table: OutboxTable::default(),
         }
     }
 

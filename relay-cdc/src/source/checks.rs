@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::wal::{slot_state, version_num, wants_failover, SlotState, FAILOVER_SLOTS_SINCE};
 use super::{connect_with, server_roles, SourceError};
-use crate::config::{Endpoint, SourceSettings};
+use crate::config::{Endpoint, Marking, SourceSettings};
 
 /// One prerequisite and whether it holds; a warning does not stop the relay but says
 /// what is not protected (e.g. a failover that could lose the slot).
@@ -79,6 +79,10 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
             Err(why) => why,
         },
     });
+
+    if s.marking == Marking::None {
+        out.extend(unmarked_checks(client, s).await?);
+    }
 
     let slot = slot_state(client, &s.slot_name()).await?;
     let free_slots: i64 = client
@@ -345,21 +349,24 @@ async fn privileges(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, S
     let table = format!("\"{}\".\"{}\"", s.schema, s.table);
     let row = client
         .query_one(
+            // The status columns exist only under `marking = "status"` ($3); CASE does
+            // not evaluate the branch it does not take.
             "select has_schema_privilege($1, 'USAGE'), has_table_privilege($2, 'SELECT'), \
-                    has_column_privilege($2, 'status', 'UPDATE'), \
-                    has_column_privilege($2, 'processed_at', 'UPDATE'), \
+                    case when $3 then has_column_privilege($2, 'status', 'UPDATE') else true end, \
+                    case when $3 then has_column_privilege($2, 'processed_at', 'UPDATE') else true end, \
                     has_table_privilege($2, 'DELETE')",
-            &[&s.schema, &table],
+            &[&s.schema, &table, &(s.marking == Marking::Status)],
         )
         .await?;
     let mut missing = Vec::new();
-    for (i, what) in [
-        (0, format!("USAGE on schema {}", s.schema)),
-        (1, "SELECT".to_string()),
-        (2, "UPDATE (status)".to_string()),
-        (3, "UPDATE (processed_at)".to_string()),
+    let marks = s.marking == Marking::Status;
+    for (i, what, needed) in [
+        (0, format!("USAGE on schema {}", s.schema), true),
+        (1, "SELECT".to_string(), marks),
+        (2, "UPDATE (status)".to_string(), marks),
+        (3, "UPDATE (processed_at)".to_string(), marks),
     ] {
-        if !row.get::<_, bool>(i) {
+        if needed && !row.get::<_, bool>(i) {
             missing.push(what);
         }
     }
@@ -377,7 +384,7 @@ async fn privileges(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, S
             )
         },
     }];
-    if !row.get::<_, bool>(4) {
+    if marks && !row.get::<_, bool>(4) {
         out.push(Check {
             what: format!("DELETE on {}.{}", s.schema, s.table),
             warn: true,
@@ -389,6 +396,37 @@ async fn privileges(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, S
         });
     }
     Ok(out)
+}
+
+/// Under `marking = "none"`: the publication must not carry the deletes of rows
+/// removed in the writer's transaction (the relay skips them, but the walsender decodes
+/// and sends each), and what the relay cannot guarantee without a status column.
+async fn unmarked_checks(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, SourceError> {
+    let deletes = client
+        .query_opt(
+            "select pubdelete or pubupdate or pubtruncate from pg_publication where pubname = $1",
+            &[&s.publication],
+        )
+        .await?
+        .is_some_and(|r| r.get::<_, bool>(0));
+    Ok(vec![
+        Check {
+            what: format!("publication {} publishes inserts only", s.publication),
+            warn: deletes,
+            ok: true,
+            detail: if deletes {
+                format!("it also publishes deletes, updates or truncates: every row deleted in the writer's transaction is decoded and sent for nothing; alter publication {} set (publish = 'insert')", s.publication)
+            } else {
+                "ok".into()
+            },
+        },
+        Check {
+            what: "marking = \"none\": what the relay cannot guarantee".into(),
+            warn: true,
+            ok: true,
+            detail: "the slot's confirmed position is the only record of progress: rows written before the slot was created are not published (no reconciliation of PENDING rows); a lost or invalidated slot halts the relay instead of being recreated (nothing can say which events it had not delivered); no audit of the table against the slot; no retention (delete rows yourself, e.g. in the writer's transaction)".into(),
+        },
+    ])
 }
 
 async fn table_shape(
@@ -409,18 +447,43 @@ async fn table_shape(
         )));
     }
     let cols: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let need: [(&str, &[&str]); 6] = [
-        ("id", &["uuid"]),
-        ("aggregate_type", &["text", "character varying"]),
-        ("aggregate_id", &["text", "character varying"]),
-        ("event_type", &["text", "character varying"]),
-        ("payload", &["jsonb", "json"]),
-        ("status", &["text", "character varying"]),
+    const TEXT: &[&str] = &["text", "character varying"];
+    const TIME: &[&str] = &["timestamp with time zone", "timestamp without time zone"];
+    let c = &s.columns;
+    let mut need: Vec<(&str, &[&str])> = vec![
+        (&c.id, &["uuid"]),
+        (&c.aggregate_type, TEXT),
+        (&c.aggregate_id, TEXT),
+        (&c.event_type, TEXT),
+        (
+            &c.payload,
+            &[
+                "jsonb",
+                "json",
+                "text",
+                "character varying",
+                "character",
+                "bytea",
+            ],
+        ),
     ];
+    if let Some(t) = &c.timestamp {
+        need.push((t, TIME));
+    }
+    // Extra columns may be of any type (integers and timestamps are typed, others text).
+    need.extend(c.extra.iter().map(|e| (e.as_str(), &[][..])));
+    if s.marking == Marking::Status {
+        need.extend([
+            ("status", TEXT),
+            ("created_at", TIME),
+            ("processed_at", TIME),
+        ]);
+    }
     let mut problems = Vec::new();
     for (name, types) in need {
         match cols.iter().find(|(c, _)| c == name) {
             None => problems.push(format!("missing column {name}")),
+            Some(_) if types.is_empty() => {}
             Some((_, t)) if !types.contains(&t.as_str()) => problems.push(format!(
                 "column {name} is {t}, expected {}",
                 types.join(" or ")

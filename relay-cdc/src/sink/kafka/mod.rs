@@ -78,11 +78,13 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// An idempotent sink; the producer's cluster errors are counted in `metrics`.
-    pub fn new(kafka: &KafkaSettings, source: &str, metrics: &Metrics) -> Result<Self, KafkaError> {
-        // Validated at load: an error here is a configuration made without `Settings::load`.
-        let format = kafka
-            .record_format(source)
-            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    /// `format` is the source's record format ([`KafkaSettings::record_format`]).
+    pub fn new(
+        kafka: &KafkaSettings,
+        source: &str,
+        format: RecordFormat,
+        metrics: &Metrics,
+    ) -> Result<Self, KafkaError> {
         let admin = kafka.client_config(&format!("relay-cdc-{source}-admin"));
         let context = ClusterContext::new(metrics, source);
         let reachability = context.reachability();

@@ -14,7 +14,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 
 use super::KafkaSink;
-use crate::format::{FormatError, KafkaRecord, OutboxEvent, PayloadType};
+use crate::format::{FormatError, KafkaRecord, OutboxEvent};
 use crate::pgoutput::OutboxRow;
 use crate::sink::{CommitMeta, Delivery, Event, SendError};
 
@@ -47,22 +47,22 @@ pub fn headers(event: &Event, source: &str) -> OwnedHeaders {
     hs
 }
 
-/// A format's view of `event` from `source`.
-///
-/// The payload is taken as jsonb (the relay's table, `sql/outbox/0001_outbox.sql`): the
-/// decoder does not carry the column's type yet, nor columns beyond the mapped ones.
+/// A format's view of `event` from `source`: the row's roles, its payload with the
+/// column's type, the time (the table's timestamp column, else the commit time) and
+/// the further mapped columns.
 pub fn outbox_event<'a>(event: &'a Event, source: &'a str) -> OutboxEvent<'a> {
+    let row = &event.row;
     OutboxEvent {
-        id: &event.row.id,
-        aggregate_type: &event.row.aggregate_type,
-        aggregate_id: &event.row.aggregate_id,
-        event_type: &event.row.event_type,
-        payload: Some(&event.row.payload),
-        payload_type: PayloadType::Jsonb,
-        time: &event.commit.time,
+        id: &row.id,
+        aggregate_type: &row.aggregate_type,
+        aggregate_id: &row.aggregate_id,
+        event_type: &row.event_type,
+        payload: row.payload(),
+        payload_type: row.payload_type,
+        time: row.time.as_deref().unwrap_or(&event.commit.time),
         source,
-        headers: &event.row.headers,
-        columns: &[],
+        headers: &row.headers,
+        columns: &row.columns,
     }
 }
 

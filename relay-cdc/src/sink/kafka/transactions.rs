@@ -8,6 +8,7 @@
 //! commit, so a PostgreSQL transaction is never split; the unit deliveries handed out by
 //! `end_transaction` resolve only once the commit succeeded.
 
+use crate::format::RecordFormat;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,10 +114,11 @@ impl KafkaSink {
         kafka: &KafkaSettings,
         source: &str,
         database: &str,
+        format: RecordFormat,
         metrics: &Metrics,
     ) -> Result<Self, TxnError> {
-        let mut sink =
-            Self::new(kafka, source, metrics).map_err(|e| TxnError::Other(e.to_string()))?;
+        let mut sink = Self::new(kafka, source, format, metrics)
+            .map_err(|e| TxnError::Other(e.to_string()))?;
         let context = ClusterContext::new(metrics, source);
         sink.reachability = context.reachability();
         sink.producer = transactional_config(kafka, source)
