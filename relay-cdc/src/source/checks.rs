@@ -433,10 +433,13 @@ async fn table_shape(
     client: &Client,
     s: &SourceSettings,
 ) -> Result<Result<(), String>, SourceError> {
+    // pg_attribute, not information_schema.columns: the latter shows only the columns
+    // the role holds a privilege on, and under `marking = "none"` the relay needs none.
     let rows = client
         .query(
-            "select column_name::text, data_type::text from information_schema.columns \
-             where table_schema = $1 and table_name = $2",
+            "select a.attname::text, format_type(a.atttypid, null) from pg_attribute a \
+             join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = $1 and c.relname = $2 and a.attnum > 0 and not a.attisdropped",
             &[&s.schema, &s.table],
         )
         .await?;

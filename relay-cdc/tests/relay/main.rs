@@ -7,6 +7,7 @@ mod failover;
 mod faults;
 mod formats;
 mod helpers;
+mod mapped;
 mod secured;
 
 use std::collections::{HashMap, HashSet};
