@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod message;
 pub mod record;
 
 /// Kafka header names carried by every record relay-cdc publishes.
@@ -72,25 +73,7 @@ impl TraceContext {
     /// `ff` and all-zero ids are invalid; `tracestate` is at most 512 printable ASCII
     /// characters. A receiver ignores an invalid context rather than failing.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<Self, String> {
-        let parts: Vec<&str> = traceparent.split('-').collect();
-        let hex = |s: &str, n: usize| {
-            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        let zero = |s: &str| s.bytes().all(|b| b == b'0');
-        match parts.as_slice() {
-            [v, t, p, f]
-                if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2) && *v != "ff" =>
-            {
-                if zero(t) || zero(p) {
-                    return Err("traceparent has an all-zero trace or parent id".into());
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "traceparent {traceparent:?} is not version-traceid-parentid-flags in lower-case hex"
-                ))
-            }
-        }
+        check_traceparent(traceparent)?;
         if let Some(state) = tracestate {
             check_tracestate(state)?;
         }
@@ -104,6 +87,32 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+}
+
+/// Whether `traceparent` is a W3C `traceparent` as [`TraceContext::parse`] reads it:
+/// `vv-<32 hex>-<16 hex>-ff` in lower case, not version `ff`, no all-zero id. Allocates
+/// nothing unless it fails (the envelope decoder runs it per event).
+pub fn check_traceparent(traceparent: &str) -> Result<(), String> {
+    let b = traceparent.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let shaped = b.len() == 55
+        && [2, 35, 52].iter().all(|&i| b[i] == b'-')
+        && hex(0..2)
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && &b[0..2] != b"ff";
+    if !shaped {
+        return Err(format!(
+            "traceparent {traceparent:?} is not version-traceid-parentid-flags in lower-case hex"
+        ));
+    }
+    let zero = |r: std::ops::Range<usize>| b[r].iter().all(|&c| c == b'0');
+    if zero(3..35) || zero(36..52) {
+        return Err("traceparent has an all-zero trace or parent id".into());
+    }
+    Ok(())
 }
 
 /// Whether `state` can be a `tracestate`: at most 512 printable ASCII characters.
