@@ -13,13 +13,29 @@
 //!
 //! [`record`] is the row → record mapping itself, as plain data: relay-cdc's Kafka sink
 //! and the services' tests that publish the way the relay does share it.
+//!
+//! ## Rows or messages
+//!
+//! A writer may also hand its events to the relay without a table: as transactional
+//! logical decoding messages (`pg_logical_emit_message(true, prefix, envelope)`), which
+//! PostgreSQL decodes at commit, in commit order, and drops with a rolled-back
+//! transaction. [`Capture`] says which (`table`, the default, or `messages[:<prefix>]`);
+//! [`write()`] and [`write_all()`] write either way in the caller's transaction and return
+//! the event ids. [`message`] owns the envelope: its byte layout (the contract with
+//! the relay and any other writer), [`message::encode`] and the zero-copy
+//! [`message::decode`]. An envelope holds exactly what a row could: [`message::encode`]
+//! applies the table's checks. [`insert`] and [`insert_all`] stay table-only.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod capture;
+pub mod message;
 pub mod record;
+
+pub use capture::{Capture, CaptureParseError};
 
 /// Kafka header names carried by every record relay-cdc publishes.
 pub mod headers {
@@ -72,25 +88,7 @@ impl TraceContext {
     /// `ff` and all-zero ids are invalid; `tracestate` is at most 512 printable ASCII
     /// characters. A receiver ignores an invalid context rather than failing.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<Self, String> {
-        let parts: Vec<&str> = traceparent.split('-').collect();
-        let hex = |s: &str, n: usize| {
-            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        let zero = |s: &str| s.bytes().all(|b| b == b'0');
-        match parts.as_slice() {
-            [v, t, p, f]
-                if hex(v, 2) && hex(t, 32) && hex(p, 16) && hex(f, 2) && *v != "ff" =>
-            {
-                if zero(t) || zero(p) {
-                    return Err("traceparent has an all-zero trace or parent id".into());
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "traceparent {traceparent:?} is not version-traceid-parentid-flags in lower-case hex"
-                ))
-            }
-        }
+        check_traceparent(traceparent)?;
         if let Some(state) = tracestate {
             check_tracestate(state)?;
         }
@@ -104,6 +102,32 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+}
+
+/// Whether `traceparent` is a W3C `traceparent` as [`TraceContext::parse`] reads it:
+/// `vv-<32 hex>-<16 hex>-ff` in lower case, not version `ff`, no all-zero id. Allocates
+/// nothing unless it fails (the envelope decoder runs it per event).
+pub fn check_traceparent(traceparent: &str) -> Result<(), String> {
+    let b = traceparent.as_bytes();
+    let hex =
+        |r: std::ops::Range<usize>| b[r].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let shaped = b.len() == 55
+        && [2, 35, 52].iter().all(|&i| b[i] == b'-')
+        && hex(0..2)
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && &b[0..2] != b"ff";
+    if !shaped {
+        return Err(format!(
+            "traceparent {traceparent:?} is not version-traceid-parentid-flags in lower-case hex"
+        ));
+    }
+    let zero = |r: std::ops::Range<usize>| b[r].iter().all(|&c| c == b'0');
+    if zero(3..35) || zero(36..52) {
+        return Err("traceparent has an all-zero trace or parent id".into());
+    }
+    Ok(())
 }
 
 /// Whether `state` can be a `tracestate`: at most 512 printable ASCII characters.
@@ -198,12 +222,83 @@ pub fn new_event_id() -> Uuid {
 }
 
 #[cfg(feature = "store")]
-pub use store::{insert, insert_all};
+pub use store::{insert, insert_all, write, write_all, WriteError};
 
 #[cfg(feature = "store")]
 mod store {
-    use super::{new_event_id, NewEvent};
+    use super::{message, new_event_id, Capture, NewEvent};
     use uuid::Uuid;
+
+    /// Why [`write_all`] wrote nothing.
+    #[derive(Debug, thiserror::Error)]
+    pub enum WriteError {
+        /// An event breaks a rule of the outbox (message mode checks before writing; in
+        /// table mode the table's checks refuse it as a [`WriteError::Database`] error).
+        #[error("event {index} cannot be written: {source}")]
+        Event {
+            /// The event's index in the slice given.
+            index: usize,
+            #[source]
+            source: message::EnvelopeError,
+        },
+        #[error(transparent)]
+        Database(#[from] sqlx::Error),
+    }
+
+    /// Writes `event` the way `capture` says on `conn` and returns its event id; see
+    /// [`write_all`].
+    pub async fn write(
+        conn: &mut sqlx::PgConnection,
+        capture: &Capture,
+        event: &NewEvent,
+    ) -> Result<Uuid, WriteError> {
+        let ids = write_all(conn, capture, std::slice::from_ref(event)).await?;
+        Ok(ids[0])
+    }
+
+    /// Writes `events` the way `capture` says, in one statement on `conn`, and returns
+    /// their event ids in the order given: as outbox rows ([`insert_all`]) or as one
+    /// transactional logical decoding message each, with the capture's prefix and the
+    /// event's [`message`] envelope as content.
+    ///
+    /// Either way the events reach the WAL, and so the relay, in the order given, and
+    /// commit or roll back with the caller's transaction: pass the connection of the
+    /// transaction that makes the state change. Outside a transaction each statement
+    /// commits on its own. In message mode an event that breaks a rule of the outbox
+    /// fails the call before anything is written.
+    pub async fn write_all(
+        conn: &mut sqlx::PgConnection,
+        capture: &Capture,
+        events: &[NewEvent],
+    ) -> Result<Vec<Uuid>, WriteError> {
+        let prefix = match capture {
+            Capture::Table => return Ok(insert_all(conn, events).await?),
+            Capture::Messages { prefix } => prefix,
+        };
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = events.iter().map(|_| new_event_id()).collect();
+        let envelopes = ids
+            .iter()
+            .zip(events)
+            .enumerate()
+            .map(|(index, (id, event))| {
+                message::encode(*id, event).map_err(|source| WriteError::Event { index, source })
+            })
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        // `with ordinality` + `order by`: messages are emitted (and reach the WAL) in
+        // array order, as the table's rows are inserted.
+        sqlx::query(
+            "select pg_logical_emit_message(true, $1, m) \
+             from unnest($2::bytea[]) with ordinality as e (m, n) order by n",
+        )
+        .bind(prefix)
+        .bind(&envelopes)
+        .execute(conn)
+        .await?;
+        Ok(ids)
+    }
 
     /// Writes `event` as a `PENDING` outbox row on `conn` and returns its event id.
     ///
