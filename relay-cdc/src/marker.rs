@@ -26,7 +26,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
-use crate::config::{Marking, PipelineSettings, SourceSettings};
+use crate::config::{PipelineSettings, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source;
 
@@ -163,7 +163,7 @@ impl Marker {
     /// Under `marking = "none"` nothing is written: the batch only keeps the
     /// confirmations in commit order.
     async fn mark_batch(&self, client: Option<MarkConn>, batch: &Batch) -> Option<MarkConn> {
-        if self.source.marking == Marking::None {
+        if !self.source.marks_rows() {
             return client;
         }
         let client = if batch.ids.is_empty() {

@@ -37,6 +37,7 @@ pub const KAFKA_TRANSIENT_ERRORS: &str = "relay_kafka_transient_errors_total";
 pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
 pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
 pub const ORPHANS: &str = "relay_orphans_total";
+pub const MESSAGES_IGNORED: &str = "relay_messages_ignored_total";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub events_published: IntCounterVec,
     pub publish_failures: IntCounterVec,
+    /// Logical decoding messages that are not events: another prefix, or not
+    /// transactional (the relay's own heartbeats are not counted).
+    pub messages_ignored: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub records_in_flight: IntGaugeVec,
     pub bytes_in_flight: IntGaugeVec,
@@ -206,6 +210,11 @@ impl Metrics {
                 "Records Kafka refused: kind poison (never acceptable) or delivery (pipeline rebuilt)",
                 &["source", "kind"],
             ),
+            messages_ignored: counter(
+                MESSAGES_IGNORED,
+                "Logical decoding messages that are not events: reason prefix (another prefix) or non_transactional (an event must commit with its transaction); heartbeats are not counted",
+                &["source", "reason"],
+            ),
             dead_lettered: counter(
                 DEAD_LETTERED,
                 "Poison records sent to the dead-letter topic",
@@ -322,6 +331,8 @@ pub struct StreamMeters {
     pub backlog: prometheus::IntGauge,
     pub skipped: prometheus::IntCounter,
     pub producer_replaced: prometheus::IntCounter,
+    pub ignored_prefix: prometheus::IntCounter,
+    pub ignored_non_transactional: prometheus::IntCounter,
 }
 
 impl StreamMeters {
@@ -339,6 +350,10 @@ impl StreamMeters {
             backlog: m.mark_backlog.with_label_values(&l),
             skipped: m.skipped.with_label_values(&l),
             producer_replaced: m.producer_replaced.with_label_values(&l),
+            ignored_prefix: m.messages_ignored.with_label_values(&[source, "prefix"]),
+            ignored_non_transactional: m
+                .messages_ignored
+                .with_label_values(&[source, "non_transactional"]),
         }
     }
 }

@@ -301,7 +301,8 @@ impl Default for OutboxTable {
 /// Keeps the Relation messages seen on a stream and turns Inserts into outbox rows.
 #[derive(Debug, Default)]
 pub struct RelationCache {
-    table: OutboxTable,
+    /// `None`: no table carries events (`capture = "messages"`), every insert is skipped.
+    table: Option<OutboxTable>,
     /// Relations of the outbox table (by id), with where its roles are.
     relations: HashMap<u32, (Relation, Result<OutboxColumns, RowError>)>,
     /// Relations of other tables in the publication: their inserts are skipped.
@@ -309,8 +310,8 @@ pub struct RelationCache {
 }
 
 impl RelationCache {
-    /// A cache for the stream of `table`.
-    pub fn new(table: OutboxTable) -> Self {
+    /// A cache for the stream of `table` (`None`: no table's inserts are events).
+    pub fn new(table: Option<OutboxTable>) -> Self {
         Self {
             table,
             ..Self::default()
@@ -319,13 +320,17 @@ impl RelationCache {
 
     /// Remembers a relation, replacing an earlier shape for the same id.
     pub fn learn(&mut self, rel: Relation) {
-        if rel.namespace != self.table.schema || rel.name != self.table.name {
+        let Some(table) = self
+            .table
+            .as_ref()
+            .filter(|t| rel.namespace == t.schema && rel.name == t.name)
+        else {
             self.relations.remove(&rel.id);
             self.others.insert(rel.id, rel);
             return;
-        }
+        };
         self.others.remove(&rel.id);
-        let cols = locate(&rel, &self.table.columns);
+        let cols = locate(&rel, &table.columns);
         self.relations.insert(rel.id, (rel, cols));
     }
 
@@ -420,6 +425,48 @@ impl RelationCache {
             tracestate.map(|b| text(b, "tracestate")).transpose()?,
             headers.as_deref(),
         )))
+    }
+}
+
+/// The outbox row a transactional logical decoding message at `lsn` carries
+/// (`capture = "messages"`, libs/outbox's envelope): the same row a table insert gives,
+/// its payload JSON. A message that is not a valid envelope, or whose payload is not
+/// JSON, is a poison row (its id derived from `lsn`, so a resend names the same event)
+/// carrying the message's bytes, so that it halts or is dead-lettered, never dropped.
+pub fn message_row(lsn: u64, content: &[u8]) -> OutboxRow {
+    match outbox::message::decode(content) {
+        Ok(m) => {
+            let mut row = OutboxRow::new(
+                m.id.to_string(),
+                m.aggregate_type.to_string(),
+                m.aggregate_id.to_string(),
+                m.event_type.to_string(),
+                m.payload.to_vec(),
+            );
+            row.payload_type = PayloadType::Json;
+            row.headers = m
+                .own_headers()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if serde_json::from_slice::<serde::de::IgnoredAny>(m.payload).is_err() {
+                row.unsendable = Some("the message's payload is not JSON".into());
+            }
+            row
+        }
+        Err(e) => {
+            let mut row = OutboxRow::new(
+                uuid::Uuid::from_u128(u128::from(lsn)).to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                content.to_vec(),
+            );
+            row.payload_type = PayloadType::Bytea;
+            row.unsendable = Some(format!(
+                "the logical message is not an outbox envelope: {e}"
+            ));
+            row
+        }
     }
 }
 
@@ -691,7 +738,7 @@ mod tests {
     }
 
     fn cache_with(id: u32, cols: &[&str]) -> RelationCache {
-        let mut cache = RelationCache::default();
+        let mut cache = RelationCache::new(Some(OutboxTable::default()));
         match decode(&relation(id, cols)).unwrap() {
             Change::Relation(r) => cache.learn(r),
             other => panic!("expected relation, got {other:?}"),
@@ -891,7 +938,7 @@ mod tests {
 
     #[test]
     fn a_mapped_table_gives_its_roles_payload_type_time_and_typed_extra_columns() {
-        let mut cache = RelationCache::new(debezium_mapping());
+        let mut cache = RelationCache::new(Some(debezium_mapping()));
         debezium_table(&mut cache);
         let vals = [
             Some("0193a0c2-0000-7000-8000-000000000001"),
@@ -943,7 +990,7 @@ mod tests {
 
     #[test]
     fn inserts_into_other_tables_of_the_publication_are_skipped() {
-        let mut cache = RelationCache::new(debezium_mapping());
+        let mut cache = RelationCache::new(Some(debezium_mapping()));
         debezium_table(&mut cache);
         // The relay's own table name is just another table for this mapping.
         let Change::Relation(r) = decode(&relation(8, &COLS)).unwrap() else {
@@ -964,7 +1011,7 @@ mod tests {
                 .iter()
                 .map(|c| (*c, if *c == "payload" { payload_oid } else { 25 }))
                 .collect();
-            let mut cache = RelationCache::default();
+            let mut cache = RelationCache::new(Some(OutboxTable::default()));
             let Change::Relation(r) = decode(&relation_of(1, "public", "outbox", &cols)).unwrap()
             else {
                 panic!()
@@ -1009,6 +1056,46 @@ mod tests {
                 oid: 2950
             })
         );
+    }
+
+    #[test]
+    fn a_message_envelope_is_the_row_a_table_gives_and_anything_else_is_poison() {
+        let id = uuid::Uuid::now_v7();
+        let event = outbox::NewEvent::new("order", "o-1", "OrderPlaced", &"ab")
+            .unwrap()
+            .with_header("x-tenant", "t1")
+            .unwrap();
+        let bytes = outbox::message::encode(id, &event).unwrap();
+        let row = message_row(0x10, &bytes);
+        assert_eq!(
+            (
+                row.id.as_str(),
+                row.aggregate_type.as_str(),
+                row.aggregate_id.as_str(),
+                row.event_type.as_str()
+            ),
+            (id.to_string().as_str(), "order", "o-1", "OrderPlaced")
+        );
+        assert_eq!(
+            (row.payload.as_slice(), row.payload_type),
+            (&b"\"ab\""[..], PayloadType::Json)
+        );
+        assert_eq!(row.headers, [("x-tenant".to_string(), "t1".to_string())]);
+        assert_eq!(row.unsendable, None);
+        // The payload ends the envelope: the same length, no longer JSON.
+        let mut not_json = bytes.clone();
+        let n = not_json.len();
+        not_json[n - 4..].copy_from_slice(b"{ab\"");
+        assert!(message_row(0x10, &not_json)
+            .unsendable
+            .unwrap()
+            .contains("not JSON"));
+        // Not an envelope: poison with an id of its position, so a resend names it again.
+        let junk = message_row(0x10, b"hello");
+        assert!(junk.unsendable.unwrap().contains("not an outbox envelope"));
+        assert_eq!(junk.id, message_row(0x10, b"hello").id);
+        assert_ne!(junk.id, message_row(0x11, b"hello").id);
+        assert_eq!(junk.payload, b"hello");
     }
 
     #[test]

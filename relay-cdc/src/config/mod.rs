@@ -24,7 +24,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use self::format::{CloudEventsSettings, DebeziumOptions, FormatName};
-pub use self::source::{ColumnSettings, Endpoint, Marking, Password, SourceSettings};
+pub use self::source::{Capture, ColumnSettings, Endpoint, Marking, Password, SourceSettings};
 pub use crate::tls::SslMode;
 
 #[derive(Debug, Error)]
@@ -507,7 +507,7 @@ database = "users_db"
         )
         .unwrap();
         let src = &s.sources[0];
-        assert_eq!(src.marking, Marking::None);
+        assert_eq!(src.marking(), Marking::None);
         let t = src.outbox_table();
         assert_eq!(
             (t.schema.as_str(), t.name.as_str()),
@@ -525,7 +525,7 @@ database = "users_db"
         // The default is the relay's own table, marked by status.
         let d = load_str(BASE, &[]).unwrap();
         assert!(d.sources[0].columns.is_default());
-        assert_eq!(d.sources[0].marking, Marking::Status);
+        assert_eq!(d.sources[0].marking(), Marking::Status);
     }
 
     #[test]

@@ -109,7 +109,40 @@ pub struct SourceSettings {
     /// reconciliation, the audit and retention) or `none` (a table without a status
     /// column, e.g. rows deleted in the writer's transaction).
     #[serde(default)]
-    pub marking: Marking,
+    pub marking: Option<Marking>,
+    /// Where events come from: `table` (inserted rows of `table`) or `messages`
+    /// (transactional logical decoding messages with `message_prefix`, written by
+    /// `pg_logical_emit_message` in the writer's transaction: no table at all).
+    #[serde(default)]
+    pub capture: Capture,
+    /// The prefix of the messages that are events (`capture = "messages"`).
+    #[serde(default = "default_message_prefix")]
+    pub message_prefix: String,
+}
+
+/// Where a source's events come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    /// Rows inserted into the outbox table.
+    #[default]
+    Table,
+    /// Transactional logical decoding messages (libs/outbox's envelope): nothing is
+    /// written to a table, so nothing is marked; as `marking = "none"` otherwise.
+    Messages,
+}
+
+impl Capture {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Table => "table",
+            Self::Messages => "messages",
+        }
+    }
+}
+
+fn default_message_prefix() -> String {
+    outbox::message::DEFAULT_PREFIX.into()
 }
 
 /// How the relay records, in the table, that a row was published.
@@ -221,7 +254,8 @@ impl std::fmt::Debug for SourceSettings {
             .field("publication", &self.publication)
             .field("sslmode", &self.sslmode)
             .field("format", &self.format)
-            .field("marking", &self.marking)
+            .field("marking", &self.marking())
+            .field("capture", &self.capture)
             .finish_non_exhaustive()
     }
 }
@@ -334,6 +368,20 @@ impl SourceSettings {
             .connect_timeout(Duration::from_secs(5))
             .ssl_mode(self.tls().tokio_mode());
         c
+    }
+
+    /// How published events are recorded in the table: `marking`, `status` by default;
+    /// always `none` under `capture = "messages"` (there is no row).
+    pub fn marking(&self) -> Marking {
+        match self.capture {
+            Capture::Messages => Marking::None,
+            Capture::Table => self.marking.unwrap_or_default(),
+        }
+    }
+
+    /// Whether the relay marks rows (and so reconciles, audits and deletes them).
+    pub fn marks_rows(&self) -> bool {
+        self.marking() == Marking::Status
     }
 
     /// The outbox table this source streams, with its columns by role.

@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{key_err, ConfigError, Endpoint, FormatName, Settings, FIXED_PRODUCER_PROPERTIES};
+use super::{
+    key_err, Capture, ConfigError, Endpoint, FormatName, Marking, Settings,
+    FIXED_PRODUCER_PROPERTIES,
+};
 use crate::format::TableColumns;
 
 impl Settings {
@@ -180,6 +183,27 @@ impl Settings {
             ] {
                 if !valid_ident(v) {
                     return Err(key_err(key(field), "use letters, digits and _ only"));
+                }
+            }
+            if s.capture == Capture::Messages {
+                if s.marking == Some(Marking::Status) {
+                    return Err(key_err(
+                        key("marking"),
+                        "capture = \"messages\" writes no row to mark: leave marking unset (or \"none\")",
+                    ));
+                }
+                if !s.columns.is_default() {
+                    return Err(key_err(
+                        key("columns"),
+                        "capture = \"messages\" reads no table: the envelope names every field",
+                    ));
+                }
+                let p = &s.message_prefix;
+                if p.is_empty() || p.contains('\0') || p == crate::source::HEARTBEAT_PREFIX {
+                    return Err(key_err(
+                        key("message_prefix"),
+                        format!("must be non-empty, without NUL, and not the relay's heartbeat prefix {:?}", crate::source::HEARTBEAT_PREFIX),
+                    ));
                 }
             }
             let mut mapped: Vec<(&str, &str)> = Vec::new();

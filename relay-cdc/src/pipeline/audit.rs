@@ -76,7 +76,7 @@ use super::housekeeping::Tasks;
 use super::reconcile;
 use super::slot::Ahead;
 use super::Pipeline;
-use crate::config::{Marking, SourceSettings};
+use crate::config::SourceSettings;
 use crate::marker::Marker;
 use crate::sink::{Event, Sink};
 use crate::source::{self, SourceError, HEARTBEAT_PREFIX};
@@ -185,7 +185,7 @@ pub fn beside_session(
         return Tasks::new(vec![]);
     };
     // Without a status column nothing is PENDING: there is nothing to compare.
-    if p.source.marking == Marking::None {
+    if !p.source.marks_rows() {
         return Tasks::new(vec![]);
     }
     let auditor = Auditor {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
-use crate::config::{Marking, PipelineSettings, SourceSettings};
+use crate::config::{PipelineSettings, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source;
 use crate::status::{now_unix_micros, SourceStatus, State};
@@ -54,7 +54,7 @@ pub fn beside_session(
         status.clone(),
         going_away.clone(),
     ))];
-    if pipeline.retention_seconds > 0 && source.marking == Marking::Status {
+    if pipeline.retention_seconds > 0 && source.marks_rows() {
         tasks.push(tokio::spawn(retention(
             source.clone(),
             pipeline.retention_seconds,

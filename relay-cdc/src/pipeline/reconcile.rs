@@ -29,7 +29,7 @@ use super::error::PipelineError;
 use super::poison::{self, BeforeSending, Finding, Verdict};
 use super::slot::{self, SlotOptions};
 use super::Pipeline;
-use crate::config::{Marking, SourceSettings};
+use crate::config::SourceSettings;
 use crate::format::PayloadType;
 use crate::marker::Marker;
 use crate::pgoutput::{self, OutboxRow};
@@ -60,7 +60,7 @@ pub async fn create_slot_and_reconcile<S: Sink>(
     let temp = slot::create_temporary(config, &slot, options.version).await?;
     let (start, snapshot) = (temp.consistent_point, temp.snapshot.clone());
     let consistent_point = start.to_string();
-    if p.source.marking == Marking::None {
+    if !p.source.marks_rows() {
         // Nothing in the table tells a row published from one that is not.
         tracing::warn!(source = %name, slot = %slot, consistent_point = %consistent_point, "creating the slot: marking = \"none\", so rows written before it are not published (there is no PENDING state to reconcile); streaming from its consistent point");
         return slot::make_permanent(client, temp, &slot, options, name).await;

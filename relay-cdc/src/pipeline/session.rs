@@ -20,7 +20,7 @@ use super::slot::{self, SlotOptions};
 use super::stream::Limits;
 use super::streamer::{StreamConfig, Streamer};
 use super::{housekeeping, reconcile, Pipeline};
-use crate::config::{Delivery as DeliveryMode, PoisonPolicy};
+use crate::config::{Capture, Delivery as DeliveryMode, PoisonPolicy};
 use crate::marker::{Marker, MarkerLink};
 use crate::sink::checkpoint;
 use crate::sink::kafka::{KafkaSink, TxnError, ACCESS_CHECK_TIMEOUT};
@@ -118,7 +118,8 @@ pub async fn run(
         poison: p.settings.kafka.poison,
         shutdown_timeout: p.settings.pipeline.shutdown_timeout(),
         skip_before,
-        table: p.source.outbox_table(),
+        table: (p.source.capture == Capture::Table).then(|| p.source.outbox_table()),
+        messages: (p.source.capture == Capture::Messages).then(|| p.source.message_prefix.clone()),
     };
     let mut streamer = Streamer::new(
         cfg,

@@ -11,7 +11,7 @@ use pgwire_replication::{
 };
 
 use super::error::PipelineError;
-use crate::config::{Endpoint, Marking, SourceSettings};
+use crate::config::{Endpoint, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source::{self, SlotState, SourceError};
 
@@ -62,7 +62,7 @@ pub async fn look_up(
     let slot = source.slot_name();
     let mut state = source::slot_state(client, &slot).await?;
     let mut ahead = None;
-    let unmarked = source.marking == Marking::None;
+    let unmarked = !source.marks_rows();
     if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
         if unmarked {
             return Err(PipelineError::SlotLost(format!(

@@ -95,7 +95,8 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(limits: Limits, table: OutboxTable) -> Self {
+    /// `table`: the table whose inserts are events (`None` under `capture = "messages"`).
+    pub fn new(limits: Limits, table: Option<OutboxTable>) -> Self {
         Self {
             limits,
             relations: RelationCache::new(table),
@@ -146,6 +147,16 @@ impl StreamState {
             }
             Change::Other(_) => Ok(None),
         }
+    }
+
+    /// A transactional logical message with the source's prefix (`capture =
+    /// "messages"`): the event it carries (a poison one when it is not an envelope).
+    pub fn on_message(&mut self, lsn: Lsn, content: &[u8]) -> Result<Event, StreamError> {
+        let txn = self.txn.as_ref().ok_or(StreamError::OutsideTransaction)?;
+        Ok(Event {
+            row: pgoutput::message_row(lsn.as_u64(), content),
+            commit: txn.meta.clone(),
+        })
     }
 
     /// Why `event` can never be sent, if the relay's own rules say so (see
@@ -348,7 +359,7 @@ mod tests {
 
     #[test]
     fn confirmation_follows_commit_order() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         let (a, _) = txn(&mut s, 0x100, 1, "{}");
         let (b, _) = txn(&mut s, 0x200, 1, "{}");
         assert_eq!(
@@ -369,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_never_overtakes_a_transaction() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         s.on_begin(lsn(0x0ff), 0);
         assert_eq!(
             s.on_heartbeat(lsn(0x150), 1, Instant::now()),
@@ -398,7 +409,7 @@ mod tests {
                 max_bytes: 2 * crate::sink::RECORD_OVERHEAD_BYTES,
                 max_record_bytes: 100,
             },
-            OutboxTable::default(),
+            Some(OutboxTable::default()),
         );
         txn(&mut s, 0x100, 1, "{}");
         assert!(s.has_room(), "one tiny record is under the memory bound");
@@ -411,7 +422,7 @@ mod tests {
 
     #[test]
     fn bounds_apply_between_transactions_only() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         s.on_begin(lsn(0x0ff), 0);
         s.on_data(&relation(1, &COLS)).unwrap();
         for _ in 0..10 {
@@ -445,7 +456,7 @@ mod tests {
 
     #[test]
     fn an_oversized_record_is_poison_by_the_relays_own_bound() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         let (_, events) = txn(&mut s, 0x100, 1, "{}");
         assert_eq!(s.unsendable(&events[0]), None);
         let mut big = events[0].clone();
@@ -462,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_row_with_invalid_headers_is_poison_not_sent_without_them() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         let (_, events) = txn(&mut s, 0x100, 1, "{}");
         let bad = events[0].clone();
         let bad = Event {
@@ -475,7 +486,7 @@ mod tests {
 
     #[test]
     fn a_dead_lettered_row_is_marked_dead_not_processed_and_still_released() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         let (seq, events) = txn(&mut s, 0x100, 2, "{}");
         s.on_dead_lettered(seq, &events[0].row.id).unwrap();
         assert!(s.is_dead_lettered(seq, &events[0].row.id));
@@ -492,7 +503,7 @@ mod tests {
 
     #[test]
     fn an_insert_outside_a_transaction_is_an_error() {
-        let mut s = StreamState::new(limits(), OutboxTable::default());
+        let mut s = StreamState::new(limits(), Some(OutboxTable::default()));
         s.on_data(&relation(1, &COLS)).unwrap();
         let id = Uuid::new_v4().to_string();
         let data = insert(1, &[Some(&id), Some("t"), Some("k"), Some("E"), Some("{}")]);

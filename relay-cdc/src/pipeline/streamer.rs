@@ -37,8 +37,11 @@ pub struct StreamConfig {
     /// Exactly-once: the checkpoint's end LSN; transactions that committed before it
     /// are in Kafka already and are only marked and confirmed.
     pub skip_before: Option<Lsn>,
-    /// The outbox table the stream carries (other tables' inserts are skipped).
-    pub table: OutboxTable,
+    /// The outbox table the stream carries (other tables' inserts are skipped); `None`
+    /// under `capture = "messages"`.
+    pub table: Option<OutboxTable>,
+    /// `capture = "messages"`: the prefix of the transactional messages that are events.
+    pub messages: Option<String>,
 }
 
 /// An event waiting to be enqueued (back-pressure or a topic being prepared).
@@ -342,7 +345,26 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                     self.acks.heartbeat(seq);
                 }
             }
-            ReplicationEvent::Message { .. } | ReplicationEvent::KeepAlive { .. } => {}
+            ReplicationEvent::Message {
+                prefix,
+                content,
+                lsn,
+                transactional,
+            } if self.cfg.messages.as_deref() == Some(prefix.as_str()) => {
+                if !transactional {
+                    // Written outside any transaction: it may belong to one that rolled back.
+                    self.meters.ignored_non_transactional.inc();
+                    return Ok(());
+                }
+                let event = self.state.on_message(lsn, &content)?;
+                self.offer(event).await?;
+            }
+            ReplicationEvent::Message { prefix, .. } => {
+                if prefix != HEARTBEAT_PREFIX {
+                    self.meters.ignored_prefix.inc();
+                }
+            }
+            ReplicationEvent::KeepAlive { .. } => {}
             ReplicationEvent::StoppedAt { .. } => return Err(PipelineError::StreamEnded),
         }
         Ok(())
@@ -790,6 +812,40 @@ mod tests {
             end
         }
 
+        /// One transaction of logical messages `(prefix, transactional, content)`, with
+        /// an insert into the relay's table among them; returns its end LSN.
+        fn message_txn(&mut self, messages: &[(&str, bool, Vec<u8>)]) -> Lsn {
+            let begin = self.next_lsn;
+            self.next_lsn += 0x100;
+            let end = Lsn::from_u64(self.next_lsn);
+            let ev = |e| self.events.send(e).unwrap();
+            ev(ReplicationEvent::Begin {
+                final_lsn: Lsn::from_u64(begin),
+                xid: 1,
+                commit_time_micros: 0,
+            });
+            ev(xlog(relation(1, &COLS)));
+            let row = Uuid::new_v4().to_string();
+            ev(xlog(insert(
+                1,
+                &[Some(&row), Some("t"), Some("k"), Some("E"), Some("{}")],
+            )));
+            for (i, (prefix, transactional, content)) in messages.iter().enumerate() {
+                ev(ReplicationEvent::Message {
+                    prefix: prefix.to_string(),
+                    content: Bytes::from(content.clone()),
+                    lsn: Lsn::from_u64(begin + 1 + i as u64),
+                    transactional: *transactional,
+                });
+            }
+            ev(ReplicationEvent::Commit {
+                lsn: Lsn::from_u64(begin),
+                end_lsn: end,
+                commit_time_micros: 0,
+            });
+            end
+        }
+
         /// Waits for the confirmation of `lsn` (or fails after 5 s of virtual time).
         async fn confirmed(&mut self, lsn: Lsn) {
             let wait = async {
@@ -841,7 +897,8 @@ mod tests {
             poison,
             shutdown_timeout: Duration::from_millis(500),
             skip_before: None,
-            table: OutboxTable::default(),
+            table: Some(OutboxTable::default()),
+            messages: None,
         }
     }
 
@@ -941,6 +998,70 @@ mod tests {
         let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
         r.unwrap();
         assert_eq!(s.confirmed(), Some(Lsn::from_u64(0x1200)));
+    }
+
+    fn envelope(aggregate_id: &str) -> (String, Vec<u8>) {
+        let id = Uuid::now_v7();
+        let event = outbox::NewEvent::new(
+            "order",
+            aggregate_id,
+            "OrderPlaced",
+            &serde_json::json!({"n": 1}),
+        )
+        .unwrap();
+        (id.to_string(), outbox::message::encode(id, &event).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_message_capture_the_prefixs_transactional_messages_are_the_events_in_commit_order()
+    {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut cfg = config(PoisonPolicy::Stop);
+        cfg.table = None;
+        cfg.messages = Some("outbox".into());
+        let mut s = Streamer::new(
+            cfg,
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let driver = async {
+            let (a, a_bytes) = envelope("o-1");
+            let (b, b_bytes) = envelope("o-2");
+            let (c, c_bytes) = envelope("o-1");
+            let (stray, stray_bytes) = envelope("o-9");
+            h.message_txn(&[
+                ("outbox", true, a_bytes),
+                ("other", true, b"not ours".to_vec()),
+                ("outbox", false, stray_bytes),
+                ("outbox", true, b_bytes),
+            ]);
+            let end = h.message_txn(&[("outbox", true, c_bytes)]);
+            h.confirmed(end).await;
+            assert_eq!(
+                sent_ids(&probe),
+                [a.clone(), b.clone(), c.clone()],
+                "the envelopes, in commit order; not the table's rows, another prefix or a non-transactional message"
+            );
+            assert!(!sent_ids(&probe).contains(&stray));
+            assert_eq!(h.marked_ids().0, [a, b, c], "settled in order");
+            let ignored = |reason: &str| {
+                h.metrics
+                    .messages_ignored
+                    .with_label_values(&["src", reason])
+                    .get()
+            };
+            assert_eq!((ignored("prefix"), ignored("non_transactional")), (1, 1));
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,10 @@ use tokio_postgres::Client;
 
 use super::wal::{slot_state, version_num, wants_failover, SlotState, FAILOVER_SLOTS_SINCE};
 use super::{connect_with, server_roles, SourceError};
-use crate::config::{Endpoint, Marking, SourceSettings};
+use crate::config::{Capture, Endpoint, SourceSettings};
+
+/// The first major whose pgoutput decodes logical messages (option `messages`).
+const MESSAGES_SINCE: i32 = 140000;
 
 /// One prerequisite and whether it holds; a warning does not stop the relay but says
 /// what is not protected (e.g. a failover that could lose the slot).
@@ -56,21 +59,40 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
         },
     });
 
-    let shape = table_shape(client, s).await?;
-    let table_exists = shape.is_ok();
-    out.push(Check {
-        what: format!("table {}.{} has the outbox columns", s.schema, s.table),
-        warn: false,
-        ok: shape.is_ok(),
-        detail: shape.err().unwrap_or_else(|| "ok".into()),
-    });
-    if table_exists {
-        out.extend(privileges(client, s).await?);
+    match s.capture {
+        Capture::Table => {
+            let shape = table_shape(client, s).await?;
+            let table_exists = shape.is_ok();
+            out.push(Check {
+                what: format!("table {}.{} has the outbox columns", s.schema, s.table),
+                warn: false,
+                ok: shape.is_ok(),
+                detail: shape.err().unwrap_or_else(|| "ok".into()),
+            });
+            if table_exists {
+                out.extend(privileges(client, s).await?);
+            }
+        }
+        Capture::Messages => {
+            let version = version_num(client).await?;
+            out.push(Check {
+                what: "server decodes logical messages (PostgreSQL 14+)".into(),
+                warn: false,
+                ok: version >= MESSAGES_SINCE,
+                detail: format!("server_version_num {version}"),
+            });
+        }
     }
 
     let publication = publication_state(client, s).await?;
     out.push(Check {
-        what: format!("publication {} (insert) on the table", s.publication),
+        what: match s.capture {
+            Capture::Table => format!("publication {} (insert) on the table", s.publication),
+            Capture::Messages => format!(
+                "publication {} (pgoutput needs one; messages pass any)",
+                s.publication
+            ),
+        },
         warn: false,
         ok: publication.is_ok() || s.create_publication,
         detail: match publication {
@@ -80,7 +102,7 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
         },
     });
 
-    if s.marking == Marking::None {
+    if !s.marks_rows() {
         out.extend(unmarked_checks(client, s).await?);
     }
 
@@ -355,11 +377,11 @@ async fn privileges(client: &Client, s: &SourceSettings) -> Result<Vec<Check>, S
                     case when $3 then has_column_privilege($2, 'status', 'UPDATE') else true end, \
                     case when $3 then has_column_privilege($2, 'processed_at', 'UPDATE') else true end, \
                     has_table_privilege($2, 'DELETE')",
-            &[&s.schema, &table, &(s.marking == Marking::Status)],
+            &[&s.schema, &table, &s.marks_rows()],
         )
         .await?;
     let mut missing = Vec::new();
-    let marks = s.marking == Marking::Status;
+    let marks = s.marks_rows();
     for (i, what, needed) in [
         (0, format!("USAGE on schema {}", s.schema), true),
         (1, "SELECT".to_string(), marks),
@@ -409,6 +431,15 @@ async fn unmarked_checks(client: &Client, s: &SourceSettings) -> Result<Vec<Chec
         )
         .await?
         .is_some_and(|r| r.get::<_, bool>(0));
+    let lost = "the slot's confirmed position is the only record of progress: a lost or invalidated slot halts the relay instead of being recreated (nothing can say which events it had not delivered)";
+    if s.capture == Capture::Messages {
+        return Ok(vec![Check {
+            what: format!("capture = \"messages\" (prefix {:?}): what the relay cannot guarantee", s.message_prefix),
+            warn: true,
+            ok: true,
+            detail: format!("no table: events written before the slot was created are not published (no PENDING rows to reconcile); {lost}; no audit; no PROCESSED history"),
+        }]);
+    }
     Ok(vec![
         Check {
             what: format!("publication {} publishes inserts only", s.publication),
@@ -424,7 +455,7 @@ async fn unmarked_checks(client: &Client, s: &SourceSettings) -> Result<Vec<Chec
             what: "marking = \"none\": what the relay cannot guarantee".into(),
             warn: true,
             ok: true,
-            detail: "the slot's confirmed position is the only record of progress: rows written before the slot was created are not published (no reconciliation of PENDING rows); a lost or invalidated slot halts the relay instead of being recreated (nothing can say which events it had not delivered); no audit of the table against the slot; no retention (delete rows yourself, e.g. in the writer's transaction)".into(),
+            detail: format!("rows written before the slot was created are not published (no reconciliation of PENDING rows); {lost}; no audit of the table against the slot; no retention (delete rows yourself, e.g. in the writer's transaction)"),
         },
     ])
 }
@@ -475,7 +506,7 @@ async fn table_shape(
     }
     // Extra columns may be of any type (integers and timestamps are typed, others text).
     need.extend(c.extra.iter().map(|e| (e.as_str(), &[][..])));
-    if s.marking == Marking::Status {
+    if s.marks_rows() {
         need.extend([
             ("status", TEXT),
             ("created_at", TIME),
@@ -517,6 +548,9 @@ async fn publication_state(
     if !row.get::<_, bool>(0) {
         return Ok(Err("exists but does not publish inserts".into()));
     }
+    if s.capture == Capture::Messages {
+        return Ok(Ok(()));
+    }
     let covers = client
         .query_opt(
             "select 1 from pg_publication_tables where pubname = $1 and schemaname = $2 and tablename = $3",
@@ -536,10 +570,17 @@ pub async fn ensure_publication(client: &Client, s: &SourceSettings) -> Result<(
         Ok(()) => Ok(()),
         Err(why) if why == "missing" && s.create_publication => {
             // Identifiers are validated by config (letters, digits, _): safe to quote.
-            let sql = format!(
-                "create publication \"{}\" for table \"{}\".\"{}\" with (publish = 'insert')",
-                s.publication, s.schema, s.table
-            );
+            let sql = match s.capture {
+                Capture::Table => format!(
+                    "create publication \"{}\" for table \"{}\".\"{}\" with (publish = 'insert')",
+                    s.publication, s.schema, s.table
+                ),
+                // pgoutput needs a publication; messages do not depend on its tables.
+                Capture::Messages => format!(
+                    "create publication \"{}\" with (publish = 'insert')",
+                    s.publication
+                ),
+            };
             match client.batch_execute(&sql).await {
                 Ok(()) => {
                     tracing::info!(source = %s.name, publication = %s.publication, "created publication");
