@@ -11,7 +11,7 @@ use pgwire_replication::{
 };
 
 use super::error::PipelineError;
-use crate::config::{Endpoint, SourceSettings};
+use crate::config::{Capture, Endpoint, SourceSettings};
 use crate::metrics::Metrics;
 use crate::source::{self, SlotState, SourceError};
 
@@ -63,10 +63,14 @@ pub async fn look_up(
     let mut state = source::slot_state(client, &slot).await?;
     let mut ahead = None;
     let unmarked = !source.marks_rows();
+    let why = match source.capture {
+        Capture::Messages => "capture = \"messages\" (no table)",
+        Capture::Table => "marking = \"none\"",
+    };
     if let Some(reason) = state.as_ref().and_then(|st| st.invalidated()) {
         if unmarked {
             return Err(PipelineError::SlotLost(format!(
-                "slot {slot} was invalidated by the server ({reason}) and marking = \"none\": the events it had not delivered cannot be found in the table"
+                "slot {slot} was invalidated by the server ({reason}) and {why}: the events it had not delivered cannot be recovered from the database"
             )));
         }
         tracing::warn!(source = %name, slot = %slot, reason = %reason, "slot was invalidated by the server; recreating it");
@@ -76,7 +80,7 @@ pub async fn look_up(
     match slot_finding(state.as_ref(), confirmed_before) {
         SlotFinding::Missing if unmarked => {
             return Err(PipelineError::SlotLost(format!(
-                "the slot {slot} this relay streamed from (confirmed up to {confirmed_before}) is missing on {primary} and marking = \"none\": the events it had not delivered cannot be found in the table"
+                "the slot {slot} this relay streamed from (confirmed up to {confirmed_before}) is missing on {primary} and {why}: the events it had not delivered cannot be recovered from the database"
             )));
         }
         SlotFinding::Missing => {

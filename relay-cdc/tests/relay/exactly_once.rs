@@ -17,7 +17,7 @@ use crate::{assert_commit_order, lsn};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Exactly-once settings with a checkpoint topic and transactional id of this test's own.
-fn exactly_once(prefix: &str) -> RelaySetup {
+pub(crate) fn exactly_once(prefix: &str) -> RelaySetup {
     let (mut cfg, _) = RelaySetup::new(prefix);
     let t = cfg
         .topic_template
@@ -37,7 +37,7 @@ fn exactly_once(prefix: &str) -> RelaySetup {
     cfg
 }
 
-fn topic(cfg: &RelaySetup, aggregate_type: &str) -> String {
+pub(crate) fn topic(cfg: &RelaySetup, aggregate_type: &str) -> String {
     cfg.topic_template
         .replace("{aggregate_type}", aggregate_type)
 }
@@ -68,7 +68,7 @@ fn uncommitted(brokers: &str, topics: &[&str]) -> StreamConsumer {
 }
 
 /// Everything a `read_committed` consumer gets: every expected id, then 3 s of quiet.
-async fn read_committed(brokers: &str, topic: &str, expected: &[String]) -> Vec<Record> {
+pub(crate) async fn read_committed(brokers: &str, topic: &str, expected: &[String]) -> Vec<Record> {
     let consumer = testkit::consumer(brokers, &[topic]).unwrap();
     let mut records = read_until_ids(&consumer, expected, WAIT).await.unwrap();
     records.extend(
@@ -80,7 +80,7 @@ async fn read_committed(brokers: &str, topic: &str, expected: &[String]) -> Vec<
 }
 
 /// Every expected id exactly once, nothing else, each partition in commit order.
-fn assert_exactly_once(records: &[Record], expected: &[String]) {
+pub(crate) fn assert_exactly_once(records: &[Record], expected: &[String]) {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for r in records {
         *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
@@ -118,7 +118,7 @@ async fn last_checkpoint(brokers: &str, topic: &str, source: &str) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-async fn metric(relay: &RelayProcess, key: &str) -> f64 {
+pub(crate) async fn metric(relay: &RelayProcess, key: &str) -> f64 {
     relay.metrics().await.unwrap().get(key).unwrap_or(0.0)
 }
 

@@ -8,6 +8,7 @@ mod faults;
 mod formats;
 mod helpers;
 mod mapped;
+mod messages;
 mod secured;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,264 @@
+//! `capture = "messages"`: events as transactional logical decoding messages (libs/outbox's
+//! envelope, `pg_logical_emit_message(true, 'outbox', ...)` in the writer's transaction),
+//! no table. Commit order, a rollback never seen, kill -9 at-least-once and exactly-once,
+//! and a lost slot that halts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use testkit::{read_until_quiet, Record};
+
+use crate::exactly_once::{assert_exactly_once, exactly_once, metric, read_committed, topic};
+use crate::helpers::{RelaySetup, Source, READY, STOP};
+use crate::{assert_commit_order, lsn, relay_cli};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The relay's settings for a source in message capture.
+fn message_capture(src: &Source) -> Vec<(String, String)> {
+    let mut env = src.env();
+    env.push((
+        format!("RELAY_SOURCES__{}__CAPTURE", src.name.to_ascii_uppercase()),
+        "messages".into(),
+    ));
+    env
+}
+
+/// Emits `n` events in one transaction, as libs/outbox's message mode writes them (one
+/// statement, in order); returns their ids.
+async fn emit_txn(c: &mut PgConnection, key: &str, n: usize, tag: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let mut envelopes = Vec::with_capacity(n);
+    for seq in 1..=n {
+        let id = uuid::Uuid::now_v7();
+        let event = outbox::NewEvent::new(
+            "evt",
+            key,
+            "TestEvent",
+            &serde_json::json!({"tag": tag, "seq": seq, "note": "ünïcödé ✓"}),
+        )
+        .unwrap();
+        envelopes.push(outbox::message::encode(id, &event).unwrap());
+        ids.push(id.to_string());
+    }
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query(
+        "select pg_logical_emit_message(true, 'outbox', m) \
+         from unnest($1::bytea[]) with ordinality as e (m, n) order by n",
+    )
+    .bind(&envelopes)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_arrive_in_commit_order_never_from_a_rollback_and_through_a_kill_9() {
+    let src = Source::new("msgs").await;
+    let (mut cfg, prefix) = RelaySetup::new("msgs");
+    cfg.extra = message_capture(&src);
+    let topic = format!("{prefix}.evt");
+    let mut c = src.conn().await;
+    let mut expected = Vec::new();
+
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    for i in 0..20 {
+        expected.extend(emit_txn(&mut c, &format!("k{}", i % 3), 20, "phase1").await);
+    }
+    // A rolled-back transaction's message, and one written outside any transaction:
+    // neither is an event.
+    let mut tx = c.begin().await.unwrap();
+    let rolled_back = uuid::Uuid::now_v7();
+    let event = outbox::NewEvent::new("evt", "k0", "TestEvent", &serde_json::json!({})).unwrap();
+    sqlx::query("select pg_logical_emit_message(true, 'outbox', $1)")
+        .bind(outbox::message::encode(rolled_back, &event).unwrap())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let loose = uuid::Uuid::now_v7();
+    sqlx::query("select pg_logical_emit_message(false, 'outbox', $1)")
+        .bind(outbox::message::encode(loose, &event).unwrap())
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let confirmed_before_kill = src.confirmed_lsn().await;
+    relay.kill();
+    for i in 0..20 {
+        expected.extend(emit_txn(&mut c, &format!("k{}", i % 3), 20, "phase2").await);
+    }
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    for i in 0..10 {
+        expected.extend(emit_txn(&mut c, &format!("k{}", i % 3), 20, "phase3").await);
+    }
+
+    let consumer = testkit::consumer(&src.db.stack().kafka_brokers, &[&topic]).unwrap();
+    let records = testkit::read_until_ids(&consumer, &expected, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the relay's log ends:\n{}", relay.log_tail(40)));
+    let records: Vec<Record> = [
+        records,
+        read_until_quiet(&consumer, Duration::from_secs(3))
+            .await
+            .unwrap(),
+    ]
+    .concat();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for r in &records {
+        *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
+    }
+    let missing = expected
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .count();
+    assert_eq!(missing, 0, "{missing} events lost");
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "only events that were written arrive"
+    );
+    for never in [rolled_back, loose] {
+        assert!(!seen.contains_key(never.to_string().as_str()));
+    }
+    // The same record a row gives: key, the relay's headers, the payload as written.
+    let r = &records[0];
+    assert_eq!(r.header("event_type"), Some("TestEvent"));
+    assert_eq!(r.header("aggregate_type"), Some("evt"));
+    assert!(
+        r.key.as_deref().is_some_and(|k| k.starts_with('k')),
+        "{r:?}"
+    );
+    assert_eq!(r.payload_json()["note"], "ünïcödé ✓");
+    for r in &records {
+        if seen[r.header("event_id").unwrap()] > 1 {
+            assert!(
+                lsn(r) >= confirmed_before_kill,
+                "event {} at {} was confirmed, yet sent twice",
+                r.header("event_id").unwrap(),
+                r.header("commit_lsn").unwrap()
+            );
+        }
+    }
+    let mut first = HashSet::new();
+    let unique: Vec<Record> = records
+        .into_iter()
+        .filter(|r| first.insert(r.header("event_id").unwrap().to_string()))
+        .collect();
+    assert_commit_order(&unique);
+    // No table was involved; the loose message was counted, not published.
+    assert_eq!(src.count("PENDING").await + src.count("PROCESSED").await, 0);
+    let m = relay.metrics().await.unwrap();
+    let loose_counted =
+        m.get("relay_messages_ignored_total{reason=\"non_transactional\",source=\"msgs\"}");
+    // Counted by the relay that read it: the killed one, or this one if it was unconfirmed.
+    assert!(
+        loose_counted.is_none() || loose_counted >= Some(1.0),
+        "{loose_counted:?}"
+    );
+    assert_eq!(relay.stop(STOP).await.unwrap().code(), Some(0));
+
+    let out = relay_cli(&["check"], &message_capture(&src));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("capture = \"messages\"") && text.contains("PostgreSQL 14+"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_under_kill_9_at_random_moments_arrive_exactly_once() {
+    let src = Source::new("msg_eos").await;
+    let mut cfg = exactly_once("msg-eos");
+    cfg.extra.extend(message_capture(&src));
+    let brokers = cfg.brokers.clone();
+    let topic = topic(&cfg, "evt");
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let written = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let writer = {
+        let written = written.clone();
+        let mut c = src.conn().await;
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !*stop_rx.borrow_and_update() {
+                let ids = emit_txn(&mut c, &format!("k{}", i % 5), 10, "load").await;
+                written.lock().unwrap().extend(ids);
+                i += 1;
+            }
+        })
+    };
+    let seed = uuid::Uuid::new_v4().as_u128();
+    let published = src.series("relay_events_published_total");
+    for round in 0..3u32 {
+        let at = 200.0 + ((seed >> (round * 8)) % 1500) as f64;
+        testkit::wait_for("progress before the kill", WAIT, || async {
+            Ok((metric(&relay, &published).await >= at).then_some(()))
+        })
+        .await
+        .unwrap();
+        relay.kill();
+        relay = cfg.start(&[&src]);
+        relay.wait_ready(READY).await.unwrap();
+    }
+    stop_tx.send(true).unwrap();
+    writer.await.unwrap();
+    let expected = written.lock().unwrap().clone();
+    let records = read_committed(&brokers, &topic, &expected).await;
+    assert_exactly_once(&records, &expected);
+    eprintln!("{} events in message capture, exactly once", expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_slot_halts_message_capture_instead_of_starting_at_the_current_position() {
+    let src = Source::new("msglost").await;
+    let (mut cfg, _prefix) = RelaySetup::new("msglost");
+    cfg.extra = message_capture(&src);
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let mut c = src.conn().await;
+    emit_txn(&mut c, "k", 5, "before").await;
+    let end = src.current_lsn().await;
+    testkit::wait_for("the relay confirmed a position", WAIT, || async {
+        Ok((src.confirmed_lsn().await >= end).then_some(()))
+    })
+    .await
+    .unwrap();
+    testkit::wait_for("the slot dropped", WAIT, || async {
+        let mut admin = src.conn().await;
+        sqlx::query(
+            "select pg_terminate_backend(active_pid, 5000) from pg_replication_slots \
+             where slot_name = $1 and active",
+        )
+        .bind(&src.slot)
+        .execute(&mut admin)
+        .await?;
+        let dropped = sqlx::query("select pg_drop_replication_slot($1)")
+            .bind(&src.slot)
+            .execute(&mut admin)
+            .await
+            .is_ok();
+        Ok(dropped.then_some(()))
+    })
+    .await
+    .unwrap();
+    let h = relay
+        .wait_health("the source halted", WAIT, |h| {
+            h.source("msglost")["state"] == "halted"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the relay's log ends:\n{}", relay.log_tail(40)));
+    let reason = h.source("msglost")["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("is missing"), "{reason:?}");
+    assert!(
+        !src.slots().await.iter().any(|(s, _, _)| *s == src.slot),
+        "the relay did not recreate the slot at the current position"
+    );
+}
