@@ -140,6 +140,10 @@ impl Run<'_> {
             };
             let (column, note) = match given(role) {
                 Some(c) => match owner(c, &mapped) {
+                    None if role.option == TYPE_OPTION => (
+                        c.to_string(),
+                        format!("{}: not repeated in [kafka.debezium] (Debezium's router does not read it; the relay needs the column)", from(&origin, c)),
+                    ),
                     None => (c.to_string(), from(&origin, c)),
                     Some(other) => (
                         default.to_string(),
