@@ -1,8 +1,9 @@
 //! `relay-cdc import-debezium`: a Debezium PostgreSQL connector's configuration (JSON as
 //! POSTed to Kafka Connect, or a `.properties` file) turned into the relay configuration
-//! that does the same: source, table, slot and publication, the `debezium` record format
-//! with the outbox event router's options, topic routing, and `snapshot.mode` as what the
-//! relay does when it creates its slot (reconciliation).
+//! that does the same: source, slot and publication, the user's table as it is (a column
+//! mapping, `marking = "none"`), the `debezium` record format with the outbox event
+//! router's options as written, and `snapshot.mode` as whether the relay may create its
+//! slot.
 //!
 //! Invariant: the output is only printed when every option of the input was mapped or
 //! is harmless to ignore; otherwise every option the relay cannot honour is refused by
@@ -10,7 +11,8 @@
 //! said in comments where the key would be.
 //!
 //! - `connector.rs`: reading JSON and `.properties`;
-//! - `debezium.rs`: the mapping, option by option;
+//! - `debezium/`: the mapping, option by option (`source.rs`: the database side,
+//!   `router.rs`: the router, `columns.rs`: the table's columns by role);
 //! - `render.rs`: the TOML text with its comments.
 
 mod connector;
@@ -85,11 +87,6 @@ mod tests {
     const DEMO: &str =
         include_str!("../../tests/fixtures/debezium/debezium-examples-register-postgres.json");
 
-    /// The bench's connector without the one placement the relay cannot make.
-    fn bench() -> String {
-        BENCH.replace(",created_at:header:commit_time", "")
-    }
-
     fn toml_of(text: &str) -> toml::Table {
         let out = import_text(text, "connector").unwrap_or_else(|e| panic!("{e}"));
         out.parse::<toml::Table>()
@@ -120,6 +117,50 @@ mod tests {
         toml::Value::String(v.into())
     }
 
+    fn list(v: &[&str]) -> toml::Value {
+        toml::Value::Array(v.iter().map(|c| s(c)).collect())
+    }
+
+    /// `[sources.columns]` as (role, column) pairs, in the relay's order, `extra` last.
+    fn mapping(columns: &crate::config::ColumnSettings) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = vec![
+            ("id", columns.id.clone()),
+            ("aggregate_type", columns.aggregate_type.clone()),
+            ("aggregate_id", columns.aggregate_id.clone()),
+            ("event_type", columns.event_type.clone()),
+            ("payload", columns.payload.clone()),
+        ];
+        out.extend(columns.extra.iter().map(|c| ("extra", c.clone())));
+        out
+    }
+
+    fn pairs(v: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        v.iter().map(|(k, c)| (*k, c.to_string())).collect()
+    }
+
+    /// Debezium's docs connector with `options` (JSON members) added.
+    fn docs_with(options: &str) -> String {
+        DOCS.replace(
+            "\"tasks.max\": \"1\",",
+            &format!("\"tasks.max\": \"1\", {options}"),
+        )
+    }
+
+    /// A connector of Debezium's docs whose table names every column its own way.
+    fn custom_columns() -> String {
+        docs_with(
+            "\"transforms.outbox.table.field.event.id\": \"event_id\",
+             \"transforms.outbox.table.field.event.key\": \"aggregate_key\",
+             \"transforms.outbox.table.field.event.type\": \"event_name\",
+             \"transforms.outbox.table.field.event.payload\": \"body\",
+             \"transforms.outbox.route.by.field\": \"topic_suffix\",",
+        )
+        .replace(
+            "\"type:header:eventType\"",
+            "\"event_name:header:eventType,tenant:header,shard:partition\"",
+        )
+    }
+
     /// Loads `out` with the relay's own loader, the brokers from the environment.
     fn load(out: &str) -> Result<Settings, crate::config::ConfigError> {
         let dir = std::env::temp_dir().join(format!("relay-import-{}", uuid::Uuid::new_v4()));
@@ -148,9 +189,10 @@ mod tests {
     }
 
     #[test]
-    fn the_benchs_connector_becomes_the_same_source_slot_and_routing() {
-        let t = toml_of(&bench());
+    fn the_benchs_connector_becomes_the_same_source_slot_routing_and_placements() {
+        let t = toml_of(BENCH);
         assert_keys(&t, &["kafka"], &[("format", s("debezium"))]);
+        // The router's options as the connector wrote them; created_at is an extra column.
         assert_keys(
             &t,
             &["kafka", "debezium"],
@@ -160,7 +202,10 @@ mod tests {
                 ("table.field.event.id", s("id")),
                 ("table.field.event.key", s("aggregate_id")),
                 ("table.field.event.payload", s("payload")),
-                ("table.fields.additional.placement", s("id:header:event_id")),
+                (
+                    "table.fields.additional.placement",
+                    s("id:header:event_id,created_at:header:commit_time"),
+                ),
             ],
         );
         let sources = at(&t, &["sources"]).as_array().unwrap();
@@ -180,23 +225,24 @@ mod tests {
                 ("create_slot", toml::Value::Boolean(false)),
                 ("schema", s("public")),
                 ("table", s("outbox")),
+                ("marking", s("none")),
+            ],
+        );
+        // The bench reads the relay's own table: the role the router does not name
+        // (event type) gets the relay's name, not Debezium's `type`.
+        assert_keys(
+            &t,
+            &["sources", "0", "columns"],
+            &[
+                ("id", s("id")),
+                ("aggregate_type", s("aggregate_type")),
+                ("aggregate_id", s("aggregate_id")),
+                ("event_type", s("event_type")),
+                ("payload", s("payload")),
+                ("extra", list(&["created_at"])),
             ],
         );
         assert!(t.get("pipeline").is_none());
-    }
-
-    #[test]
-    fn the_benchs_created_at_placement_is_refused_by_name() {
-        let e = import_text(BENCH, "bench.properties").unwrap_err();
-        let ImportError::Refused { refusals, .. } = &e else {
-            panic!("{e}")
-        };
-        assert_eq!(refusals.len(), 1, "{e}");
-        assert_eq!(
-            refusals[0].option,
-            "transforms.outbox.table.fields.additional.placement"
-        );
-        assert!(refusals[0].reason.contains("created_at"), "{e}");
     }
 
     #[test]
@@ -209,7 +255,7 @@ mod tests {
                 ("route.topic.replacement", s("${routedByValue}.events")),
                 (
                     "table.fields.additional.placement",
-                    s("event_type:header:eventType"),
+                    s("type:header:eventType"),
                 ),
                 ("table.expand.json.payload", s("true")),
                 (
@@ -234,23 +280,61 @@ mod tests {
                 ("slot", s("outbox_slot")),
                 ("publication", s("outbox_publication")),
                 ("create_publication", toml::Value::Boolean(true)),
-                ("create_slot", toml::Value::Boolean(true)),
+                ("create_slot", toml::Value::Boolean(false)),
                 ("schema", s("inventory")),
                 ("table", s("outboxevent")),
+                ("marking", s("none")),
+            ],
+        );
+        // Debezium's default columns, as its router reads them: the table stays as it is.
+        assert_keys(
+            &t,
+            &["sources", "0", "columns"],
+            &[
+                ("id", s("id")),
+                ("aggregate_type", s("aggregatetype")),
+                ("aggregate_id", s("aggregateid")),
+                ("event_type", s("type")),
+                ("payload", s("payload")),
             ],
         );
     }
 
     #[test]
     fn the_output_loads_with_the_relays_own_loader_once_brokers_are_given() {
-        for (what, input) in [("bench", bench()), ("docs", DOCS.to_string())] {
-            let out = import_text(&input, what).unwrap();
+        use crate::config::Marking;
+        let bench = pairs(&[
+            ("id", "id"),
+            ("aggregate_type", "aggregate_type"),
+            ("aggregate_id", "aggregate_id"),
+            ("event_type", "event_type"),
+            ("payload", "payload"),
+            ("extra", "created_at"),
+        ]);
+        let docs = pairs(&[
+            ("id", "id"),
+            ("aggregate_type", "aggregatetype"),
+            ("aggregate_id", "aggregateid"),
+            ("event_type", "type"),
+            ("payload", "payload"),
+        ]);
+        for (what, input, table, columns) in [
+            ("bench", BENCH, ("public", "outbox"), bench),
+            ("docs", DOCS, ("inventory", "outboxevent"), docs),
+        ] {
+            let out = import_text(input, what).unwrap();
             let settings = load(&out).unwrap_or_else(|e| panic!("{what}: {e}\n{out}"));
             assert_eq!(settings.kafka.brokers, "127.0.0.1:9092");
+            let source = &settings.sources[0];
             assert!(matches!(
-                settings.kafka.record_format(&settings.sources[0]).unwrap(),
+                settings.kafka.record_format(source).unwrap(),
                 crate::format::RecordFormat::Debezium(_)
             ));
+            assert_eq!((source.schema.as_str(), source.table.as_str()), table);
+            assert_eq!(mapping(&source.columns), columns, "{what}");
+            assert_eq!(source.columns.timestamp, None, "{what}");
+            assert_eq!(source.marking, Marking::None, "{what}");
+            assert!(!source.create_slot, "{what}");
             let missing = out.parse::<toml::Table>().unwrap();
             assert!(at(&missing, &["kafka"]).get("brokers").is_none());
             assert!(out.contains("RELAY_KAFKA__BROKERS"), "{out}");
@@ -258,11 +342,110 @@ mod tests {
     }
 
     #[test]
+    fn a_table_with_its_own_column_names_is_mapped_and_routed_by_them() {
+        use crate::format::fixtures::{event, headers, ID};
+        use crate::format::{Cell, RecordFormat};
+        let out = import_text(&custom_columns(), "custom").unwrap();
+        let t = out.parse::<toml::Table>().unwrap();
+        assert_keys(
+            &t,
+            &["sources", "0", "columns"],
+            &[
+                ("id", s("event_id")),
+                ("aggregate_type", s("topic_suffix")),
+                ("aggregate_id", s("aggregate_key")),
+                ("event_type", s("event_name")),
+                ("payload", s("body")),
+                ("extra", list(&["tenant", "shard"])),
+            ],
+        );
+        // Kept as written; table.field.event.type became the mapping's event_type only.
+        let debezium = at(&t, &["kafka", "debezium"]);
+        assert_eq!(debezium.get("route.by.field"), Some(&s("topic_suffix")));
+        assert_eq!(
+            debezium.get("table.field.event.key"),
+            Some(&s("aggregate_key"))
+        );
+        assert!(debezium.get("table.field.event.type").is_none(), "{out}");
+        assert!(out.contains("from transforms.outbox.table.field.event.type = event_name"));
+
+        let settings = load(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let RecordFormat::Debezium(router) =
+            settings.kafka.record_format(&settings.sources[0]).unwrap()
+        else {
+            panic!("debezium")
+        };
+        // The event's values by role: the router reads them through the mapping.
+        let columns = [
+            ("tenant".to_string(), Cell::Text("acme".into())),
+            ("shard".to_string(), Cell::Int(2)),
+        ];
+        let e = crate::format::OutboxEvent {
+            columns: &columns,
+            ..event(b"{\"a\":1}", &[])
+        };
+        let record = router.record(&e).unwrap();
+        assert_eq!(record.topic, "order.events");
+        assert_eq!(record.key.as_deref(), Some(&b"o-1"[..]));
+        assert_eq!(record.partition, Some(2));
+        assert_eq!(
+            headers(&record),
+            [
+                ("id".to_string(), ID.to_string()),
+                ("eventType".to_string(), "OrderCreated".to_string()),
+                ("tenant".to_string(), "acme".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn routing_by_the_event_type_column_leaves_the_aggregate_type_its_own() {
+        let out = import_text(
+            &docs_with("\"transforms.outbox.route.by.field\": \"type\","),
+            "docs",
+        )
+        .unwrap();
+        let settings = load(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let c = &settings.sources[0].columns;
+        assert_eq!(
+            (c.event_type.as_str(), c.aggregate_type.as_str()),
+            ("type", "aggregatetype")
+        );
+        assert!(
+            out.contains("route.by.field = type names the event_type column"),
+            "{out}"
+        );
+        assert_eq!(settings.kafka.debezium.0["route.by.field"], "type");
+    }
+
+    #[test]
+    fn a_column_name_the_relay_cannot_map_is_refused_by_its_option() {
+        let text = docs_with("\"transforms.outbox.table.field.event.key\": \"aggregate-id\",");
+        assert_eq!(
+            refused_options(&text),
+            ["transforms.outbox.table.field.event.key"]
+        );
+    }
+
+    #[test]
+    fn a_timestamp_precision_other_than_debeziums_default_is_refused_once_a_column_is_placed() {
+        let placed = |mode: &str| {
+            docs_with(&format!("\"time.precision.mode\": \"{mode}\",")).replace(
+                "\"type:header:eventType\"",
+                "\"type:header:eventType,created_at:header\"",
+            )
+        };
+        assert_eq!(refused_options(&placed("connect")), ["time.precision.mode"]);
+        import_text(&placed("adaptive"), "docs").unwrap();
+        import_text(&docs_with("\"time.precision.mode\": \"connect\","), "docs").unwrap();
+    }
+
+    #[test]
     fn a_literal_password_is_never_written_and_its_variable_is_named() {
         let out = import_text(DOCS, "docs").unwrap();
         assert!(!out.contains("postgrespw"), "{out}");
         assert!(out.contains("RELAY_SOURCES__DBSERVER1__PASSWORD"), "{out}");
-        let out = import_text(&bench(), "bench").unwrap();
+        let out = import_text(BENCH, "bench").unwrap();
         assert!(!out.contains("bench-secret"), "{out}");
         let t = out.parse::<toml::Table>().unwrap();
         assert!(at(&t, &["sources", "0"]).get("password").is_none());
@@ -329,7 +512,7 @@ mod tests {
                 "transforms.outbox.route.topic.regex",
                 "(?<routedByValue>.*)-x",
             ),
-            ("transforms.outbox.route.by.field", "tenant"),
+            ("transforms.outbox.table.field.event.schema.version", "v"),
             ("errors.tolerance", "all"),
             (
                 "column.exclude.list",
@@ -355,8 +538,8 @@ mod tests {
                 "errors.tolerance",
                 "slot.drop.on.stop",
                 "snapshot.mode",
-                "transforms.outbox.route.by.field",
                 "transforms.outbox.route.topic.regex",
+                "transforms.outbox.table.field.event.schema.version",
                 "transforms.unwrap.type",
                 "value.converter.schemas.enable",
             ]
@@ -371,12 +554,12 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_modes_map_to_whether_the_relay_may_create_its_slot() {
+    fn no_snapshot_mode_lets_the_relay_create_a_slot_it_could_not_reconcile() {
         let json = ConnectorConfig::parse(DOCS).unwrap();
         for (mode, create) in [
-            (Some("initial"), Some(true)),
-            (None, Some(true)),
-            (Some("when_needed"), Some(true)),
+            (Some("initial"), Some(false)),
+            (None, Some(false)),
+            (Some("when_needed"), Some(false)),
             (Some("no_data"), Some(false)),
             (Some("never"), Some(false)),
             (Some("always"), None),
@@ -401,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn debeziums_default_column_names_become_the_relays_and_harmless_options_are_listed() {
+    fn a_column_option_is_kept_as_written_and_harmless_options_are_listed() {
         let text = DOCS.replace(
             "\"tasks.max\": \"1\",",
             "\"tasks.max\": \"1\", \"transforms.outbox.route.by.field\": \"aggregatetype\", \"heartbeat.interval.ms\": \"5000\",",
@@ -410,7 +593,11 @@ mod tests {
         let t = out.parse::<toml::Table>().unwrap();
         assert_eq!(
             at(&t, &["kafka", "debezium", "route.by.field"]),
-            &s("aggregate_type")
+            &s("aggregatetype")
+        );
+        assert_eq!(
+            at(&t, &["sources", "0", "columns", "aggregate_type"]),
+            &s("aggregatetype")
         );
         for line in [
             "#     tasks.max = 1: ",

@@ -35,6 +35,7 @@ pub fn render(c: &Conversion, input: &str) -> String {
     section(&mut out, "[kafka.properties]", &c.properties, true);
     section(&mut out, "[pipeline]", &c.pipeline, false);
     section(&mut out, "[[sources]]", &c.source, false);
+    section(&mut out, "[sources.columns]", &c.columns, false);
     out
 }
 
@@ -45,6 +46,7 @@ fn section(out: &mut String, header: &str, entries: &[Entry], quoted: bool) {
     let _ = writeln!(out, "\n{header}");
     for e in entries {
         match &e.value {
+            None if e.key.is_empty() => comment(out, "", &e.note),
             None => comment(out, "", &format!("{}: {}", e.key, e.note)),
             Some(value) => {
                 comment(out, "", &e.note);

@@ -10,13 +10,16 @@
 //!   is dropped on stop, `snapshot.mode = always`, an unknown option, ...). One refusal
 //!   makes the whole conversion fail, and all of them are reported together.
 //!
-//! The router's own options are checked by the relay's own parser
-//! ([`EventRouter::from_options`] over the relay's outbox table), so what this module
-//! accepts is exactly what the loader accepts.
+//! The user's table is kept as it is: `[sources.columns]` maps its columns to the
+//! relay's roles (`columns.rs`), `marking = "none"` writes nothing back to it, and the
+//! router's options keep the names the user wrote. They are checked by the relay's own
+//! parser ([`EventRouter::from_options`] over that mapping), so what this module accepts
+//! is exactly what the loader accepts.
 //!
 //! The database password is never copied: the output names the environment variable
 //! (or `password_file`) that gives it, so the output can be printed, diffed and committed.
 
+mod columns;
 mod router;
 mod source;
 
@@ -32,7 +35,8 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// One line of a section: `key = value`, or only a note where a key is left to the user.
+/// One line of a section: `key = value`, or only a note where a key is left to the user
+/// (with no key: a comment on the section).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub key: String,
@@ -52,6 +56,8 @@ pub struct Conversion {
     pub properties: Vec<Entry>,
     pub pipeline: Vec<Entry>,
     pub source: Vec<Entry>,
+    /// `[sources.columns]`: the table's columns by role.
+    pub columns: Vec<Entry>,
     /// Options accepted that change nothing: option, value, why.
     pub ignored: Vec<(String, String, String)>,
 }
@@ -62,23 +68,6 @@ const TOPIC_NAME_MATCHES: &str = "org.apache.kafka.connect.transforms.predicates
 /// Debezium's defaults for `slot.name` and `publication.name`.
 const DEFAULT_SLOT: &str = "debezium";
 const DEFAULT_PUBLICATION: &str = "dbz_publication";
-
-/// The router's options that name a column of the outbox table.
-const COLUMN_OPTIONS: [&str; 4] = [
-    "table.field.event.id",
-    "table.field.event.key",
-    "table.field.event.payload",
-    "route.by.field",
-];
-
-/// Debezium's default outbox columns and the relay's column of the same role.
-const DEBEZIUM_COLUMNS: [(&str, &str); 5] = [
-    ("id", "id"),
-    ("aggregatetype", "aggregate_type"),
-    ("aggregateid", "aggregate_id"),
-    ("type", "event_type"),
-    ("payload", "payload"),
-];
 
 /// Options that change nothing the relay does, with the reason.
 const IGNORED: &[(&str, &str)] = &[
@@ -97,20 +86,19 @@ const IGNORED: &[(&str, &str)] = &[
     ("max.queue.size.in.bytes", "batching inside Connect; the relay's bounds are pipeline.max_in_flight_*"),
     ("slot.max.retries", "the relay retries a missing or held slot with backoff (pipeline.max_backoff_ms), without limit"),
     ("slot.retry.delay.ms", "the relay retries a missing or held slot with backoff (pipeline.max_backoff_ms), without limit"),
-    ("decimal.handling.mode", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
-    ("time.precision.mode", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
-    ("hstore.handling.mode", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
-    ("interval.handling.mode", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
-    ("binary.handling.mode", "how column types become Connect types: the outbox's columns are text, uuid and jsonb (a bytea payload is poison in the debezium format)"),
-    ("include.unknown.datatypes", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
-    ("money.fraction.digits", "how column types become Connect types: the outbox's columns are text, uuid and jsonb"),
+    ("decimal.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
+    ("hstore.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
+    ("interval.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
+    ("binary.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text (a bytea payload is poison in it)"),
+    ("include.unknown.datatypes", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
+    ("money.fraction.digits", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
     ("schema.name.adjustment.mode", "names of Connect schemas, which the converters without schemas do not write"),
     ("field.name.adjustment.mode", "names of Connect fields; the outbox's column names are plain"),
     ("schema.refresh.mode", "the relay learns the table's columns from pgoutput's relation messages"),
-    ("snapshot.isolation.mode", "the relay's reconciliation reads from an exported snapshot, REPEATABLE READ"),
-    ("snapshot.locking.mode", "the relay's reconciliation takes no table lock"),
-    ("snapshot.fetch.size", "the relay's reconciliation reads PENDING rows page by page"),
-    ("snapshot.delay.ms", "the relay reconciles at once when it creates its slot"),
+    ("snapshot.isolation.mode", "shapes Debezium's snapshot, which the relay does not take"),
+    ("snapshot.locking.mode", "shapes Debezium's snapshot, which the relay does not take"),
+    ("snapshot.fetch.size", "shapes Debezium's snapshot, which the relay does not take"),
+    ("snapshot.delay.ms", "shapes Debezium's snapshot, which the relay does not take"),
     ("database.tcpKeepAlive", "connection details the relay sets itself"),
     ("database.query.timeout.ms", "connection details the relay sets itself"),
     ("offset.mismatch.strategy", "the relay has no offsets of its own: the slot's confirmed position is where it resumes"),
@@ -149,6 +137,7 @@ pub fn convert(config: &ConnectorConfig) -> Result<Conversion, Vec<Refusal>> {
     run.database(&name);
     run.replication();
     run.table();
+    run.marking();
     run.router();
     run.kafka_and_pipeline();
     run.the_rest();
@@ -196,7 +185,12 @@ impl<'a> Run<'a> {
         Some(value.trim())
     }
 
+    /// Refuses `option`; its first reason stands (the relay's parser would name a column
+    /// this module refused already).
     fn refuse(&mut self, option: &str, reason: impl Into<String>) {
+        if self.refusals.iter().any(|r| r.option == option) {
+            return;
+        }
         self.refusals.push(Refusal {
             option: option.to_string(),
             reason: reason.into(),
@@ -317,6 +311,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        self.time_precision();
         for (option, why) in IGNORED {
             self.take_ignored(option, why);
         }
@@ -351,12 +346,30 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The relay parser's message, with the table mapping's state where a column is missing.
-fn explain(message: &str) -> String {
-    if message.contains("has no column") {
-        format!("{message}; a mapping to other columns is a later part of issue 29")
-    } else {
-        message.to_string()
+impl Run<'_> {
+    /// `time.precision.mode`: how Debezium writes a timestamp column a placement puts in
+    /// a header or the envelope; the relay writes Debezium's default.
+    fn time_precision(&mut self) {
+        let Some(v) = self.take("time.precision.mode") else {
+            return;
+        };
+        let placed = self.out.columns.iter().any(|e| e.key == "extra");
+        match v.to_ascii_lowercase().as_str() {
+            "adaptive" | "adaptive_time_microseconds" => self.ignore(
+                "time.precision.mode",
+                v,
+                "the relay places timestamp columns as this mode does (timestamp: epoch microseconds; timestamptz: ISO 8601 text in UTC)",
+            ),
+            _ if !placed => self.ignore(
+                "time.precision.mode",
+                v,
+                "no placement puts a column other than the router's own in a record",
+            ),
+            other => self.refuse(
+                "time.precision.mode",
+                format!("{other}: the relay places timestamp columns as Debezium's default, adaptive, does (timestamp: epoch microseconds; timestamptz: ISO 8601 text in UTC)"),
+            ),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The outbox event router's side of a connector: the transformation, its predicate,
-//! the column options and the converters, checked by the relay's own parser.
+//! its options as the user wrote them, the table mapping they imply (`columns.rs`) and
+//! the converters, checked by the relay's own parser over that mapping.
 
+use super::columns::TYPE_OPTION;
 use super::*;
 
 impl Run<'_> {
@@ -43,6 +45,7 @@ impl Run<'_> {
         ));
         let mut options: BTreeMap<String, String> = BTreeMap::new();
         let mut origins: BTreeMap<String, String> = BTreeMap::new();
+        let mut table = TableColumns::relay_outbox();
         if let Some(n) = &router {
             self.predicate(n);
             let prefix = format!("transforms.{n}.");
@@ -55,10 +58,13 @@ impl Run<'_> {
             for key in keys {
                 let value = self.take(&key).unwrap_or_default();
                 let option = key[prefix.len()..].to_string();
-                let value = self.relay_columns(&key, &option, value);
                 origins.insert(option.clone(), key);
-                options.insert(option, value);
+                options.insert(option, value.to_string());
             }
+            // It names the event type column; Debezium's router reads it for nothing and
+            // the format knows it only at its default, so it goes to the mapping alone.
+            let event_type = options.remove(TYPE_OPTION);
+            table = self.columns(&prefix, &options, event_type.as_deref());
         }
         for conv in ["key.converter", "value.converter", "header.converter"] {
             if let Some(v) = self.take(conv) {
@@ -67,14 +73,10 @@ impl Run<'_> {
             }
         }
         self.schemas_enable(&options);
-        if !options.contains_key("route.by.field") || !options.contains_key("table.field.event.key")
-        {
-            self.out.notes.push("Column options left unset: Debezium reads its default columns (id, aggregatetype, aggregateid, payload), the relay the columns of the same roles in its own table (id, aggregate_type, aggregate_id, payload).".into());
-        }
         if !options.contains_key("key.converter") || !options.contains_key("value.converter") {
             self.out.notes.push("The connector configuration does not set key.converter and value.converter, so the Connect worker's apply (not in this file). The relay's default is StringConverter for both; if the worker uses JsonConverter with schemas.enable=false, set \"key.converter\" / \"value.converter\" = \"json\" below.".into());
         }
-        self.check_router(&options, &origins);
+        self.check_router(&options, &origins, &table);
         for (option, value) in options {
             let origin = &origins[&option];
             self.out.debezium.push(entry(
@@ -122,48 +124,6 @@ impl Run<'_> {
         }
     }
 
-    /// A column option's value, or a placement list's columns, as the relay's table
-    /// names them: Debezium's default column names become the relay's column of the
-    /// same role (`aggregateid` → `aggregate_id`); other names stay (and are refused by
-    /// the relay's parser if the table lacks them).
-    pub(super) fn relay_columns(&mut self, key: &str, option: &str, value: &str) -> String {
-        if COLUMN_OPTIONS.contains(&option) {
-            return self.relay_column(key, value);
-        }
-        if option == "table.fields.additional.placement" {
-            return value
-                .split(',')
-                .map(|e| {
-                    let e = e.trim();
-                    match e.split_once(':') {
-                        Some((column, rest)) => {
-                            format!("{}:{rest}", self.relay_column(key, column.trim()))
-                        }
-                        None => e.to_string(),
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-        }
-        value.to_string()
-    }
-
-    pub(super) fn relay_column(&mut self, key: &str, column: &str) -> String {
-        let relay = TableColumns::relay_outbox();
-        if relay.field(column).is_some() {
-            return column.to_string();
-        }
-        match DEBEZIUM_COLUMNS.iter().find(|(d, _)| *d == column) {
-            Some((_, r)) => {
-                self.out.notes.push(format!(
-                    "{key}: Debezium's column {column} is the relay's {r} (same role); the relay reads its own table's column names until the table mapping exists"
-                ));
-                r.to_string()
-            }
-            None => column.to_string(),
-        }
-    }
-
     /// `*.converter.schemas.enable`: JsonConverter writes schemas unless told not to;
     /// the relay writes JSON without them.
     pub(super) fn schemas_enable(&mut self, options: &BTreeMap<String, String>) {
@@ -182,33 +142,33 @@ impl Run<'_> {
         }
     }
 
-    /// The relay's parser over the router's options: each alone (so every bad option is
-    /// named), then all together (for rules between options).
+    /// The relay's parser over the router's options and the table mapping: each alone
+    /// (so every bad option is named), then all together (for rules between options).
     pub(super) fn check_router(
         &mut self,
         options: &BTreeMap<String, String>,
         origins: &BTreeMap<String, String>,
+        table: &TableColumns,
     ) {
-        let table = TableColumns::relay_outbox();
         let mut refused = BTreeSet::new();
         for (option, value) in options {
             let mut alone = BTreeMap::from([(option.clone(), value.clone())]);
             if option != "value.converter" {
                 alone.insert("value.converter".into(), "json".into());
             }
-            if let Err(e) = EventRouter::from_options(&alone, &table) {
+            if let Err(e) = EventRouter::from_options(&alone, table) {
                 refused.insert(e.option.clone());
                 let origin = origins.get(&e.option).unwrap_or(&e.option);
-                self.refuse(origin, explain(&e.message));
+                self.refuse(origin, e.message);
             }
         }
         if refused.is_empty() {
-            if let Err(e) = EventRouter::from_options(options, &table) {
+            if let Err(e) = EventRouter::from_options(options, table) {
                 let origin = origins
                     .get(&e.option)
                     .cloned()
                     .unwrap_or_else(|| e.option.clone());
-                self.refuse(&origin, explain(&e.message));
+                self.refuse(&origin, e.message);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The database side of a connector: its source's name, connection, password, TLS,
-//! slot and publication, `snapshot.mode` and the outbox table.
+//! slot and publication, `snapshot.mode`, the outbox table and its marking.
 
 use super::*;
 
@@ -64,7 +64,7 @@ impl Run<'_> {
             Some(u) if !u.is_empty() => self.out.source.push(entry(
                 "user",
                 u,
-                format!("{}; the role needs LOGIN REPLICATION and sql/grants.sql's rights (UPDATE of status, processed_at)", from("database.user", u)),
+                format!("{}; the role needs LOGIN REPLICATION, as the connector's does, and USAGE on the table's schema (with marking = \"status\" also sql/grants.sql's SELECT and UPDATE of status, processed_at)", from("database.user", u)),
             )),
             _ => self.refuse("database.user", "missing: the role the relay logs in as"),
         }
@@ -163,11 +163,11 @@ impl Run<'_> {
             Some(p) if p.eq_ignore_ascii_case("pgoutput") => {}
             Some(p) => self.refuse(
                 "plugin.name",
-                format!("{p}: relay-cdc decodes pgoutput only, so it cannot take this slot over; start it on a new slot with reconciliation (README, \"Migrating from Debezium\")"),
+                format!("{p}: relay-cdc decodes pgoutput only, so it cannot take this slot over; start it on a new slot, created while the connector still runs (README, \"Migrating from Debezium\")"),
             ),
             None => self.refuse(
                 "plugin.name",
-                "unset, so Debezium's default decoderbufs: relay-cdc decodes pgoutput only, so it cannot take this slot over; start it on a new slot with reconciliation (README, \"Migrating from Debezium\")",
+                "unset, so Debezium's default decoderbufs: relay-cdc decodes pgoutput only, so it cannot take this slot over; start it on a new slot, created while the connector still runs (README, \"Migrating from Debezium\")",
             ),
         }
         let slot = self.take("slot.name");
@@ -266,7 +266,7 @@ impl Run<'_> {
             "filtered" => self.out.source.push(entry(
                 "create_publication",
                 true,
-                "publication.autocreate.mode = filtered: when missing, the relay creates it for the outbox table (WITH publish = 'insert')",
+                format!("publication.autocreate.mode = filtered: when missing, the relay creates it for the outbox table (WITH publish = 'insert'). One the connector created publishes deletes too (relay-cdc check says so): each row deleted in the writer's transaction is then decoded for nothing; `alter publication {pub_value} set (publish = 'insert')` avoids that"),
             )),
             "all_tables" => {
                 let origin = if mode.is_some() {
@@ -293,8 +293,9 @@ impl Run<'_> {
         self.snapshot_mode();
     }
 
-    /// `snapshot.mode` → whether the relay may create its slot, which it does with an
-    /// exported snapshot publishing the PENDING rows (reconciliation).
+    /// `snapshot.mode` → whether the relay may create its slot. Under `marking = "none"`
+    /// it never snapshots the table and a slot it creates begins at its creation, so no
+    /// mode lets it create one unasked: a missing slot stops it rather than leave a gap.
     pub(super) fn snapshot_mode(&mut self) {
         let mode = self.take("snapshot.mode");
         let value = mode.unwrap_or("initial").to_ascii_lowercase();
@@ -305,19 +306,19 @@ impl Run<'_> {
         match value.as_str() {
             "initial" | "when_needed" | "exported" => self.out.source.push(entry(
                 "create_slot",
-                true,
-                format!("{origin}: an existing slot is resumed with no snapshot; when the relay creates the slot (or recreates a lost one) it first publishes the rows still PENDING in an exported snapshot (reconciliation), where Debezium would snapshot every row of the table"),
+                false,
+                format!("{origin}: Debezium snapshots the table when the connector has no offsets (every row still in it becomes an event; none where rows are deleted in the writer's transaction), else resumes its slot. Under marking = \"none\" the relay cannot snapshot (nothing tells a delivered row from another) and a slot it created would begin at its creation, missing the rows committed before it that the connector had not delivered: so it resumes the connector's slot only and stops if that is missing. To move to a new slot, create it while the connector still runs, or set create_slot = true and start the relay before stopping the connector (README, \"Migrating from Debezium\")"),
             )),
             "no_data" | "never" => self.out.source.push(entry(
                 "create_slot",
                 false,
-                format!("{origin}: no snapshot, ever: the relay streams from the existing slot only (creating a slot always reconciles PENDING rows; set create_slot = true to allow that)"),
+                format!("{origin}: no snapshot, ever: the relay resumes the existing slot only and stops if it is missing"),
             )),
-            "always" => self.refuse("snapshot.mode", "always: the relay never re-publishes the table at each start; it resumes from its slot"),
-            "initial_only" => self.refuse("snapshot.mode", "initial_only: the relay always streams after reconciling"),
+            "always" => self.refuse("snapshot.mode", "always: Debezium snapshots the whole table at every start; the relay takes no snapshot, it resumes from its slot"),
+            "initial_only" => self.refuse("snapshot.mode", "initial_only: Debezium snapshots and never streams; the relay streams from its slot"),
             "configuration_based" | "custom" => self.refuse(
                 "snapshot.mode",
-                format!("{value}: the relay's only snapshot is the reconciliation of PENDING rows when it creates its slot (snapshot.mode = initial)"),
+                format!("{value}: the relay takes no snapshot of the table; it resumes its slot (snapshot.mode = initial or no_data)"),
             ),
             other => self.refuse("snapshot.mode", format!("{other:?} is not a snapshot mode of Debezium's PostgreSQL connector")),
         }
@@ -332,7 +333,10 @@ impl Run<'_> {
             .collect();
         for k in keys {
             self.take(k);
-            self.refuse(k, "shapes Debezium's snapshot; the relay's reconciliation publishes exactly the PENDING rows");
+            self.refuse(
+                k,
+                "shapes Debezium's snapshot, which the relay does not take",
+            );
         }
     }
 
@@ -391,8 +395,15 @@ impl Run<'_> {
         self.out
             .source
             .push(entry("table", table, from(option, one)));
-        self.out.notes.push(format!(
-            "The relay reads an outbox table of its own shape ({schema}.{table} with id, aggregate_type, aggregate_id, event_type, payload, status, created_at, processed_at: sql/outbox/0001_outbox.sql) and marks each published row PROCESSED. A table mapping for other shapes and `marking = none` (for a table without status, as Debezium's usually is) are a later part of issue 29, not in this configuration."
+    }
+
+    /// `marking = "none"`: Debezium writes nothing back to the table, and its
+    /// documented pattern deletes each row in the writer's transaction (no status column).
+    pub(super) fn marking(&mut self) {
+        self.out.source.push(entry(
+            "marking",
+            "none",
+            "Debezium writes nothing back to the table, and its documented outbox pattern deletes each row in the writer's transaction (no status column): the relay writes nothing back either. That gives up what the relay's status column gives: a slot the relay creates does not publish the rows written before it (no reconciliation), a lost or invalidated slot halts the source instead of being recreated, no audit of the table against the slot, no retention. If the table has the relay's status columns (status, created_at, processed_at: sql/outbox/0001_outbox.sql), marking = \"status\" brings them back; the rows Debezium delivered are still PENDING there, so mark them PROCESSED first, or a slot the relay creates publishes them again (reconciliation)",
         ));
     }
 }
