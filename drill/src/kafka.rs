@@ -9,7 +9,7 @@
 //! but is never handed to the application, so how far a collector got is the
 //! consumer's position, not the last record's offset + 1.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -173,23 +173,30 @@ impl Seen {
     /// Whether every id in `ids` has been read.
     pub fn has_all(&self, ids: &[String]) -> bool {
         let s = self.0.lock().expect("collector lock");
-        ids.iter().all(|id| s.seen.contains(id))
+        ids.iter().all(|id| s.seen.contains_key(id))
     }
 
     /// Those of `ids` that have been read.
     pub fn read_of(&self, ids: &[String]) -> Vec<String> {
         let s = self.0.lock().expect("collector lock");
         ids.iter()
-            .filter(|id| s.seen.contains(*id))
+            .filter(|id| s.seen.contains_key(*id))
             .cloned()
             .collect()
+    }
+
+    /// When each of `ids` was first read (`None` for one never read).
+    pub fn first_read<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<Option<Instant>> {
+        let s = self.0.lock().expect("collector lock");
+        ids.into_iter().map(|id| s.seen.get(id).copied()).collect()
     }
 }
 
 #[derive(Default)]
 struct Collected {
     records: Vec<Delivered>,
-    seen: HashSet<String>,
+    /// Every event id read, with when it was read first.
+    seen: HashMap<String, Instant>,
     /// Next offset to read, per (topic, partition).
     next: HashMap<(String, i32), i64>,
     /// How often the consumer was rebuilt after a stall.
@@ -392,7 +399,7 @@ async fn collect(
             continue;
         }
         if let Some(id) = &d.event_id {
-            s.seen.insert(id.clone());
+            s.seen.entry(id.clone()).or_insert_with(Instant::now);
         }
         s.next.insert((d.topic.clone(), d.partition), d.offset + 1);
         s.records.push(d);

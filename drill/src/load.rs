@@ -9,8 +9,10 @@
 //!   from `UserCreated` events, so they appear only when the relay delivers); a share
 //!   name an unknown account and must fail with 422. Transport errors and 5xx are
 //!   retried with the same `Idempotency-Key`, as a careful client would;
-//! - optionally, per database, a client that writes outbox rows with the event type
-//!   [`ROLLED_BACK_EVENT`] and rolls back (explicitly, or after an error).
+//! - optionally, per database, a client that writes events with the event type
+//!   [`ROLLED_BACK_EVENT`] and rolls back (explicitly, or after an error): outbox rows,
+//!   or with message capture one `pg_logical_emit_message(true, prefix, envelope)` per
+//!   event, as the services write them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,6 +87,9 @@ pub struct Target {
     pub tag: String,
     pub users_pool: PgPool,
     pub tx_pool: PgPool,
+    /// With message capture, the prefix the rollback client's messages carry; `None`:
+    /// it writes outbox rows.
+    pub message_prefix: Option<String>,
 }
 
 struct Shared {
@@ -384,16 +389,30 @@ async fn rollbacks(
         let fail_first = rng.chance(0.25);
         let r: Result<(), sqlx::Error> = async {
             let mut tx = pool.begin().await?;
-            sqlx::query(
-                "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
-                 select id, $2, id::text, $3, jsonb_build_object('drill', 'rolled back') \
-                 from unnest($1::uuid[]) as id",
-            )
-            .bind(&ids)
-            .bind(aggregate_type)
-            .bind(ROLLED_BACK_EVENT)
-            .execute(&mut *tx)
-            .await?;
+            match &s.target.message_prefix {
+                None => {
+                    sqlx::query(
+                        "insert into outbox (id, aggregate_type, aggregate_id, event_type, payload) \
+                         select id, $2, id::text, $3, jsonb_build_object('drill', 'rolled back') \
+                         from unnest($1::uuid[]) as id",
+                    )
+                    .bind(&ids)
+                    .bind(aggregate_type)
+                    .bind(ROLLED_BACK_EVENT)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Some(prefix) => {
+                    sqlx::query(
+                        "select pg_logical_emit_message(true, $1, m) \
+                         from unnest($2::bytea[]) with ordinality as e (m, n) order by n",
+                    )
+                    .bind(prefix)
+                    .bind(rolled_back_envelopes(&ids, aggregate_type))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
             // Stay open while other transactions commit around this one.
             tokio::time::sleep(hold).await;
             if fail_first {
@@ -413,9 +432,40 @@ async fn rollbacks(
     }
 }
 
+/// The envelopes of the rollback client's events with `ids` (aggregate id = event id),
+/// as the rows it writes with the table carry them.
+fn rolled_back_envelopes(ids: &[Uuid], aggregate_type: &str) -> Vec<Vec<u8>> {
+    ids.iter()
+        .map(|id| {
+            let event = outbox::NewEvent::new(
+                aggregate_type,
+                id,
+                ROLLED_BACK_EVENT,
+                &serde_json::json!({"drill": "rolled back"}),
+            )
+            .expect("a JSON object serialises");
+            outbox::message::encode(*id, &event).expect("the drill's event keeps the outbox rules")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rolled_back_envelopes_decode_to_the_rows_the_table_would_hold() {
+        let ids = [Uuid::now_v7(), Uuid::now_v7()];
+        let envs = rolled_back_envelopes(&ids, "user");
+        assert_eq!(envs.len(), 2);
+        for (id, env) in ids.iter().zip(&envs) {
+            let e = outbox::message::decode(env).unwrap();
+            assert_eq!(e.id, *id);
+            assert_eq!(e.aggregate_type, "user");
+            assert_eq!(e.aggregate_id, id.to_string());
+            assert_eq!(e.event_type, ROLLED_BACK_EVENT);
+        }
+    }
 
     #[test]
     fn the_generator_is_reproducible_and_stays_in_range() {

@@ -13,6 +13,7 @@ mod load;
 mod report;
 mod scenario;
 mod stack;
+mod truth;
 mod verify;
 
 use std::path::PathBuf;
@@ -57,6 +58,13 @@ struct Cli {
     /// recreates its slots and publishes what is still PENDING.
     #[arg(long, value_enum, default_value_t = SlotSync::On)]
     slot_sync: SlotSync,
+    /// How events travel from the services to the relays: `table` (outbox rows, the
+    /// default) or `messages` / `messages:<prefix>` (transactional logical decoding
+    /// messages, no table: the services get `OUTBOX_CAPTURE`, the relays' sources
+    /// `capture = "messages"`, and the verdict reads what committed from a slot of the
+    /// drill's own). Scenario 5 (it needs PROCESSED marking) is reported not applicable.
+    #[arg(long, default_value = "table", value_parser = parse_capture)]
+    capture: outbox::Capture,
     /// Sign-ups per second on user-service.
     #[arg(long, default_value_t = 10.0)]
     signups_per_s: f64,
@@ -104,6 +112,10 @@ enum Security {
 enum SlotSync {
     On,
     Off,
+}
+
+fn parse_capture(s: &str) -> Result<outbox::Capture, String> {
+    outbox::Capture::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -239,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         keep: cli.keep_stack,
         delivery: cli.delivery,
         slot_sync: cli.slot_sync == SlotSync::On,
+        capture: cli.capture.clone(),
     };
     let mut outcomes = Vec::new();
     let interrupted = tokio::select! {
@@ -272,8 +285,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 
     let preface = format!(
-        "`{command}` — run {run_id}, seed {seed}, delivery {}, {}, {} s of load per scenario, broker outage {} s; logs in {}",
+        "`{command}` — run {run_id}, seed {seed}, delivery {}, capture {}, {}, {} s of load per scenario, broker outage {} s; logs in {}",
         cli.delivery.as_str(),
+        cli.capture,
         match cli.security {
             Security::Plain => "plain stack",
             Security::Tls => "secured stack (TLS verify-full to PostgreSQL, SASL_SSL/SCRAM to Kafka, each component as its least-privilege principal)",
@@ -345,6 +359,25 @@ mod tests {
         assert_eq!(c.scenarios, vec![1, 4]);
         assert_eq!(c.pg_port, 6000);
         assert_eq!(c.delivery, Delivery::AtLeastOnce);
+        assert_eq!(c.capture, outbox::Capture::Table);
+    }
+
+    #[test]
+    fn the_capture_flag_takes_the_services_own_forms() {
+        let parse = |v: &str| Cli::try_parse_from(["outbox-drill", "--capture", v]);
+        assert_eq!(
+            parse("messages").unwrap().capture,
+            outbox::Capture::messages()
+        );
+        assert_eq!(
+            parse("messages:drill").unwrap().capture,
+            outbox::Capture::Messages {
+                prefix: "drill".into()
+            }
+        );
+        assert_eq!(parse("table").unwrap().capture, outbox::Capture::Table);
+        assert!(parse("rows").is_err());
+        assert!(parse("messages:").is_err());
     }
 
     #[test]

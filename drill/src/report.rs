@@ -8,6 +8,11 @@
 //! `scenario::recovered`): the relays' session restarts, the stuck producers they
 //! replaced, the orphans their audit published (any fails the scenario) and
 //! transaction-service's consumer rebuilds.
+//!
+//! With message capture (`--capture messages`) there is no table: "orphans published"
+//! says `n/a` (no audit runs), a scenario that needs the table is a row of `n/a` with
+//! its reason, and a scenario whose expected end is the documented halt shows the
+//! events the halt left behind as the gap they are.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -36,6 +41,14 @@ pub const COLUMNS: [&str; 14] = [
 /// The four counts of what recovered; "—" where the scenario stopped before its
 /// processes were read, "?" for a service that did not answer.
 fn recovered_cells(o: &Outcome) -> [String; 4] {
+    let mut cells = recovered_counts(o);
+    if o.no_table {
+        cells[2] = "n/a".to_string();
+    }
+    cells
+}
+
+fn recovered_counts(o: &Outcome) -> [String; 4] {
     match o.recovered {
         None => std::array::from_fn(|_| "—".to_string()),
         Some(Recovered {
@@ -110,8 +123,24 @@ pub fn table(outcomes: &[Outcome]) -> String {
     )
     .expect("write to string");
     for o in outcomes {
+        if o.not_applicable.is_some() {
+            let na = vec!["n/a"; COLUMNS.len() - 2].join(" | ");
+            writeln!(
+                s,
+                "| {}. {} | {na} | n/a: needs the outbox table (see below) |",
+                o.scenario.number(),
+                o.scenario.title(),
+            )
+            .expect("write to string");
+            continue;
+        }
         let t = &o.tally;
         let [restarts, stuck, orphans, rebuilds] = recovered_cells(o);
+        let lost = if o.expect_halt {
+            format!("{} (gap after the halt)", t.lost)
+        } else {
+            t.lost.to_string()
+        };
         writeln!(
             s,
             "| {}. {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {restarts} | {stuck} | {orphans} | {rebuilds} | {} |",
@@ -119,7 +148,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.scenario.title(),
             t.committed,
             t.delivered,
-            t.lost,
+            lost,
             t.duplicates,
             o.duplicates_uncommitted
                 .map_or_else(|| "—".to_string(), |d| d.to_string()),
@@ -144,20 +173,42 @@ pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String
         .filter(|o| !o.passed())
         .map(|o| format!("{} ({})", o.scenario.number(), o.failures().join("; ")))
         .collect();
-    writeln!(
-        s,
-        "\n**{}**\n",
-        if failed.is_empty() {
-            match delivery {
-                Delivery::AtLeastOnce => "PASS: nothing lost, nothing invented, no order violation, every end-to-end check holds",
-                Delivery::ExactlyOnce => "PASS: nothing lost, nothing invented, nothing read twice (read_committed), no order violation, every end-to-end check holds",
-            }
-            .to_string()
-        } else {
-            format!("FAIL in scenario(s) {}", failed.join(", "))
+    let not_applicable: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.not_applicable.is_some())
+        .map(|o| o.scenario.number().to_string())
+        .collect();
+    let halted: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.expect_halt)
+        .map(|o| o.scenario.number().to_string())
+        .collect();
+    let mut verdict = if failed.is_empty() {
+        match delivery {
+            Delivery::AtLeastOnce => "PASS: nothing lost, nothing invented, no order violation, every end-to-end check holds",
+            Delivery::ExactlyOnce => "PASS: nothing lost, nothing invented, nothing read twice (read_committed), no order violation, every end-to-end check holds",
         }
-    )
-    .expect("write to string");
+        .to_string()
+    } else {
+        format!("FAIL in scenario(s) {}", failed.join(", "))
+    };
+    if !halted.is_empty() {
+        write!(
+            verdict,
+            "; scenario(s) {} ended in the documented halt (its gap not counted as lost)",
+            halted.join(", ")
+        )
+        .expect("write to string");
+    }
+    if !not_applicable.is_empty() {
+        write!(
+            verdict,
+            "; scenario(s) {} not applicable without the outbox table (not run)",
+            not_applicable.join(", ")
+        )
+        .expect("write to string");
+    }
+    writeln!(s, "\n**{verdict}**\n").expect("write to string");
     for o in outcomes {
         writeln!(
             s,
@@ -167,6 +218,9 @@ pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String
             o.elapsed.as_secs_f64()
         )
         .expect("write to string");
+        if let Some(why) = &o.not_applicable {
+            writeln!(s, "- **not applicable**: {why}").expect("write to string");
+        }
         if let Some(e) = &o.error {
             writeln!(s, "- **error**: {e}").expect("write to string");
         }
@@ -355,6 +409,68 @@ mod tests {
         assert!(t.contains("never"));
         assert!(t.contains("FAIL: c"));
         assert!(render(&[outcome()], Delivery::AtLeastOnce, "x").contains("PASS"));
+    }
+
+    #[test]
+    fn without_a_table_orphans_are_not_applicable_and_so_is_a_scenario_that_needs_it() {
+        let o = Outcome {
+            no_table: true,
+            ..outcome()
+        };
+        assert_eq!(cell(&table(&[o]), "orphans published"), "n/a");
+        let na = Outcome {
+            no_table: true,
+            not_applicable: Some("nothing is marked PROCESSED".into()),
+            ..Outcome::new(Scenario::AckBeforeMark, Delivery::AtLeastOnce)
+        };
+        let t = table(&[na]);
+        assert_eq!(
+            t.lines().nth(2).unwrap().matches('|').count(),
+            COLUMNS.len() + 1,
+            "{t}"
+        );
+        assert_eq!(cell(&t, "lost"), "n/a");
+        assert_eq!(cell(&t, "committed"), "n/a");
+        assert!(cell(&t, "end-to-end").starts_with("n/a"), "{t}");
+        let na = Outcome {
+            not_applicable: Some("nothing is marked PROCESSED".into()),
+            ..Outcome::new(Scenario::AckBeforeMark, Delivery::AtLeastOnce)
+        };
+        let text = render(&[outcome(), na], Delivery::AtLeastOnce, "x");
+        assert!(
+            text.contains("**PASS: nothing lost") && text.contains("scenario(s) 5 not applicable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- **not applicable**: nothing is marked PROCESSED"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_expected_halt_shows_its_gap_as_such() {
+        let o = Outcome {
+            expect_halt: true,
+            tally: Tally {
+                committed: 10,
+                delivered: 6,
+                lost: 4,
+                ..Tally::default()
+            },
+            ..outcome()
+        };
+        let text = render(&[o], Delivery::AtLeastOnce, "x");
+        assert_eq!(cell(&table_of(&text), "lost"), "4 (gap after the halt)");
+        assert!(text.contains("ended in the documented halt"), "{text}");
+        assert!(text.contains("**PASS"), "{text}");
+    }
+
+    fn table_of(text: &str) -> String {
+        text.lines()
+            .skip_while(|l| !l.starts_with("| scenario"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]

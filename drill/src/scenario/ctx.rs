@@ -50,6 +50,19 @@ pub struct Ctx {
     /// Scenario 7: failover slots synced to the standby (PostgreSQL 17+), or off to
     /// show the reconciliation fallback.
     pub slot_sync: bool,
+    /// How the services hand events to the relays: outbox rows, or logical decoding
+    /// messages (then the verdict's truth is the drill's own slot, see `crate::truth`).
+    pub capture: outbox::Capture,
+}
+
+impl Ctx {
+    /// The message prefix when events travel as messages; `None` with the table.
+    pub fn message_prefix(&self) -> Option<&str> {
+        match &self.capture {
+            outbox::Capture::Table => None,
+            outbox::Capture::Messages { prefix } => Some(prefix),
+        }
+    }
 }
 
 /// Names of one scenario's databases, slots and topics.

@@ -52,11 +52,19 @@ use world::{Window, World};
 /// by itself (see `run_inner`).
 const LOAD_SAFETY_NET: Duration = Duration::from_secs(900);
 
+/// Why scenario 5 does not run with message capture.
+const ACK_BEFORE_MARK_WITHOUT_TABLE: &str = "with message capture nothing is marked PROCESSED: there is no row, so no moment between Kafka's ack and the mark to crash in. The relay confirms the slot once Kafka acked, and a kill -9 in the unconfirmed window (replayed with the same event ids) is what scenarios 1 and 4 do";
+
 /// Runs `sc` and always returns its outcome; processes and slots are cleaned up.
 pub async fn run(ctx: &mut Ctx, sc: Scenario) -> Outcome {
     let started = Instant::now();
     let names = Names::new(&ctx.run_id, sc);
     let mut out = Outcome::new(sc, ctx.delivery);
+    out.no_table = ctx.message_prefix().is_some();
+    if out.no_table && sc == Scenario::AckBeforeMark {
+        out.not_applicable = Some(ACK_BEFORE_MARK_WITHOUT_TABLE.to_string());
+        return out;
+    }
     if let Err(e) = run_inner(ctx, sc, &names, &mut out).await {
         out.error = Some(format!("{e:#}"));
     }
@@ -99,6 +107,7 @@ async fn run_inner(
         .await
         .context("creating the scenario's databases")?;
     let mut proxy = None;
+    let messages = ctx.message_prefix().is_some();
     if sc == Scenario::PrimaryFailover {
         let version = stack.server_version_num().await?;
         if ctx.slot_sync && version < 170_000 {
@@ -106,6 +115,14 @@ async fn run_inner(
                 "scenario 7 with slot sync needs PostgreSQL 17 or newer (this stack runs {version}): run PG_VERSION=17 scripts/drill --scenarios 7, or add --slot-sync off"
             );
         }
+        if messages && version < 170_000 {
+            bail!(
+                "scenario 7 with --capture messages needs PostgreSQL 17 or newer (this stack runs {version}): without a table the drill reads what committed from a slot of its own, which must survive the promotion as a failover slot synced to the standby; run PG_VERSION=17 scripts/drill --capture messages --scenarios 7"
+            );
+        }
+        // Without a table and without the relay's slots on the promoted server, the
+        // relay must halt (`slot_lost`), not recreate them.
+        out.expect_halt = messages && !ctx.slot_sync;
         // After the scenario's databases exist: the base backup carries them.
         stack
             .run("standby-up")
@@ -153,8 +170,17 @@ async fn run_inner(
         relay_lives: [None, None],
         lifetimes: Default::default(),
         relay_ports: [free_port(), free_port()],
-        relay_env: relay_env(stack, names, sc, ctx.delivery, (pg_port, ctx.slot_sync))?,
+        relay_env: relay_env(
+            stack,
+            names,
+            sc,
+            ctx.delivery,
+            (pg_port, ctx.slot_sync),
+            ctx.message_prefix(),
+        )?,
         recoveries: Vec::new(),
+        recoveries_at: Vec::new(),
+        truth_slots: false,
         pg_port,
         proxy,
         load_deadline: Instant::now(),
@@ -180,6 +206,19 @@ async fn run_inner(
         ));
     }
 
+    if messages {
+        // The truth survives scenario 7's promotion only as a failover slot (17+).
+        w.create_truth_slots(sc == Scenario::PrimaryFailover)
+            .await
+            .context("creating the drill's truth slots")?;
+        out.notes.push(format!(
+            "message capture ({}): the services write no outbox row; what committed is read from the drill's own pgoutput slots {} and {} (peeked, dropped with the scenario)",
+            ctx.capture,
+            crate::truth::slot_name(&names.users_db),
+            crate::truth::slot_name(&names.tx_db),
+        ));
+    }
+
     let plan = &ctx.plan;
     let mut load_cfg = plan.load.clone();
     if sc == Scenario::Rollbacks {
@@ -199,6 +238,7 @@ async fn run_inner(
             tag: format!("{}-s{}", ctx.run_id, sc.number()),
             users_pool: w.users_pool.clone(),
             tx_pool: w.tx_pool.clone(),
+            message_prefix: ctx.message_prefix().map(str::to_string),
         },
         &load_cfg,
         hard_limit,

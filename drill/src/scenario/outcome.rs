@@ -40,6 +40,16 @@ pub struct Outcome {
     /// The scenario could not run to its verdict.
     pub error: Option<String>,
     pub elapsed: Duration,
+    /// Events travelled as logical decoding messages (`--capture messages`): no table,
+    /// so no audit and no orphans to count.
+    pub no_table: bool,
+    /// Why the scenario does not apply to this run (it needs the outbox table); it ran
+    /// nothing and is reported as not applicable, never as passed.
+    pub not_applicable: Option<String>,
+    /// The documented halt is the expected end (a lost slot without a table): the
+    /// events the halt leaves behind are the documented gap, not a loss the verdict
+    /// counts; a check asserts the halt itself.
+    pub expect_halt: bool,
 }
 
 impl Outcome {
@@ -57,6 +67,9 @@ impl Outcome {
             notes: Vec::new(),
             error: None,
             elapsed: Duration::ZERO,
+            no_table: false,
+            not_applicable: None,
+            expect_halt: false,
         }
     }
 
@@ -71,10 +84,13 @@ impl Outcome {
     pub fn failures(&self) -> Vec<String> {
         let t = &self.tally;
         let mut why = Vec::new();
+        if self.not_applicable.is_some() {
+            return why;
+        }
         if self.error.is_some() {
             why.push("it could not run to its verdict".to_string());
         }
-        if t.lost > 0 {
+        if t.lost > 0 && !self.expect_halt {
             why.push(format!("{} lost", t.lost));
         }
         if t.invented > 0 {
@@ -202,6 +218,32 @@ mod tests {
                 "check failed: every outbox row PROCESSED",
             ]
         );
+    }
+
+    #[test]
+    fn a_scenario_that_does_not_apply_neither_fails_nor_counts_anything() {
+        let o = Outcome {
+            not_applicable: Some("needs the outbox table".into()),
+            ..Outcome::new(Scenario::AckBeforeMark, Delivery::AtLeastOnce)
+        };
+        assert!(o.failures().is_empty());
+        assert_eq!(o.tally.committed, 0);
+    }
+
+    #[test]
+    fn an_expected_halt_leaves_a_gap_but_still_fails_on_invention_disorder_or_its_check() {
+        let mut o = clean(Delivery::AtLeastOnce);
+        o.expect_halt = true;
+        o.tally.lost = 40;
+        assert!(o.passed(), "the gap a halt leaves is documented");
+        o.tally.invented = 1;
+        assert!(!o.passed());
+        o.tally.invented = 0;
+        o.checks[0].ok = false;
+        assert!(!o.passed(), "the halt itself is a check");
+        let mut o = clean(Delivery::AtLeastOnce);
+        o.tally.lost = 1;
+        assert!(!o.passed(), "without an expected halt a gap is a loss");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub(super) fn relay_env(
     sc: Scenario,
     delivery: Delivery,
     (pg_port, slot_sync): (u16, bool),
+    message_prefix: Option<&str>,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let mut env = vec![
         ("RELAY_KAFKA__BROKERS".to_string(), stack.brokers()),
@@ -62,6 +63,10 @@ pub(super) fn relay_env(
         ]);
         for (k, v) in stack.pg_tls() {
             env.push((format!("{p}{}", k.to_uppercase()), v));
+        }
+        if let Some(prefix) = message_prefix {
+            env.push((format!("{p}CAPTURE"), "messages".into()));
+            env.push((format!("{p}MESSAGE_PREFIX"), prefix.to_string()));
         }
     }
     if sc == Scenario::PrimaryFailover && !slot_sync {
@@ -126,6 +131,7 @@ mod tests {
             Scenario::Standby,
             Delivery::ExactlyOnce,
             (55532, true),
+            None,
         )
         .unwrap();
         assert_eq!(var(&env, "RELAY_KAFKA__DELIVERY"), Some("exactly-once"));
@@ -151,6 +157,7 @@ mod tests {
             Scenario::RelayKill,
             Delivery::AtLeastOnce,
             (55532, true),
+            None,
         )
         .unwrap();
         for key in [
@@ -166,8 +173,15 @@ mod tests {
     fn every_relay_audits_often_enough_to_find_an_orphan_within_a_short_scenario() {
         for sc in Scenario::ALL {
             let names = Names::new("20261201120000", sc);
-            let env =
-                relay_env(&stack(), &names, sc, Delivery::AtLeastOnce, (55532, true)).unwrap();
+            let env = relay_env(
+                &stack(),
+                &names,
+                sc,
+                Delivery::AtLeastOnce,
+                (55532, true),
+                None,
+            )
+            .unwrap();
             assert_eq!(
                 var(&env, "RELAY_PIPELINE__AUDIT_INTERVAL_MS"),
                 Some("2000"),
@@ -186,6 +200,7 @@ mod tests {
             Scenario::PrimaryFailover,
             Delivery::AtLeastOnce,
             (40001, false),
+            None,
         )
         .unwrap();
         assert_eq!(var(&env, "RELAY_SOURCES__USERS_DB__PORT"), Some("40001"));
@@ -199,6 +214,7 @@ mod tests {
             Scenario::PrimaryFailover,
             Delivery::AtLeastOnce,
             (40001, true),
+            None,
         )
         .unwrap();
         assert_eq!(var(&synced, "RELAY_SOURCES__USERS_DB__FAILOVER_SLOT"), None);
@@ -208,5 +224,39 @@ mod tests {
             "chosen by number, not in the default set"
         );
         assert!(!Scenario::ALL.contains(&Scenario::PrimaryFailover));
+    }
+
+    #[test]
+    fn message_capture_sets_both_sources_to_messages_with_the_prefix() {
+        let names = Names::new("20261201120000", Scenario::RelayKill);
+        let env = relay_env(
+            &stack(),
+            &names,
+            Scenario::RelayKill,
+            Delivery::AtLeastOnce,
+            (55532, true),
+            Some("outbox"),
+        )
+        .unwrap();
+        for source in ["USERS_DB", "TRANSACTION_DB"] {
+            assert_eq!(
+                var(&env, &format!("RELAY_SOURCES__{source}__CAPTURE")),
+                Some("messages")
+            );
+            assert_eq!(
+                var(&env, &format!("RELAY_SOURCES__{source}__MESSAGE_PREFIX")),
+                Some("outbox")
+            );
+        }
+        let table = relay_env(
+            &stack(),
+            &names,
+            Scenario::RelayKill,
+            Delivery::AtLeastOnce,
+            (55532, true),
+            None,
+        )
+        .unwrap();
+        assert_eq!(var(&table, "RELAY_SOURCES__USERS_DB__CAPTURE"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The end of a scenario: converge, stop the services and the relays, read the topics
 //! back, compare every outbox row with them and run the end-to-end checks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::catalog::Scenario;
@@ -9,6 +9,7 @@ use super::outcome::{Check, Outcome};
 use super::recovered::{self, Recovered};
 use super::world::World;
 use crate::load::{LoadSummary, ROLLED_BACK_EVENT};
+use crate::truth::{self, TruthEvent};
 use crate::verify::{self, Committed};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,16 +57,22 @@ impl World<'_> {
     ) -> anyhow::Result<()> {
         let ctx = self.ctx;
         let plan = &ctx.plan;
-        let settled = self.wait_settled(plan.converge_timeout).await;
-        match &settled {
-            Ok(t) => out.notes.push(format!(
-                "settled {:.1} s after the load stopped",
-                t.as_secs_f64()
-            )),
-            Err(why) => out.notes.push(format!(
-                "did not settle within {:?} after the load: {why}",
-                plan.converge_timeout
-            )),
+        let messages = ctx.message_prefix().is_some();
+        if out.expect_halt {
+            // The halted sources deliver nothing more: nothing can settle.
+            out.notes
+                .push("not waiting for the outbox and the settlements: the sources halted".into());
+        } else {
+            match self.wait_settled(plan.converge_timeout).await {
+                Ok(t) => out.notes.push(format!(
+                    "settled {:.1} s after the load stopped",
+                    t.as_secs_f64()
+                )),
+                Err(why) => out.notes.push(format!(
+                    "did not settle within {:?} after the load: {why}",
+                    plan.converge_timeout
+                )),
+            }
         }
 
         // Its counters go with it: read them before the SIGTERM.
@@ -105,7 +112,8 @@ impl World<'_> {
                 "a service died".into()
             },
         });
-        let processed = self.wait_outbox_processed(Duration::from_secs(60)).await;
+        let processed =
+            !out.expect_halt && self.wait_outbox_processed(Duration::from_secs(60)).await;
 
         // Then the relays: SIGTERM, a clean exit expected.
         let mut relay_exits = Vec::new();
@@ -167,11 +175,56 @@ impl World<'_> {
             ));
         }
 
+        let committed = if messages {
+            // Everything has stopped: the truth slots hold every event that committed.
+            let truth = self.truth().await?;
+            let seen = self.collector.seen();
+            let events: Vec<&TruthEvent> = truth.iter().map(|(_, e)| e).collect();
+            for (start, lsn) in self.recoveries_at.drain(..) {
+                out.recoveries.push(lsn.and_then(|lsn| {
+                    truth::recovery(start, lsn, &events, |ids| {
+                        seen.first_read(ids.iter().copied())
+                    })
+                }));
+            }
+            truth
+                .iter()
+                .map(|(source, e)| e.committed(source))
+                .collect()
+        } else {
+            self.outbox_rows().await?
+        };
+        if messages && !out.recoveries.is_empty() {
+            let never = out.recoveries.iter().filter(|r| r.is_none()).count();
+            out.checks.push(Check {
+                name: "every fault recovered".into(),
+                ok: never == 0,
+                detail: format!(
+                    "{never} of {} faults never saw the events committed before their end delivered",
+                    out.recoveries.len()
+                ),
+            });
+        }
+        let names = self.names;
+        out.tally = verify::tally(&committed, &records, |a| names.topic_for(a));
+        let uncommitted = verify::tally(&committed, &records_uncommitted, |a| names.topic_for(a));
+        out.duplicates_uncommitted = Some(uncommitted.duplicates);
+        out.notes.push(format!(
+            "{} records read back from Kafka read_committed, {} read_uncommitted ({} committed rows)",
+            records.len(),
+            records_uncommitted.len(),
+            committed.len()
+        ));
+
+        self.end_to_end(processed, &summary, &records, &committed, out)
+            .await?;
+        Ok(())
+    }
+
+    /// Every row of both outbox tables: the truth with table capture.
+    async fn outbox_rows(&self) -> anyhow::Result<Vec<Committed>> {
         let mut committed = Vec::new();
-        for (source, pool) in [
-            ("users_db", &self.users_pool),
-            ("transaction_db", &self.tx_pool),
-        ] {
+        for (source, pool, _) in self.sources() {
             let rows: Vec<(String, String, String, String)> = sqlx::query_as(
                 "select id::text, aggregate_type, aggregate_id, event_type from outbox",
             )
@@ -187,19 +240,7 @@ impl World<'_> {
                 },
             ));
         }
-        let names = self.names;
-        out.tally = verify::tally(&committed, &records, |a| names.topic_for(a));
-        let uncommitted = verify::tally(&committed, &records_uncommitted, |a| names.topic_for(a));
-        out.duplicates_uncommitted = Some(uncommitted.duplicates);
-        out.notes.push(format!(
-            "{} records read back from Kafka read_committed, {} read_uncommitted ({} committed rows)",
-            records.len(),
-            records_uncommitted.len(),
-            committed.len()
-        ));
-
-        self.end_to_end(processed, &summary, &records, out).await?;
-        Ok(())
+        Ok(committed)
     }
 
     async fn end_to_end(
@@ -207,16 +248,37 @@ impl World<'_> {
         processed: bool,
         summary: &LoadSummary,
         records: &[verify::Delivered],
+        committed: &[Committed],
         out: &mut Outcome,
     ) -> anyhow::Result<()> {
         let (u, t) = (&self.users_pool, &self.tx_pool);
-        let pending = "select count(*) from outbox where status = 'PENDING'";
-        let (pu, pt) = (self.count(u, pending).await?, self.count(t, pending).await?);
-        out.checks.push(Check {
-            name: "every outbox row PROCESSED".into(),
-            ok: processed && pu == 0 && pt == 0,
-            detail: format!("PENDING: {pu} in users_db, {pt} in transaction_db"),
-        });
+        let messages = self.ctx.message_prefix().is_some();
+        if messages {
+            // The services really wrote messages: a row would mean they ignored
+            // OUTBOX_CAPTURE (and the relays, reading messages, would never send it).
+            let rows = "select count(*) from outbox";
+            let (ru, rt) = (self.count(u, rows).await?, self.count(t, rows).await?);
+            out.checks.push(Check {
+                name: "no outbox row written (message capture)".into(),
+                ok: ru == 0 && rt == 0,
+                detail: format!("outbox rows: {ru} in users_db, {rt} in transaction_db"),
+            });
+            if !out.expect_halt {
+                out.checks.push(Check {
+                    name: "every committed event read from Kafka before the relays stopped".into(),
+                    ok: processed,
+                    detail: format!("{} events committed (the truth slots)", committed.len()),
+                });
+            }
+        } else {
+            let pending = "select count(*) from outbox where status = 'PENDING'";
+            let (pu, pt) = (self.count(u, pending).await?, self.count(t, pending).await?);
+            out.checks.push(Check {
+                name: "every outbox row PROCESSED".into(),
+                ok: processed && pu == 0 && pt == 0,
+                detail: format!("PENDING: {pu} in users_db, {pt} in transaction_db"),
+            });
+        }
 
         let statuses: Vec<(String, i64)> = sqlx::query_as(
             "select status, count(*) from transactions group by status order by status",
@@ -235,9 +297,10 @@ impl World<'_> {
         )
         .fetch_all(t)
         .await?;
+        // After the halt, transfers created after it are never settled: the gap.
         out.checks.push(Check {
             name: "every transaction COMPLETED or FAILED".into(),
-            ok: n("PENDING") == 0,
+            ok: n("PENDING") == 0 || out.expect_halt,
             detail: format!(
                 "COMPLETED {}, FAILED {}, PENDING {} (transfers: {})",
                 n("COMPLETED"),
@@ -264,17 +327,25 @@ impl World<'_> {
             detail: format!("balances {balances}, deposits {deposits}"),
         });
 
-        let (bad_settled, bad_created): (i64, i64) = sqlx::query_as(
-            "select \
-               count(*) filter (where settled <> case when t.status = 'PENDING' then 0 else 1 end), \
-               count(*) filter (where created <> 1) \
-             from transactions t cross join lateral ( \
-               select count(*) filter (where o.event_type in ('TransactionCompleted', 'TransactionFailed')) as settled, \
-                      count(*) filter (where o.event_type = 'TransactionCreated') as created \
-               from outbox o where o.aggregate_id = t.id::text) e",
-        )
-        .fetch_one(t)
-        .await?;
+        let (bad_settled, bad_created): (i64, i64) = if messages {
+            let transactions: Vec<(String, String)> =
+                sqlx::query_as("select id::text, status from transactions")
+                    .fetch_all(t)
+                    .await?;
+            events_per_transaction(&transactions, committed)
+        } else {
+            sqlx::query_as(
+                "select \
+                   count(*) filter (where settled <> case when t.status = 'PENDING' then 0 else 1 end), \
+                   count(*) filter (where created <> 1) \
+                 from transactions t cross join lateral ( \
+                   select count(*) filter (where o.event_type in ('TransactionCompleted', 'TransactionFailed')) as settled, \
+                          count(*) filter (where o.event_type = 'TransactionCreated') as created \
+                   from outbox o where o.aggregate_id = t.id::text) e",
+            )
+            .fetch_one(t)
+            .await?
+        };
         out.checks.push(Check {
             name: "one TransactionCreated and one settlement event per transaction".into(),
             ok: bad_settled == 0 && bad_created == 0,
@@ -290,7 +361,8 @@ impl World<'_> {
                 .await?;
         out.checks.push(Check {
             name: "an account for every user".into(),
-            ok: users == accounts,
+            // After the halt, sign-ups after it never open an account: the gap.
+            ok: users == accounts || out.expect_halt,
             detail: format!("{} users, {} accounts", users.len(), accounts.len()),
         });
 
@@ -301,13 +373,25 @@ impl World<'_> {
                 .iter()
                 .filter(|r| r.event_id.as_deref().is_some_and(|id| rolled.contains(id)))
                 .count();
-            let q = format!("select count(*) from outbox where event_type = '{ROLLED_BACK_EVENT}'");
-            let in_outbox = self.count(u, &q).await? + self.count(t, &q).await?;
+            // With message capture the truth slots stand for the table: a rolled-back
+            // message must not be decoded there either.
+            let (in_store, store, written) = if messages {
+                let n = committed
+                    .iter()
+                    .filter(|c| rolled.contains(c.id.as_str()) || c.event_type == ROLLED_BACK_EVENT)
+                    .count() as i64;
+                (n, "in the truth slots", "messages")
+            } else {
+                let q =
+                    format!("select count(*) from outbox where event_type = '{ROLLED_BACK_EVENT}'");
+                let n = self.count(u, &q).await? + self.count(t, &q).await?;
+                (n, "in the outbox", "outbox rows")
+            };
             out.checks.push(Check {
                 name: "rolled-back rows appear nowhere".into(),
-                ok: in_kafka == 0 && in_outbox == 0 && summary.rolled_back_txns > 0,
+                ok: in_kafka == 0 && in_store == 0 && summary.rolled_back_txns > 0,
                 detail: format!(
-                    "{} transactions rolled back with {} outbox rows; in Kafka: {in_kafka}, in the outbox: {in_outbox}",
+                    "{} transactions rolled back with {} {written}; in Kafka: {in_kafka}, {store}: {in_store}",
                     summary.rolled_back_txns,
                     summary.rolled_back_ids.len()
                 ),
@@ -334,5 +418,72 @@ impl World<'_> {
             });
         }
         Ok(())
+    }
+}
+
+/// The per-transaction event check from the truth (message capture): how many
+/// transactions have a wrong number of settlement events (one once settled, none while
+/// PENDING) and how many a wrong number of `TransactionCreated` (exactly one), as the
+/// table-mode query counts them from the outbox.
+fn events_per_transaction(
+    transactions: &[(String, String)],
+    committed: &[Committed],
+) -> (i64, i64) {
+    let mut per: HashMap<&str, (i64, i64)> = HashMap::new();
+    for c in committed {
+        let e = per.entry(c.aggregate_id.as_str()).or_default();
+        match c.event_type.as_str() {
+            "TransactionCompleted" | "TransactionFailed" => e.0 += 1,
+            "TransactionCreated" => e.1 += 1,
+            _ => {}
+        }
+    }
+    let (mut bad_settled, mut bad_created) = (0, 0);
+    for (id, status) in transactions {
+        let (settled, created) = per.get(id.as_str()).copied().unwrap_or_default();
+        let want = if status == "PENDING" { 0 } else { 1 };
+        bad_settled += i64::from(settled != want);
+        bad_created += i64::from(created != 1);
+    }
+    (bad_settled, bad_created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(aggregate_id: &str, event_type: &str) -> Committed {
+        Committed {
+            id: format!("{aggregate_id}-{event_type}"),
+            source: "transaction_db".into(),
+            aggregate_type: "transaction".into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
+        }
+    }
+
+    #[test]
+    fn each_transaction_needs_one_created_and_one_settlement_once_settled() {
+        let committed = [
+            event("t1", "TransactionCreated"),
+            event("t1", "TransactionCompleted"),
+            event("t2", "TransactionCreated"),
+            event("t3", "TransactionCreated"),
+            event("t3", "TransactionFailed"),
+            event("t3", "TransactionFailed"),
+        ];
+        let tx = |id: &str, status: &str| (id.to_string(), status.to_string());
+        assert_eq!(
+            events_per_transaction(&[tx("t1", "COMPLETED"), tx("t2", "PENDING")], &committed),
+            (0, 0)
+        );
+        // t2 settled without its event, t3 settled twice, t4 never created.
+        assert_eq!(
+            events_per_transaction(
+                &[tx("t2", "FAILED"), tx("t3", "FAILED"), tx("t4", "PENDING")],
+                &committed
+            ),
+            (2, 1)
+        );
     }
 }

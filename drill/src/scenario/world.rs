@@ -19,6 +19,7 @@ use super::ctx::{Ctx, Names};
 use super::recovered::{LifeId, Lifetimes, RelayCounters};
 use crate::kafka::{Collector, Seen};
 use crate::stack::Service;
+use crate::truth::{self, TruthEvent};
 
 /// How long a service or a relay may take to answer its readiness probe.
 pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -73,6 +74,12 @@ pub(super) struct World<'a> {
     pub(super) relay_ports: [u16; 2],
     pub(super) relay_env: Vec<(String, String)>,
     pub(super) recoveries: Vec<JoinHandle<Option<Duration>>>,
+    /// Message capture: per fault, when it ended and the WAL position then (`None`
+    /// when the server did not answer); the recovery is computed from the truth at the
+    /// end (see [`World::begin_recovery`]).
+    pub(super) recoveries_at: Vec<(Instant, Option<u64>)>,
+    /// Message capture: the truth slots exist (see [`World::create_truth_slots`]).
+    pub(super) truth_slots: bool,
     /// Where the services, the relay and the drill's own pools connect: PostgreSQL, or
     /// in scenario 7 the proxy that plays the virtual IP.
     pub(super) pg_port: u16,
@@ -102,6 +109,8 @@ impl World<'_> {
                 ("DB_PASSWORD".to_string(), password),
                 ("DB_NAME".to_string(), name.to_string()),
                 ("RUST_LOG".to_string(), "info,tower_http=warn".to_string()),
+                // `table` or `messages:<prefix>`: the relays' sources say the same.
+                ("OUTBOX_CAPTURE".to_string(), self.ctx.capture.to_string()),
             ];
             for (k, v) in stack.pg_tls() {
                 env.push((format!("DB_{}", k.to_uppercase()), v));
@@ -246,9 +255,66 @@ impl World<'_> {
         Ok(ids)
     }
 
+    /// The relays' source names with the pool and database of each.
+    pub(super) fn sources(&self) -> [(&'static str, &PgPool, &str); 2] {
+        [
+            ("users_db", &self.users_pool, self.names.users_db.as_str()),
+            ("transaction_db", &self.tx_pool, self.names.tx_db.as_str()),
+        ]
+    }
+
+    /// Message capture: creates the drill's truth slot on both databases (a failover
+    /// slot when `failover`), once the services migrated and the relay streams, before
+    /// the load. Dropped with the scenario's other slots.
+    pub(super) async fn create_truth_slots(&mut self, failover: bool) -> anyhow::Result<()> {
+        for (_, pool, db) in self.sources() {
+            truth::create(pool, &truth::slot_name(db), failover).await?;
+        }
+        self.truth_slots = true;
+        Ok(())
+    }
+
+    /// Message capture: every event committed in both databases since the truth slots
+    /// were made, with its source, in commit order per source.
+    pub(super) async fn truth(&self) -> anyhow::Result<Vec<(&'static str, TruthEvent)>> {
+        let prefix = self
+            .ctx
+            .message_prefix()
+            .context("the truth slots serve message capture only")?;
+        anyhow::ensure!(self.truth_slots, "the truth slots were not created");
+        let mut all = Vec::new();
+        for (source, pool, db) in self.sources() {
+            let events = truth::peek(pool, &truth::slot_name(db), prefix).await?;
+            all.extend(events.into_iter().map(|e| (source, e)));
+        }
+        Ok(all)
+    }
+
+    /// Message capture: how many committed events the collector has not read yet.
+    pub(super) async fn undelivered(&self) -> anyhow::Result<usize> {
+        let ids: Vec<String> = self.truth().await?.into_iter().map(|(_, e)| e.id).collect();
+        Ok(ids.len() - self.collector.seen().read_of(&ids).len())
+    }
+
     /// Starts measuring a recovery: from now until every row pending now is in Kafka.
+    /// With message capture there is no PENDING row: the WAL position now is kept, and
+    /// at the end the recovery is the time until every event whose transaction
+    /// committed before it had been read ([`truth::recovery`]).
     pub(super) async fn begin_recovery(&mut self) {
         let start = Instant::now();
+        if self.ctx.message_prefix().is_some() {
+            let lsn = loop {
+                match truth::current_lsn(&self.users_pool).await {
+                    Ok(lsn) => break Some(lsn),
+                    Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(_) => break None,
+                }
+            };
+            self.recoveries_at.push((start, lsn));
+            return;
+        }
         let ids = loop {
             match self.pending_ids().await {
                 Ok(ids) => break ids,
@@ -313,11 +379,24 @@ impl World<'_> {
         ])
     }
 
+    /// Waits until the outbox is PROCESSED, every transaction settled and every user has
+    /// an account; with message capture, until every committed event was read from Kafka
+    /// instead of the outbox (the truth is peeked at most every 500 ms).
     pub(super) async fn wait_settled(&self, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         let mut last;
         loop {
             match self.settle_state().await {
+                Ok([0, 0, 0, users, accounts])
+                    if users == accounts && self.ctx.message_prefix().is_some() =>
+                {
+                    match self.undelivered().await {
+                        Ok(0) => return Ok(start.elapsed()),
+                        Ok(n) => last = format!("{n} committed events not read from Kafka yet"),
+                        Err(e) => last = format!("{e:#}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
                 Ok([0, 0, 0, users, accounts]) if users == accounts => return Ok(start.elapsed()),
                 Ok([pu, pt, ptx, users, accounts]) => {
                     last = format!(
@@ -333,10 +412,16 @@ impl World<'_> {
         }
     }
 
+    /// Waits until the outbox is PROCESSED; with message capture, until every
+    /// committed event was read from Kafka.
     pub(super) async fn wait_outbox_processed(&self, timeout: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Ok([0, 0, ..]) = self.settle_state().await {
+            if self.ctx.message_prefix().is_some() {
+                if let Ok(0) = self.undelivered().await {
+                    return true;
+                }
+            } else if let Ok([0, 0, ..]) = self.settle_state().await {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
