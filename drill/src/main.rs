@@ -264,6 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 tracing::info!(
                     scenario = sc.number(),
                     passed = o.passed(),
+                    not_applicable = o.not_applicable.is_some(),
                     committed = o.tally.committed,
                     lost = o.tally.lost,
                     duplicates = o.tally.duplicates,

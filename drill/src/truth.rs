@@ -6,13 +6,15 @@
 //! (`pg_logical_emit_message(true, prefix, envelope)`) that PostgreSQL decodes at its
 //! transaction's commit and never when the transaction rolled back. So before the load
 //! the drill creates a `pgoutput` slot per source database ([`slot_name`]), and at the
-//! end it *peeks* at it (`pg_logical_slot_peek_binary_changes`, `messages 'true'`): every
+//! end it reads it (`pg_logical_slot_peek_binary_changes`, `messages 'true'`): every
 //! transactional message with the capture's prefix that committed since the slot was
 //! made, in commit order, decoded with `outbox::message::decode` into the rows the
-//! verdict compares ([`crate::verify::Committed`]). A peek never moves the slot, so the
-//! truth can be read again (the convergence wait does) and stays whole; the slot is
-//! dropped with the scenario's other slots, whatever happened (an inactive slot retains
-//! WAL forever).
+//! verdict compares ([`crate::verify::Committed`]). The drill keeps what it read and
+//! only then [`advance`]s the slot past it, so each read decodes only what is new and a
+//! failover slot's copy on a standby becomes usable (scenario 7); a read that fails
+//! half-way costs nothing, as the next peek starts where the slot still is. The slot
+//! is dropped with the scenario's other slots, whatever happened (an inactive slot
+//! retains WAL forever).
 //!
 //! The slot is independent of the relay's: it sees what PostgreSQL committed, not what
 //! the relay read. It is created once the services migrated and the relay streams (the
@@ -120,10 +122,21 @@ fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// What one peek read.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// The events, in commit order.
+    pub events: Vec<TruthEvent>,
+    /// The end of the last commit read: the slot may be advanced to it once the events
+    /// are kept (see [`advance`]).
+    pub last_commit_end: Option<u64>,
+}
+
 /// The events in `messages` (pgoutput v1 messages, one per peeked row, in order): the
 /// transactional messages with `prefix`, decoded, each with its commit LSN.
-pub fn parse<B: AsRef<[u8]>>(messages: &[B], prefix: &str) -> anyhow::Result<Vec<TruthEvent>> {
+pub fn parse<B: AsRef<[u8]>>(messages: &[B], prefix: &str) -> anyhow::Result<Peeked> {
     let mut events = Vec::new();
+    let mut last_commit_end = None;
     // The commit LSN of the transaction being read (between B and C).
     let mut open: Option<u64> = None;
     for (i, m) in messages.iter().enumerate() {
@@ -151,6 +164,9 @@ pub fn parse<B: AsRef<[u8]>>(messages: &[B], prefix: &str) -> anyhow::Result<Vec
                     open.take().is_some(),
                     "message {i}: a commit without a begin"
                 );
+                let _flags = r.u8("flags").map_err(what)?;
+                let _commit_lsn = r.u64("commit LSN").map_err(what)?;
+                last_commit_end = Some(r.u64("end LSN").map_err(what)?);
             }
             b'M' => {
                 let flags = r.u8("flags").map_err(what)?;
@@ -187,7 +203,10 @@ pub fn parse<B: AsRef<[u8]>>(messages: &[B], prefix: &str) -> anyhow::Result<Vec
             _ => {}
         }
     }
-    Ok(events)
+    Ok(Peeked {
+        events,
+        last_commit_end,
+    })
 }
 
 /// Creates the truth slot `slot` on `pool`'s database; `failover` makes it a failover
@@ -206,9 +225,9 @@ pub async fn create(pool: &PgPool, slot: &str, failover: bool) -> anyhow::Result
     Ok(())
 }
 
-/// Every event committed since `slot` was created on `pool`'s database, in commit
-/// order; the slot does not move.
-pub async fn peek(pool: &PgPool, slot: &str, prefix: &str) -> anyhow::Result<Vec<TruthEvent>> {
+/// Every event committed since `slot`'s confirmed position on `pool`'s database, in
+/// commit order; the slot does not move.
+pub async fn peek(pool: &PgPool, slot: &str, prefix: &str) -> anyhow::Result<Peeked> {
     let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
         "select data from pg_logical_slot_peek_binary_changes($1, null, null, \
          'proto_version', '1', 'publication_names', $2, 'messages', 'true')",
@@ -220,6 +239,22 @@ pub async fn peek(pool: &PgPool, slot: &str, prefix: &str) -> anyhow::Result<Vec
     .with_context(|| format!("peeking at the truth slot {slot}"))?;
     let rows: Vec<Vec<u8>> = rows.into_iter().map(|(d,)| d).collect();
     parse(&rows, prefix).with_context(|| format!("reading the truth slot {slot}"))
+}
+
+/// Moves `slot` to `lsn` (the end of a commit the drill has read and kept), so it
+/// does not decode those transactions again and retains less WAL. A failover slot must
+/// move for a standby to keep a usable copy: PostgreSQL 17 keeps a synced slot
+/// temporary until the primary's copy has passed the WAL the standby reserved for it.
+/// A peek followed by an advance never loses an event: if the advance fails, the next
+/// peek reads the same transactions again (the caller keeps each event once).
+pub async fn advance(pool: &PgPool, slot: &str, lsn: u64) -> anyhow::Result<()> {
+    sqlx::query("select pg_replication_slot_advance($1, $2::text::pg_lsn)")
+        .bind(slot)
+        .bind(lsn_text(lsn))
+        .execute(pool)
+        .await
+        .with_context(|| format!("advancing the truth slot {slot} to {}", lsn_text(lsn)))?;
+    Ok(())
 }
 
 /// The WAL insert position of `pool`'s server now.
@@ -323,7 +358,9 @@ mod tests {
             ),
             commit(0x2_0000_0200),
         ];
-        let events = parse(&msgs, "outbox").unwrap();
+        let peeked = parse(&msgs, "outbox").unwrap();
+        assert_eq!(peeked.last_commit_end, Some(0x2_0000_0200 + 0x30));
+        let events = peeked.events;
         let got: Vec<(String, &str, &str, u64)> = events
             .iter()
             .map(|e| {
@@ -366,15 +403,17 @@ mod tests {
             message(true, 0x40, "outbox", &env),
             commit(0x100),
         ];
-        let events = parse(&msgs, "outbox").unwrap();
+        let events = parse(&msgs, "outbox").unwrap().events;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].id, id.to_string());
-        assert!(parse(&msgs, "drill").unwrap().is_empty());
+        assert!(parse(&msgs, "drill").unwrap().events.is_empty());
     }
 
     #[test]
     fn an_empty_peek_is_an_empty_truth() {
-        assert!(parse::<Vec<u8>>(&[], "outbox").unwrap().is_empty());
+        let peeked = parse::<Vec<u8>>(&[], "outbox").unwrap();
+        assert!(peeked.events.is_empty());
+        assert_eq!(peeked.last_commit_end, None, "nothing to advance to");
     }
 
     #[test]

@@ -181,6 +181,7 @@ async fn run_inner(
         recoveries: Vec::new(),
         recoveries_at: Vec::new(),
         truth_slots: false,
+        truth_read: Default::default(),
         pg_port,
         proxy,
         load_deadline: Instant::now(),
@@ -212,7 +213,7 @@ async fn run_inner(
             .await
             .context("creating the drill's truth slots")?;
         out.notes.push(format!(
-            "message capture ({}): the services write no outbox row; what committed is read from the drill's own pgoutput slots {} and {} (peeked, dropped with the scenario)",
+            "message capture ({}): the services write no outbox row; what committed is read from the drill's own pgoutput slots {} and {} (read and advanced past what was read, dropped with the scenario)",
             ctx.capture,
             crate::truth::slot_name(&names.users_db),
             crate::truth::slot_name(&names.tx_db),

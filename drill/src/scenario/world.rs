@@ -51,6 +51,25 @@ impl Window {
     }
 }
 
+/// The events read from the truth slots so far. A slot read again after a failed
+/// advance (or a promoted server's synced copy, a little behind) gives some events
+/// twice: each is kept once.
+#[derive(Debug, Default)]
+pub(super) struct TruthRead {
+    ids: std::collections::HashSet<String>,
+    events: Vec<(&'static str, TruthEvent)>,
+}
+
+impl TruthRead {
+    fn keep(&mut self, source: &'static str, events: Vec<TruthEvent>) {
+        for e in events {
+            if self.ids.insert(e.id.clone()) {
+                self.events.push((source, e));
+            }
+        }
+    }
+}
+
 /// A scenario's running processes and connections.
 pub(super) struct World<'a> {
     pub(super) ctx: &'a Ctx,
@@ -80,6 +99,8 @@ pub(super) struct World<'a> {
     pub(super) recoveries_at: Vec<(Instant, Option<u64>)>,
     /// Message capture: the truth slots exist (see [`World::create_truth_slots`]).
     pub(super) truth_slots: bool,
+    /// Message capture: every event read from the truth slots so far, each once.
+    pub(super) truth_read: std::sync::Mutex<TruthRead>,
     /// Where the services, the relay and the drill's own pools connect: PostgreSQL, or
     /// in scenario 7 the proxy that plays the virtual IP.
     pub(super) pg_port: u16,
@@ -275,19 +296,26 @@ impl World<'_> {
     }
 
     /// Message capture: every event committed in both databases since the truth slots
-    /// were made, with its source, in commit order per source.
+    /// were made, with its source, in commit order per source. Each call reads what is
+    /// new, keeps it, then advances the slots past it (see [`truth::advance`]).
     pub(super) async fn truth(&self) -> anyhow::Result<Vec<(&'static str, TruthEvent)>> {
         let prefix = self
             .ctx
             .message_prefix()
             .context("the truth slots serve message capture only")?;
         anyhow::ensure!(self.truth_slots, "the truth slots were not created");
-        let mut all = Vec::new();
         for (source, pool, db) in self.sources() {
-            let events = truth::peek(pool, &truth::slot_name(db), prefix).await?;
-            all.extend(events.into_iter().map(|e| (source, e)));
+            let slot = truth::slot_name(db);
+            let peeked = truth::peek(pool, &slot, prefix).await?;
+            self.truth_read
+                .lock()
+                .expect("truth lock")
+                .keep(source, peeked.events);
+            if let Some(lsn) = peeked.last_commit_end {
+                truth::advance(pool, &slot, lsn).await?;
+            }
         }
-        Ok(all)
+        Ok(self.truth_read.lock().expect("truth lock").events.clone())
     }
 
     /// Message capture: how many committed events the collector has not read yet.
@@ -427,5 +455,39 @@ impl World<'_> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, commit_lsn: u64) -> TruthEvent {
+        TruthEvent {
+            id: id.into(),
+            aggregate_type: "user".into(),
+            aggregate_id: id.into(),
+            event_type: "UserCreated".into(),
+            commit_lsn,
+        }
+    }
+
+    #[test]
+    fn an_event_read_twice_from_the_truth_is_kept_once_in_first_read_order() {
+        let mut t = TruthRead::default();
+        t.keep("users_db", vec![event("a", 1), event("b", 2)]);
+        // The slot was not advanced (or a synced copy was behind): read again.
+        t.keep("users_db", vec![event("b", 2), event("c", 3)]);
+        t.keep("transaction_db", vec![event("d", 4)]);
+        let got: Vec<(&str, &str)> = t.events.iter().map(|(s, e)| (*s, e.id.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("users_db", "a"),
+                ("users_db", "b"),
+                ("users_db", "c"),
+                ("transaction_db", "d")
+            ]
+        );
     }
 }

@@ -64,6 +64,11 @@ async fn wait_slots_synced(
     let waited = Instant::now();
     let names: Vec<&str> = slots.iter().map(String::as_str).collect();
     loop {
+        if w.truth_slots {
+            // The truth slots' copies become usable only once the primary's move past
+            // the WAL the standby reserved for them: read (and advance) them.
+            w.truth().await?;
+        }
         let synced = stack.synced_slots(stack.standby_port(), &names).await?;
         if synced == names.len() {
             break;
