@@ -38,6 +38,7 @@ pub const KAFKA_FATAL_ERRORS: &str = "relay_kafka_fatal_errors_total";
 pub const KAFKA_BROKERS: &str = "relay_kafka_brokers";
 pub const ORPHANS: &str = "relay_orphans_total";
 pub const MESSAGES_IGNORED: &str = "relay_messages_ignored_total";
+pub const CAPTURE_MISMATCH: &str = "relay_capture_mismatch_total";
 
 /// All of the relay's series, registered in one registry.
 #[derive(Clone)]
@@ -48,6 +49,8 @@ pub struct Metrics {
     /// Logical decoding messages that are not events: another prefix, or not
     /// transactional (the relay's own heartbeats are not counted).
     pub messages_ignored: IntCounterVec,
+    /// Events a writer committed in the other capture mode (never published).
+    pub capture_mismatch: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub records_in_flight: IntGaugeVec,
     pub bytes_in_flight: IntGaugeVec,
@@ -215,6 +218,11 @@ impl Metrics {
                 "Logical decoding messages that are not events: reason prefix (another prefix) or non_transactional (an event must commit with its transaction); heartbeats are not counted",
                 &["source", "reason"],
             ),
+            capture_mismatch: counter(
+                CAPTURE_MISMATCH,
+                "Events committed in the other capture mode, which this source does not publish: seen rows (outbox inserts under capture = messages) or messages (transactional messages with the prefix under capture = table); a writer and the relay disagree",
+                &["source", "seen"],
+            ),
             dead_lettered: counter(
                 DEAD_LETTERED,
                 "Poison records sent to the dead-letter topic",
@@ -333,6 +341,8 @@ pub struct StreamMeters {
     pub producer_replaced: prometheus::IntCounter,
     pub ignored_prefix: prometheus::IntCounter,
     pub ignored_non_transactional: prometheus::IntCounter,
+    pub mismatch_rows: prometheus::IntCounter,
+    pub mismatch_messages: prometheus::IntCounter,
 }
 
 impl StreamMeters {
@@ -354,6 +364,8 @@ impl StreamMeters {
             ignored_non_transactional: m
                 .messages_ignored
                 .with_label_values(&[source, "non_transactional"]),
+            mismatch_rows: m.capture_mismatch.with_label_values(&[source, "rows"]),
+            mismatch_messages: m.capture_mismatch.with_label_values(&[source, "messages"]),
         }
     }
 }

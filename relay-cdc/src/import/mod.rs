@@ -333,7 +333,7 @@ mod tests {
             assert_eq!((source.schema.as_str(), source.table.as_str()), table);
             assert_eq!(mapping(&source.columns), columns, "{what}");
             assert_eq!(source.columns.timestamp, None, "{what}");
-            assert_eq!(source.marking, Marking::None, "{what}");
+            assert_eq!(source.marking(), Marking::None, "{what}");
             assert!(!source.create_slot, "{what}");
             let missing = out.parse::<toml::Table>().unwrap();
             assert!(at(&missing, &["kafka"]).get("brokers").is_none());

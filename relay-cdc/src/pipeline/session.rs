@@ -18,7 +18,7 @@ use super::audit::{self, Found};
 use super::error::PipelineError;
 use super::slot::{self, SlotOptions};
 use super::stream::Limits;
-use super::streamer::{StreamConfig, Streamer};
+use super::streamer::{Mismatch, StreamConfig, Streamer};
 use super::{housekeeping, reconcile, Pipeline};
 use crate::config::{Capture, Delivery as DeliveryMode, PoisonPolicy};
 use crate::marker::{Marker, MarkerLink};
@@ -120,6 +120,10 @@ pub async fn run(
         skip_before,
         table: (p.source.capture == Capture::Table).then(|| p.source.outbox_table()),
         messages: (p.source.capture == Capture::Messages).then(|| p.source.message_prefix.clone()),
+        mismatch: match p.source.capture {
+            Capture::Table => Mismatch::Messages(p.source.message_prefix.clone()),
+            Capture::Messages => Mismatch::Rows(p.source.schema.clone(), p.source.table.clone()),
+        },
     };
     let mut streamer = Streamer::new(
         cfg,

@@ -92,6 +92,11 @@ pub struct StreamState {
     units: VecDeque<Unit>,
     next_seq: u64,
     progress: Progress,
+    /// `capture = "messages"`: the source's outbox table, whose inserts are not read.
+    unread_table: Option<(String, String)>,
+    /// Inserts into `unread_table` seen (a writer in table mode: its events are not
+    /// published by this source).
+    pub unread_rows: u64,
 }
 
 impl StreamState {
@@ -100,6 +105,8 @@ impl StreamState {
         Self {
             limits,
             relations: RelationCache::new(table),
+            unread_table: None,
+            unread_rows: 0,
             txn: None,
             units: VecDeque::new(),
             next_seq: 0,
@@ -138,6 +145,15 @@ impl StreamState {
             Change::Insert { relation, values } => {
                 let txn = self.txn.as_ref().ok_or(StreamError::OutsideTransaction)?;
                 let Some(row) = self.relations.outbox_row(relation, values)? else {
+                    if let Some((schema, name)) = &self.unread_table {
+                        if self
+                            .relations
+                            .relation(relation)
+                            .is_some_and(|r| &r.namespace == schema && &r.name == name)
+                        {
+                            self.unread_rows += 1;
+                        }
+                    }
                     return Ok(None);
                 };
                 Ok(Some(Event {
@@ -147,6 +163,11 @@ impl StreamState {
             }
             Change::Other(_) => Ok(None),
         }
+    }
+
+    /// Counts the inserts into `schema.table` (not read under `capture = "messages"`).
+    pub fn watch_unread_table(&mut self, schema: &str, table: &str) {
+        self.unread_table = Some((schema.to_string(), table.to_string()));
     }
 
     /// A transactional logical message with the source's prefix (`capture =

@@ -42,6 +42,20 @@ pub struct StreamConfig {
     pub table: Option<OutboxTable>,
     /// `capture = "messages"`: the prefix of the transactional messages that are events.
     pub messages: Option<String>,
+    /// The other capture's sign that a writer and this source disagree: under `table`,
+    /// the message prefix events would carry; under `messages`, the outbox table.
+    pub mismatch: Mismatch,
+}
+
+/// What a writer in the other capture mode leaves in this source's stream.
+#[derive(Debug, Clone, Default)]
+pub enum Mismatch {
+    #[default]
+    None,
+    /// Under `capture = "table"`: transactional messages with this prefix.
+    Messages(String),
+    /// Under `capture = "messages"`: inserts into this table (schema, name).
+    Rows(String, String),
 }
 
 /// An event waiting to be enqueued (back-pressure or a topic being prepared).
@@ -100,6 +114,8 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     /// turn, and reading the clock for one never polled cost ~7 % of the relay's CPU.
     never: Instant,
     last_progress_log: Instant,
+    /// A capture mismatch was logged in this session (see [`Mismatch`]).
+    mismatch_logged: bool,
 }
 
 impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
@@ -116,8 +132,12 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         meters.backlog.set(0);
         meters.in_flight.set(0);
         meters.in_flight_bytes.set(0);
+        let mut state = StreamState::new(cfg.limits, cfg.table.clone());
+        if let Mismatch::Rows(schema, table) = &cfg.mismatch {
+            state.watch_unread_table(schema, table);
+        }
         Self {
-            state: StreamState::new(cfg.limits, cfg.table.clone()),
+            state,
             cfg,
             wal,
             sink,
@@ -138,6 +158,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             skipped: 0,
             never: Instant::now() + Duration::from_secs(86_400 * 365),
             last_progress_log: Instant::now(),
+            mismatch_logged: false,
         }
     }
 
@@ -315,8 +336,11 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 self.state.on_begin(final_lsn, commit_time_micros);
             }
             ReplicationEvent::XLogData { data, .. } => {
+                let unread = self.state.unread_rows;
                 if let Some(event) = self.state.on_data(&data)? {
                     self.offer(event).await?;
+                } else if self.state.unread_rows > unread {
+                    self.mismatched("rows");
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
@@ -359,15 +383,44 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 let event = self.state.on_message(lsn, &content)?;
                 self.offer(event).await?;
             }
-            ReplicationEvent::Message { prefix, .. } => {
-                if prefix != HEARTBEAT_PREFIX {
-                    self.meters.ignored_prefix.inc();
+            ReplicationEvent::Message {
+                prefix,
+                transactional,
+                ..
+            } => {
+                if prefix == HEARTBEAT_PREFIX {
+                    return Ok(());
+                }
+                self.meters.ignored_prefix.inc();
+                if transactional
+                    && matches!(&self.cfg.mismatch, Mismatch::Messages(p) if *p == prefix)
+                {
+                    self.mismatched("messages");
                 }
             }
             ReplicationEvent::KeepAlive { .. } => {}
             ReplicationEvent::StoppedAt { .. } => return Err(PipelineError::StreamEnded),
         }
         Ok(())
+    }
+
+    /// A writer uses the other capture mode: its events are committed and never
+    /// published by this source. Counted each time, logged once per session.
+    fn mismatched(&mut self, seen: &'static str) {
+        match seen {
+            "rows" => self.meters.mismatch_rows.inc(),
+            _ => self.meters.mismatch_messages.inc(),
+        }
+        if self.mismatch_logged {
+            return;
+        }
+        self.mismatch_logged = true;
+        let (capture, hint) = match &self.cfg.mismatch {
+            Mismatch::Messages(prefix) => ("table", format!("transactional messages with prefix {prefix:?} arrive: a writer emits its events as messages (OUTBOX_CAPTURE=messages), which this source does not publish; set capture = \"messages\" for it, or write rows")),
+            Mismatch::Rows(schema, table) => ("messages", format!("rows are inserted into {schema}.{table}: a writer writes its events as rows (OUTBOX_CAPTURE=table), which this source does not publish; set capture = \"table\" for it, or emit messages")),
+            Mismatch::None => return,
+        };
+        tracing::warn!(source = %self.cfg.source, capture, seen, "{hint}");
     }
 
     /// A new event from the stream: poison already, a suspect sent alone, or parked
@@ -899,6 +952,7 @@ mod tests {
             skip_before: None,
             table: Some(OutboxTable::default()),
             messages: None,
+            mismatch: Mismatch::None,
         }
     }
 
@@ -1022,6 +1076,7 @@ mod tests {
         let mut cfg = config(PoisonPolicy::Stop);
         cfg.table = None;
         cfg.messages = Some("outbox".into());
+        cfg.mismatch = Mismatch::Rows("public".into(), "outbox".into());
         let mut s = Streamer::new(
             cfg,
             &mut wal,
@@ -1058,6 +1113,52 @@ mod tests {
                     .get()
             };
             assert_eq!((ignored("prefix"), ignored("non_transactional")), (1, 1));
+            let mismatch = |seen: &str| {
+                h.metrics
+                    .capture_mismatch
+                    .with_label_values(&["src", seen])
+                    .get()
+            };
+            assert_eq!(
+                (mismatch("rows"), mismatch("messages")),
+                (2, 0),
+                "each transaction's row in the outbox table is a writer in table mode"
+            );
+            h.shutdown.send(true).unwrap();
+        };
+        let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);
+        r.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_table_capture_an_event_message_is_counted_as_a_capture_mismatch() {
+        let (mut h, mut wal, link, shutdown) = harness(true);
+        let mut sink = MemorySink::acking();
+        let probe = sink.clone();
+        let notify = Notify::new();
+        let mut cfg = config(PoisonPolicy::Stop);
+        cfg.mismatch = Mismatch::Messages("outbox".into());
+        let mut s = Streamer::new(
+            cfg,
+            &mut wal,
+            &mut sink,
+            link,
+            h.status.clone(),
+            &h.metrics,
+            Suspects::default(),
+        );
+        let driver = async {
+            let (_, bytes) = envelope("o-1");
+            let end = h.message_txn(&[("outbox", true, bytes), ("other", true, b"x".to_vec())]);
+            h.confirmed(end).await;
+            assert_eq!(sent_ids(&probe).len(), 1, "only the row");
+            let mismatch = |seen: &str| {
+                h.metrics
+                    .capture_mismatch
+                    .with_label_values(&["src", seen])
+                    .get()
+            };
+            assert_eq!((mismatch("messages"), mismatch("rows")), (1, 0));
             h.shutdown.send(true).unwrap();
         };
         let (r, ()) = tokio::join!(s.run(shutdown, &notify), driver);

@@ -101,6 +101,31 @@ async fn prerequisites(client: &Client, s: &SourceSettings) -> Result<Vec<Check>
             Err(why) => why,
         },
     });
+    // Inserts into other tables are skipped, but the walsender decodes and sends each
+    // (pgoutput filters by publication, not by what the relay wants).
+    let wide = client
+        .query_opt(
+            "select p.puballtables, (select count(*) from pg_publication_tables t where t.pubname = p.pubname) \
+             from pg_publication p where p.pubname = $1",
+            &[&s.publication],
+        )
+        .await?;
+    if let Some(row) = wide {
+        let (all, tables): (bool, i64) = (row.get(0), row.get(1));
+        let own = i64::from(s.capture == Capture::Table);
+        if all || tables > own {
+            out.push(Check {
+                what: format!("publication {} carries only what the relay reads", s.publication),
+                warn: true,
+                ok: true,
+                detail: if all {
+                    "it is FOR ALL TABLES: every table's inserts are decoded and sent to the relay, which skips them".into()
+                } else {
+                    format!("it covers {tables} table(s): the inserts of those the relay does not read are decoded and sent for nothing")
+                },
+            });
+        }
+    }
 
     if !s.marks_rows() {
         out.extend(unmarked_checks(client, s).await?);

@@ -262,3 +262,51 @@ async fn a_lost_slot_halts_message_capture_instead_of_starting_at_the_current_po
         "the relay did not recreate the slot at the current position"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_is_not_an_envelope_is_dead_lettered_and_the_events_after_it_flow() {
+    let src = Source::new("msgpoison").await;
+    let (mut cfg, prefix) = RelaySetup::new("msgpoison");
+    let brokers = src.db.stack().kafka_brokers.clone();
+    let topic = format!("{prefix}.evt");
+    let dlq = format!("{prefix}.dead-letter");
+    cfg.extra = message_capture(&src);
+    cfg.extra.extend([
+        ("RELAY_KAFKA__POISON".into(), "dead-letter".into()),
+        ("RELAY_KAFKA__DEAD_LETTER_TOPIC".into(), dlq.clone()),
+    ]);
+    let mut relay = cfg.start(&[&src]);
+    relay.wait_ready(READY).await.unwrap();
+    let mut c = src.conn().await;
+    let before = emit_txn(&mut c, "k", 2, "before").await;
+    // A writer that is not libs/outbox, with the prefix but no envelope.
+    let mut tx = c.begin().await.unwrap();
+    sqlx::query("select pg_logical_emit_message(true, 'outbox', 'not an envelope')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let after = emit_txn(&mut c, "k", 2, "after").await;
+
+    let dead_consumer = testkit::consumer(&brokers, &[&dlq]).unwrap();
+    let dead = testkit::read_records(&dead_consumer, 1, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the relay's log ends:\n{}", relay.log_tail(40)));
+    let error = dead[0].header("error").unwrap_or_default();
+    assert!(error.contains("not an outbox envelope"), "{error:?}");
+    // Refused by the relay's own rules before sending: dead-lettered without a payload,
+    // as such rows are (the error header says why).
+    assert_eq!(dead[0].payload, None);
+    let consumer = testkit::consumer(&brokers, &[&topic]).unwrap();
+    let expected = [before, after].concat();
+    let records = testkit::read_until_ids(&consumer, &expected, WAIT)
+        .await
+        .unwrap();
+    let got: Vec<&str> = records
+        .iter()
+        .map(|r| r.header("event_id").unwrap())
+        .collect();
+    assert_eq!(got, expected, "the events around it, in order");
+    let m = relay.metrics().await.unwrap();
+    assert_eq!(m.get(&src.series("relay_dead_lettered_total")), Some(1.0));
+}

@@ -8,9 +8,11 @@
 //! | `DATABASE_URL`, `DB_*` | the database and the pool, see [`service_postgres`] |
 //! | `KAFKA_*`, `*_EVENTS_TOPIC`, `CONSUMER_MAX_BATCH` | the broker, group, topics and batch bound, see [`KafkaSettings`] |
 //! | `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`, `KAFKA_SSL_*` | TLS and SASL to Kafka, librdkafka's properties in upper snake case, see [`KafkaSecurity`] |
+//! | `OUTBOX_CAPTURE` | how the service's events reach relay-cdc: `table` (default, outbox rows), `messages` or `messages:<prefix>` (transactional logical decoding messages, no rows), see [`outbox::Capture`] |
 
 use std::time::Duration;
 
+use outbox::Capture;
 use service_config::{ConfigError, FromEnv, ServerSettings, Vars};
 use service_postgres::DatabaseSettings;
 
@@ -159,12 +161,20 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// most an hour.
 const STALL_TIMEOUT_SECS: std::ops::RangeInclusive<u64> = 10..=3600;
 
+/// What `OUTBOX_CAPTURE` accepts, as its [`ConfigError`] says.
+const CAPTURE_FORMS: &str =
+    "expected \"table\", \"messages\" or \"messages:<prefix>\" with a non-empty prefix";
+
 /// The service's configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
+    /// `OUTBOX_CAPTURE`: how `TransactionCreated` and the settlements' events are
+    /// written, in the state change's transaction either way; relay-cdc's source must be
+    /// configured to match.
+    pub capture: Capture,
 }
 
 impl FromEnv for Settings {
@@ -174,6 +184,7 @@ impl FromEnv for Settings {
             server: ServerSettings::from_vars(vars)?,
             database: DatabaseSettings::from_vars(vars)?,
             kafka,
+            capture: vars.parse_or("OUTBOX_CAPTURE", Capture::Table, CAPTURE_FORMS)?,
         })
     }
 }
@@ -276,6 +287,7 @@ mod tests {
         assert_eq!(s.kafka.group_id, "transaction-service");
         assert_eq!(s.kafka.max_batch, DEFAULT_MAX_BATCH);
         assert_eq!(s.kafka.stall_timeout, DEFAULT_STALL_TIMEOUT);
+        assert_eq!(s.capture, Capture::Table);
         let opts = s.database.connect_options(APPLICATION_NAME);
         assert_eq!(opts.get_host(), "db");
         assert_eq!(opts.get_port(), 5432);
@@ -304,6 +316,27 @@ mod tests {
         ] {
             let err = settings(&with(&[(var, value)])).unwrap_err();
             assert_eq!(err.variable(), var, "{err}");
+        }
+    }
+
+    #[test]
+    fn outbox_capture_takes_table_messages_or_a_prefix() {
+        let capture = |value: &'static str| settings(&with(&[("OUTBOX_CAPTURE", value)]));
+        assert_eq!(capture("table").unwrap().capture, Capture::Table);
+        assert_eq!(capture(" messages ").unwrap().capture, Capture::messages());
+        assert_eq!(
+            capture("messages:ledger").unwrap().capture,
+            Capture::Messages {
+                prefix: "ledger".into()
+            }
+        );
+        for bad in ["rows", "TABLE", "messages:", "table:x", "message"] {
+            let err = capture(bad).unwrap_err();
+            assert_eq!(err.variable(), "OUTBOX_CAPTURE", "{bad:?}");
+            assert!(
+                err.to_string().contains("messages:<prefix>"),
+                "{bad:?}: {err}"
+            );
         }
     }
 

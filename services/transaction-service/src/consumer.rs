@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
+use outbox::Capture;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -276,19 +277,25 @@ impl Received {
 /// Consumes until `shutdown` turns `true` (or its sender goes away). Shutdown is
 /// honoured between batches; a batch whose database transaction keeps failing is
 /// abandoned uncommitted, to be redelivered after a restart. Between batches the stall
-/// watch may replace the client with a new one made from `settings`. Returns the
-/// client it ended with: [`close`] commits its stored offsets.
+/// watch may replace the client with a new one made from `settings`. The events a batch
+/// emits are written the way `capture` says. Returns the client it ended with: [`close`]
+/// commits its stored offsets.
 pub async fn run(
     consumer: Arc<EventConsumer>,
     settings: KafkaSettings,
     pool: PgPool,
+    capture: Capture,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) -> Arc<EventConsumer> {
     let topics = Topics::of(&settings);
     let mut consumer = consumer;
     let mut errors = ErrorLog::default();
-    let mut store = Store { pool, conn: None };
+    let mut store = Store {
+        pool,
+        capture,
+        conn: None,
+    };
     let mut stall = StallWatch::new(settings.stall_timeout);
     let mut check = tokio::time::interval(STATS_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,6 +632,8 @@ impl ErrorLog {
 /// retry runs on a fresh one.
 struct Store {
     pool: PgPool,
+    /// How the batches' events are written (`OUTBOX_CAPTURE`).
+    capture: Capture,
     conn: Option<PoolConnection<Postgres>>,
 }
 
@@ -635,7 +644,7 @@ impl Store {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("acquired above");
-        let applied = apply_events::execute(conn, events).await;
+        let applied = apply_events::execute(conn, &self.capture, events).await;
         if applied.is_err() {
             self.conn = None;
         }

@@ -81,6 +81,7 @@ impl Application {
                 pool,
                 metrics: Metrics::new(),
                 kafka_probe,
+                capture: settings.capture.clone(),
             },
             consumer_pool,
             consumer,
@@ -103,6 +104,7 @@ impl Application {
             self.consumer,
             self.kafka,
             self.consumer_pool,
+            self.state.capture.clone(),
             self.state.metrics.clone(),
             stopped.clone(),
         ));

@@ -33,7 +33,7 @@ impl Application {
         let migrator = &store::MIGRATOR;
         let pool = service_postgres::migrated_pool(&settings.database, APPLICATION_NAME, migrator);
         let pool = pool.await?;
-        let state = AppState::new(pool, PasswordHasher::per_core());
+        let state = AppState::new(pool, PasswordHasher::per_core(), settings.capture.clone());
         let listener = Listener::bind(APPLICATION_NAME, settings.server.addr()).await?;
         Ok(Self { listener, state })
     }

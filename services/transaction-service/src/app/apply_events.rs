@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use outbox::Capture;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -76,7 +77,8 @@ pub struct Applied {
 }
 
 /// Applies `events` in order in one database transaction on `conn` and returns each
-/// one's outcome, in the same order.
+/// one's outcome, in the same order. The events this emits are written the way
+/// `capture` says, in that transaction.
 ///
 /// Accounts are opened before any transfer settles: a transaction row can only exist
 /// once its accounts do (foreign keys), so no settlement waits for an account opened
@@ -85,7 +87,11 @@ pub struct Applied {
 /// then transaction rows, then accounts, each ascending, so batches of concurrent
 /// consumers do not deadlock (the one exception, a row that became visible late, is
 /// described at [`settle_transaction::settle_all`]).
-pub async fn execute(conn: &mut PgConnection, events: &[Consumed]) -> Result<Applied, StoreError> {
+pub async fn execute(
+    conn: &mut PgConnection,
+    capture: &Capture,
+    events: &[Consumed],
+) -> Result<Applied, StoreError> {
     let mut outcomes = vec![Outcome::Duplicate; events.len()];
     if events.is_empty() {
         return Ok(Applied {
@@ -131,7 +137,7 @@ pub async fn execute(conn: &mut PgConnection, events: &[Consumed]) -> Result<App
             Opened::Already => Outcome::AlreadyOpen,
         };
     }
-    let settled = settle_transaction::settle_all(&mut tx, &settles).await?;
+    let settled = settle_transaction::settle_all(&mut tx, capture, &settles).await?;
     for (i, settled) in settle_at.into_iter().zip(settled.outcomes) {
         outcomes[i] = match settled {
             Settled::Completed => Outcome::Completed,

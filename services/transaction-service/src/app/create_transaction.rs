@@ -1,15 +1,17 @@
-//! Accept a transaction: the `PENDING` row, its `TransactionCreated` outbox row and
-//! (with an `Idempotency-Key`) the stored response, all in one database transaction.
+//! Accept a transaction: the `PENDING` row, its `TransactionCreated` event (an outbox row
+//! or a logical decoding message, as the [`Capture`] says) and (with an
+//! `Idempotency-Key`) the stored response, all in one database transaction.
 
 use std::time::Duration;
 
+use outbox::Capture;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::events::{TransactionCreated, TRANSACTION_AGGREGATE, TRANSACTION_CREATED};
 use crate::domain::{IdempotencyKey, NewTransaction, TransactionStatus};
-use crate::store::{accounts, idempotency, transactions, StoreError};
+use crate::store::{self, accounts, idempotency, transactions, StoreError};
 
 /// How long an idempotency key names its request. Older keys may be purged and reused.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -61,17 +63,21 @@ impl From<sqlx::Error> for CreateTransactionError {
     }
 }
 
-/// Accepts `new` as a `PENDING` transaction and emits `TransactionCreated`, carrying
-/// `trace` (the request span's W3C context) so its settlement continues that trace.
+/// Accepts `new` as a `PENDING` transaction and emits `TransactionCreated` the way
+/// `capture` says, carrying `trace` (the request span's W3C context) so its settlement
+/// continues that trace. The event commits or rolls back with the transaction row:
+/// whatever fails after it was written (the idempotency key taken meanwhile, the commit)
+/// takes it back, row or message.
 ///
 /// With a `key`, the response is stored in the same transaction. A request whose key
 /// is live gets the stored response (same request) or
 /// [`CreateTransactionError::IdempotencyKeyReused`] (different request). Concurrent
 /// requests with one key cannot both create a transaction: the second one's key insert
 /// waits for the first to commit, then finds the key taken, rolls back its own
-/// transaction row and outbox row, and answers with the first one's response.
+/// transaction row and event, and answers with the first one's response.
 pub async fn execute(
     pool: &PgPool,
+    capture: &Capture,
     new: &NewTransaction,
     key: Option<&IdempotencyKey>,
     trace: Option<outbox::TraceContext>,
@@ -113,7 +119,9 @@ pub async fn execute(
     let event = outbox::NewEvent::new(TRANSACTION_AGGREGATE, row.id, TRANSACTION_CREATED, &event)
         .expect("the event payload serialises")
         .with_trace(trace);
-    outbox::insert(&mut tx, &event).await?;
+    outbox::write(&mut tx, capture, &event)
+        .await
+        .map_err(store::outbox_error)?;
 
     let accepted = Accepted {
         transaction_id: row.id,

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use outbox::Capture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -12,7 +13,7 @@ use crate::domain::events::{
     TransactionSettled, TRANSACTION_AGGREGATE, TRANSACTION_COMPLETED, TRANSACTION_FAILED,
 };
 use crate::domain::{FailureReason, Ledger, Settlement, TransactionStatus};
-use crate::store::{accounts, settlements, transactions, StoreError};
+use crate::store::{self, accounts, settlements, transactions, StoreError};
 
 /// One `TransactionCreated` to settle.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +68,8 @@ pub struct SettledAll {
 /// accounts of the pending ones in ascending user id order; applies each transfer to the
 /// locked balances in event order ([`Ledger`]: a transfer the balance cannot cover fails
 /// and moves nothing); writes the balances and final statuses in one statement and one
-/// `TransactionCompleted` or `TransactionFailed` per settlement to the outbox, in event
+/// `TransactionCompleted` or `TransactionFailed` per settlement to the outbox the way
+/// `capture` says (rows or transactional messages, in `conn`'s transaction), in event
 /// order. Amounts and parties come from the stored rows, not from the events.
 ///
 /// Every batch takes its locks in that order, so concurrent batches cannot deadlock,
@@ -77,6 +79,7 @@ pub struct SettledAll {
 /// `deadlock_timeout` and it is retried.
 pub async fn settle_all(
     conn: &mut PgConnection,
+    capture: &Capture,
     settles: &[Settle],
 ) -> Result<SettledAll, StoreError> {
     if settles.is_empty() {
@@ -171,7 +174,9 @@ pub async fn settle_all(
                 .with_trace(trace)
         })
         .collect::<Vec<_>>();
-    outbox::insert_all(conn, &events).await?;
+    outbox::write_all(conn, capture, &events)
+        .await
+        .map_err(store::outbox_error)?;
     Ok(done)
 }
 

@@ -10,6 +10,7 @@ mod transactions;
 use std::sync::Arc;
 
 use axum::Router;
+use outbox::Capture;
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -29,6 +30,8 @@ pub struct AppState {
     /// A Kafka client of its own for `/readyz`'s metadata request: the event consumer's
     /// client belongs to the consumer, which may replace it.
     pub kafka_probe: Arc<KafkaProbe>,
+    /// How accepted transactions write their event (`OUTBOX_CAPTURE`).
+    pub capture: Capture,
 }
 
 /// The service's own routes, each registered for the router and the OpenAPI document

@@ -295,7 +295,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let new = request.validate()?;
-    match create_transaction::execute(&state.pool, &new, key.as_ref(), trace).await? {
+    let created =
+        create_transaction::execute(&state.pool, &state.capture, &new, key.as_ref(), trace);
+    match created.await? {
         Created::Accepted(accepted) => {
             tracing::info!(transaction_id = %accepted.transaction_id, "transaction accepted");
             Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())

@@ -11,6 +11,19 @@ pub mod transactions;
 
 pub use service_postgres::StoreError;
 
+/// A failed [`outbox::write_all`] as a [`StoreError`]: a database error as any other; an
+/// event that breaks a rule of the outbox (refused before anything was written, in
+/// message mode) as [`StoreError::Failed`], as the outbox table's checks refuse it in
+/// table mode.
+pub fn outbox_error(error: outbox::WriteError) -> StoreError {
+    match error {
+        outbox::WriteError::Database(error) => error.into(),
+        outbox::WriteError::Event { source, .. } => {
+            StoreError::Failed(sqlx::Error::Encode(Box::new(source)))
+        }
+    }
+}
+
 /// The embedded migrations of `sql/transaction_db`: the service's own schema. The outbox's
 /// (`sql/outbox`) come with `service_postgres::migrated_pool`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/transaction_db");

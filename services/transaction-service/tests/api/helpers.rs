@@ -1,6 +1,12 @@
 //! `spawn_app()` and what tests do with a running service: call its API, announce
 //! users on Kafka, relay its outbox rows to Kafka the way relay-cdc does, and read what
 //! it logged.
+//!
+//! The service runs with `OUTBOX_CAPTURE=table` unless a test says otherwise: the
+//! helpers that read the `outbox` table ([`TestApp::record_of`], [`TestApp::relay`],
+//! [`TestApp::created_event`], [`TestApp::events_of`], ...) are table-only. In message
+//! mode a test reads the events through a slot (`crate::slot`) and relays them with
+//! [`TestApp::record_of_envelope`].
 
 use std::ops::Deref;
 use std::time::Duration;
@@ -124,6 +130,7 @@ async fn spawn(brokers: String, partitions: i32, adjust: impl FnOnce(&mut Settin
             stall_timeout: transaction_service::config::DEFAULT_STALL_TIMEOUT,
             security: consumer_security(),
         },
+        capture: outbox::Capture::Table,
     };
     adjust(&mut settings);
     let Instance {
@@ -462,14 +469,19 @@ impl TestApp {
             outbox::record::own_headers(traceparent, tracestate, own.as_deref().map(str::as_bytes))
                 .expect("the row's own headers");
         let id = outbox_id.to_string();
-        let row = outbox::record::Row {
+        self.record_of_row(outbox::record::Row {
             id: &id,
             aggregate_type: &aggregate_type,
             aggregate_id: &aggregate_id,
             event_type: &event_type,
             payload: payload.as_bytes(),
             headers: &own,
-        };
+        })
+    }
+
+    /// The record of `row` with the test's topic template, commit LSN `0/0` and the
+    /// current time.
+    fn record_of_row(&self, row: outbox::record::Row) -> OutboxRecord {
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let commit = outbox::record::Commit {
             source: SOURCE,
@@ -477,6 +489,25 @@ impl TestApp {
             time: &time,
         };
         OutboxRecord(row.record(&self.topic_template, &commit))
+    }
+
+    /// The record relay-cdc makes of a logical decoding message's `envelope` (message
+    /// capture), as [`TestApp::record_of`] does of a row.
+    pub fn record_of_envelope(&self, envelope: &[u8]) -> OutboxRecord {
+        let event = outbox::message::decode(envelope).expect("an envelope");
+        let own: Vec<(String, String)> = event
+            .own_headers()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let id = event.id.to_string();
+        self.record_of_row(outbox::record::Row {
+            id: &id,
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            event_type: event.event_type,
+            payload: event.payload,
+            headers: &own,
+        })
     }
 
     /// Produces `record`.

@@ -1,6 +1,8 @@
-//! Sign-up: hash the password, then insert the user and its `UserCreated` outbox event
-//! in one transaction.
+//! Sign-up: hash the password, then insert the user and write its `UserCreated` event
+//! (an outbox row or a logical decoding message, as the [`Capture`] says) in one
+//! transaction.
 
+use outbox::{Capture, WriteError};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -27,6 +29,9 @@ pub enum CreateUserError {
     Hashing(#[from] HashError),
     #[error("event payload could not be serialised")]
     Payload(#[from] serde_json::Error),
+    /// The event breaks a rule of the outbox (message mode checks it before writing).
+    #[error("event cannot be written to the outbox")]
+    Event(#[source] outbox::message::EnvelopeError),
 }
 
 impl From<sqlx::Error> for CreateUserError {
@@ -39,11 +44,22 @@ impl From<sqlx::Error> for CreateUserError {
     }
 }
 
-/// Registers a user and records `UserCreated` in the outbox, carrying `trace` (the
-/// request span's W3C context) so the account opening continues that trace.
+impl From<WriteError> for CreateUserError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::Database(err) => err.into(),
+            WriteError::Event { source, .. } => Self::Event(source),
+        }
+    }
+}
+
+/// Registers a user and records `UserCreated` in the outbox the way `capture` says,
+/// carrying `trace` (the request span's W3C context) so the account opening continues
+/// that trace.
 ///
-/// Invariant: the `users` row and the outbox row commit together or not at all; an
-/// error at any step drops the transaction, which rolls both back. The unique index on
+/// Invariant: the `users` row and the event (outbox row or transactional message) commit
+/// together or not at all; an error at any step drops the transaction, which rolls both
+/// back (PostgreSQL never decodes a rolled-back transaction's messages). The unique index on
 /// the email, not a prior lookup, decides which of two concurrent sign-ups wins.
 ///
 /// If the connection breaks during `commit`, the outcome is unknown to the service and
@@ -52,6 +68,7 @@ impl From<sqlx::Error> for CreateUserError {
 pub async fn execute(
     pool: &PgPool,
     hasher: &PasswordHasher,
+    capture: &Capture,
     new_user: NewUser,
     trace: Option<outbox::TraceContext>,
 ) -> Result<User, CreateUserError> {
@@ -72,7 +89,7 @@ pub async fn execute(
         },
     )?
     .with_trace(trace);
-    outbox::insert(&mut tx, &event).await?;
+    outbox::write(&mut tx, capture, &event).await?;
     tx.commit().await?;
 
     Ok(User {

@@ -11,7 +11,9 @@ impl From<CreateUserError> for ApiError {
                 errors: [("email".into(), "is already registered".into())].into(),
             },
             CreateUserError::Store(store) => store.into(),
-            CreateUserError::Hashing(_) | CreateUserError::Payload(_) => Self::Internal(err.into()),
+            CreateUserError::Hashing(_)
+            | CreateUserError::Payload(_)
+            | CreateUserError::Event(_) => Self::Internal(err.into()),
         }
     }
 }

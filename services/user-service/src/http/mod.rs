@@ -8,6 +8,7 @@ pub mod openapi;
 mod users;
 
 use axum::Router;
+use outbox::Capture;
 use sqlx::PgPool;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -25,14 +26,17 @@ pub struct AppState {
     pub pool: PgPool,
     pub hasher: PasswordHasher,
     pub metrics: Metrics,
+    /// How sign-ups write their event (`OUTBOX_CAPTURE`).
+    pub capture: Capture,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, hasher: PasswordHasher) -> Self {
+    pub fn new(pool: PgPool, hasher: PasswordHasher, capture: Capture) -> Self {
         Self {
             pool,
             hasher,
             metrics: Metrics::new(),
+            capture,
         }
     }
 }

@@ -141,7 +141,7 @@ struct UserPath {
 #[utoipa::path(post, path = "/users", operation_id = "createUser",
     request_body = CreateUserRequest,
     responses(
-        (status = 201, description = "Created. The event `UserCreated` is in the outbox.",
+        (status = 201, description = "Created. The event `UserCreated` is in the outbox (a row, or a logical decoding message, as `OUTBOX_CAPTURE` says).",
             body = Envelope<CreatedUser>,
             headers(("Location" = String, description = "`/users/{id}`")),
             links(("GetUserById" = (
@@ -159,7 +159,9 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateUserRequest>,
 ) -> Result<Response, ApiError> {
     let new_user = body.validate()?;
-    let user = app::create_user::execute(&state.pool, &state.hasher, new_user, trace).await?;
+    let user =
+        app::create_user::execute(&state.pool, &state.hasher, &state.capture, new_user, trace)
+            .await?;
     tracing::info!(user_id = %user.id, "user created");
     Ok((
         [(header::LOCATION, format!("/users/{}", user.id))],

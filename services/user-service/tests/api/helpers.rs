@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use outbox::Capture;
 use serde_json::Value;
 use service_config::ServerSettings;
 use service_postgres::{DatabaseSettings, DatabaseTarget, DEFAULT_ACQUIRE_TIMEOUT};
@@ -38,8 +39,14 @@ pub fn logs() -> &'static LogBuffer {
 }
 
 /// The service as `main` builds it ([`Application::build`]: migrations, pool,
-/// listener) on 127.0.0.1:0 over a fresh database.
+/// listener) on 127.0.0.1:0 over a fresh database, writing outbox rows (`table`
+/// capture: what the tests that read the `outbox` table need).
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_capture(Capture::Table).await
+}
+
+/// [`spawn_app`] with `OUTBOX_CAPTURE` = `capture`.
+pub async fn spawn_app_with_capture(capture: Capture) -> TestApp {
     logs();
     let db = TestDb::create("users", "users_db").await.unwrap();
     let mut database = DatabaseSettings::new(
@@ -50,6 +57,7 @@ pub async fn spawn_app() -> TestApp {
     let settings = Settings {
         server: ServerSettings::local_ephemeral(),
         database,
+        capture,
     };
     let application = Application::build(&settings).await.unwrap();
     let addr = application.local_addr();
@@ -66,7 +74,11 @@ pub async fn spawn_app_with_pool(pool: PgPool) -> TestApp {
     logs();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = http::router(AppState::new(pool, PasswordHasher::per_core()));
+    let router = http::router(AppState::new(
+        pool,
+        PasswordHasher::per_core(),
+        Capture::Table,
+    ));
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
         axum::serve(listener, router)

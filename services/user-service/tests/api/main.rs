@@ -8,6 +8,8 @@ mod errors;
 mod get_user;
 mod health;
 mod helpers;
+mod message_capture;
 mod migrations;
 mod openapi;
+mod slot;
 mod trace;

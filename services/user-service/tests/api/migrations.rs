@@ -18,6 +18,7 @@ fn settings(db: &TestDb) -> Settings {
             DatabaseTarget::Url(db.url.clone().into()),
             DEFAULT_ACQUIRE_TIMEOUT,
         ),
+        capture: outbox::Capture::Table,
     }
 }
 
