@@ -270,6 +270,14 @@ pub fn render(outcomes: &[Outcome], delivery: Delivery, preface: &str) -> String
             writeln!(s, "- time to recover per fault: {}", all.join(", "))
                 .expect("write to string");
         }
+        if o.expect_halt && o.tally.lost > 0 {
+            writeln!(
+                s,
+                "- the {} events committed but never delivered are the gap the documented halt leaves (the relay cannot tell what its lost slot had not delivered); the \"lost\" examples below are from it",
+                o.tally.lost
+            )
+            .expect("write to string");
+        }
         for e in &o.tally.examples {
             writeln!(s, "- {e}").expect("write to string");
         }
