@@ -5,8 +5,9 @@
 //! still in the WAL: each event is a transactional logical decoding message
 //! (`pg_logical_emit_message(true, prefix, envelope)`) that PostgreSQL decodes at its
 //! transaction's commit and never when the transaction rolled back. So before the load
-//! the drill creates a `pgoutput` slot per source database ([`slot_name`]), and at the
-//! end it reads it (`pg_logical_slot_peek_binary_changes`, `messages 'true'`): every
+//! the drill creates a `pgoutput` slot per source database ([`slot_name`]) and reads it
+//! while it waits for convergence and at the end (`pg_logical_slot_peek_binary_changes`,
+//! `messages 'true'`): every
 //! transactional message with the capture's prefix that committed since the slot was
 //! made, in commit order, decoded with `outbox::message::decode` into the rows the
 //! verdict compares ([`crate::verify::Committed`]). The drill keeps what it read and
@@ -23,7 +24,8 @@
 //! is after its consistent point.
 //!
 //! [`parse`] is the pure part: pgoutput protocol version 1 as the peek returns it, one
-//! message per row. It keeps `B` (begin: the transaction's commit LSN), `C` (commit) and
+//! message per row. It keeps `B` (begin: the transaction's commit LSN), `C` (commit: its
+//! end LSN, how far the slot may be advanced) and
 //! `M` (message: u8 flags, bit 0 transactional; u64 LSN; the prefix as a NUL-terminated
 //! string; u32 length; the content) and skips every other kind (relations, inserts of
 //! the tables in the publication). Non-transactional messages and other prefixes (the

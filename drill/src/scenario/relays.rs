@@ -3,7 +3,9 @@
 //! failover slots, exactly-once's checkpoint topic and transactional ids). Every relay
 //! audits the outbox table against its slot every [`AUDIT_INTERVAL_MS`], so an orphan
 //! shows within a scenario (the relay's default, 30 s, outlasts a short scenario and
-//! many of scenario 1's relay lifetimes).
+//! many of scenario 1's relay lifetimes). With message capture both sources read
+//! messages with the capture's prefix (`capture`, `message_prefix`); the relay runs no
+//! audit then, as there is no table.
 
 use testkit::relay::kafka_properties_env;
 use testkit::Delivery;
