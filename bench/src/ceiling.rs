@@ -1,5 +1,7 @@
 //! The ceiling: `pg_recvlogical` decoding the slot with pgoutput into `/dev/null`. No
-//! client logic at all, so its rows/s is what one walsender can give.
+//! client logic at all, so its rows/s is what one walsender can give. For `--capture
+//! messages` it is asked for the messages too (`-o messages=true`): the decode ceiling of
+//! that mode.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,6 +37,8 @@ pub struct Recv<'a> {
     pub password: &'a str,
     pub database: &'a str,
     pub slot: &'a str,
+    /// Ask pgoutput for logical decoding messages (PostgreSQL 14+).
+    pub messages: bool,
 }
 
 /// Streams `slot` up to `end_lsn` and returns the seconds it took, start to exit.
@@ -45,6 +49,11 @@ pub async fn stream_to(r: &Recv<'_>, end_lsn: u64) -> anyhow::Result<f64> {
         .args(["-d", r.database, "--slot", r.slot, "--start", "--no-loop"])
         .args(["-P", "pgoutput", "-o", "proto_version=1"])
         .args(["-o", &format!("publication_names={}", outbox_publication())])
+        .args(if r.messages {
+            &["-o", "messages=true"][..]
+        } else {
+            &[]
+        })
         .arg(format!("--endpos={}", format_lsn(end_lsn)))
         .args(["-f", "/dev/null"])
         .env("PGPASSWORD", r.password)

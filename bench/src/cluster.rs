@@ -1,6 +1,7 @@
 //! One broker beside a cluster: relay-cdc's throughput and latency on the shared broker
 //! and on a private cluster of three brokers, pair by pair.
 
+use crate::capture::Capture;
 use crate::ctx::{Ctx, System};
 use crate::latency::{latency, LatencyRow};
 use crate::options::{Plan, Workload};
@@ -29,8 +30,8 @@ pub async fn kafka_cluster(ctx: &Ctx, plan: &Plan) -> anyhow::Result<ClusterComp
                 "kafka cluster: {} ({delivery}) on one broker, then on three",
                 w.label()
             ));
-            let a = relay_throughput(ctx, w, *delivery, one, None).await?;
-            let b = relay_throughput(ctx, w, *delivery, three, None).await?;
+            let a = relay_throughput(ctx, w, *delivery, Capture::Table, one, None).await?;
+            let b = relay_throughput(ctx, w, *delivery, Capture::Table, three, None).await?;
             throughput.push((*w, a, b));
         }
         for rate in &plan.rates {

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use testkit::TestDb;
 use tokio_postgres::{Client, NoTls};
 
+use crate::capture::Capture;
+
 /// Application name of the load generator's connections, so load accounting can
 /// leave them out.
 pub const LOAD_APP: &str = "relay-bench-load";
@@ -19,6 +21,9 @@ pub async fn fresh() -> anyhow::Result<TestDb> {
     c.batch_execute(LOAD_PROCEDURE)
         .await
         .context("creating the load procedure")?;
+    c.batch_execute(MESSAGE_LOAD_PROCEDURE)
+        .await
+        .context("creating the message load procedure")?;
     Ok(db)
 }
 
@@ -114,6 +119,48 @@ begin
 end $$;
 "#;
 
+/// [`LOAD_PROCEDURE`]'s events as transactional logical decoding messages (`--capture
+/// messages`): the same count, transactions, aggregate ids and JSON payloads, each event a
+/// `pg_logical_emit_message(true, 'outbox', <envelope>)` instead of a row. The envelope
+/// (version 1 of `libs/outbox/src/message.rs`) is built in SQL, so the loader stays one
+/// server-side call as in table mode: `01` version, `00` flags, `uuid_send` (the id's 16
+/// bytes), then the strings aggregate type `bench`, aggregate id, event type `BenchEvent`
+/// (each a big-endian `u32` length from `int4send`, then UTF-8), `00000000` (no headers)
+/// and the payload last. The payload is the text of the `jsonb` a row would hold, so a
+/// record carries the same bytes in both modes.
+const MESSAGE_LOAD_PROCEDURE: &str = r#"
+create procedure bench_load_messages(txns int, rows_per_txn int, payload_bytes int, inout last_txn_floor pg_lsn default null)
+language plpgsql as $$
+declare
+    pool_len constant int := 1048576;
+    pad_len int := greatest(payload_bytes - 30, 1);
+    pool bytea;
+begin
+    select convert_to(string_agg(md5(random()::text), ''), 'UTF8') into pool
+    from generate_series(1, (pool_len + pad_len) / 32 + 1);
+    for t in 1..txns loop
+        if t = txns then
+            last_txn_floor := pg_current_wal_insert_lsn();
+        end if;
+        perform pg_logical_emit_message(true, 'outbox',
+                   '\x0100'::bytea || uuid_send(gen_random_uuid())
+                   || '\x0000000562656e6368'::bytea
+                   || int4send(octet_length(e.agg)) || convert_to(e.agg, 'UTF8')
+                   || '\x0000000a42656e63684576656e74'::bytea
+                   || '\x00000000'::bytea
+                   || int4send(octet_length(e.payload)) || convert_to(e.payload, 'UTF8'))
+        from (
+            select 'agg-' || ((t * rows_per_txn + i) % 64) as agg,
+                   jsonb_build_object('t', t, 'i', i,
+                       'pad', convert_from(substring(pool from 1 + (random() * pool_len)::int for pad_len), 'UTF8'))::text as payload
+            from generate_series(1, rows_per_txn) i
+            order by i
+        ) e;
+        commit;
+    end loop;
+end $$;
+"#;
+
 /// What a preload wrote.
 #[derive(Debug, Clone, Copy)]
 pub struct Loaded {
@@ -122,6 +169,9 @@ pub struct Loaded {
     pub end_lsn: u64,
     /// The last transaction's commit ends after this LSN, every other one at or before it.
     pub last_txn_floor: u64,
+    /// CPU seconds of the loader's backend (the writer) over the load: PostgreSQL's
+    /// share of producing the events, the events' generation included.
+    pub writer_cpu: f64,
 }
 
 /// Loads `txns × rows_per_txn` rows and waits until the WAL is flushed (walsenders
@@ -132,15 +182,30 @@ pub async fn preload(
     rows_per_txn: u32,
     payload_bytes: usize,
 ) -> anyhow::Result<Loaded> {
+    preload_as(url, Capture::Table, txns, rows_per_txn, payload_bytes).await
+}
+
+/// [`preload`] in `capture` mode: rows, or the same events as messages.
+pub async fn preload_as(
+    url: &str,
+    capture: Capture,
+    txns: u64,
+    rows_per_txn: u32,
+    payload_bytes: usize,
+) -> anyhow::Result<Loaded> {
     let c = connect(url, LOAD_APP).await?;
     // Asynchronous commit only makes loading fast; the WAL written is the same.
     c.batch_execute("set synchronous_commit = off").await?;
+    let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await?.get(0);
+    let cpu0 = testkit::proc::cpu_seconds(pid as u32).unwrap_or(0.0);
     let rows = c
         .simple_query(&format!(
-            "call bench_load({txns}, {rows_per_txn}, {payload_bytes})"
+            "call {}({txns}, {rows_per_txn}, {payload_bytes})",
+            capture.load_procedure()
         ))
         .await
         .context("loading rows")?;
+    let writer_cpu = (testkit::proc::cpu_seconds(pid as u32).unwrap_or(cpu0) - cpu0).max(0.0);
     let floor = rows
         .iter()
         .find_map(|m| match m {
@@ -160,6 +225,7 @@ pub async fn preload(
         rows: txns * u64::from(rows_per_txn),
         end_lsn,
         last_txn_floor: parse_lsn(&floor)?,
+        writer_cpu,
     })
 }
 

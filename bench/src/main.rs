@@ -2,6 +2,7 @@
 //! gives) and the polling outbox worker it replaces, on the local stack, and prints
 //! markdown tables. `scripts/bench` builds and runs it; see bench/README.md.
 
+mod capture;
 mod ceiling;
 mod cluster;
 mod ctx;

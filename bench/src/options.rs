@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use testkit::Delivery;
 
+use crate::capture::Capture;
 use crate::load::Rate;
 
 #[derive(Debug, Clone, Parser)]
@@ -55,6 +56,11 @@ pub struct Options {
     /// after another, and the tables show a relay row per mode.
     #[arg(long, value_delimiter = ',', default_values_t = [Delivery::AtLeastOnce])]
     pub delivery: Vec<Delivery>,
+    /// How the writers hand events to the relay: outbox rows (`table`) or logical decoding
+    /// messages (`messages`). Every relay throughput workload and the settle part run once
+    /// per mode, one after another, each on its own database and topics.
+    #[arg(long, value_delimiter = ',', default_values_t = [Capture::Table])]
+    pub capture: Vec<Capture>,
     /// Which parts to run.
     #[arg(long, value_delimiter = ',', default_values_t = [Part::Throughput, Part::Latency, Part::Order])]
     pub only: Vec<Part>,
@@ -219,6 +225,8 @@ pub struct Plan {
     pub parts: Vec<Part>,
     /// Delivery modes of the relay, in the order given, each once.
     pub deliveries: Vec<Delivery>,
+    /// Capture modes of the relay's throughput and settle runs, in the order given, each once.
+    pub captures: Vec<Capture>,
     /// Debezium as a further system (off unless `--debezium`).
     pub debezium: bool,
     /// (label, relay-cdc binary) measured beside this build in the throughput runs.
@@ -235,6 +243,12 @@ impl Plan {
     pub fn compares_delivery(&self) -> bool {
         self.deliveries.contains(&Delivery::ExactlyOnce)
     }
+
+    /// Whether the tables compare capture modes (messages are in the run): then they
+    /// gain a capture column and the writer's and the whole pipeline's CPU.
+    pub fn compares_capture(&self) -> bool {
+        self.captures.contains(&Capture::Messages)
+    }
 }
 
 /// What the settle part measures, from the options.
@@ -248,6 +262,8 @@ pub struct SettlePlan {
     pub duration: Duration,
     /// Transfers of the backlog phase (0: no such phase).
     pub backlog: usize,
+    /// Capture modes of the service and the relay, each binary measured once per mode.
+    pub captures: Vec<Capture>,
 }
 
 impl Options {
@@ -313,6 +329,20 @@ impl Options {
             }
         }
         anyhow::ensure!(!deliveries.is_empty(), "--delivery needs a mode");
+        let mut captures = Vec::new();
+        for c in &self.capture {
+            if !captures.contains(c) {
+                captures.push(*c);
+            }
+        }
+        anyhow::ensure!(!captures.is_empty(), "--capture needs a mode");
+        if let Some((k, _)) = self
+            .relay_env
+            .iter()
+            .find(|(k, _)| Capture::is_relay_setting(k))
+        {
+            anyhow::bail!("{k} is set per measurement from --capture, not with --relay-env");
+        }
         anyhow::ensure!(
             matches!(self.kafka_nodes, 1 | 3),
             "--kafka-nodes takes 1 (the shared broker) or 3 (also a private three-broker cluster), not {}",
@@ -352,6 +382,7 @@ impl Options {
                 .transpose()?,
             parts,
             deliveries,
+            captures,
             debezium: self.debezium,
             relay_baselines,
             outage: self.outage.then(|| Duration::from_secs(self.outage_secs)),
@@ -394,6 +425,12 @@ impl Options {
             clients: self.settle_clients,
             duration: Duration::from_secs(self.settle_seconds.max(1)),
             backlog: self.settle_backlog,
+            captures: self.capture.iter().fold(Vec::new(), |mut v, c| {
+                if !v.contains(c) {
+                    v.push(*c);
+                }
+                v
+            }),
         })
     }
 }
@@ -527,6 +564,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--kafka-nodes takes 1"), "{e}");
+    }
+
+    #[test]
+    fn the_relay_reads_rows_unless_told_otherwise() {
+        assert_eq!(plan(&[]).captures, vec![Capture::Table]);
+        assert_eq!(
+            plan(&["--capture", "table,messages,table"]).captures,
+            vec![Capture::Table, Capture::Messages]
+        );
+        let e = Options::try_parse_from([
+            "relay-bench",
+            "--relay-env",
+            "RELAY_SOURCES__BENCH__CAPTURE=messages",
+        ])
+        .unwrap()
+        .plan()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--capture"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 use testkit::Delivery;
 
+use crate::capture::Capture;
 use crate::cluster::ClusterComparison;
 use crate::ctx::System;
 use crate::debezium;
@@ -68,6 +69,15 @@ pub fn render(
                     .map_or("relay-cdc next to relay-bench".into(), |p| p.display().to_string()),
                 list.join("; ")
             ));
+        }
+        if plan.compares_capture() {
+            out.push_str(
+                "Capture: the same events (count, transactions, aggregate ids, JSON payloads) as outbox rows (table) or as \
+                 pg_logical_emit_message(true, 'outbox', envelope) per event (messages, the envelope built in SQL), each mode \
+                 on its own database and topics; the ceiling of a messages row is pg_recvlogical with messages=true over the \
+                 message load. PG writer CPU: the loader's backend while it wrote the load (one server-side call, event \
+                 generation included). pipeline CPU: writer + marking + walsender + relay; the broker is shared and not counted.\n",
+            );
         }
         if plan.compares_delivery() {
             out.push_str(
@@ -174,8 +184,12 @@ pub fn render(
 /// and the exactly-once ones; with baselines, the binary and its ratio to this build.
 fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     let compare = plan.compares_delivery();
+    let captures = plan.compares_capture();
     let baselines = !plan.relay_baselines.is_empty();
     let mut headers = vec!["workload"];
+    if captures {
+        headers.push("capture");
+    }
     if compare {
         headers.push("delivery");
     }
@@ -198,6 +212,9 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
         "walsender CPU s/100k",
         "relay peak RSS MiB",
     ]);
+    if captures {
+        headers.extend(["PG writer CPU s/100k", "pipeline CPU s/100k"]);
+    }
     if compare {
         headers.extend(["vs at-least-once", "records/Kafka txn", "Kafka commit ms"]);
     }
@@ -208,6 +225,9 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
     for r in rows {
         for relay in &r.relays {
             let mut cells = vec![r.workload.label()];
+            if captures {
+                cells.push(relay.capture.to_string());
+            }
             if compare {
                 cells.push(relay.delivery.to_string());
             }
@@ -221,11 +241,11 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
             }
             cells.extend([
                 table::count(r.workload.rows as f64),
-                table::count(r.ceiling),
+                table::count(r.ceiling_of(relay.capture)),
                 table::count(r.ingest),
                 table::secs(r.ingest_cpu_per_100k),
                 table::count(relay.rows_per_s),
-                table::ratio(relay.rows_per_s, r.ceiling),
+                table::ratio(relay.rows_per_s, r.ceiling_of(relay.capture)),
                 table::count(r.polling),
                 table::ratio(relay.rows_per_s, r.polling),
                 table::count(relay.acked_rows_per_s),
@@ -235,11 +255,21 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                 table::secs(relay.walsender_cpu_per_100k),
                 table::mib(relay.peak_rss),
             ]);
+            if captures {
+                cells.extend([
+                    table::secs(relay.writer_cpu_per_100k),
+                    table::secs(relay.pipeline_cpu_per_100k()),
+                ]);
+            }
             if compare {
                 let baseline = r
                     .relays
                     .iter()
-                    .find(|b| b.delivery == Delivery::AtLeastOnce && b.baseline == relay.baseline)
+                    .find(|b| {
+                        b.delivery == Delivery::AtLeastOnce
+                            && b.capture == relay.capture
+                            && b.baseline == relay.baseline
+                    })
                     .filter(|_| relay.delivery != Delivery::AtLeastOnce);
                 cells.extend([
                     baseline.map_or("-".into(), |b| table::ratio(relay.rows_per_s, b.rows_per_s)),
@@ -254,7 +284,9 @@ fn throughput_table(plan: &Plan, rows: &[ThroughputRow]) -> Table {
                 ]);
             }
             if baselines {
-                let this = r.relay(relay.delivery).filter(|_| relay.baseline.is_some());
+                let this = r
+                    .relay_in(relay.delivery, relay.capture)
+                    .filter(|_| relay.baseline.is_some());
                 cells.push(
                     this.map_or("-".into(), |t| table::ratio(relay.rows_per_s, t.rows_per_s)),
                 );
@@ -406,6 +438,7 @@ fn targets(
             ));
         }
     }
+    lines.extend(capture_targets(throughput_rows));
     let peaks: Vec<u64> = throughput_rows
         .iter()
         .flat_map(|r| r.relays.iter().map(|relay| relay.peak_rss))
@@ -433,6 +466,45 @@ fn targets(
         None => "- RSS during a broker outage: not measured in this run (--outage)".into(),
     });
     lines.join("\n") + "\n"
+}
+
+/// Issue 30's targets for the message mode, when it ran: the relay keeps pace with its
+/// own decode ceiling, and the whole pipeline costs at most half the CPU of table mode.
+fn capture_targets(rows: &[ThroughputRow]) -> Vec<String> {
+    let mark = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut lines = Vec::new();
+    for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
+        let name = match delivery {
+            Delivery::AtLeastOnce => String::new(),
+            d => format!(", {d}"),
+        };
+        let ratios = rows.iter().filter_map(|row| {
+            let m = row.relay_in(delivery, Capture::Messages)?;
+            Some((row, m.rows_per_s / row.ceiling_of(Capture::Messages)))
+        });
+        if let Some((worst, r)) = ratios.min_by(|a, b| a.1.total_cmp(&b.1)) {
+            lines.push(format!(
+                "- messages: relay ≥ 90 % of the message ceiling on every workload{name}: {} (lowest {:.0} %, {})",
+                mark(r >= 0.9),
+                100.0 * r,
+                worst.workload.label()
+            ));
+        }
+        let cpu = rows.iter().filter_map(|row| {
+            let m = row.relay_in(delivery, Capture::Messages)?;
+            let t = row.relay_in(delivery, Capture::Table)?;
+            Some((row, m.pipeline_cpu_per_100k() / t.pipeline_cpu_per_100k()))
+        });
+        if let Some((worst, r)) = cpu.max_by(|a, b| a.1.total_cmp(&b.1)) {
+            lines.push(format!(
+                "- messages: pipeline CPU per 100k events ≤ half of table mode's{name}: {} (highest {:.0} % of table mode, {}; broker not counted)",
+                mark(r <= 0.5),
+                100.0 * r,
+                worst.workload.label()
+            ));
+        }
+    }
+    lines
 }
 
 fn cluster_tables(c: &ClusterComparison) -> String {
@@ -602,11 +674,13 @@ mod tests {
         let transactional = delivery == Delivery::ExactlyOnce;
         RelayThroughput {
             delivery,
+            capture: Capture::Table,
             baseline: None,
             rows_per_s,
             acked_rows_per_s: rows_per_s,
             startup_s: 0.05,
             cpu_per_100k: 2.0,
+            writer_cpu_per_100k: 1.0,
             pg_marking_cpu_per_100k: 1.5,
             walsender_cpu_per_100k: 0.75,
             peak_rss: 20 << 20,
@@ -627,6 +701,7 @@ mod tests {
                 rows: 10_000,
             },
             ceiling: 40_000.0,
+            message_ceiling: None,
             ingest: 200_000.0,
             ingest_cpu_per_100k: 0.4,
             relays,
@@ -724,6 +799,45 @@ mod tests {
         .render();
         assert!(!l.contains("read p99"), "{l}");
         assert_eq!(l.lines().next().unwrap().matches('|').count(), 14, "{l}");
+    }
+
+    #[test]
+    fn both_capture_modes_get_a_row_against_their_own_ceiling_and_targets() {
+        let p = plan(&["--capture", "table,messages"]);
+        let messages = RelayThroughput {
+            capture: Capture::Messages,
+            writer_cpu_per_100k: 0.5,
+            pg_marking_cpu_per_100k: 0.0,
+            ..relay(Delivery::AtLeastOnce, 27_000.0)
+        };
+        let mut row = throughput_row(vec![relay(Delivery::AtLeastOnce, 20_000.0), messages]);
+        row.message_ceiling = Some(30_000.0);
+        let t = throughput_table(&p, std::slice::from_ref(&row)).render();
+        let cells = |n: usize| -> Vec<String> {
+            t.lines()
+                .nth(n)
+                .unwrap()
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        };
+        let (table_row, message_row) = (cells(2), cells(3));
+        assert_eq!(table_row[2..5], ["table", "10,000", "40,000"], "{t}");
+        assert_eq!(message_row[2..5], ["messages", "10,000", "30,000"], "{t}");
+        assert_eq!(message_row[8], "90 %", "relay/ceiling of its own mode: {t}");
+        // writer 0.5 + marking 0 + walsender 0.75 + relay 2.0; table: 1 + 1.5 + 0.75 + 2.
+        let n = message_row.len();
+        assert_eq!(message_row[n - 3..n - 1], ["0.50", "3.25"], "{t}");
+        assert_eq!(table_row[n - 2], "5.25", "{t}");
+        let lines = capture_targets(&[row]).join("\n");
+        assert!(
+            lines.contains("message ceiling on every workload: met (lowest 90 %"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("≤ half of table mode's: NOT met (highest 62 %"),
+            "{lines}"
+        );
     }
 
     #[test]

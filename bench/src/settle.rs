@@ -7,6 +7,9 @@
 //! clients get answers (the highest rate the service sustains), then a backlog of
 //! `--settle-backlog` transfers POSTed while the relay is stopped and settled once it
 //! starts again (how fast settlement goes when the POST rate does not bound it).
+//! With `--capture table,messages` every binary runs once per capture mode, the service
+//! (`OUTBOX_CAPTURE`) and the relay's source in the same mode, rows labelled
+//! `<binary> (messages)` for the message mode.
 //!
 //! COMPLETED is when the settlement's `TransactionCompleted` (or `TransactionFailed`)
 //! record is in Kafka, read by the bench on the transaction topic: what a downstream
@@ -29,6 +32,7 @@ use testkit::{Delivery, Metrics, TestDb};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use crate::capture::Capture;
 use crate::ctx::Ctx;
 use crate::options::SettlePlan;
 use crate::progress::progress;
@@ -97,17 +101,25 @@ pub struct SettleRow {
 /// Every binary of the plan, one after the other.
 pub async fn run(ctx: &Ctx, plan: &SettlePlan) -> anyhow::Result<Vec<SettleRow>> {
     let mut rows = Vec::new();
-    for (label, bin) in &plan.services {
-        progress(format!("settle: {label} ({})", bin.display()));
-        rows.push(SettleRow {
-            label: label.clone(),
-            phases: one_binary(ctx, plan, bin).await?,
-        });
+    for capture in &plan.captures {
+        for (label, bin) in &plan.services {
+            let label = format!("{label}{}", capture.suffix());
+            progress(format!("settle: {label} ({})", bin.display()));
+            rows.push(SettleRow {
+                phases: one_binary(ctx, plan, bin, *capture).await?,
+                label,
+            });
+        }
     }
     Ok(rows)
 }
 
-async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<Vec<Phase>> {
+async fn one_binary(
+    ctx: &Ctx,
+    plan: &SettlePlan,
+    bin: &Path,
+    capture: Capture,
+) -> anyhow::Result<Vec<Phase>> {
     let brokers = ctx.stack.kafka_brokers.clone();
     // Empty: the service applies the migrations it was built with.
     let db = TestDb::create_empty("settle").await?;
@@ -116,8 +128,9 @@ async fn one_binary(ctx: &Ctx, plan: &SettlePlan, bin: &Path) -> anyhow::Result<
     for t in [&user_topic, &tx_topic] {
         kafka::create_topic(&brokers, t, PARTITIONS, false).await?;
     }
-    let mut service = Service::start(ctx, bin, &db, &brokers, &prefix).await?;
-    let relay_spec = ctx.relay_spec(&db, &prefix, &brokers, Delivery::AtLeastOnce);
+    let mut service = Service::start(ctx, bin, &db, &brokers, &prefix, capture).await?;
+    let mut relay_spec = ctx.relay_spec(&db, &prefix, &brokers, Delivery::AtLeastOnce);
+    relay_spec.extra_env.insert(0, capture.relay_env());
     let mut first = relay_spec.spawn()?;
     first.wait_ready(READY_TIMEOUT).await?;
     // `None` while a backlog builds up with the relay stopped.
@@ -622,7 +635,9 @@ impl Service {
         db: &TestDb,
         brokers: &str,
         prefix: &str,
+        capture: Capture,
     ) -> anyhow::Result<Self> {
+        let (capture_key, capture_value) = capture.service_env();
         let port = testkit::free_port();
         let log = ctx.log_dir.join(format!(
             "transaction-service-{}.log",
@@ -636,6 +651,7 @@ impl Service {
             .env("KAFKA_GROUP_ID", format!("{prefix}.settle"))
             .env("USER_EVENTS_TOPIC", format!("{prefix}.user"))
             .env("TRANSACTION_EVENTS_TOPIC", format!("{prefix}.transaction"))
+            .env(capture_key, capture_value)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).context("creating the service's log")?)

@@ -1,13 +1,15 @@
 //! Throughput: a preloaded backlog drained as fast as possible, per workload: the
-//! ceiling (`pg_recvlogical`), the Kafka ingest ceiling, relay-cdc in each delivery mode
-//! of the plan, the polling worker and, when asked, Debezium, each on a database and
-//! topics of its own.
+//! ceiling (`pg_recvlogical`), the Kafka ingest ceiling, relay-cdc in each capture mode
+//! (`--capture`: rows or messages, each with its own ceiling) and delivery mode of the
+//! plan, the polling worker and, when asked, Debezium, each on a database and topics of
+//! its own.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use testkit::Delivery;
 
+use crate::capture::Capture;
 use crate::ceiling::{self, Recv};
 use crate::ctx::{
     check_delivery, delete_topics, failed, topics_of, Ctx, System, DEBEZIUM_START_TIMEOUT,
@@ -25,6 +27,7 @@ use crate::relay::{self, KafkaTransactions};
 /// How often the PostgreSQL backends of a throughput run are sampled for CPU time.
 const BACKEND_SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const EVENTS_PUBLISHED: &str = "relay_events_published_total";
+const DEAD_LETTERED: &str = "relay_dead_lettered_total";
 
 /// How long a throughput run may take before it counts as stuck (≥ 500 rows/s).
 fn stuck_after(rows: u64) -> Duration {
@@ -33,6 +36,8 @@ fn stuck_after(rows: u64) -> Duration {
 
 pub struct RelayThroughput {
     pub delivery: Delivery,
+    /// How the load reached the relay: rows, or messages.
+    pub capture: Capture,
     /// The `--relay-baseline` label; `None` for this build.
     pub baseline: Option<String>,
     /// Until the server's confirmed position covered the load (acked, marked, confirmed).
@@ -41,6 +46,8 @@ pub struct RelayThroughput {
     pub acked_rows_per_s: f64,
     pub startup_s: f64,
     pub cpu_per_100k: f64,
+    /// CPU of the loader's backend writing the load (rows or messages), before the run.
+    pub writer_cpu_per_100k: f64,
     /// CPU of the relay's ordinary PostgreSQL sessions (marking, housekeeping).
     pub pg_marking_cpu_per_100k: f64,
     /// CPU of the walsender serving the relay's slot.
@@ -48,6 +55,17 @@ pub struct RelayThroughput {
     pub peak_rss: u64,
     /// The Kafka transactions of the timed run (none when at-least-once).
     pub transactions: KafkaTransactions,
+}
+
+impl RelayThroughput {
+    /// PostgreSQL's and the relay's CPU per 100k events: the writer, marking, the
+    /// walsender and the relay process (the broker is shared and not counted).
+    pub fn pipeline_cpu_per_100k(&self) -> f64 {
+        self.writer_cpu_per_100k
+            + self.pg_marking_cpu_per_100k
+            + self.walsender_cpu_per_100k
+            + self.cpu_per_100k
+    }
 }
 
 /// Debezium draining the same kind of backlog.
@@ -66,7 +84,11 @@ pub struct DebeziumThroughput {
 
 pub struct ThroughputRow {
     pub workload: Workload,
+    /// pg_recvlogical over the rows (table mode).
     pub ceiling: f64,
+    /// pg_recvlogical with `messages=true` over the same events as messages, when the
+    /// plan has that capture mode.
+    pub message_ceiling: Option<f64>,
     /// The Kafka ingest ceiling: relay-shaped records from librdkafka alone.
     pub ingest: f64,
     /// What that producer's process spent per 100,000 records: librdkafka's own cost.
@@ -81,19 +103,33 @@ pub struct ThroughputRow {
 impl ThroughputRow {
     /// This build's relay in `delivery` mode.
     pub fn relay(&self, delivery: Delivery) -> Option<&RelayThroughput> {
+        self.relay_in(delivery, Capture::Table)
+    }
+
+    /// This build's relay in `delivery` mode on the `capture` load.
+    pub fn relay_in(&self, delivery: Delivery, capture: Capture) -> Option<&RelayThroughput> {
         self.relays
             .iter()
-            .find(|r| r.delivery == delivery && r.baseline.is_none())
+            .find(|r| r.delivery == delivery && r.capture == capture && r.baseline.is_none())
+    }
+
+    /// The decode ceiling of `capture`'s load (0 when not measured).
+    pub fn ceiling_of(&self, capture: Capture) -> f64 {
+        match capture {
+            Capture::Table => self.ceiling,
+            Capture::Messages => self.message_ceiling.unwrap_or(0.0),
+        }
     }
 }
 
-/// pg_recvlogical over a slot created before the load, up to the load's end LSN.
-async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
+/// pg_recvlogical over a slot created before the load, up to the load's end LSN; for
+/// messages with pgoutput's `messages` option.
+async fn ceiling_throughput(ctx: &Ctx, w: &Workload, capture: Capture) -> anyhow::Result<f64> {
     let db = db::fresh().await?;
     // As the admin: on the secured stack the database's owner may not replicate.
     let c = db::connect(&ctx.stack.database_url(&db.name), "relay-bench").await?;
     let slot = db::create_slot(&c, "bench_ceiling").await?;
-    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let loaded = db::preload_as(&db.url, capture, w.txns(), w.rows_per_txn, w.payload).await?;
     let s = &ctx.stack;
     let secs = ceiling::stream_to(
         &Recv {
@@ -104,6 +140,7 @@ async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
             password: &s.pg_password,
             database: &db.name,
             slot: &slot,
+            messages: capture == Capture::Messages,
         },
         loaded.end_lsn,
     )
@@ -116,12 +153,14 @@ async fn ceiling_throughput(ctx: &Ctx, w: &Workload) -> anyhow::Result<f64> {
 /// The relay streams a backlog of WAL: it ran once (its slot exists), was stopped,
 /// the rows were loaded, and it is timed from its second start until the server's
 /// `confirmed_flush_lsn` covers the last loaded transaction (which implies every row
-/// was acked by Kafka and marked PROCESSED; both are checked afterwards). `baseline`:
-/// another relay binary and its label, instead of this build.
+/// was acked by Kafka and, for rows, marked PROCESSED; both are checked afterwards).
+/// `capture`: the load is rows or messages, and the relay's source reads it so.
+/// `baseline`: another relay binary and its label, instead of this build.
 pub async fn relay_throughput(
     ctx: &Ctx,
     w: &Workload,
     delivery: Delivery,
+    capture: Capture,
     brokers: &str,
     baseline: Option<&(String, std::path::PathBuf)>,
 ) -> anyhow::Result<RelayThroughput> {
@@ -129,6 +168,8 @@ pub async fn relay_throughput(
     let (prefix, topic) = ctx.topic_prefix();
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
     let mut spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
+    // First, so `--relay-env` (which may not name it) still comes last.
+    spec.extra_env.insert(0, capture.relay_env());
     if let Some((_, bin)) = baseline {
         spec.bin = bin.clone();
     }
@@ -136,7 +177,7 @@ pub async fn relay_throughput(
     first.wait_ready(READY_TIMEOUT).await?;
     relay::stop(first).await?;
 
-    let loaded = db::preload(&db.url, w.txns(), w.rows_per_txn, w.payload).await?;
+    let loaded = db::preload_as(&db.url, capture, w.txns(), w.rows_per_txn, w.payload).await?;
     let c = db::connect(&db.url, "relay-bench").await?;
     // The relay's backends, walsender apart: none exist yet (the first run ended), so
     // every one sampled started inside the timed run.
@@ -195,14 +236,22 @@ pub async fn relay_throughput(
     let published = relay::metric(&relay, EVENTS_PUBLISHED)
         .await?
         .unwrap_or(0.0) as u64;
+    let dead_lettered = relay::metric(&relay, DEAD_LETTERED).await?.unwrap_or(0.0) as u64;
     let transactions = relay::kafka_transactions(&relay).await?;
     check_delivery(delivery, &transactions, relay.log())?;
+    let log = relay.log().to_path_buf();
     relay::stop(relay).await?;
-    let processed = db::count_status(&c, "PROCESSED").await? as u64;
+    // Messages leave no row to mark.
+    let processed = match capture {
+        Capture::Table => db::count_status(&c, "PROCESSED").await? as u64,
+        Capture::Messages => loaded.rows,
+    };
     ensure!(
-        processed == loaded.rows && published >= loaded.rows,
-        "relay confirmed the load but published {published} and marked {processed} of {} rows",
-        loaded.rows
+        processed == loaded.rows && published >= loaded.rows && dead_lettered == 0,
+        "relay ({capture}) confirmed the load but published {published}, dead-lettered {dead_lettered} \
+         and marked {processed} of {} events; log: {}",
+        loaded.rows,
+        log.display()
     );
     delete_topics(
         brokers,
@@ -211,11 +260,13 @@ pub async fn relay_throughput(
     .await;
     Ok(RelayThroughput {
         delivery,
+        capture,
         baseline: baseline.map(|(label, _)| label.clone()),
         rows_per_s: loaded.rows as f64 / secs,
         acked_rows_per_s: loaded.rows as f64 / acked,
         startup_s: startup.unwrap_or(secs),
         cpu_per_100k: cpu * 100_000.0 / loaded.rows as f64,
+        writer_cpu_per_100k: loaded.writer_cpu * 100_000.0 / loaded.rows as f64,
         pg_marking_cpu_per_100k: pg_cpu.used(&Backend::Session) * 100_000.0 / loaded.rows as f64,
         walsender_cpu_per_100k: pg_cpu.used(&Backend::Walsender) * 100_000.0 / loaded.rows as f64,
         peak_rss,
@@ -346,26 +397,26 @@ pub async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<
         w.label(),
         w.rows
     ));
-    let ceiling = ceiling_throughput(ctx, w).await?;
+    let ceiling = ceiling_throughput(ctx, w, Capture::Table).await?;
+    let message_ceiling = if plan.captures.contains(&Capture::Messages) {
+        progress(format!("throughput {}: ceiling (messages)", w.label()));
+        Some(ceiling_throughput(ctx, w, Capture::Messages).await?)
+    } else {
+        None
+    };
     progress(format!("throughput {}: kafka ingest", w.label()));
     let ingest = ingest_throughput(ctx, w).await?;
     let mut relays = Vec::new();
-    for delivery in &plan.deliveries {
-        progress(format!(
-            "throughput {}: {}",
-            w.label(),
-            System::Relay(*delivery)
-        ));
-        relays.push(relay_throughput(ctx, w, *delivery, &ctx.stack.kafka_brokers, None).await?);
-        for b in &plan.relay_baselines {
-            progress(format!(
-                "throughput {}: {} from {}",
-                w.label(),
-                System::Relay(*delivery),
-                b.0
-            ));
-            let brokers = &ctx.stack.kafka_brokers;
-            relays.push(relay_throughput(ctx, w, *delivery, brokers, Some(b)).await?);
+    let brokers = &ctx.stack.kafka_brokers;
+    for capture in &plan.captures {
+        for delivery in &plan.deliveries {
+            let system = format!("{}{}", System::Relay(*delivery), capture.suffix());
+            progress(format!("throughput {}: {system}", w.label()));
+            relays.push(relay_throughput(ctx, w, *delivery, *capture, brokers, None).await?);
+            for b in &plan.relay_baselines {
+                progress(format!("throughput {}: {system} from {}", w.label(), b.0));
+                relays.push(relay_throughput(ctx, w, *delivery, *capture, brokers, Some(b)).await?);
+            }
         }
     }
     progress(format!("throughput {}: polling", w.label()));
@@ -385,6 +436,7 @@ pub async fn throughput(ctx: &Ctx, plan: &Plan, w: &Workload) -> anyhow::Result<
     Ok(ThroughputRow {
         workload: *w,
         ceiling,
+        message_ceiling,
         ingest: ingest.rows_per_s,
         ingest_cpu_per_100k: ingest.cpu_per_100k,
         relays,

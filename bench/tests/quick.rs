@@ -1,6 +1,7 @@
 //! The benchmark command keeps working: a `--quick` run with tiny sizes against the
 //! local stack, with relay-cdc in both delivery modes, prints every table row, and
-//! relay-cdc keeps commit order in it. It needs neither Maven nor a JVM of its own
+//! relay-cdc keeps commit order in it; and one with both capture modes (rows, messages)
+//! prints both rows of every workload. They need neither Maven nor a JVM of their own
 //! (Debezium is off unless `--debezium`).
 
 use std::path::Path;
@@ -103,4 +104,61 @@ fn a_quick_bench_run_prints_every_row_for_both_delivery_modes() {
     assert!(stdout.contains("### Targets"), "{stdout}");
     // Debezium (Maven, a JVM) runs only when asked for.
     assert!(!stdout.contains("Debezium"), "{stdout}");
+}
+
+#[test]
+fn a_quick_bench_run_prints_every_row_for_both_capture_modes() {
+    let bench = env!("CARGO_BIN_EXE_relay-bench");
+    let relay = Path::new(bench).with_file_name("relay-cdc");
+    let out = Command::new(bench)
+        .args([
+            "--quick",
+            "--rows",
+            "400",
+            "--only",
+            "throughput",
+            "--capture",
+            "table,messages",
+        ])
+        .arg("--relay-bin")
+        .arg(&relay)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "relay-bench failed:\n{stderr}\n{stdout}"
+    );
+    let row = |key: [&str; 2]| -> Vec<String> {
+        stdout
+            .lines()
+            .map(|l| {
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .find(|cells| cells.len() > 2 && cells[0] == key[0] && cells[1] == key[1])
+            .unwrap_or_else(|| panic!("no row {key:?} in:\n{stdout}"))
+    };
+    for workload in ["1 rows/txn, 100 B", "1000 rows/txn, 1 KiB"] {
+        // The bench fails a run whose relay did not publish every event (none
+        // dead-lettered) and, for rows, mark every row: each cell is a measurement.
+        for capture in ["table", "messages"] {
+            let cells = row([workload, capture]);
+            assert_eq!(cells.len(), 18, "{cells:?}");
+            for (i, c) in cells.iter().enumerate() {
+                assert!(c != "-" && !c.is_empty(), "column {i} is empty: {cells:?}");
+            }
+        }
+    }
+    assert!(
+        stdout.contains("- messages: relay ≥ 90 % of the message ceiling"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("- messages: pipeline CPU per 100k events"),
+        "{stdout}"
+    );
 }
