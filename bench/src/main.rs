@@ -4,6 +4,7 @@
 
 mod ceiling;
 mod cluster;
+mod compare;
 mod ctx;
 mod db;
 mod debezium;
