@@ -5,7 +5,8 @@
 //! One database of the run's own holds Debezium-shaped outbox tables ([`rows`]): one per
 //! payload type (jsonb, text, bytea) and router variant (plain, or with placements of
 //! the extra columns), and one publication of them all. For each converter setting
-//! (String; JSON without schemas; JSON with `table.expand.json.payload`) a round:
+//! (String; JSON without schemas; JSON with `table.expand.json.payload`, its null fields
+//! ignored or kept as `optional_bytes`) a round:
 //!
 //! - slots are created first (one per Debezium connector, one per relay-cdc source), so
 //!   both systems stream exactly the rows inserted after, whenever their process is up;

@@ -176,19 +176,27 @@ pub enum Setting {
     String,
     Json,
     JsonExpand,
+    /// Expansion with `table.json.payload.null.behavior = optional_bytes`.
+    JsonExpandNulls,
 }
 
 const STRING_CONVERTER: &str = "org.apache.kafka.connect.storage.StringConverter";
 const JSON_CONVERTER: &str = "org.apache.kafka.connect.json.JsonConverter";
 
 impl Setting {
-    pub const ALL: [Setting; 3] = [Self::String, Self::Json, Self::JsonExpand];
+    pub const ALL: [Setting; 4] = [
+        Self::String,
+        Self::Json,
+        Self::JsonExpand,
+        Self::JsonExpandNulls,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::String => "String",
             Self::Json => "JSON",
             Self::JsonExpand => "JSON + expand.json.payload",
+            Self::JsonExpandNulls => "JSON + expand, optional_bytes",
         }
     }
 
@@ -197,14 +205,19 @@ impl Setting {
             Self::String => "string",
             Self::Json => "json",
             Self::JsonExpand => "expand",
+            Self::JsonExpandNulls => "expand-nulls",
         }
     }
 
     fn converter(self) -> &'static str {
         match self {
             Self::String => STRING_CONVERTER,
-            Self::Json | Self::JsonExpand => JSON_CONVERTER,
+            Self::Json | Self::JsonExpand | Self::JsonExpandNulls => JSON_CONVERTER,
         }
+    }
+
+    fn expands(self) -> bool {
+        matches!(self, Self::JsonExpand | Self::JsonExpandNulls)
     }
 
     /// The converter settings of a Debezium connector (Connect's own names; JSON without
@@ -236,15 +249,21 @@ pub fn router_options(variant: Variant, setting: Setting) -> Vec<(String, String
         "route.tombstone.on.empty.payload".to_string(),
         "true".to_string(),
     )];
-    if setting == Setting::JsonExpand {
+    if setting.expands() {
         out.push(("table.expand.json.payload".into(), "true".into()));
+    }
+    if setting == Setting::JsonExpandNulls {
+        out.push((
+            "table.json.payload.null.behavior".into(),
+            "optional_bytes".into(),
+        ));
     }
     if variant == Variant::Placed {
         // An envelope makes the value a struct, which StringConverter writes as Java's
         // `Struct{...}` (relay-cdc refuses that): headers and the partition only there.
         let placement = match setting {
             Setting::String => "tenant:header,created_at:header,created_ts:header,shard:partition,type:header:eventType",
-            Setting::Json | Setting::JsonExpand => {
+            Setting::Json | Setting::JsonExpand | Setting::JsonExpandNulls => {
                 "tenant:header,created_at:header,created_ts:header,shard:partition,type:header:eventType,\
                  created_at:envelope:ts,created_ts:envelope:cts,tenant:envelope,aggregateid:envelope:aggregate"
             }
@@ -417,7 +436,7 @@ pub fn rows() -> Vec<Row> {
     use Class as C;
     use PayloadColumn as P;
     use Setting as S;
-    let expand = [S::JsonExpand];
+    let expand = [S::JsonExpand, S::JsonExpandNulls];
     let string = [S::String];
     vec![
         // Unicode: every script, astral characters (Jackson escapes them as surrogate
@@ -482,6 +501,12 @@ pub fn rows() -> Vec<Row> {
             P::Jsonb,
             "an empty array first in an array (not expanded)",
             Some(r#"{"a": [[], [1]]}"#),
+        ),
+        Row::new(
+            C::Nested,
+            P::Jsonb,
+            "a null field, then an int, in an array of objects",
+            Some(r#"{"xs": [{"a": null}, {"a": 1}], "ys": [{"b": 2}, {"b": null}]}"#),
         ),
         Row::new(
             C::Nested,
