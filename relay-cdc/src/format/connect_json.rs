@@ -525,9 +525,9 @@ pub fn base64(bytes: &[u8], out: &mut String) {
     }
 }
 
-/// Java's `Double.toString` (JDK 19 and later: the shortest digits that read back as
-/// the same double): plain from 10^-3 up to 10^7, else `d.dddE±n`; at least one digit
-/// after the point.
+/// Java's `Double.toString` (JDK 19 and later): plain from 10^-3 up to 10^7, else
+/// `d.dddE±n`; at least one digit after the point. The digits are those of
+/// [`java_digits`].
 pub fn java_double(d: f64) -> String {
     if d == 0.0 {
         return if d.is_sign_negative() { "-0.0" } else { "0.0" }.into();
@@ -538,20 +538,59 @@ pub fn java_double(d: f64) -> String {
     if d.is_infinite() {
         return if d > 0.0 { "Infinity" } else { "-Infinity" }.into();
     }
-    let abs = d.abs();
-    if (1e-3..1e7).contains(&abs) {
-        let s = format!("{d}");
-        return if s.contains('.') { s } else { format!("{s}.0") };
+    let (digits, exp) = java_digits(d.abs());
+    let mut out = String::new();
+    if d < 0.0 {
+        out.push('-');
     }
-    // Rust's `{:e}` gives the shortest digits: `1.5e-7`, `1e10`.
-    let e = format!("{d:e}");
-    let (mantissa, exp) = e.split_once('e').expect("{:e} has an exponent");
-    let mantissa = if mantissa.contains('.') {
-        mantissa.to_string()
+    let (first, rest) = digits.split_at(1);
+    let rest = if rest.is_empty() { "0" } else { rest };
+    if (1e-3..1e7).contains(&d.abs()) {
+        if exp >= 0 {
+            // exp < 7 here: the integer part is the first exp + 1 digits, zero-padded.
+            let int_len = exp as usize + 1;
+            let padded = format!("{digits:0<int_len$}");
+            let (int, frac) = padded.split_at(int_len);
+            out.push_str(int);
+            out.push('.');
+            out.push_str(if frac.is_empty() { "0" } else { frac });
+        } else {
+            out.push_str("0.");
+            out.push_str(&"0".repeat((-exp - 1) as usize));
+            out.push_str(&digits);
+        }
     } else {
-        format!("{mantissa}.0")
+        let _ = write!(out, "{first}.{rest}E{exp}");
+    }
+    out
+}
+
+/// The significant digits (no trailing zeros) and the decimal exponent of the first one
+/// that Java 19+ prints for a finite `d > 0`: of the decimals that read back as `d`,
+/// those of the fewest digits (of one or two digits where one would do), the closest
+/// to `d`, on a tie the one whose last digit is even (`Double.toString`'s javadoc).
+/// Rust's `{:e}` gives the fewest digits; `{:.N$e}`, correctly rounded with ties to
+/// even, the closest decimal of that many, taken when it reads back as `d`. They differ
+/// on ties (`1.7491785262816592E15`, where `{:e}` ends in 3) and near zero
+/// (`Double.MIN_VALUE` is `4.9E-324`, not `5.0E-324`).
+fn java_digits(d: f64) -> (String, i32) {
+    let shortest = format!("{d:e}");
+    let (mantissa, _) = shortest.split_once('e').expect("{:e} has an exponent");
+    let n = mantissa.bytes().filter(u8::is_ascii_digit).count().max(2);
+    let closest = format!("{d:.prec$e}", prec = n - 1);
+    let chosen = if closest.parse::<f64>() == Ok(d) {
+        closest
+    } else {
+        shortest
     };
-    format!("{mantissa}E{exp}")
+    let (mantissa, exp) = chosen.split_once('e').expect("{:e} has an exponent");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    (
+        digits.to_string(),
+        exp.parse().expect("an integer exponent"),
+    )
 }
 
 #[cfg(test)]
@@ -684,6 +723,18 @@ mod tests {
             (1.2345e-10, "1.2345E-10"),
             (1e21, "1.0E21"),
             (f64::MAX, "1.7976931348623157E308"),
+            // Seen from Kafka Connect on Java 25: two digits where one is farther off.
+            (f64::from_bits(1), "4.9E-324"),
+            (f64::from_bits(2), "9.9E-324"),
+            (1e23, "1.0E23"),
+            (2.82879384806159e17, "2.82879384806159E17"),
+            // A tie between two shortest decimals: the even last digit.
+            (f64::from_bits(0xc318db7972d4beed), "-1.7491785262816592E15"),
+            (1234567.0, "1234567.0"),
+            (1e6, "1000000.0"),
+            (0.5, "0.5"),
+            (0.00123, "0.00123"),
+            (100.25, "100.25"),
         ] {
             assert_eq!(java_double(d), want, "{d}");
         }
