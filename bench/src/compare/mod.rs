@@ -3,7 +3,7 @@
 //! thing").
 //!
 //! One database of the run's own holds Debezium-shaped outbox tables ([`rows`]): one per
-//! payload type (jsonb, text, bytea) and router variant (plain, or with placements of
+//! payload type (jsonb, json, text, bytea) and router variant (plain, or with placements of
 //! the extra columns), and one publication of them all. For each converter setting
 //! (String; JSON without schemas; JSON with `table.expand.json.payload`, its null fields
 //! ignored or kept as `optional_bytes`) a round:
@@ -237,7 +237,7 @@ async fn round(
     result
 }
 
-/// Kafka Connect with one connector per variant (its three tables) and one per
+/// Kafka Connect with one connector per variant (its four tables) and one per
 /// unwritable row (its table alone: the task stops there), each on a slot created now.
 async fn start_debezium(
     ctx: &Ctx,

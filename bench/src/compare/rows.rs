@@ -9,16 +9,18 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadColumn {
     Jsonb,
+    Json,
     Text,
     Bytea,
 }
 
 impl PayloadColumn {
-    pub const ALL: [PayloadColumn; 3] = [Self::Jsonb, Self::Text, Self::Bytea];
+    pub const ALL: [PayloadColumn; 4] = [Self::Jsonb, Self::Json, Self::Text, Self::Bytea];
 
     pub fn sql_type(self) -> &'static str {
         match self {
             Self::Jsonb => "jsonb",
+            Self::Json => "json",
             Self::Text => "text",
             Self::Bytea => "bytea",
         }
@@ -28,6 +30,7 @@ impl PayloadColumn {
     fn cast(self) -> &'static str {
         match self {
             Self::Jsonb => "$5::text::jsonb",
+            Self::Json => "$5::text::json",
             Self::Text => "$5::text",
             Self::Bytea => "decode($5::text, 'hex')",
         }
@@ -116,6 +119,7 @@ pub enum Class {
     Nested,
     Large,
     Text,
+    Json,
     Bytea,
     Placed,
     Tombstone,
@@ -124,11 +128,12 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 8] = [
+    pub const ALL: [Class; 9] = [
         Self::Unicode,
         Self::Nested,
         Self::Large,
         Self::Text,
+        Self::Json,
         Self::Bytea,
         Self::Placed,
         Self::Tombstone,
@@ -141,6 +146,7 @@ impl Class {
             Self::Nested => "nested JSON (jsonb)",
             Self::Large => "large payload (~500 KB)",
             Self::Text => "`text` payload",
+            Self::Json => "`json` payload (kept as written)",
             Self::Bytea => "`bytea` payload",
             Self::Placed => "extra columns: header, envelope, partition",
             Self::Tombstone => "empty (null) payload, tombstone on",
@@ -155,6 +161,7 @@ impl Class {
             Self::Nested => "nested",
             Self::Large => "large",
             Self::Text => "text",
+            Self::Json => "json",
             Self::Bytea => "bytea",
             Self::Placed => "placed",
             Self::Tombstone => "tombstone",
@@ -567,6 +574,26 @@ pub fn rows() -> Vec<Row> {
         .known(&expand, JDK_DOUBLES),
         Row::new(C::Text, P::Text, "empty text", Some("")),
         Row::new(C::Text, P::Text, "whitespace and controls only", Some(" \t\n\u{1}\u{1f} ")),
+        // json: the text as written (order, spacing, repeated names, escapes kept).
+        Row::new(
+            C::Json,
+            P::Json,
+            "spacing, order and a repeated name",
+            Some("{ \"b\" : 1,\n  \"a\": [1,2],  \"a\": {\"z\": null, \"y\": 2.5},\t\"é\": \"😀\" }"),
+        ),
+        Row::new(
+            C::Json,
+            P::Json,
+            "escapes as written",
+            Some(r#"{"s": "\u00e9\ud83d\ude00\/\n", "n": -0.0, "e": 1E2}"#),
+        ),
+        Row::new(
+            C::Json,
+            P::Json,
+            "objects with other fields",
+            Some(r#"{"xs": [{"b": 1}, {"a": 2, "b": 3}]}"#),
+        )
+        .known(&expand, MERGE_ORDER),
         // bytea: binary, UTF-8 JSON as bytes, empty.
         Row::new(C::Bytea, P::Bytea, "binary", Some("00ff10ab80")).known(&string, BYTES_THROUGH_STRING),
         Row::new(
