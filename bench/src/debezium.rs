@@ -189,28 +189,9 @@ pub struct ConnectSpec {
 }
 
 impl ConnectSpec {
-    /// The worker's settings: string converters (the value is the payload's text, the
-    /// key the aggregate id, as relay-cdc writes them), offsets in a file of this run,
-    /// and a producer set like relay-cdc's where Connect lets it be (idempotent,
-    /// acks=all, up to 5 requests in flight, linger 5 ms, lz4; Java's default
-    /// partitioner is murmur2, as relay-cdc's).
+    /// The worker's settings ([`worker_properties`]), then the `worker.` extras.
     fn worker_properties(&self, rest_port: u16) -> String {
-        format!(
-            "bootstrap.servers={brokers}\n\
-             key.converter=org.apache.kafka.connect.storage.StringConverter\n\
-             value.converter=org.apache.kafka.connect.storage.StringConverter\n\
-             offset.storage.file.filename={offsets}\n\
-             offset.flush.interval.ms=1000\n\
-             listeners=http://127.0.0.1:{rest_port}\n\
-             plugin.discovery=only_scan\n\
-             producer.enable.idempotence=true\n\
-             producer.acks=all\n\
-             producer.max.in.flight.requests.per.connection=5\n\
-             producer.linger.ms=5\n\
-             producer.compression.type=lz4\n",
-            brokers = self.brokers,
-            offsets = self.dir.join("offsets").display(),
-        ) + &self.extra_lines(true)
+        worker_properties(&self.brokers, &self.dir, rest_port) + &self.extra_lines(true)
     }
 
     /// The extra settings of the worker (`worker == true`) or of the connector.
@@ -265,19 +246,42 @@ impl ConnectSpec {
             prefix = self.topic_prefix,
         ) + &self.extra_lines(false)
     }
+}
 
-    fn log4j2_properties(&self) -> String {
-        format!(
-            "appender.file.type=File\n\
-             appender.file.name=file\n\
-             appender.file.fileName={}\n\
-             appender.file.layout.type=PatternLayout\n\
-             appender.file.layout.pattern=[%d] %p %m (%c)%n\n\
-             rootLogger.level=INFO\n\
-             rootLogger.appenderRef.file.ref=file\n",
-            self.dir.join("connect.log").display()
-        )
-    }
+/// A Connect worker's settings: string converters (the value is the payload's text, the
+/// key the aggregate id, as relay-cdc writes them; a connector may set its own), offsets
+/// in a file under `dir`, and a producer set like relay-cdc's where Connect lets it be
+/// (idempotent, acks=all, up to 5 requests in flight, linger 5 ms, lz4; Java's default
+/// partitioner is murmur2, as relay-cdc's).
+pub fn worker_properties(brokers: &str, dir: &Path, rest_port: u16) -> String {
+    format!(
+        "bootstrap.servers={brokers}\n\
+         key.converter=org.apache.kafka.connect.storage.StringConverter\n\
+         value.converter=org.apache.kafka.connect.storage.StringConverter\n\
+         offset.storage.file.filename={offsets}\n\
+         offset.flush.interval.ms=1000\n\
+         listeners=http://127.0.0.1:{rest_port}\n\
+         plugin.discovery=only_scan\n\
+         producer.enable.idempotence=true\n\
+         producer.acks=all\n\
+         producer.max.in.flight.requests.per.connection=5\n\
+         producer.linger.ms=5\n\
+         producer.compression.type=lz4\n",
+        offsets = dir.join("offsets").display(),
+    )
+}
+
+fn log4j2_properties(dir: &Path) -> String {
+    format!(
+        "appender.file.type=File\n\
+         appender.file.name=file\n\
+         appender.file.fileName={}\n\
+         appender.file.layout.type=PatternLayout\n\
+         appender.file.layout.pattern=[%d] %p %m (%c)%n\n\
+         rootLogger.level=INFO\n\
+         rootLogger.appenderRef.file.ref=file\n",
+        dir.join("connect.log").display()
+    )
 }
 
 /// A running Connect worker; killed (SIGKILL) if dropped before [`ConnectProcess::terminate`].
@@ -292,14 +296,34 @@ impl ConnectProcess {
     /// Writes the configuration into `spec.dir` and starts the JVM with the heap and GC
     /// settings of Kafka's `connect-standalone.sh` (`-Xms256M -Xmx2G`, G1).
     pub fn spawn(spec: &ConnectSpec) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&spec.dir)?;
-        let worker = spec.dir.join("worker.properties");
-        let connector = spec.dir.join("connector.properties");
-        let log4j = spec.dir.join("log4j2.properties");
-        std::fs::write(&worker, spec.worker_properties(testkit::free_port()))?;
-        std::fs::write(&connector, spec.connector_properties())?;
-        std::fs::write(&log4j, spec.log4j2_properties())?;
-        let out = std::fs::File::create(spec.dir.join("stdout.log"))?;
+        Self::spawn_connectors(
+            &spec.libs,
+            &spec.dir,
+            &spec.worker_properties(testkit::free_port()),
+            &[spec.connector_properties()],
+        )
+    }
+
+    /// A worker with `worker` settings running each of `connectors` (properties text,
+    /// each with a `name` of its own), its files and logs in `dir`.
+    pub fn spawn_connectors(
+        libs: &Libs,
+        dir: &Path,
+        worker: &str,
+        connectors: &[String],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let worker_file = dir.join("worker.properties");
+        let log4j = dir.join("log4j2.properties");
+        std::fs::write(&worker_file, worker)?;
+        std::fs::write(&log4j, log4j2_properties(dir))?;
+        let mut connector_files = Vec::new();
+        for (i, c) in connectors.iter().enumerate() {
+            let file = dir.join(format!("connector-{i}.properties"));
+            std::fs::write(&file, c)?;
+            connector_files.push(file);
+        }
+        let out = std::fs::File::create(dir.join("stdout.log"))?;
         let child = Command::new("java")
             .args(["-Xms256M", "-Xmx2G", "-server", "-XX:+UseG1GC"])
             .args([
@@ -312,10 +336,10 @@ impl ConnectProcess {
             ])
             .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
             .arg("-cp")
-            .arg(format!("{}/*", spec.libs.dir.display()))
+            .arg(format!("{}/*", libs.dir.display()))
             .arg("org.apache.kafka.connect.cli.ConnectStandalone")
-            .arg(&worker)
-            .arg(&connector)
+            .arg(&worker_file)
+            .args(&connector_files)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -326,7 +350,7 @@ impl ConnectProcess {
         Ok(Self {
             child,
             pid,
-            log: spec.dir.join("connect.log"),
+            log: dir.join("connect.log"),
         })
     }
 

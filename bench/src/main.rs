@@ -5,6 +5,7 @@
 mod capture;
 mod ceiling;
 mod cluster;
+mod compare;
 mod ctx;
 mod db;
 mod debezium;

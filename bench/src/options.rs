@@ -174,6 +174,10 @@ pub enum Part {
     KafkaCluster,
     /// A transfer from POST to COMPLETED through transaction-service, the relay and Kafka.
     Settle,
+    /// Debezium's Outbox Event Router and relay-cdc's `debezium` format on the same rows,
+    /// record by record; fails on a difference relay-cdc does not document. Needs Java
+    /// 17+ and, on first use, Maven.
+    DebeziumCompare,
 }
 
 impl std::fmt::Display for Part {
@@ -184,6 +188,7 @@ impl std::fmt::Display for Part {
             Part::Order => "order",
             Part::KafkaCluster => "kafka-cluster",
             Part::Settle => "settle",
+            Part::DebeziumCompare => "debezium-compare",
         })
     }
 }
@@ -583,6 +588,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--capture"), "{e}");
+    }
+
+    #[test]
+    fn the_debezium_comparison_runs_only_when_named() {
+        assert!(!plan(&[]).parts.contains(&Part::DebeziumCompare));
+        assert_eq!(
+            plan(&["--only", "debezium-compare"]).parts,
+            vec![Part::DebeziumCompare]
+        );
     }
 
     #[test]

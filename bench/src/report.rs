@@ -175,7 +175,10 @@ pub fn render(
         out.push_str(&settle_table(settle_rows));
     }
 
-    out.push_str(&targets(throughput_rows, latency_rows, outage));
+    // The targets judge relay measurements; a run of other parts alone has none.
+    if !throughput_rows.is_empty() || !latency_rows.is_empty() || outage.is_some() {
+        out.push_str(&targets(throughput_rows, latency_rows, outage));
+    }
     out
 }
 

@@ -10,12 +10,20 @@
 //!   fields are left out (`table.json.payload.null.behavior = ignore`, the default) or
 //!   kept as optional bytes (`optional_bytes`); empty arrays are left out; the elements of
 //!   an array must be of one type, and an array of objects gets the union of their
-//!   fields. Where Debezium's expansion throws, it logs a warning and sends the payload
-//!   unexpanded; [`expand`] returns `None` for the same cases;
+//!   fields. Where Debezium's schema inference throws (not JSON, an array mixing types),
+//!   it logs a warning and sends the payload unexpanded ([`Expansion::Kept`]). Where the
+//!   schema is inferred but the document does not fit it (an array at the top, an
+//!   integer beyond 64 bits, array elements whose values differ in type below the
+//!   first level), Debezium 3.6 keeps the inferred schema with the string value and
+//!   the converter (or the envelope) throws: its task stops on that row
+//!   ([`Expansion::Fails`], poison for relay-cdc);
 //! - [`write`]: `JsonConverter` with `schemas.enable=false`, serialised by Jackson: no
 //!   whitespace, every field of a struct's schema written (`null` where absent), strings
 //!   escaped as Jackson does (`\"`, `\\`, `\b \t \n \f \r`, other control characters as
-//!   `\u00XX` with upper-case hex; nothing else), doubles as Java's `Double.toString`.
+//!   `\u00XX` with upper-case hex, a character beyond U+FFFF as its UTF-16 surrogate
+//!   pair `\uD83D\uDE00`: Jackson's UTF-8 writer does not combine them; nothing else),
+//!   doubles as Java's `Double.toString`, bytes as a base64 string (Jackson's default
+//!   variant: standard alphabet, padded, no line breaks).
 //!
 //! Known difference: Debezium merges the element schemas of an array of objects in a
 //! `HashSet`'s order; here they merge in the order the elements come. Both give the same
@@ -232,6 +240,8 @@ pub enum Data {
     Int(i64),
     Double(f64),
     Str(String),
+    /// A `BYTES` value (a `bytea` payload).
+    Bytes(Vec<u8>),
     Array(Vec<Data>),
     /// Every field of the schema, in its order; absent ones are null.
     Struct(Vec<(String, Data)>),
@@ -244,20 +254,42 @@ pub enum NullBehavior {
     OptionalBytes,
 }
 
-/// Debezium's expansion of a payload string (see the module doc); `None` where Debezium
-/// keeps the string as it is: it does not start with `{` or `[`, is not JSON, is an
-/// array at the top, or its arrays are not of one type.
-pub fn expand(payload: &str, nulls: NullBehavior) -> Option<Data> {
+/// What `table.expand.json.payload` makes of a payload string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expansion {
+    /// The JSON it holds, read through the inferred schema.
+    Expanded(Data),
+    /// Debezium logs "JSON expansion failed" and sends the string as it is: it does not
+    /// start with `{` or `[`, is not JSON, its arrays are not of one type, or an array
+    /// holds only nulls (or empty arrays) under `ignore`.
+    Kept,
+    /// Debezium infers a schema the document does not fit, sends the string with it,
+    /// and its task stops on a `DataException` (why, for the poison's reason).
+    Fails(&'static str),
+}
+
+/// Debezium's expansion of a payload string (see the module doc and [`Expansion`]).
+pub fn expand(payload: &str, nulls: NullBehavior) -> Expansion {
     if !(payload.starts_with('{') || payload.starts_with('[')) {
-        return None;
+        return Expansion::Kept;
     }
-    let node = parse(payload)?;
-    let schema = schema_of(&node, nulls).ok()??;
-    // The payload becomes a Struct: a top-level array fails there in Debezium.
-    let Schema::Struct(fields) = &schema else {
-        return None;
+    let Some(node) = parse(payload) else {
+        return Expansion::Kept;
     };
-    struct_data(&node, fields)
+    let schema = match schema_of(&node, nulls) {
+        Ok(Some(schema)) => schema,
+        // `[]`: no schema, so Connect writes the string as it is.
+        Ok(None) | Err(Inhomogeneous) => return Expansion::Kept,
+    };
+    let Schema::Struct(fields) = &schema else {
+        return Expansion::Fails("an array at the top is not a struct");
+    };
+    match struct_data(&node, fields) {
+        Some(d) => Expansion::Expanded(d),
+        None => Expansion::Fails(
+            "a value does not fit the inferred schema (an integer beyond 64 bits, or array elements of other types)",
+        ),
+    }
 }
 
 struct Inhomogeneous;
@@ -415,6 +447,11 @@ pub fn write(data: &Data, out: &mut String) {
         }
         Data::Double(d) => out.push_str(&java_double(*d)),
         Data::Str(s) => write_str(s, out),
+        Data::Bytes(b) => {
+            out.push('"');
+            base64(b, out);
+            out.push('"');
+        }
         Data::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -455,15 +492,42 @@ pub fn write_str(s: &str, out: &mut String) {
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04X}", c as u32);
             }
+            c if (c as u32) > 0xFFFF => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04X}");
+                }
+            }
             c => out.push(c),
         }
     }
     out.push('"');
 }
 
-/// Java's `Double.toString` (JDK 19 and later: the shortest digits that read back as
-/// the same double): plain from 10^-3 up to 10^7, else `d.dddE±n`; at least one digit
-/// after the point.
+/// Standard base64 with padding (`java.util.Base64.getEncoder()`, Jackson's
+/// `MIME_NO_LINEFEEDS`). Hand-written: twelve lines do not warrant a dependency.
+pub fn base64(bytes: &[u8], out: &mut String) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+}
+
+/// Java's `Double.toString` (JDK 19 and later): plain from 10^-3 up to 10^7, else
+/// `d.dddE±n`; at least one digit after the point. The digits are those of
+/// [`java_digits`].
 pub fn java_double(d: f64) -> String {
     if d == 0.0 {
         return if d.is_sign_negative() { "-0.0" } else { "0.0" }.into();
@@ -474,20 +538,59 @@ pub fn java_double(d: f64) -> String {
     if d.is_infinite() {
         return if d > 0.0 { "Infinity" } else { "-Infinity" }.into();
     }
-    let abs = d.abs();
-    if (1e-3..1e7).contains(&abs) {
-        let s = format!("{d}");
-        return if s.contains('.') { s } else { format!("{s}.0") };
+    let (digits, exp) = java_digits(d.abs());
+    let mut out = String::new();
+    if d < 0.0 {
+        out.push('-');
     }
-    // Rust's `{:e}` gives the shortest digits: `1.5e-7`, `1e10`.
-    let e = format!("{d:e}");
-    let (mantissa, exp) = e.split_once('e').expect("{:e} has an exponent");
-    let mantissa = if mantissa.contains('.') {
-        mantissa.to_string()
+    let (first, rest) = digits.split_at(1);
+    let rest = if rest.is_empty() { "0" } else { rest };
+    if (1e-3..1e7).contains(&d.abs()) {
+        if exp >= 0 {
+            // exp < 7 here: the integer part is the first exp + 1 digits, zero-padded.
+            let int_len = exp as usize + 1;
+            let padded = format!("{digits:0<int_len$}");
+            let (int, frac) = padded.split_at(int_len);
+            out.push_str(int);
+            out.push('.');
+            out.push_str(if frac.is_empty() { "0" } else { frac });
+        } else {
+            out.push_str("0.");
+            out.push_str(&"0".repeat((-exp - 1) as usize));
+            out.push_str(&digits);
+        }
     } else {
-        format!("{mantissa}.0")
+        let _ = write!(out, "{first}.{rest}E{exp}");
+    }
+    out
+}
+
+/// The significant digits (no trailing zeros) and the decimal exponent of the first one
+/// that Java 19+ prints for a finite `d > 0`: of the decimals that read back as `d`,
+/// those of the fewest digits (of one or two digits where one would do), the closest
+/// to `d`, on a tie the one whose last digit is even (`Double.toString`'s javadoc).
+/// Rust's `{:e}` gives the fewest digits; `{:.N$e}`, correctly rounded with ties to
+/// even, the closest decimal of that many, taken when it reads back as `d`. They differ
+/// on ties (`1.7491785262816592E15`, where `{:e}` ends in 3) and near zero
+/// (`Double.MIN_VALUE` is `4.9E-324`, not `5.0E-324`).
+fn java_digits(d: f64) -> (String, i32) {
+    let shortest = format!("{d:e}");
+    let (mantissa, _) = shortest.split_once('e').expect("{:e} has an exponent");
+    let n = mantissa.bytes().filter(u8::is_ascii_digit).count().max(2);
+    let closest = format!("{d:.prec$e}", prec = n - 1);
+    let chosen = if closest.parse::<f64>() == Ok(d) {
+        closest
+    } else {
+        shortest
     };
-    format!("{mantissa}E{exp}")
+    let (mantissa, exp) = chosen.split_once('e').expect("{:e} has an exponent");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    (
+        digits.to_string(),
+        exp.parse().expect("an integer exponent"),
+    )
 }
 
 #[cfg(test)]
@@ -495,11 +598,14 @@ mod tests {
     use super::*;
 
     fn expanded(payload: &str, nulls: NullBehavior) -> Option<String> {
-        expand(payload, nulls).map(|d| {
-            let mut s = String::new();
-            write(&d, &mut s);
-            s
-        })
+        match expand(payload, nulls) {
+            Expansion::Expanded(d) => {
+                let mut s = String::new();
+                write(&d, &mut s);
+                Some(s)
+            }
+            _ => None,
+        }
     }
 
     #[test]
@@ -542,25 +648,41 @@ mod tests {
     }
 
     #[test]
-    fn what_debezium_cannot_expand_stays_a_string() {
+    fn what_debezium_cannot_infer_a_schema_for_stays_a_string() {
         for doc in [
-            r#"[1, 2]"#,                                // an array at the top is no Struct
-            r#" {"a": 1}"#,                             // must start with { or [
-            r#""text""#,                                // not an object
-            r#"{"a": [1, "x"]}"#,                       // mixed types in an array
-            r#"{"a": [1, 2.5]}"#,                       // int and double in an array
-            r#"{"a": [1, 10000000000]}"#,               // int and long in an array
-            r#"{"a": [null, null]}"#,                   // only nulls: no member schema
-            r#"{"a": 123456789012345678901234567890}"#, // a big integer
-            r#"{"a": [{"b": 1}, {"b": 1.5}]}"#,         // merged objects whose field types differ
-            r#"{"a": "#,                                // not JSON
+            r#" {"a": 1}"#,                                  // must start with { or [
+            r#""text""#,                                     // not an object
+            r#"{"a": [1, "x"]}"#,                            // mixed types in an array
+            r#"{"a": [1, 2.5]}"#,                            // int and double in an array
+            r#"{"a": [1, 10000000000]}"#,                    // int and long in an array
+            r#"{"a": [1, 123456789012345678901234567890]}"#, // int and big integer
+            r#"{"a": [null, null]}"#,                        // only nulls: no member schema
+            r#"{"a": [[], [1]]}"#,                           // the first element has no schema
+            r#"{"a": "#,                                     // not JSON
+            r#"[]"#,                                         // no schema at all
         ] {
-            assert_eq!(expanded(doc, NullBehavior::Ignore), None, "{doc}");
+            assert_eq!(expand(doc, NullBehavior::Ignore), Expansion::Kept, "{doc}");
         }
         assert_eq!(
             expanded(r#"{"a": [null, null]}"#, NullBehavior::OptionalBytes).as_deref(),
             Some(r#"{"a":[null,null]}"#)
         );
+    }
+
+    #[test]
+    fn a_document_that_does_not_fit_its_schema_stops_debezium() {
+        for doc in [
+            r#"[1, 2]"#,                                       // an array at the top is no Struct
+            r#"{"a": 123456789012345678901234567890}"#, // a big integer: FLOAT64 schema, BigDecimal value
+            r#"{"a": [1.5, 123456789012345678901234567890]}"#, // both FLOAT64, one a BigDecimal
+            r#"{"a": [{"b": 1}, {"b": 1.5}]}"#,         // merged objects whose field types differ
+            r#"{"a": [[1], ["x"]]}"#,                   // inner arrays of other types
+        ] {
+            assert!(
+                matches!(expand(doc, NullBehavior::Ignore), Expansion::Fails(_)),
+                "{doc}"
+            );
+        }
     }
 
     #[test]
@@ -580,6 +702,10 @@ mod tests {
         let mut s = String::new();
         write_str("a\"b\\c/d\n\u{1f}é\u{7f}", &mut s);
         assert_eq!(s, "\"a\\\"b\\\\c/d\\n\\u001Fé\u{7f}\"");
+        // Seen from Kafka Connect 4.1.1 (Jackson 2.19): astral characters as surrogate pairs.
+        let mut s = String::new();
+        write_str("Zoë 😀\u{2028}漢", &mut s);
+        assert_eq!(s, "\"Zoë \\uD83D\\uDE00\u{2028}漢\"");
         let parsed = parse(r#""\u00e9\ud83d\ude00\/""#);
         assert_eq!(parsed, Some(Node::Str("é😀/".into())));
     }
@@ -597,8 +723,35 @@ mod tests {
             (1.2345e-10, "1.2345E-10"),
             (1e21, "1.0E21"),
             (f64::MAX, "1.7976931348623157E308"),
+            // Seen from Kafka Connect on Java 25: two digits where one is farther off.
+            (f64::from_bits(1), "4.9E-324"),
+            (f64::from_bits(2), "9.9E-324"),
+            (1e23, "1.0E23"),
+            (2.82879384806159e17, "2.82879384806159E17"),
+            // A tie between two shortest decimals: the even last digit.
+            (f64::from_bits(0xc318db7972d4beed), "-1.7491785262816592E15"),
+            (1234567.0, "1234567.0"),
+            (1e6, "1000000.0"),
+            (0.5, "0.5"),
+            (0.00123, "0.00123"),
+            (100.25, "100.25"),
         ] {
             assert_eq!(java_double(d), want, "{d}");
+        }
+    }
+
+    #[test]
+    fn bytes_are_a_padded_base64_string() {
+        for (bytes, want) in [
+            (&b""[..], "\"\""),
+            (b"\x00\xff\x10\xab", "\"AP8Qqw==\""),
+            (b"\x01\x02", "\"AQI=\""),
+            (b"foobar", "\"Zm9vYmFy\""),
+            (b"\xfb\xff", "\"+/8=\""),
+        ] {
+            let mut s = String::new();
+            write(&Data::Bytes(bytes.to_vec()), &mut s);
+            assert_eq!(s, want, "{bytes:?}");
         }
     }
 

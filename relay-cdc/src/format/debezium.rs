@@ -8,7 +8,9 @@
 //!
 //! - header `id` = the `table.field.event.id` column;
 //! - with `table.expand.json.payload`, a payload string starting with `{` or `[` becomes
-//!   the JSON it holds (see [`super::connect_json`]), else stays a string;
+//!   the JSON it holds (see [`super::connect_json`]), else stays a string; a document
+//!   that does not fit the schema inferred from it stops Debezium's task, and is poison
+//!   here;
 //! - the value is the payload alone, or, when any column is placed in the `envelope`, a
 //!   struct `{"payload": ..., <alias>: <column>...}` in placement order;
 //! - `header` placements add headers `<alias>` after `id`, `partition` placements set the
@@ -20,7 +22,9 @@
 //!
 //! Converters: `string` (`StringConverter`: a string's UTF-8, null stays null) or `json`
 //! (`JsonConverter` with `schemas.enable=false`); headers through `SimpleHeaderConverter`
-//! (a string's UTF-8, an integer's decimal text). Options Debezium has and relay-cdc does
+//! (a string's UTF-8, an integer's decimal text). A `bytea` payload is Connect `BYTES`:
+//! JsonConverter writes it base64, StringConverter the Java object's `toString()`, which
+//! relay-cdc refuses (poison) rather than imitate. Options Debezium has and relay-cdc does
 //! not implement are refused by name unless set to Debezium's default.
 //!
 //! Unset column options name the table's column of that role (for the relay's table,
@@ -29,7 +33,7 @@
 
 use std::collections::BTreeMap;
 
-use super::connect_json::{self, Data, NullBehavior};
+use super::connect_json::{self, Data, Expansion, NullBehavior};
 use super::{Field, FormatError, KafkaRecord, OutboxEvent, PayloadType, TableColumns, Value};
 
 /// The router's options and the converters, resolved against a table.
@@ -346,15 +350,27 @@ impl EventRouter {
             return Ok(Data::Null);
         };
         if ty == PayloadType::Bytea {
-            return Err(FormatError(
-                "a bytea payload needs Debezium's BinaryDataConverter, which relay-cdc does not offer".into(),
-            ));
+            // Debezium's value is BYTES: JsonConverter writes base64 (never expanded, as
+            // only a string payload is); StringConverter writes the Java object's
+            // `toString()`, not the bytes, which no consumer can use.
+            return match self.value_converter {
+                Converter::Json => Ok(Data::Bytes(bytes.to_vec())),
+                Converter::String => Err(FormatError(
+                    "a bytea payload through StringConverter: Debezium writes the Java object's toString(), not the bytes; use value.converter = \"json\" (base64)".into(),
+                )),
+            };
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|_| FormatError("the payload is not valid UTF-8 text".into()))?;
         if self.expand_json {
-            if let Some(d) = connect_json::expand(text, self.nulls) {
-                return Ok(d);
+            match connect_json::expand(text, self.nulls) {
+                Expansion::Expanded(d) => return Ok(d),
+                Expansion::Kept => {}
+                Expansion::Fails(why) => {
+                    return Err(FormatError(format!(
+                        "table.expand.json.payload: Debezium's expansion of this payload fails and its task stops ({why})"
+                    )))
+                }
             }
         }
         Ok(Data::Str(text.to_string()))
@@ -770,11 +786,39 @@ mod tests {
     }
 
     #[test]
-    fn a_bytea_payload_is_poison_not_garbage() {
+    fn a_bytea_payload_is_base64_through_json_and_poison_through_string() {
         let e = OutboxEvent {
             payload_type: PayloadType::Bytea,
-            ..event(b"\x00\x01", &[])
+            ..event(b"\x00\xff\x10\xab", &[])
         };
-        assert!(router(&[]).unwrap().record(&e).is_err());
+        let e = router(&[]).unwrap().record(&e).unwrap_err();
+        assert!(e.0.contains("toString"), "{e}");
+        for expand in ["false", "true"] {
+            let json = router(&[
+                ("value.converter", "json"),
+                ("table.expand.json.payload", expand),
+                ("route.tombstone.on.empty.payload", "true"),
+            ])
+            .unwrap();
+            let r = json
+                .record(&OutboxEvent {
+                    payload_type: PayloadType::Bytea,
+                    ..event(b"\x00\xff\x10\xab", &[])
+                })
+                .unwrap();
+            assert_eq!(
+                r.value.as_deref(),
+                Some(&br#""AP8Qqw==""#[..]),
+                "expand {expand}"
+            );
+            // Bytes are never "empty" to the router: only a string is trimmed.
+            let empty = json
+                .record(&OutboxEvent {
+                    payload_type: PayloadType::Bytea,
+                    ..event(b"", &[])
+                })
+                .unwrap();
+            assert_eq!(empty.value.as_deref(), Some(&br#""""#[..]));
+        }
     }
 }

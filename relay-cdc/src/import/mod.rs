@@ -441,6 +441,15 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_handling_other_than_debeziums_default_is_refused() {
+        assert_eq!(
+            refused_options(&docs_with("\"binary.handling.mode\": \"base64\",")),
+            ["binary.handling.mode"]
+        );
+        import_text(&docs_with("\"binary.handling.mode\": \"bytes\","), "docs").unwrap();
+    }
+
+    #[test]
     fn a_literal_password_is_never_written_and_its_variable_is_named() {
         let out = import_text(DOCS, "docs").unwrap();
         assert!(!out.contains("postgrespw"), "{out}");

@@ -89,7 +89,6 @@ const IGNORED: &[(&str, &str)] = &[
     ("decimal.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
     ("hstore.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
     ("interval.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
-    ("binary.handling.mode", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text (a bytea payload is poison in it)"),
     ("include.unknown.datatypes", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
     ("money.fraction.digits", "how column types become Connect types: the relay's debezium format places integer and timestamp columns as Debezium's defaults do and others as their text"),
     ("schema.name.adjustment.mode", "names of Connect schemas, which the converters without schemas do not write"),
@@ -312,6 +311,7 @@ impl<'a> Run<'a> {
             }
         }
         self.time_precision();
+        self.binary_handling();
         for (option, why) in IGNORED {
             self.take_ignored(option, why);
         }
@@ -368,6 +368,28 @@ impl Run<'_> {
             other => self.refuse(
                 "time.precision.mode",
                 format!("{other}: the relay places timestamp columns as Debezium's default, adaptive, does (timestamp: epoch microseconds; timestamptz: ISO 8601 text in UTC)"),
+            ),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// `binary.handling.mode`: how Debezium writes a bytea payload. The relay writes what
+    /// the default, `bytes`, gives (base64 through the JSON converter; refused through
+    /// the String converter, where Debezium writes a Java object's name).
+    fn binary_handling(&mut self) {
+        let Some(v) = self.take("binary.handling.mode") else {
+            return;
+        };
+        match v.to_ascii_lowercase().as_str() {
+            "bytes" => self.ignore(
+                "binary.handling.mode",
+                v,
+                "the relay writes a bytea payload as this mode does (base64 through the JSON converter)",
+            ),
+            other => self.refuse(
+                "binary.handling.mode",
+                format!("{other}: the relay writes a bytea payload as Debezium's default, bytes, does"),
             ),
         }
     }
