@@ -40,6 +40,8 @@ pub struct Ctx {
     debezium_set: Vec<(String, String)>,
     /// `--kafka-set`: librdkafka properties of both the ingest producer and the relay.
     pub kafka_set: Vec<(String, String)>,
+    /// `--baseline-fillfactor`: the outbox table's fillfactor for baseline relays' runs.
+    pub baseline_fillfactor: Option<u32>,
     /// Set when a comparison system failed: the log folder stays for a look.
     pub keep_logs: std::sync::atomic::AtomicBool,
     run_id: String,
@@ -114,6 +116,7 @@ impl Ctx {
             .collect(),
             debezium_set: opts.debezium_set.clone(),
             kafka_set: opts.kafka_set.clone(),
+            baseline_fillfactor: opts.baseline_fillfactor,
             keep_logs: Default::default(),
             run_id,
             topics: Default::default(),

@@ -128,6 +128,11 @@ pub struct Options {
     /// `relay-cdc binary` column and each baseline's rows/s as a ratio to this build's.
     #[arg(long)]
     pub relay_baseline: Vec<String>,
+    /// Throughput: the outbox table's fillfactor in the `--relay-baseline` measurements'
+    /// databases (this build's keep the migrations' own), so that a table layout is
+    /// measured side by side: `--relay-baseline ff80=<this relay-cdc> --baseline-fillfactor 80`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=100))]
+    pub baseline_fillfactor: Option<u32>,
     /// pg_recvlogical (default: the newest under /usr/lib/postgresql, else PATH).
     #[arg(long)]
     pub pg_recvlogical: Option<PathBuf>,
@@ -368,6 +373,10 @@ impl Options {
             anyhow::bail!("{k} is set per measurement from --delivery, not with --relay-env");
         }
         let relay_baselines = labelled_binaries("--relay-baseline", &self.relay_baseline)?;
+        anyhow::ensure!(
+            self.baseline_fillfactor.is_none() || !relay_baselines.is_empty(),
+            "--baseline-fillfactor applies to --relay-baseline measurements: name one"
+        );
         Ok(Plan {
             workloads,
             rates,
@@ -588,6 +597,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--capture"), "{e}");
+    }
+
+    #[test]
+    fn a_baseline_fillfactor_needs_a_baseline_and_a_sane_value() {
+        let me = std::env::current_exe().unwrap();
+        let me = me.display();
+        let p = Options::try_parse_from([
+            "relay-bench".to_string(),
+            "--relay-baseline".into(),
+            format!("ff80={me}"),
+            "--baseline-fillfactor".into(),
+            "80".into(),
+        ])
+        .unwrap();
+        assert_eq!(p.baseline_fillfactor, Some(80));
+        assert!(p.plan().is_ok());
+        let alone = Options::try_parse_from(["relay-bench", "--baseline-fillfactor", "80"])
+            .unwrap()
+            .plan()
+            .unwrap_err()
+            .to_string();
+        assert!(alone.contains("--relay-baseline"), "{alone}");
+        assert!(Options::try_parse_from(["relay-bench", "--baseline-fillfactor", "5"]).is_err());
     }
 
     #[test]

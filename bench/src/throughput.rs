@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
+use anyhow::{bail, ensure, Context};
 use testkit::Delivery;
 
 use crate::capture::Capture;
@@ -165,6 +165,13 @@ pub async fn relay_throughput(
     baseline: Option<&(String, std::path::PathBuf)>,
 ) -> anyhow::Result<RelayThroughput> {
     let db = db::fresh().await?;
+    if let (Some(_), Some(ff)) = (baseline, ctx.baseline_fillfactor) {
+        db::connect(&db.url, "relay-bench")
+            .await?
+            .batch_execute(&format!("alter table outbox set (fillfactor = {ff})"))
+            .await
+            .context("setting the baseline's fillfactor")?;
+    }
     let (prefix, topic) = ctx.topic_prefix();
     kafka::create_topic(brokers, &topic, PARTITIONS, false).await?;
     let mut spec = ctx.relay_spec(&db, &prefix, brokers, delivery);
