@@ -22,6 +22,7 @@ pub mod net;
 pub mod pg;
 pub mod proc;
 pub mod relay;
+pub mod slot;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -96,6 +96,69 @@ impl Source {
     }
 }
 
+/// Loses `src`'s slot under `relay`, which must be streaming with nothing written
+/// since `written_up_to` unconfirmed, and checks that the source halts instead of
+/// recreating the slot (a source without status marking, or in message capture): the
+/// halt on `/healthz` with a reason naming the missing slot, `relay_source_halted` 1, the
+/// kind `slot_lost` in the log, and no slot of that name afterwards. Returns the reason.
+pub async fn lose_the_slot_and_expect_a_halt(
+    relay: &mut RelayProcess,
+    src: &Source,
+    written_up_to: u64,
+    wait: Duration,
+) -> String {
+    testkit::wait_for("the relay confirmed a position", wait, || async {
+        Ok((src.confirmed_lsn().await >= written_up_to).then_some(()))
+    })
+    .await
+    .unwrap();
+    // As a failover to a server without it would lose it: end its walsender, then drop it
+    // before the relay reconnects.
+    testkit::wait_for("the slot dropped", wait, || async {
+        let mut admin = src.conn().await;
+        sqlx::query(
+            "select pg_terminate_backend(active_pid, 5000) from pg_replication_slots \
+             where slot_name = $1 and active",
+        )
+        .bind(&src.slot)
+        .execute(&mut admin)
+        .await?;
+        let dropped = sqlx::query("select pg_drop_replication_slot($1)")
+            .bind(&src.slot)
+            .execute(&mut admin)
+            .await
+            .is_ok();
+        Ok(dropped.then_some(()))
+    })
+    .await
+    .unwrap();
+    let h = relay
+        .wait_health("the source halted", wait, |h| {
+            h.source(&src.name)["state"] == "halted"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; the relay's log ends:\n{}", relay.log_tail(40)));
+    let reason = h.source(&src.name)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("is missing"),
+        "the halt names the lost slot: {reason:?}"
+    );
+    let m = relay.metrics().await.unwrap();
+    assert_eq!(m.get(&src.series("relay_source_halted")), Some(1.0));
+    assert!(
+        !src.slots().await.iter().any(|(s, _, _)| *s == src.slot),
+        "the relay did not recreate the slot at the current position"
+    );
+    assert!(
+        relay.log_tail(200).contains("slot_lost"),
+        "the halt is logged with its kind"
+    );
+    reason
+}
+
 /// Inserts `rows` outbox rows in one transaction; returns their ids in insert order.
 pub async fn insert_txn(
     conn: &mut PgConnection,

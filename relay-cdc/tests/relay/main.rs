@@ -50,6 +50,52 @@ fn assert_commit_order(records: &[Record]) {
     }
 }
 
+/// What a kill -9 may leave, and no more: every `expected` event arrived and nothing
+/// else did; a duplicate only at or after `resent_from` (the position the slot had
+/// confirmed before the kill); each partition in commit order once de-duplicated.
+/// Returns the event ids seen.
+fn assert_lossless_after_kill(
+    records: &[Record],
+    expected: &[String],
+    resent_from: u64,
+) -> HashSet<String> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for r in records {
+        *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
+    }
+    let missing = expected
+        .iter()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .count();
+    assert_eq!(missing, 0, "{missing} events lost");
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "only events that were written arrive"
+    );
+    let mut dupes = 0;
+    for r in records {
+        if seen[r.header("event_id").unwrap()] > 1 {
+            dupes += 1;
+            assert!(
+                lsn(r) >= resent_from,
+                "event {} at {} was confirmed, yet sent twice",
+                r.header("event_id").unwrap(),
+                r.header("commit_lsn").unwrap()
+            );
+        }
+    }
+    eprintln!("duplicate deliveries: {dupes}");
+    let mut first = HashSet::new();
+    let unique: Vec<Record> = records
+        .iter()
+        .filter(|r| first.insert(r.header("event_id").unwrap().to_string()))
+        .cloned()
+        .collect();
+    assert_commit_order(&unique);
+    first
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_events_in_100_transactions_arrive_complete_in_commit_order() {
     let src = Source::new("orders").await;

@@ -3,14 +3,13 @@
 //! deleted in the writer's own transaction, streamed through `[sources.columns]` with
 //! `marking = "none"`.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use testkit::{read_until_quiet, Record};
 
-use crate::helpers::{RelaySetup, Source, READY, STOP};
-use crate::{assert_commit_order, lsn, relay_cli};
+use crate::helpers::{lose_the_slot_and_expect_a_halt, RelaySetup, Source, READY, STOP};
+use crate::{assert_lossless_after_kill, relay_cli};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -116,21 +115,8 @@ async fn a_debezium_shaped_table_without_status_streams_in_commit_order_through_
             .unwrap(),
     ]
     .concat();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for r in &records {
-        *seen.entry(r.header("event_id").unwrap()).or_default() += 1;
-    }
-    let missing = expected
-        .iter()
-        .filter(|id| !seen.contains_key(id.as_str()))
-        .count();
-    assert_eq!(missing, 0, "{missing} events lost");
-    assert_eq!(
-        seen.len(),
-        expected.len(),
-        "only events that were written arrive"
-    );
-    assert!(!seen.contains_key(rolled_back.0.to_string().as_str()));
+    let seen = assert_lossless_after_kill(&records, &expected, confirmed_before_kill);
+    assert!(!seen.contains(&rolled_back.0.to_string()));
     // The mapped columns are the record: key, event type, the text payload as written.
     let r = &records[0];
     assert_eq!(r.header("event_type"), Some("TestEvent"));
@@ -139,26 +125,6 @@ async fn a_debezium_shaped_table_without_status_streams_in_commit_order_through_
         "{r:?}"
     );
     assert_eq!(r.payload_json()["note"], "ünïcödé ✓");
-    // A duplicate may only be an event the slot had not confirmed before the kill.
-    let mut dupes = 0;
-    for r in &records {
-        if seen[r.header("event_id").unwrap()] > 1 {
-            dupes += 1;
-            assert!(
-                lsn(r) >= confirmed_before_kill,
-                "event {} at {} was confirmed, yet sent twice",
-                r.header("event_id").unwrap(),
-                r.header("commit_lsn").unwrap()
-            );
-        }
-    }
-    eprintln!("duplicate deliveries: {dupes}");
-    let mut first = HashSet::new();
-    let unique: Vec<Record> = records
-        .into_iter()
-        .filter(|r| first.insert(r.header("event_id").unwrap().to_string()))
-        .collect();
-    assert_commit_order(&unique);
 
     // Nothing was written back: the table is as the writers left it (empty), and the
     // slot moved past every transaction.
@@ -195,52 +161,9 @@ async fn a_lost_slot_halts_a_source_without_status_marking_instead_of_skipping_e
     let mut c = src.conn().await;
     write_and_delete(&mut c, "k", 5, "before").await;
     let end = src.current_lsn().await;
-    testkit::wait_for("the relay confirmed a position", WAIT, || async {
-        Ok((src.confirmed_lsn().await >= end).then_some(()))
-    })
-    .await
-    .unwrap();
-
-    // The slot is dropped under the relay (as a failover to a server without it would
-    // lose it): end its walsender, then drop it before the relay reconnects.
-    testkit::wait_for("the slot dropped", WAIT, || async {
-        let mut admin = src.conn().await;
-        sqlx::query(
-            "select pg_terminate_backend(active_pid, 5000) from pg_replication_slots \
-             where slot_name = $1 and active",
-        )
-        .bind(&src.slot)
-        .execute(&mut admin)
-        .await?;
-        let dropped = sqlx::query("select pg_drop_replication_slot($1)")
-            .bind(&src.slot)
-            .execute(&mut admin)
-            .await
-            .is_ok();
-        Ok(dropped.then_some(()))
-    })
-    .await
-    .unwrap();
-
-    let h = relay
-        .wait_health("the source halted", WAIT, |h| {
-            h.source("dbzlost")["state"] == "halted"
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}; the relay's log ends:\n{}", relay.log_tail(40)));
-    let reason = h.source("dbzlost")["reason"].as_str().unwrap_or_default();
+    let reason = lose_the_slot_and_expect_a_halt(&mut relay, &src, end, WAIT).await;
     assert!(
-        reason.contains("is missing") && reason.contains("marking = \"none\""),
-        "the halt names the lost slot and why it is not recreated: {reason:?}"
-    );
-    let m = relay.metrics().await.unwrap();
-    assert_eq!(m.get(&src.series("relay_source_halted")), Some(1.0));
-    assert!(
-        !src.slots().await.iter().any(|(s, _, _)| *s == src.slot),
-        "the relay did not recreate the slot at the current position"
-    );
-    assert!(
-        relay.log_tail(200).contains("slot_lost"),
-        "the halt is logged with its kind"
+        reason.contains("marking = \"none\""),
+        "the halt says why the slot is not recreated: {reason:?}"
     );
 }

@@ -13,6 +13,5 @@ mod openapi;
 mod outage;
 mod outbox_schema;
 mod settlement;
-mod slot;
 mod stall;
 mod trace;

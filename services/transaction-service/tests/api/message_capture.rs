@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{spawn_app_with, TestApp};
-use crate::slot::{Decoded, MessageSlot};
+use testkit::slot::{Decoded, MessageSlot};
 
 const PREFIX: &str = "ledger";
 

@@ -11,5 +11,4 @@ mod helpers;
 mod message_capture;
 mod migrations;
 mod openapi;
-mod slot;
 mod trace;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{sign_up, spawn_app_with_capture, status_and_json, unique_email};
-use crate::slot::{Decoded, MessageSlot};
+use testkit::slot::{Decoded, MessageSlot};
 
 /// The logical decoding messages among `changes`: `(transactional, prefix, content)`.
 fn messages(changes: Vec<Decoded>) -> Vec<(bool, String, Vec<u8>)> {

@@ -1,11 +1,12 @@
 //! [`MessageSlot`]: what a test reads through a pgoutput replication slot of its own on
-//! the service's database, the way relay-cdc would in `capture = "messages"` mode: the
+//! a test database, the way relay-cdc would in `capture = "messages"` mode: the
 //! transactions' Begin, the logical decoding messages (`M`) and any outbox insert (`I`).
-//!
-//! The same file is in both services' `tests/api/` (a test crate cannot share modules).
 
+use crate::TestDb;
 use sqlx::{Connection, PgConnection};
-use testkit::TestDb;
+
+/// The publication every outbox migration creates (`outbox::PUBLICATION`).
+const PUBLICATION: &str = "outbox_pub";
 
 /// One pgoutput protocol-v1 message the slot gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +39,7 @@ impl MessageSlot {
         let mut conn = PgConnection::connect(&admin_url)
             .await
             .expect("admin connection");
-        let name = format!("t_msg_{}", testkit::unique_suffix());
+        let name = format!("t_msg_{}", crate::unique_suffix());
         sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
             .bind(&name)
             .execute(&mut conn)
@@ -59,7 +60,7 @@ impl MessageSlot {
              'proto_version', '1', 'publication_names', $2, 'messages', 'true')",
         )
         .bind(&self.name)
-        .bind(outbox::PUBLICATION)
+        .bind(PUBLICATION)
         .fetch_all(&mut self.conn)
         .await
         .expect("slot changes");
