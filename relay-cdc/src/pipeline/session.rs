@@ -18,9 +18,9 @@ use super::audit::{self, Found};
 use super::error::PipelineError;
 use super::slot::{self, SlotOptions};
 use super::stream::Limits;
-use super::streamer::{Mismatch, StreamConfig, Streamer};
+use super::streamer::{StreamConfig, Streamer};
 use super::{housekeeping, reconcile, Pipeline};
-use crate::config::{Capture, Delivery as DeliveryMode, PoisonPolicy};
+use crate::config::{Delivery as DeliveryMode, PoisonPolicy};
 use crate::marker::{Marker, MarkerLink};
 use crate::sink::checkpoint;
 use crate::sink::kafka::{KafkaSink, TxnError, ACCESS_CHECK_TIMEOUT};
@@ -118,12 +118,9 @@ pub async fn run(
         poison: p.settings.kafka.poison,
         shutdown_timeout: p.settings.pipeline.shutdown_timeout(),
         skip_before,
-        table: (p.source.capture == Capture::Table).then(|| p.source.outbox_table()),
-        messages: (p.source.capture == Capture::Messages).then(|| p.source.message_prefix.clone()),
-        mismatch: match p.source.capture {
-            Capture::Table => Mismatch::Messages(p.source.message_prefix.clone()),
-            Capture::Messages => Mismatch::Rows(p.source.schema.clone(), p.source.table.clone()),
-        },
+        capture: p.source.capture,
+        table: p.source.outbox_table(),
+        message_prefix: p.source.message_prefix.clone(),
     };
     let mut streamer = Streamer::new(
         cfg,

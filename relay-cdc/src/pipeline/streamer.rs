@@ -19,6 +19,7 @@ use super::error::PipelineError;
 use super::poison::{self, BeforeSending, Finding, Suspects, Verdict};
 use super::slot::Wal;
 use super::stream::{Limits, StreamState};
+use crate::config::Capture;
 use crate::config::PoisonPolicy;
 use crate::marker::{Confirmed, MarkerLink};
 use crate::metrics::StreamMeters;
@@ -37,25 +38,13 @@ pub struct StreamConfig {
     /// Exactly-once: the checkpoint's end LSN; transactions that committed before it
     /// are in Kafka already and are only marked and confirmed.
     pub skip_before: Option<Lsn>,
-    /// The outbox table the stream carries (other tables' inserts are skipped); `None`
-    /// under `capture = "messages"`.
-    pub table: Option<OutboxTable>,
-    /// `capture = "messages"`: the prefix of the transactional messages that are events.
-    pub messages: Option<String>,
-    /// The other capture's sign that a writer and this source disagree: under `table`,
-    /// the message prefix events would carry; under `messages`, the outbox table.
-    pub mismatch: Mismatch,
-}
-
-/// What a writer in the other capture mode leaves in this source's stream.
-#[derive(Debug, Clone, Default)]
-pub enum Mismatch {
-    #[default]
-    None,
-    /// Under `capture = "table"`: transactional messages with this prefix.
-    Messages(String),
-    /// Under `capture = "messages"`: inserts into this table (schema, name).
-    Rows(String, String),
+    /// Where events come from: inserts into `table`, or transactional messages with
+    /// `message_prefix`. The other one is a writer in the other mode, whose events this
+    /// source never publishes: counted and named (see [`Streamer::mismatched`]).
+    pub capture: Capture,
+    /// The outbox table (other tables' inserts are always skipped).
+    pub table: OutboxTable,
+    pub message_prefix: String,
 }
 
 /// An event waiting to be enqueued (back-pressure or a topic being prepared).
@@ -114,7 +103,7 @@ pub struct Streamer<'a, W: Wal, S: Sink> {
     /// turn, and reading the clock for one never polled cost ~7 % of the relay's CPU.
     never: Instant,
     last_progress_log: Instant,
-    /// A capture mismatch was logged in this session (see [`Mismatch`]).
+    /// A capture mismatch was logged in this session (see [`Streamer::mismatched`]).
     mismatch_logged: bool,
 }
 
@@ -132,9 +121,12 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
         meters.backlog.set(0);
         meters.in_flight.set(0);
         meters.in_flight_bytes.set(0);
-        let mut state = StreamState::new(cfg.limits, cfg.table.clone());
-        if let Mismatch::Rows(schema, table) = &cfg.mismatch {
-            state.watch_unread_table(schema, table);
+        let mut state = StreamState::new(
+            cfg.limits,
+            (cfg.capture == Capture::Table).then(|| cfg.table.clone()),
+        );
+        if cfg.capture == Capture::Messages {
+            state.watch_unread_table(&cfg.table.schema, &cfg.table.name);
         }
         Self {
             state,
@@ -374,7 +366,7 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 content,
                 lsn,
                 transactional,
-            } if self.cfg.messages.as_deref() == Some(prefix.as_str()) => {
+            } if self.cfg.capture == Capture::Messages && prefix == self.cfg.message_prefix => {
                 if !transactional {
                     // Written outside any transaction: it may belong to one that rolled back.
                     self.meters.ignored_non_transactional.inc();
@@ -393,7 +385,8 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
                 }
                 self.meters.ignored_prefix.inc();
                 if transactional
-                    && matches!(&self.cfg.mismatch, Mismatch::Messages(p) if *p == prefix)
+                    && self.cfg.capture == Capture::Table
+                    && prefix == self.cfg.message_prefix
                 {
                     self.mismatched("messages");
                 }
@@ -415,12 +408,12 @@ impl<'a, W: Wal, S: Sink> Streamer<'a, W, S> {
             return;
         }
         self.mismatch_logged = true;
-        let (capture, hint) = match &self.cfg.mismatch {
-            Mismatch::Messages(prefix) => ("table", format!("transactional messages with prefix {prefix:?} arrive: a writer emits its events as messages (OUTBOX_CAPTURE=messages), which this source does not publish; set capture = \"messages\" for it, or write rows")),
-            Mismatch::Rows(schema, table) => ("messages", format!("rows are inserted into {schema}.{table}: a writer writes its events as rows (OUTBOX_CAPTURE=table), which this source does not publish; set capture = \"table\" for it, or emit messages")),
-            Mismatch::None => return,
+        let (prefix, t) = (&self.cfg.message_prefix, &self.cfg.table);
+        let hint = match self.cfg.capture {
+            Capture::Table => format!("transactional messages with prefix {prefix:?} arrive: a writer emits its events as messages (OUTBOX_CAPTURE=messages), which this source does not publish; set capture = \"messages\" for it, or write rows"),
+            Capture::Messages => format!("rows are inserted into {}.{}: a writer writes its events as rows (OUTBOX_CAPTURE=table), which this source does not publish; set capture = \"table\" for it, or emit messages", t.schema, t.name),
         };
-        tracing::warn!(source = %self.cfg.source, capture, seen, "{hint}");
+        tracing::warn!(source = %self.cfg.source, capture = self.cfg.capture.as_str(), seen, "{hint}");
     }
 
     /// A new event from the stream: poison already, a suspect sent alone, or parked
@@ -950,9 +943,9 @@ mod tests {
             poison,
             shutdown_timeout: Duration::from_millis(500),
             skip_before: None,
-            table: Some(OutboxTable::default()),
-            messages: None,
-            mismatch: Mismatch::None,
+            capture: Capture::Table,
+            table: OutboxTable::default(),
+            message_prefix: "outbox".into(),
         }
     }
 
@@ -1074,9 +1067,7 @@ mod tests {
         let probe = sink.clone();
         let notify = Notify::new();
         let mut cfg = config(PoisonPolicy::Stop);
-        cfg.table = None;
-        cfg.messages = Some("outbox".into());
-        cfg.mismatch = Mismatch::Rows("public".into(), "outbox".into());
+        cfg.capture = Capture::Messages;
         let mut s = Streamer::new(
             cfg,
             &mut wal,
@@ -1136,8 +1127,7 @@ mod tests {
         let mut sink = MemorySink::acking();
         let probe = sink.clone();
         let notify = Notify::new();
-        let mut cfg = config(PoisonPolicy::Stop);
-        cfg.mismatch = Mismatch::Messages("outbox".into());
+        let cfg = config(PoisonPolicy::Stop);
         let mut s = Streamer::new(
             cfg,
             &mut wal,
