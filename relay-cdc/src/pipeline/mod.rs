@@ -227,6 +227,16 @@ mod tests {
             reason.contains("delete the source's checkpoint"),
             "{reason}"
         );
+        // A lost slot without status marking: recreating it would skip events unseen.
+        let lost = PipelineError::SlotLost("the slot s is missing and marking = \"none\"".into());
+        assert_eq!(lost.kind(), "slot_lost");
+        let Next::Halt { reason } = next_step(&lost) else {
+            panic!("a lost slot without a way back must halt")
+        };
+        assert!(
+            reason.contains("is missing") && reason.contains("pg_create_logical_replication_slot"),
+            "{reason}"
+        );
     }
 
     #[test]
